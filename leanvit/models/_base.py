@@ -1,0 +1,175 @@
+"""What every leanvit model shares: classifier heads with optional DeiT distillation, the timm
+model contract (forward_features / forward_head / forward_intermediates / feature_info / ...).
+
+A family model subclasses :class:`LeanViTModel` and provides ``patch_embed``, ``stages`` and
+``_make_head(in_features, num_classes)``; optionally ``norm_pre_head`` (applied to the final map).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["LeanViTModel", "Stage", "DistilledLogits"]
+
+
+class Stage(nn.Module):
+    """``downsample`` (Identity for the first stage) followed by ``blocks``, with grad checkpointing."""
+
+    def __init__(self, downsample: nn.Module, blocks: nn.Sequential) -> None:
+        super().__init__()
+        self.downsample = downsample
+        self.blocks = blocks
+        self.grad_checkpointing = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.downsample(x)
+        if self.grad_checkpointing and self.training and not torch.jit.is_scripting():
+            from torch.utils.checkpoint import checkpoint_sequential
+
+            return checkpoint_sequential(self.blocks, max(1, len(self.blocks)), x, use_reentrant=False)
+        return self.blocks(x)
+
+
+DistilledLogits = tuple[torch.Tensor, torch.Tensor]
+
+
+class LeanViTModel(nn.Module):
+    """Base class: classifier head(s) and the timm model contract on top of ``stages``."""
+
+    patch_embed: nn.Module
+    stages: nn.Sequential
+    feature_info: list[dict[str, Any]]
+    num_classes: int
+    num_features: int
+    distillation: bool
+    # Feature maps are NCHW everywhere; families with a different internal layout convert in _stage_out.
+
+    def _init_heads(self, num_features: int, num_classes: int, distillation: bool, drop_rate: float = 0.0) -> None:
+        self.num_features = self.head_hidden_size = num_features
+        self.num_classes = num_classes
+        self.drop_rate = drop_rate
+        self.distillation = distillation
+        self.distilled_training = distillation
+        self.head = self._make_head(num_features, num_classes)
+        self.head_dist = self._make_head(num_features, num_classes) if distillation else None
+        self.grad_checkpointing = False
+
+    def _make_head(self, in_features: int, num_classes: int) -> nn.Module:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # --- timm contract -------------------------------------------------------------------------
+    def get_classifier(self) -> nn.Module:
+        """The classification head (the class head; ``head_dist`` when distilled is separate)."""
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """Replace the head(s) with fresh ones for ``num_classes`` (0 = no head, pooled features out)."""
+        if global_pool not in (None, "avg"):
+            raise ValueError(f"only global_pool='avg' is supported, got {global_pool!r}")
+        self.num_classes = num_classes
+        dev = next(self.parameters()).device
+        self.head = self._make_head(self.num_features, num_classes).to(dev)
+        if self.distillation:
+            self.head_dist = self._make_head(self.num_features, num_classes).to(dev)
+
+    def set_distilled_training(self, enable: bool = True) -> None:
+        """timm's token-distillation hook: in training, return (class, distill) logits."""
+        self.distilled_training = enable and self.distillation
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute stage blocks in backward to save activation memory."""
+        self.grad_checkpointing = enable
+        for stage in self.stages:
+            stage.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """Parameter groups for layer-wise lr decay (timm format)."""
+        return dict(
+            stem=r"^patch_embed",
+            blocks=r"^stages\.(\d+)" if coarse else [
+                (r"^stages\.(\d+)\.downsample", (0,)),
+                (r"^stages\.(\d+)\.blocks\.(\d+)", None),
+                (r"^norm", (99999,)),
+            ],
+        )
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """Parameters that must not be weight-decayed (attention biases, window tokens, ...)."""
+        return {n for n, _ in self.named_parameters() if self._is_no_decay(n)}
+
+    def _is_no_decay(self, name: str) -> bool:
+        return "attention_biases" in name
+
+    # --- forward -------------------------------------------------------------------------------
+    def _stage_out(self, x: torch.Tensor, index: int) -> torch.Tensor:
+        """Hook: stage ``index``'s output as an NCHW intermediate (families may add a per-level norm)."""
+        return x
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Image -> last feature map (NCHW)."""
+        return self.stages(self.patch_embed(x))
+
+    def _pool(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean((2, 3))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor | DistilledLogits:
+        """Pool and classify. Distilled models return (class, distill) in training, their mean in eval."""
+        x = self._pool(x)
+        if pre_logits:
+            return x
+        logits = self.head(x)
+        if self.head_dist is None:
+            return logits
+        logits_dist = self.head_dist(x)
+        if self.training and self.distilled_training and not torch.jit.is_tracing():
+            return logits, logits_dist
+        return (logits + logits_dist) / 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | DistilledLogits:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | list[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """timm-style: the stage outputs selected by ``indices`` (all by default), NCHW.
+
+        ``indices`` may be an int n (the last n stages) or a list of stage indices (negative allowed).
+        """
+        if output_fmt != "NCHW":
+            raise ValueError(f"only output_fmt='NCHW' is supported, got {output_fmt!r}")
+        from timm.models._features import feature_take_indices
+
+        take, max_index = feature_take_indices(len(self.stages), indices)
+        intermediates = []
+        x = self.patch_embed(x)
+        stages = self.stages if not stop_early else self.stages[: max_index + 1]
+        for i, stage in enumerate(stages):
+            x = stage(x)
+            if i in take:
+                intermediates.append(self._stage_out(x, i))
+        if intermediates_only:
+            return intermediates
+        return x, intermediates
+
+    def prune_intermediate_layers(
+        self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """Drop stages (and the head) not needed to produce ``indices``; returns the kept indices."""
+        from timm.models._features import feature_take_indices
+
+        take, max_index = feature_take_indices(len(self.stages), indices)
+        self.stages = self.stages[: max_index + 1]
+        if prune_head:
+            self.reset_classifier(0)
+        return take

@@ -1,0 +1,248 @@
+"""EfficientViT-M (MSRA): memory-efficient ViT with cascaded group attention (Liu et al., CVPR 2023).
+
+Not MIT Han Lab's EfficientViT. Only the cascaded group attention, its local windows and the
+sandwich block live here; stem, subsample, FFN and heads are the shared ``leanvit.layers``.
+"""
+from __future__ import annotations
+
+import itertools
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..layers import ConvFFN, ConvNorm, ConvStem, NormLinear, Residual, Subsample, depthwise_residual
+from ._base import LeanViTModel, Stage
+from ._registry import ModelConfig, register_model
+
+__all__ = ["EfficientViTM", "CascadedGroupAttention", "LocalWindowAttention", "resize_attention_biases"]
+
+
+def _bias_index(window: int) -> torch.Tensor:
+    """(N, N) index into the (|dy|, |dx|) offset table of a window x window grid, N = window^2."""
+    points = list(itertools.product(range(window), range(window)))
+    idx = [abs(a[0] - b[0]) * window + abs(a[1] - b[1]) for a in points for b in points]
+    return torch.tensor(idx, dtype=torch.long).view(len(points), len(points))
+
+
+def resize_attention_biases(biases: torch.Tensor, window: int) -> torch.Tensor:
+    """Bicubically resize an (heads, w*w) offset table to (heads, window*window)."""
+    heads, n = biases.shape
+    old = int(round(n ** 0.5))
+    if old * old != n:
+        raise ValueError(f"attention bias table with {n} entries is not a square window")
+    if old == window:
+        return biases
+    grid = biases.reshape(1, heads, old, old).float()
+    out = F.interpolate(grid, size=(window, window), mode="bicubic", align_corners=False)
+    return out.reshape(heads, window * window).to(biases.dtype)
+
+
+class CascadedGroupAttention(nn.Module):
+    """Head j attends on (channel split j + output of head j-1); per-head depthwise conv on q;
+    LeViT-style (|dy|, |dx|) attention bias within the window.
+
+    The gathered (heads, N, N) bias is cached in eval mode, keyed by device, dtype and the
+    parameter's version counter, and dropped on ``train()``, ``.to()`` and ``load_state_dict``:
+    no stale or wrong-device bias (the official code gets both wrong).
+    """
+
+    def __init__(self, dim: int, key_dim: int, num_heads: int, window: int, kernels: tuple[int, ...]) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.key_dim = key_dim
+        self.val_dim = dim // num_heads
+        self.scale = key_dim ** -0.5
+        self.window = window
+        self.qkvs = nn.ModuleList(
+            ConvNorm(dim // num_heads, key_dim * 2 + self.val_dim) for _ in range(num_heads)
+        )
+        self.dws = nn.ModuleList(
+            ConvNorm(key_dim, key_dim, kernels[i], 1, kernels[i] // 2, groups=key_dim) for i in range(num_heads)
+        )
+        self.proj = nn.Sequential(nn.ReLU(), ConvNorm(self.val_dim * num_heads, dim, bn_weight_init=0.0))
+        self.attention_biases = nn.Parameter(torch.zeros(num_heads, window * window))
+        self.register_buffer("attention_bias_idxs", _bias_index(window), persistent=False)
+        self._bias_cache: dict[tuple, torch.Tensor] = {}
+
+    def set_window(self, window: int) -> None:
+        """Change the window size, resizing the bias table (bicubic) and its index."""
+        if window == self.window:
+            return
+        with torch.no_grad():
+            resized = resize_attention_biases(self.attention_biases.data, window)
+        self.attention_biases = nn.Parameter(resized, requires_grad=self.attention_biases.requires_grad)
+        self.attention_bias_idxs = _bias_index(window).to(self.attention_biases.device)
+        self.window = window
+        self._bias_cache = {}
+
+    def train(self, mode: bool = True) -> "CascadedGroupAttention":
+        self._bias_cache = {}
+        return super().train(mode)
+
+    def _apply(self, fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+        self._bias_cache = {}
+        return super()._apply(fn, *args, **kwargs)
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        self._bias_cache = {}
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def attention_bias(self) -> torch.Tensor:
+        """(heads, N, N) additive attention bias for one window."""
+        if self.training or torch.jit.is_tracing() or torch.compiler.is_compiling():
+            return self.attention_biases[:, self.attention_bias_idxs]
+        p = self.attention_biases
+        key = (p.device, p.dtype, p._version)
+        bias = self._bias_cache.get(key)
+        if bias is None:
+            self._bias_cache = {key: p[:, self.attention_bias_idxs].detach()}
+            bias = self._bias_cache[key]
+        return bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, _, H, W = x.shape
+        bias = self.attention_bias()
+        splits = x.chunk(self.num_heads, dim=1)
+        outs = []
+        feat = splits[0]
+        for i, (qkv, dw) in enumerate(zip(self.qkvs, self.dws)):
+            if i > 0:
+                feat = feat + splits[i]
+            q, k, v = qkv(feat).split([self.key_dim, self.key_dim, self.val_dim], dim=1)
+            q = dw(q)
+            attn = (q.flatten(2).transpose(1, 2) * self.scale) @ k.flatten(2) + bias[i]
+            feat = (v.flatten(2) @ attn.softmax(dim=-1).transpose(1, 2)).view(B, self.val_dim, H, W)
+            outs.append(feat)
+        return self.proj(torch.cat(outs, dim=1))
+
+
+class LocalWindowAttention(nn.Module):
+    """Cascaded group attention inside non-overlapping windows, zero-padding bottom/right to a
+    window multiple (also when the map is smaller than the window, as timm does)."""
+
+    def __init__(self, dim: int, key_dim: int, num_heads: int, window: int, kernels: tuple[int, ...]) -> None:
+        super().__init__()
+        self.attn = CascadedGroupAttention(dim, key_dim, num_heads, window, kernels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        ws = self.attn.window
+        if H == ws and W == ws:
+            return self.attn(x)
+        pad_b, pad_r = (-H) % ws, (-W) % ws
+        if pad_b or pad_r:
+            x = F.pad(x, (0, pad_r, 0, pad_b))
+        nh, nw = (H + pad_b) // ws, (W + pad_r) // ws
+        # (B, C, nh*ws, nw*ws) -> (B*nh*nw, C, ws, ws)
+        x = x.view(B, C, nh, ws, nw, ws).permute(0, 2, 4, 1, 3, 5).reshape(B * nh * nw, C, ws, ws)
+        x = self.attn(x)
+        x = x.view(B, nh, nw, C, ws, ws).permute(0, 3, 1, 4, 2, 5).reshape(B, C, nh * ws, nw * ws)
+        if pad_b or pad_r:
+            x = x[:, :, :H, :W].contiguous()
+        return x
+
+
+class EfficientViTBlock(nn.Module):
+    """Sandwich: DW -> FFN -> cascaded group attention -> DW -> FFN, each residual."""
+
+    def __init__(self, dim: int, key_dim: int, num_heads: int, window: int, kernels: tuple[int, ...]) -> None:
+        super().__init__()
+        self.dw0 = depthwise_residual(dim, bn_weight_init=0.0)
+        self.ffn0 = Residual(ConvFFN(dim, dim * 2))
+        self.mixer = Residual(LocalWindowAttention(dim, key_dim, num_heads, window, kernels))
+        self.dw1 = depthwise_residual(dim, bn_weight_init=0.0)
+        self.ffn1 = Residual(ConvFFN(dim, dim * 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ffn1(self.dw1(self.mixer(self.ffn0(self.dw0(x)))))
+
+
+def stage_resolutions(img_size: int | tuple[int, int], num_stages: int = 3) -> list[int]:
+    """Feature-map side per stage for an input (min side): 224 -> [14, 7, 4]."""
+    side = min(img_size) if isinstance(img_size, (tuple, list)) else int(img_size)
+    res = [max(1, side // 16)]
+    for _ in range(num_stages - 1):
+        res.append((res[-1] - 1) // 2 + 1)
+    return res
+
+
+class EfficientViTM(LeanViTModel):
+    """EfficientViT-M backbone + BN-Linear head.
+
+    ``img_size`` only sets each stage's window (``min(window_size, feature side)``, e.g. 7/7/4 at 224)
+    and thus the bias-table sizes; the model then runs at any input size by padding to windows.
+    """
+
+    def __init__(
+        self,
+        embed_dim: tuple[int, int, int] = (64, 128, 192),
+        depth: tuple[int, int, int] = (1, 2, 3),
+        num_heads: tuple[int, int, int] = (4, 4, 4),
+        kernels: tuple[int, ...] = (5, 5, 5, 5),
+        key_dim: int = 16,
+        window_size: int = 7,
+        img_size: int | tuple[int, int] = 224,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        distillation: bool = False,
+        drop_rate: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.in_chans = in_chans
+        self.window_size = window_size
+        self.img_size = img_size
+        d0 = embed_dim[0]
+        self.patch_embed = ConvStem(in_chans, (d0 // 8, d0 // 4, d0 // 2, d0))
+        stages = []
+        self.feature_info = []
+        for i, (dim, n, heads, res) in enumerate(zip(embed_dim, depth, num_heads, stage_resolutions(img_size))):
+            down = Subsample(embed_dim[i - 1], dim) if i > 0 else nn.Identity()
+            window = min(window_size, res)
+            blocks = nn.Sequential(*[EfficientViTBlock(dim, key_dim, heads, window, kernels) for _ in range(n)])
+            stages.append(Stage(down, blocks))
+            self.feature_info.append(dict(num_chs=dim, reduction=16 * 2 ** i, module=f"stages.{i}"))
+        self.stages = nn.Sequential(*stages)
+        self._init_heads(embed_dim[-1], num_classes, distillation, drop_rate)
+
+    def _make_head(self, in_features: int, num_classes: int) -> nn.Module:
+        return NormLinear(in_features, num_classes, drop=self.drop_rate) if num_classes > 0 else nn.Identity()
+
+    def set_input_size(self, img_size: int | tuple[int, int]) -> None:
+        """Re-clamp windows for a new native resolution, bicubically resizing the bias tables."""
+        for stage, res in zip(self.stages, stage_resolutions(img_size)):
+            for block in stage.blocks:
+                block.mixer.m.attn.set_window(min(self.window_size, res))
+        self.img_size = img_size
+
+
+_PAPER = "EfficientViT (MSRA), arXiv 2305.07027 (CVPR 2023)"
+_K7 = (7, 5, 3, 3)
+_K5 = (5, 5, 5, 5)
+_EFFVIT = {
+    # name: (embed_dim, depth, num_heads, kernels, top1, params, macs_m)
+    "efficientvit_m0": ((64, 128, 192), (1, 2, 3), (4, 4, 4), _K5, 63.2, 2_349_436, 79),
+    "efficientvit_m1": ((128, 144, 192), (1, 2, 3), (2, 3, 3), _K7, 68.4, 2_980_560, 167),
+    "efficientvit_m2": ((128, 192, 224), (1, 2, 3), (4, 3, 2), _K7, 70.8, 4_187_554, 201),
+    "efficientvit_m3": ((128, 240, 320), (1, 2, 3), (4, 3, 4), _K5, 73.4, 6_900_722, 263),
+    "efficientvit_m4": ((128, 256, 384), (1, 2, 3), (4, 4, 4), _K7, 74.3, 8_804_228, 299),
+    "efficientvit_m5": ((192, 288, 384), (1, 3, 4), (3, 3, 4), _K7, 77.1, 12_473_772, 522),
+}
+
+
+def _register(name: str) -> None:
+    embed_dim, depth, heads, kernels, top1, params, macs = _EFFVIT[name]
+    cfg = ModelConfig(
+        name=name, family="efficientvit_m", img_size=224, top1=top1, paper=_PAPER, params=params,
+        macs_m=macs, timm_name=name, first_conv="patch_embed.conv1.conv", classifier="head.linear",
+    )
+
+    @register_model(cfg)
+    def build(**kwargs: object) -> EfficientViTM:
+        return EfficientViTM(embed_dim=embed_dim, depth=depth, num_heads=heads, kernels=kernels, **kwargs)  # type: ignore[arg-type]
+
+    build.__name__ = name
+
+
+for _name in _EFFVIT:
+    _register(_name)
