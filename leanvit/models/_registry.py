@@ -166,7 +166,18 @@ def register_with_timm(prefix: str = "leanvit_") -> list[str]:
                 raise ValueError("leanvit has no hosted weights; pass checkpoint=PATH or use leanvit.load_checkpoint")
             for k in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
                 kw.pop(k, None)
-            return create_model(_name, **kw)
+            features_only = kw.pop("features_only", False)
+            feature_cls = kw.pop("feature_cls", "getter")
+            out_indices = kw.pop("out_indices", None)
+            model = create_model(_name, **kw)
+            if not features_only:
+                return model
+            if feature_cls not in ("getter", None):
+                raise ValueError(f"leanvit models support feature_cls='getter' only, got {feature_cls!r}")
+            from timm.models._features import FeatureGetterNet
+
+            indices = out_indices if out_indices is not None else tuple(range(len(model.feature_info)))
+            return FeatureGetterNet(model, out_indices=indices)
 
         entry.__name__ = tname
         entry.__module__ = "leanvit.timm_models"

@@ -1,0 +1,185 @@
+"""Which model a name means, how to build it with random weights, and how to fuse it.
+
+A name is looked up in leanvit's registry first, then timm's. leanvit reuses the papers' names
+(``shvit_s1``, ``efficientvit_m0``), which timm also has: write ``timm:shvit_s1`` for timm's port and
+``leanvit:shvit_s1`` to be explicit. Unknown names get close matches from both registries.
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+__all__ = ["ModelSpec", "resolve_model", "build_model", "fuse_model", "count_unfused_norms", "perturb_batchnorm_", "TIMM_TOP1"]
+
+# ImageNet-1k top-1 of timm baselines (best in1k-only tag at the native resolution), from the
+# project spec (ecosystem.md section 9, timm results/). name -> (family label, top-1).
+TIMM_TOP1: dict[str, tuple[str, float]] = {
+    "efficientvit_m0": ("EfficientViT-M (timm)", 63.3),
+    "efficientvit_m2": ("EfficientViT-M (timm)", 70.8),
+    "efficientvit_m4": ("EfficientViT-M (timm)", 74.3),
+    "efficientvit_m5": ("EfficientViT-M (timm)", 77.1),
+    "shvit_s1": ("SHViT (timm)", 72.8),
+    "shvit_s2": ("SHViT (timm)", 75.2),
+    "shvit_s3": ("SHViT (timm)", 77.4),
+    "shvit_s4": ("SHViT (timm)", 79.4),
+    "levit_128s": ("LeViT", 76.5),
+    "levit_128": ("LeViT", 78.5),
+    "levit_256": ("LeViT", 81.5),
+    "mobilenetv3_large_100": ("MobileNetV3", 76.3),
+    "mobilenetv4_conv_small": ("MobileNetV4", 73.8),
+    "mobilenetv4_conv_medium": ("MobileNetV4", 79.1),
+    "mobilenetv4_hybrid_medium": ("MobileNetV4", 80.4),
+    "repvit_m0_9": ("RepViT", 79.1),
+    "repvit_m1_1": ("RepViT", 81.3),
+    "fastvit_t8": ("FastViT", 77.2),
+    "fastvit_t12": ("FastViT", 80.4),
+    "efficientformerv2_s0": ("EfficientFormerV2", 76.1),
+    "efficientformerv2_s1": ("EfficientFormerV2", 79.7),
+    "starnet_s1": ("StarNet", 73.5),
+    "starnet_s4": ("StarNet", 78.8),
+    "mobilevitv2_050": ("MobileViTv2", 70.2),
+    "mobilevitv2_100": ("MobileViTv2", 78.1),
+    "mobileone_s0": ("MobileOne", 71.4),
+    "mobileone_s1": ("MobileOne", 75.8),
+    "swiftformer_xs": ("SwiftFormer", 75.6),
+    "fasternet_t0": ("FasterNet", 71.7),
+    "efficientvit_b0": ("EfficientViT-B (MIT)", 71.4),
+    "efficientvit_b1": ("EfficientViT-B (MIT)", 79.3),
+    "tiny_vit_5m_224": ("TinyViT", 79.2),
+    "edgenext_xx_small": ("EdgeNeXt", 71.9),
+    "ghostnetv3_100": ("GhostNetV3", 76.9),
+}
+
+_LEANVIT_FAMILY_LABEL = {"shvit": "SHViT (leanvit)", "efficientvit_m": "EfficientViT-M (leanvit)", "sepvit": "SepViT (leanvit)"}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A resolved model name: where it comes from, its family, native resolution and paper top-1."""
+
+    name: str  # the bare registry name
+    source: str  # "leanvit" or "timm"
+    family: str  # legend label for plots
+    img_size: int  # native (default) input side
+    top1: float | None = None
+
+    @property
+    def label(self) -> str:
+        """Name as shown in tables: timm models that shadow a leanvit name keep their prefix."""
+        from .. import is_model
+
+        return f"timm:{self.name}" if self.source == "timm" and is_model(self.name) else self.name
+
+
+def _timm_names() -> list[str]:
+    import timm
+
+    return timm.list_models()
+
+
+def _unknown(name: str) -> KeyError:
+    from .. import list_models
+
+    candidates = list_models() + _timm_names()
+    close = difflib.get_close_matches(name.split(":", 1)[-1], candidates, n=5, cutoff=0.6)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    return KeyError(
+        f"unknown model {name!r}: not a leanvit model (leanvit.list_models()) nor a timm model "
+        f"(timm.list_models()).{hint}"
+    )
+
+
+def resolve_model(name: str) -> ModelSpec:
+    """Look ``name`` up (``leanvit:`` / ``timm:`` prefixes force a registry). Raises KeyError with suggestions."""
+    from .. import get_config, is_model
+
+    source, _, bare = name.rpartition(":")
+    if source not in ("", "leanvit", "timm"):
+        raise KeyError(f"unknown registry prefix {source!r} in {name!r}: use 'leanvit:NAME' or 'timm:NAME'")
+    if source in ("", "leanvit") and is_model(bare):
+        cfg = get_config(bare)
+        return ModelSpec(bare, "leanvit", _LEANVIT_FAMILY_LABEL.get(cfg.family, cfg.family), cfg.img_size, cfg.top1)
+    if source in ("", "timm") and bare in _timm_names():
+        from timm.models import get_pretrained_cfg
+
+        pcfg = get_pretrained_cfg(bare)
+        side = int(pcfg.input_size[-1]) if pcfg is not None and pcfg.input_size else 224
+        family, top1 = TIMM_TOP1.get(bare, (bare.split("_")[0], None))
+        return ModelSpec(bare, "timm", family, side, top1)
+    raise _unknown(name)
+
+
+def build_model(spec: ModelSpec, img_size: int | None = None, checkpoint: str | Path | None = None) -> nn.Module:
+    """Random-weight eval model (or ``checkpoint`` loaded) at ``img_size`` (native when None)."""
+    side = img_size or spec.img_size
+    if spec.source == "leanvit":
+        from .. import create_model
+
+        model = create_model(spec.name, img_size=side, checkpoint=checkpoint)
+    else:
+        import timm
+        from timm.models import get_pretrained_cfg
+
+        kwargs = {}
+        pcfg = get_pretrained_cfg(spec.name)
+        # Fixed-size timm models (LeViT, EfficientFormerV2, EfficientViT-M) bake the size into
+        # position/bias tables: they must be built for a non-native size.
+        if side != spec.img_size and pcfg is not None and pcfg.fixed_input_size:
+            kwargs["img_size"] = side
+        try:
+            model = timm.create_model(spec.name, pretrained=False, **kwargs)
+        except TypeError as e:
+            raise ValueError(f"timm model {spec.name} cannot be built for img_size={side}: {e}") from e
+        if checkpoint is not None:
+            from timm.models import load_checkpoint
+
+            load_checkpoint(model, str(checkpoint))
+    return model.eval()
+
+
+def fuse_model(model: nn.Module) -> nn.Module:
+    """Inference form: a deep copy with BatchNorms folded / branches reparameterized.
+
+    leanvit models use ``leanvit.fuse`` (when installed); everything else timm's
+    ``reparameterize_model`` (``fuse()`` / ``reparameterize()`` / ``switch_to_deploy()`` per module).
+    """
+    from ..models._base import LeanViTModel
+
+    if isinstance(model, LeanViTModel):
+        try:
+            from ..deploy.fuse import fuse
+        except ImportError:  # fuse.py not present yet: timm's walker calls the same fuse() methods
+            fuse = None
+        if fuse is not None:
+            return fuse(model).eval()
+    from timm.utils import reparameterize_model
+
+    return reparameterize_model(model.eval()).eval()  # deep-copies by default
+
+
+def count_unfused_norms(model: nn.Module) -> int:
+    """BatchNorm modules left after fusion (0 for fully folded models)."""
+    return sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def perturb_batchnorm_(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Randomise BN statistics and affine parameters in place (gamma away from the papers' zero init).
+
+    Random-init models have zero-gamma residual branches and identity BNs, which make fusion and
+    export checks trivially pass; perturbed BNs exercise every branch like trained weights do.
+    """
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
+                n = m.num_features
+                m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(n, generator=g) * 0.5 + 0.75)
+                if m.affine:
+                    m.weight.copy_(torch.rand(n, generator=g) * 0.5 + 0.5)
+                    m.bias.copy_(torch.randn(n, generator=g) * 0.1)
+    return model

@@ -1,0 +1,75 @@
+"""Warm-up, then a timed window: the LeViT-heritage loop of the papers' speed tests."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+__all__ = ["TimingStats", "measure"]
+
+
+@dataclass(frozen=True)
+class TimingStats:
+    """Per-call wall time statistics (seconds) over the timed window."""
+
+    iterations: int
+    warmup_iterations: int
+    total_s: float
+    median_s: float
+    mean_s: float
+    std_s: float
+    p10_s: float
+    p90_s: float
+    p99_s: float
+
+    @property
+    def spread_pct(self) -> float:
+        """(p90 - p10) / median in percent: how noisy the window was."""
+        return 100.0 * (self.p90_s - self.p10_s) / self.median_s if self.median_s > 0 else 0.0
+
+    @classmethod
+    def from_times(cls, times: list[float], warmup_iterations: int = 0) -> "TimingStats":
+        """Statistics of a list of per-call times."""
+        t = np.asarray(times, dtype=np.float64)
+        p10, p50, p90, p99 = np.percentile(t, [10, 50, 90, 99])
+        return cls(len(t), warmup_iterations, float(t.sum()), float(p50), float(t.mean()), float(t.std()),
+                   float(p10), float(p90), float(p99))
+
+
+def measure(
+    fn: Callable[[], Any],
+    *,
+    warmup_s: float = 2.0,
+    duration_s: float = 10.0,
+    min_iters: int = 5,
+    max_iters: int | None = None,
+    sync: Callable[[], None] | None = None,
+) -> TimingStats:
+    """Call ``fn`` for ``warmup_s`` seconds (at least once), then time calls until ``duration_s``
+    seconds of calls and ``min_iters`` calls have accumulated (or ``max_iters`` calls).
+
+    ``sync`` runs after every call (``torch.cuda.synchronize`` on GPU, as the papers do).
+    """
+    if warmup_s < 0 or duration_s <= 0:
+        raise ValueError(f"need warmup >= 0 and duration > 0 seconds, got {warmup_s} and {duration_s}")
+    sync = sync or (lambda: None)
+    warm = 0
+    start = time.perf_counter()
+    while warm == 0 or time.perf_counter() - start < warmup_s:
+        fn()
+        sync()
+        warm += 1
+    times: list[float] = []
+    total = 0.0
+    while total < duration_s or len(times) < min_iters:
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        dt = time.perf_counter() - t0
+        times.append(dt)
+        total += dt
+        if max_iters is not None and len(times) >= max_iters:
+            break
+    return TimingStats.from_times(times, warm)

@@ -1,0 +1,350 @@
+"""Load and save checkpoints in leanvit's, timm's and the official repositories' layouts.
+
+Loading never executes pickled code (safetensors, or ``torch.load(weights_only=True)``), detects the
+layout from the key names, converts it, adapts what depends on resolution (EfficientViT attention
+biases, SepViT window tokens), validates every key and shape *before* touching the model, and on a
+mismatch names the variant the checkpoint looks like.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import nn
+
+__all__ = [
+    "CheckpointError", "Layout", "register_layout", "register_adapter", "read_state_dict", "load_checkpoint",
+    "save_checkpoint", "convert_state_dict", "atomic_write", "unwrap_state_dict",
+]
+
+StateDict = dict[str, torch.Tensor]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded into the given model; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A foreign key layout of one family and its lossless conversions to and from leanvit's."""
+
+    family: str
+    name: str
+    detect: Callable[[Mapping[str, torch.Tensor]], bool]
+    to_leanvit: Callable[[StateDict], StateDict]
+    from_leanvit: Callable[[StateDict], StateDict]
+
+
+_LAYOUTS: list[Layout] = []
+_ADAPTERS: dict[str, list[Callable[[StateDict, nn.Module], StateDict]]] = {}
+
+
+def register_layout(
+    family: str,
+    name: str,
+    detect: Callable[[Mapping[str, torch.Tensor]], bool],
+    to_leanvit: Callable[[StateDict], StateDict],
+    from_leanvit: Callable[[StateDict], StateDict],
+) -> None:
+    """Teach the loader a foreign layout (``name``, e.g. "official" or "timm") of ``family``."""
+    _LAYOUTS[:] = [lay for lay in _LAYOUTS if (lay.family, lay.name) != (family, name)]
+    _LAYOUTS.append(Layout(family, name, detect, to_leanvit, from_leanvit))
+
+
+def register_adapter(family: str, fn: Callable[[StateDict, nn.Module], StateDict]) -> None:
+    """Register ``fn(state_dict, model) -> state_dict``, run after conversion to adapt resolution-dependent
+    tensors (bias tables, token grids) to the target model."""
+    _ADAPTERS.setdefault(family, [])
+    if fn not in _ADAPTERS[family]:
+        _ADAPTERS[family].append(fn)
+
+
+def _family_of(model: nn.Module) -> str:
+    cfg = getattr(model, "leanvit_cfg", None)
+    if cfg is None:
+        raise CheckpointError(
+            f"{type(model).__name__} is not a leanvit model (no leanvit_cfg); build it with leanvit.create_model"
+        )
+    return cfg.family
+
+
+# --------------------------------------------------------------------------------------------- reading
+def read_state_dict(
+    source: str | os.PathLike | Mapping[str, Any], prefer_ema: bool = False
+) -> tuple[StateDict, dict[str, str]]:
+    """Read a checkpoint file (safetensors or torch, weights only) or take a dict; return (tensors, metadata).
+
+    Training checkpoints holding both weights and EMA weights give the EMA ones with ``prefer_ema``.
+    """
+    if isinstance(source, Mapping):
+        return unwrap_state_dict(source, prefer_ema), {}
+    path = Path(source)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a directory; pass the checkpoint file inside it")
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if not head:
+        raise CheckpointError(f"checkpoint file {path} is empty")
+    if _looks_like_safetensors(head):
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = dict(f.metadata() or {})
+                return {k: f.get_tensor(k) for k in f.keys()}, meta
+        except Exception as e:  # noqa: BLE001 - surface any decoder failure as one clear error
+            raise CheckpointError(f"{path} is not a readable safetensors file (truncated or corrupt?): {e}") from e
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001
+        reason = str(e).splitlines()[0][:300]
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint (truncated, corrupt, not a torch/safetensors file, or it holds "
+            f"pickled objects other than tensors, which leanvit refuses to execute): {reason}"
+        ) from e
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict")
+    return unwrap_state_dict(obj, prefer_ema), {}
+
+
+def _looks_like_safetensors(head: bytes) -> bool:
+    # safetensors: 8-byte little-endian header length, then a JSON object.
+    return len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 100_000_000
+
+
+def unwrap_state_dict(obj: Mapping[str, Any], prefer_ema: bool = False) -> StateDict:
+    """Find the tensors in a checkpoint dict: ``model`` / ``state_dict`` / EMA entries, ``module.`` prefixes."""
+    keys = ("model_ema", "state_dict_ema", "ema", "model", "state_dict") if prefer_ema else (
+        "model", "state_dict", "model_ema", "state_dict_ema", "ema")
+    for key in keys:
+        inner = obj.get(key)
+        if isinstance(inner, Mapping) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+            obj = inner
+            break
+    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise CheckpointError(
+            f"no tensors found in the checkpoint (top-level keys: {', '.join(list(obj)[:8])}); "
+            "expected a state dict or a dict with a 'model' / 'state_dict' entry"
+        )
+    for prefix in ("module.", "_orig_mod."):
+        if all(k.startswith(prefix) for k in tensors):
+            tensors = {k[len(prefix):]: v for k, v in tensors.items()}
+    return tensors
+
+
+# --------------------------------------------------------------------------------------------- conversion
+def detect_layout(state_dict: Mapping[str, torch.Tensor], family: str) -> str:
+    """Name of the layout of ``state_dict`` for ``family`` ("leanvit" when no foreign layout matches)."""
+    _ensure_layouts()
+    for lay in _LAYOUTS:
+        if lay.family == family and lay.detect(state_dict):
+            return lay.name
+    return "leanvit"
+
+
+def convert_state_dict(state_dict: Mapping[str, torch.Tensor], family: str, src: str | None = None,
+                       dst: str = "leanvit") -> StateDict:
+    """Convert between layouts of one family (``src`` auto-detected when None)."""
+    _ensure_layouts()
+    sd = dict(state_dict)
+    src = src or detect_layout(sd, family)
+    if src == dst:
+        return sd
+    layouts = {lay.name: lay for lay in _LAYOUTS if lay.family == family}
+    for name in (src, dst):
+        if name != "leanvit" and name not in layouts:
+            raise CheckpointError(
+                f"unknown layout {name!r} for family {family!r}; known: leanvit, {', '.join(sorted(layouts))}"
+            )
+    if src != "leanvit":
+        sd = layouts[src].to_leanvit(sd)
+    if dst != "leanvit":
+        sd = layouts[dst].from_leanvit(sd)
+    return sd
+
+
+def _ensure_layouts() -> None:
+    from .models import _registry
+
+    _registry._ensure_loaded()
+    from .models import _convert  # noqa: F401  (registers the conv-family layouts)
+
+
+# --------------------------------------------------------------------------------------------- loading
+def _expected(model: nn.Module) -> dict[str, torch.Size]:
+    return {k: v.shape for k, v in model.state_dict().items()}
+
+
+def _head_keys(model: nn.Module) -> tuple[str, ...]:
+    return getattr(model, "classifier_prefixes", ("head.", "head_dist."))
+
+
+def _diff(sd: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Size]) -> tuple[list, list, list]:
+    missing = [k for k in expected if k not in sd]
+    unexpected = [k for k in sd if k not in expected]
+    mismatched = [k for k in sd if k in expected and tuple(sd[k].shape) != tuple(expected[k])]
+    return missing, unexpected, mismatched
+
+
+def _fix_2d_conv_weights(sd: StateDict, expected: Mapping[str, torch.Size]) -> StateDict:
+    # Some official EfficientViT checkpoints store 1x1 conv weights 2-D; the official loader reshapes them.
+    for k, v in sd.items():
+        shape = expected.get(k)
+        if shape is not None and v.dim() == 2 and len(shape) == 4 and tuple(v.shape) == tuple(shape[:2]):
+            sd[k] = v[:, :, None, None]
+    return sd
+
+
+def _shapes_of(name: str) -> dict[str, torch.Size]:
+    """State-dict shapes of a registered variant, built on the meta device (no memory, no init cost)."""
+    from .models._registry import create_model
+
+    try:
+        with torch.device("meta"):
+            return _expected(create_model(name))
+    except (NotImplementedError, RuntimeError):  # a builder doing real tensor work at init: build it for real
+        return _expected(create_model(name))
+
+
+def _guess_variant(state_dict: Mapping[str, torch.Tensor]) -> tuple[str | None, float]:
+    """The registered variant whose keys and shapes best match ``state_dict`` (any layout)."""
+    from .models._registry import get_config, list_models
+
+    best, best_score = None, 0.0
+    for name in list_models():
+        family = get_config(name).family
+        try:
+            sd = convert_state_dict(state_dict, family)
+        except Exception:  # noqa: BLE001 - a failed conversion just means "not this family"
+            continue
+        expected = _shapes_of(name)
+        matched = sum(1 for k, v in sd.items() if k in expected and tuple(v.shape) == tuple(expected[k]))
+        score = matched / max(len(expected), len(sd))
+        if score > best_score:
+            best, best_score = name, score
+    return best, best_score
+
+
+def _mismatch_error(model: nn.Module, sd: StateDict, raw: Mapping[str, torch.Tensor], missing: list,
+                    unexpected: list, mismatched: list, layout: str) -> CheckpointError:
+    target = model.leanvit_cfg.name
+    guess, score = _guess_variant(raw)
+    parts = []
+    if mismatched:
+        parts.append("shape mismatches: " + ", ".join(
+            f"{k} {tuple(sd[k].shape)} vs model {tuple(model.state_dict()[k].shape)}" for k in mismatched[:3]))
+    if missing:
+        parts.append("missing keys: " + ", ".join(missing[:3]))
+    if unexpected:
+        parts.append("unexpected keys: " + ", ".join(unexpected[:3]))
+    if guess is not None and score > 0.98 and guess != target:
+        hint = f"the checkpoint looks like {guess}; create that model instead (leanvit.create_model({guess!r}))"
+    elif guess is not None and score > 0.5:
+        hint = f"closest leanvit variant: {guess} ({score:.0%} of tensors match)"
+    else:
+        first = ", ".join(list(raw)[:4])
+        hint = f"it does not look like any leanvit model (first keys: {first})"
+    return CheckpointError(
+        f"checkpoint ({layout} layout) does not fit {target}: {hint}. First problems: {'; '.join(parts)}"
+    )
+
+
+def load_checkpoint(
+    model: nn.Module,
+    source: str | os.PathLike | Mapping[str, Any],
+    *,
+    strict: bool = True,
+    drop_head: bool = False,
+    prefer_ema: bool = False,
+) -> dict[str, Any]:
+    """Load ``source`` (path or state dict; leanvit, timm or official layout, detected automatically) into ``model``.
+
+    - EfficientViT attention biases and SepViT window tokens are resized when the checkpoint's resolution differs.
+    - A different ``num_classes`` is only adapted with ``drop_head=True`` (the model keeps its fresh head).
+    - A checkpoint without ``head_dist`` loaded into a distillation model initialises both heads from ``head``.
+    - Nothing is changed in ``model`` unless the whole checkpoint fits.
+
+    Returns a report: ``layout``, ``missing``, ``unexpected`` (non-empty only with ``strict=False``), ``dropped_head``.
+    """
+    family = _family_of(model)
+    raw, _ = read_state_dict(source, prefer_ema)
+    layout = detect_layout(raw, family)
+    sd = convert_state_dict(raw, family, src=layout)
+    expected = _expected(model)
+    sd = _fix_2d_conv_weights(sd, expected)
+    for adapter in _ADAPTERS.get(family, []):
+        sd = adapter(sd, model)
+
+    heads = _head_keys(model)
+    if any(k.startswith("head_dist.") for k in expected) and not any(k.startswith("head_dist.") for k in sd):
+        # A plain checkpoint into a distillation model: both heads start from the trained classifier.
+        sd.update({"head_dist." + k[5:]: v for k, v in list(sd.items()) if k.startswith("head.")})
+    missing, unexpected, mismatched = _diff(sd, expected)
+    body_mismatch = [k for k in mismatched if not k.startswith(heads)]
+    if body_mismatch:
+        raise _mismatch_error(model, sd, raw, missing, unexpected, mismatched, layout)
+    dropped_head = False
+    if (drop_head and any(k.startswith(heads) for k in mismatched)) or model.num_classes == 0:
+        dropped_head = any(k.startswith(heads) for k in sd)
+        sd = {k: v for k, v in sd.items() if not k.startswith(heads)}
+    elif mismatched:  # only head tensors differ: another number of classes
+        ckpt_classes = next((sd[k].shape[0] for k in mismatched if k.endswith("linear.weight")), None)
+        raise CheckpointError(
+            f"the checkpoint's classifier has {ckpt_classes} classes but the model has {model.num_classes}; "
+            f"pass drop_head=True to keep the model's fresh head (fine-tuning), or create the model with "
+            f"num_classes={ckpt_classes}"
+        )
+    missing, unexpected, mismatched = _diff(sd, expected)
+    if dropped_head:
+        missing = [k for k in missing if not k.startswith(heads)]
+    if strict and (missing or unexpected):
+        raise _mismatch_error(model, sd, raw, missing, unexpected, mismatched, layout)
+    model.load_state_dict(sd, strict=False)
+    return dict(layout=layout, missing=missing, unexpected=unexpected, dropped_head=dropped_head)
+
+
+# --------------------------------------------------------------------------------------------- saving
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+    """Call ``write(tmp_path)`` then atomically rename to ``path``: readers never see a partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def save_checkpoint(model: nn.Module, path: str | os.PathLike, layout: str = "leanvit") -> Path:
+    """Write ``model``'s weights in ``layout`` ("leanvit": safetensors with metadata; "timm"; "official": torch
+    file ``{'model': state_dict}`` as the official repositories write). Written atomically."""
+    family = _family_of(model)
+    sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    sd = convert_state_dict(sd, family, src="leanvit", dst=layout)
+    cfg = model.leanvit_cfg
+    if layout == "leanvit" or str(path).endswith(".safetensors"):
+        from safetensors.torch import save_file
+
+        meta = {"format": "pt", "leanvit_layout": layout, "leanvit_model": cfg.name,
+                "num_classes": str(model.num_classes), "config": json.dumps({"img_size": getattr(model, "img_size", None)})}
+        # safetensors refuses tensors that share storage; clone makes each one independent.
+        sd = {k: v.clone() for k, v in sd.items()}
+        return atomic_write(path, lambda tmp: save_file(sd, tmp, metadata=meta))
+    payload = {"model": sd} if layout == "official" else sd
+    return atomic_write(path, lambda tmp: torch.save(payload, tmp))

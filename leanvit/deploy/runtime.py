@@ -1,0 +1,361 @@
+"""Runtimes that execute a model: PyTorch eager / TorchScript trace / torch.compile, ONNX Runtime, OpenVINO.
+
+Every runtime has the same three steps so that timing loops measure only the runtime:
+``prepare(x)`` turns a torch tensor into the runtime's input once, ``run(prepared)`` executes,
+``to_torch(out)`` turns the output back into a float torch tensor. ``runtime(x)`` does all three.
+
+Threads are explicit per runtime: PyTorch's are process-global (:func:`torch_threads`), ONNX Runtime
+gets ``intra_op_num_threads`` / ``inter_op_num_threads`` and OpenVINO ``INFERENCE_NUM_THREADS`` when
+their sessions are created (``torch.set_num_threads`` does not reach either of them).
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import tempfile
+import warnings
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+__all__ = [
+    "BACKENDS", "PRECISIONS", "MissingBackendError", "UnsupportedPrecisionError", "require", "check_precision",
+    "torch_threads", "quiet_deprecations", "Runtime", "TorchRuntime", "OnnxRuntime", "OpenVinoRuntime", "build_runtime", "load_artifact", "to_openvino",
+]
+
+BACKENDS = ("eager", "jit", "compile", "onnxruntime", "openvino")
+PRECISIONS = ("fp32", "bf16", "fp16")
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# OpenVINO's names for INFERENCE_PRECISION_HINT
+_OV_HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
+
+
+class MissingBackendError(RuntimeError):
+    """An optional package a backend needs is not installed; the message names the pip extra."""
+
+
+class UnsupportedPrecisionError(ValueError):
+    """The requested precision is not available for this backend on this hardware."""
+
+
+def require(module: str, extra: str, purpose: str) -> ModuleType:
+    """Import ``module`` or raise :class:`MissingBackendError` saying which leanvit extra installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise MissingBackendError(
+            f"{purpose} needs the '{module}' package, which is not installed: pip install 'leanvit[{extra}]'"
+        ) from e
+
+
+def _require_backend(backend: str) -> None:
+    if backend == "onnxruntime":
+        require("onnxruntime", "onnx", "the onnxruntime backend")
+        require("onnx", "onnx", "the onnxruntime backend (ONNX export)")
+    elif backend == "openvino":
+        require("openvino", "openvino", "the openvino backend")
+    elif backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+
+
+def _cpu_bf16() -> bool:
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def _openvino_capabilities() -> set[str]:
+    ov = require("openvino", "openvino", "the openvino backend")
+    return set(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+
+
+def check_precision(precision: str, backend: str, device: str = "cpu", allow_fallback: bool = False) -> tuple[str, str]:
+    """Validate ``precision`` for ``backend`` on ``device``; returns ``(precision_to_use, note)``.
+
+    Raises :class:`UnsupportedPrecisionError` naming the problem and the way out, unless
+    ``allow_fallback`` is set, in which case fp32 is used and ``note`` says why.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    _require_backend(backend)
+    cuda = device.startswith("cuda")
+    problem = ""
+    if precision == "fp16" and not cuda:
+        problem = "fp16 needs a CUDA GPU (AMP); on CPU use bf16 (native on AVX512-BF16/AMX CPUs) or fp32"
+    elif precision == "bf16" and backend == "onnxruntime" and not cuda:
+        problem = "onnxruntime's CPU provider has no bf16 kernels; use the openvino or a PyTorch backend for bf16"
+    elif precision == "bf16" and backend == "openvino" and "BF16" not in _openvino_capabilities():
+        problem = "OpenVINO reports no BF16 support on this CPU (needs AVX512-BF16 or AMX)"
+    elif precision == "bf16" and backend in ("eager", "jit", "compile"):
+        if cuda and not torch.cuda.is_bf16_supported():
+            problem = "this GPU has no bf16 support; use fp16"
+        elif not cuda and not _cpu_bf16():
+            problem = "this CPU has no native bf16 (needs AVX512-BF16 or AMX); use fp32"
+    if not problem:
+        return precision, ""
+    if allow_fallback:
+        return "fp32", f"{precision} unavailable ({problem}); fell back to fp32"
+    raise UnsupportedPrecisionError(f"precision {precision} with backend {backend} on {device}: {problem}. "
+                                    "Pass --allow-fallback (allow_fallback=True) to run fp32 instead.")
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with ``torch.set_num_threads(threads)``, restoring the old value after."""
+    old = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+@contextlib.contextmanager
+def quiet_deprecations() -> Iterator[None]:
+    """Silence torch.jit / TorchScript-exporter deprecation and tracer warnings inside the block.
+
+    torch 2.14 marks both deprecated; the warnings say nothing a user can act on while running the
+    papers' (traced) protocol or the default legacy ONNX exporter.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        yield
+
+
+class Runtime:
+    """Base class: ``prepare`` once, ``run`` per call, ``to_torch`` for the result."""
+
+    backend: str = ""
+    precision: str = "fp32"
+    device: str = "cpu"
+
+    def prepare(self, x: torch.Tensor) -> Any:
+        """Convert a float torch input into what :meth:`run` takes."""
+        return x
+
+    def run(self, prepared: Any) -> Any:  # pragma: no cover - abstract
+        """Execute once on a prepared input."""
+        raise NotImplementedError
+
+    def to_torch(self, out: Any) -> torch.Tensor:
+        """The output as a float32 CPU tensor."""
+        return out.float().cpu()
+
+    def synchronize(self) -> None:
+        """Wait for asynchronous work (CUDA) so wall time covers the whole call."""
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.to_torch(self.run(self.prepare(x)))
+
+
+class TorchRuntime(Runtime):
+    """PyTorch: ``mode`` 'eager', 'jit' (``torch.jit.trace``, the papers' protocol) or 'compile'.
+
+    bf16/fp16 use autocast (``bf16_mode='autocast'``, GPU AMP, CPU oneDNN/AMX); on CPU
+    ``bf16_mode='convert'`` instead casts weights and inputs to bf16 (less casting, more rounding).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        example: torch.Tensor,
+        *,
+        mode: str = "eager",
+        precision: str = "fp32",
+        device: str = "cpu",
+        bf16_mode: str = "autocast",
+        compile_mode: str | None = None,
+    ) -> None:
+        if mode not in ("eager", "jit", "compile"):
+            raise ValueError(f"unknown PyTorch mode {mode!r}; choose eager, jit or compile")
+        if bf16_mode not in ("autocast", "convert"):
+            raise ValueError(f"bf16_mode must be 'autocast' or 'convert', got {bf16_mode!r}")
+        self.backend, self.precision, self.device = mode, precision, device
+        self.convert = precision == "bf16" and bf16_mode == "convert" and not device.startswith("cuda")
+        self.autocast = precision != "fp32" and not self.convert
+        model = model.eval().to(device)
+        if self.convert:
+            model = model.to(torch.bfloat16)
+        x = self.prepare(example)
+        with quiet_deprecations(), torch.no_grad(), self._amp():
+            if mode == "jit":
+                model = torch.jit.trace(model, x, check_trace=False)
+            elif mode == "compile":
+                model = torch.compile(model, mode=compile_mode)
+            model(x)  # compile / first-call work belongs to set-up, not to the timings
+        self.fn = model
+
+    def _amp(self) -> contextlib.AbstractContextManager:
+        if not self.autocast:
+            return contextlib.nullcontext()
+        return torch.autocast("cuda" if self.device.startswith("cuda") else "cpu", dtype=_DTYPES[self.precision])
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device)
+        return x.to(torch.bfloat16) if self.convert else x
+
+    def run(self, prepared: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode(), self._amp():
+            return self.fn(prepared)
+
+
+class OnnxRuntime(Runtime):
+    """ONNX Runtime session on an ``.onnx`` file with explicit thread counts (0 = ORT's default)."""
+
+    def __init__(self, path: str | Path, *, threads: int | None = 1, device: str = "cpu") -> None:
+        ort = require("onnxruntime", "onnx", "the onnxruntime backend")
+        self.backend, self.precision, self.device = "onnxruntime", "fp32", device
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or 0
+        opts.inter_op_num_threads = 1 if threads else 0
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if device.startswith("cuda"):
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise MissingBackendError("onnxruntime on CUDA needs the GPU build: pip install onnxruntime-gpu")
+            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        else:
+            providers = ["CPUExecutionProvider"]
+        self.session = ort.InferenceSession(str(path), opts, providers=providers)
+        self.input_name = self.session.get_inputs()[0].name
+        self.threads = threads
+
+    def prepare(self, x: torch.Tensor) -> dict[str, Any]:
+        return {self.input_name: x.detach().float().cpu().contiguous().numpy()}
+
+    def run(self, prepared: dict[str, Any]) -> Any:
+        return self.session.run(None, prepared)[0]
+
+    def to_torch(self, out: Any) -> torch.Tensor:
+        return torch.from_numpy(out).float()
+
+    def synchronize(self) -> None:
+        pass  # session.run returns host arrays: already synchronous
+
+
+class OpenVinoRuntime(Runtime):
+    """OpenVINO on CPU, from a torch module (converted in memory) or an IR ``.xml`` path.
+
+    ``precision=None`` keeps OpenVINO's default INFERENCE_PRECISION_HINT (bf16 on AMX CPUs!) or the
+    hint an exported IR carries; 'fp32' / 'bf16' set it explicitly. ``effective_precision`` says
+    what the compiled model really uses.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module | str | Path,
+        *,
+        example: torch.Tensor | None = None,
+        threads: int | None = 1,
+        precision: str | None = "fp32",
+        performance_hint: str = "LATENCY",
+    ) -> None:
+        ov = require("openvino", "openvino", "the openvino backend")
+        self.backend, self.device = "openvino", "cpu"
+        core = ov.Core()
+        if isinstance(model, (str, Path)):
+            ov_model = core.read_model(str(model))
+            if precision is None and ov_model.has_rt_info(["runtime_options", "INFERENCE_PRECISION_HINT"]):
+                hint = str(ov_model.get_rt_info(["runtime_options", "INFERENCE_PRECISION_HINT"]).astype(str))
+                precision = {v: k for k, v in _OV_HINTS.items()}.get(hint, precision)
+        else:
+            if example is None:
+                raise ValueError("converting a torch module to OpenVINO needs an example input")
+            ov_model = to_openvino(model, example)
+        config: dict[str, Any] = {"PERFORMANCE_HINT": performance_hint}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        if precision is not None:
+            config["INFERENCE_PRECISION_HINT"] = _OV_HINTS[precision]
+        self.compiled = core.compile_model(ov_model, "CPU", config)
+        self.effective_precision = {v: k for k, v in _OV_HINTS.items()}.get(
+            str(self.compiled.get_property("INFERENCE_PRECISION_HINT")), "fp32")
+        self.precision = self.effective_precision
+        self.request = self.compiled.create_infer_request()
+        self.threads = threads
+
+    def prepare(self, x: torch.Tensor) -> Any:
+        return x.detach().float().cpu().contiguous().numpy()
+
+    def run(self, prepared: Any) -> Any:
+        return self.request.infer({0: prepared}, share_inputs=True)[0]
+
+    def to_torch(self, out: Any) -> torch.Tensor:
+        return torch.from_numpy(out.copy()).float()
+
+    def synchronize(self) -> None:
+        pass  # infer() is synchronous
+
+
+def to_openvino(model: nn.Module, example: torch.Tensor, dynamic_batch: bool = False) -> Any:
+    """Convert a torch module to an in-memory ``openvino.Model`` with the example's shape
+    (batch left dynamic when asked)."""
+    ov = require("openvino", "openvino", "OpenVINO conversion")
+    shape = list(example.shape)
+    if dynamic_batch:
+        shape[0] = -1
+    with quiet_deprecations(), torch.no_grad():
+        return ov.convert_model(model.eval(), example_input=example, input=[ov.PartialShape(shape)])
+
+
+def build_runtime(
+    model: nn.Module,
+    backend: str,
+    example: torch.Tensor,
+    *,
+    precision: str = "fp32",
+    device: str = "cpu",
+    threads: int | None = 1,
+    bf16_mode: str = "autocast",
+    compile_mode: str | None = None,
+) -> Runtime:
+    """A ready runtime for an (already fused) eval ``model`` at the example's shape."""
+    _require_backend(backend)
+    if backend in ("eager", "jit", "compile"):
+        return TorchRuntime(model, example, mode=backend, precision=precision, device=device,
+                            bf16_mode=bf16_mode, compile_mode=compile_mode)
+    if backend == "onnxruntime":
+        if precision != "fp32":
+            raise UnsupportedPrecisionError(f"onnxruntime runs fp32 models here, not {precision}")
+        from .export import export_onnx
+
+        with tempfile.TemporaryDirectory(prefix="leanvit-ort-") as tmp:
+            path = Path(tmp) / "model.onnx"
+            export_onnx(model.cpu(), example.cpu(), path)
+            return OnnxRuntime(path, threads=threads, device=device)  # the session holds the graph
+    if device.startswith("cuda"):
+        raise UnsupportedPrecisionError("the openvino backend runs on CPU only; use --device cpu")
+    return OpenVinoRuntime(model, example=example, threads=threads, precision=precision)
+
+
+def load_artifact(path: str | Path, *, threads: int | None = 1, precision: str | None = None) -> Runtime:
+    """Open an exported file by its suffix: ``.onnx`` (ONNX Runtime), ``.xml`` (OpenVINO IR),
+    ``.pt`` / ``.ts`` (TorchScript)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".onnx":
+        return OnnxRuntime(path, threads=threads)
+    if suffix == ".xml":
+        return OpenVinoRuntime(path, threads=threads, precision=precision)
+    if suffix in (".pt", ".ts"):
+        with quiet_deprecations():
+            module = torch.jit.load(str(path), map_location="cpu")
+        return _LoadedTorchScript(module)
+    raise ValueError(f"cannot tell the format of {path}: expected .onnx, .xml (OpenVINO) or .pt/.ts (TorchScript)")
+
+
+class _LoadedTorchScript(Runtime):
+    """A ``torch.jit.load``-ed module (its precision handling is baked into the graph)."""
+
+    def __init__(self, module: torch.jit.ScriptModule) -> None:
+        self.backend, self.device, self.module = "torchscript", "cpu", module
+
+    def run(self, prepared: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.module(prepared)

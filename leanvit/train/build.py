@@ -1,0 +1,163 @@
+"""Builders: the student (with fine-tuning and freezing), the teacher, optimizer, schedule and Mixup.
+
+Everything here is family-agnostic: it relies only on ``leanvit.create_model``, the model's
+``no_weight_decay()`` / ``leanvit_cfg`` / distillation head, and ``leanvit.load_checkpoint``.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import TrainConfig
+
+__all__ = ["ModelSpec", "model_spec", "build_student", "freeze_early_stages", "build_teacher", "build_optimizer",
+           "effective_lr", "build_scheduler", "build_mixup"]
+
+log = logging.getLogger("leanvit.train")
+
+
+@dataclass
+class ModelSpec:
+    """Resolved input geometry and normalisation of the model being trained."""
+
+    name: str
+    family: str
+    img_size: int
+    crop_pct: float
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+def model_spec(cfg: TrainConfig) -> ModelSpec:
+    """Image size, crop and mean/std from the config, falling back to the variant's defaults."""
+    from ..models import get_config
+
+    mc = get_config(cfg.model.name)
+    return ModelSpec(
+        name=mc.name, family=mc.family, img_size=cfg.model.img_size or mc.img_size,
+        crop_pct=cfg.data.crop_pct or mc.crop_pct, mean=tuple(mc.mean), std=tuple(mc.std),
+    )
+
+
+def build_student(cfg: TrainConfig, num_classes: int, img_size: int) -> nn.Module:
+    """``create_model`` with the config's options; loads ``finetune.checkpoint`` when set."""
+    from ..models import create_model
+
+    kwargs: dict[str, Any] = dict(cfg.model.kwargs)
+    if cfg.model.drop_path > 0:
+        kwargs["drop_path_rate"] = cfg.model.drop_path
+    distill = cfg.distill.type != "none"
+    try:
+        model = create_model(cfg.model.name, num_classes=num_classes, img_size=img_size, distillation=distill, **kwargs)
+    except TypeError as e:
+        raise ValueError(f"{cfg.model.name} does not accept {sorted(kwargs)} ({e}); "
+                         "remove model.drop_path / model.kwargs for this family") from e
+    if cfg.finetune.checkpoint:
+        from ..checkpoint import load_checkpoint
+
+        # drop_head=True keeps a fitting head and re-initialises one with another class count; a
+        # distillation head present on one side only is the one mismatch allowed (strict=False + check).
+        report = load_checkpoint(model, cfg.finetune.checkpoint, strict=False, drop_head=True,
+                                 prefer_ema=cfg.finetune.use_ema)
+        for what in ("missing", "unexpected"):
+            bad = [k for k in report[what] if not k.startswith("head_dist.")]
+            if bad:
+                raise ValueError(f"fine-tune checkpoint {cfg.finetune.checkpoint} does not fit {cfg.model.name}: "
+                                 f"{len(bad)} {what} tensors (first: {bad[:3]})")
+        log.info("fine-tuning from %s (%s layout%s)", cfg.finetune.checkpoint, report["layout"],
+                 ", new classifier head" if report["dropped_head"] else "")
+    if cfg.model.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    return model
+
+
+def freeze_early_stages(model: nn.Module, n: int) -> list[nn.Module]:
+    """Freeze the stem and the first ``n`` stages (weights and BN statistics); returns the frozen modules."""
+    if n <= 0:
+        return []
+    stages = list(model.stages)
+    if n > len(stages):
+        raise ValueError(f"finetune.freeze_stages={n} but {model.leanvit_cfg.name} has {len(stages)} stages")
+    frozen = [model.patch_embed] + stages[:n]
+    for m in frozen:
+        m.requires_grad_(False)
+        m.eval()
+    return frozen
+
+
+def build_teacher(cfg: TrainConfig, num_classes: int, img_size: int) -> nn.Module:
+    """The distillation teacher: a leanvit or timm model with local weights, frozen, in eval mode."""
+    from ..models import create_model, is_model
+
+    d = cfg.distill
+    if is_model(d.teacher):
+        from ..checkpoint import load_checkpoint
+
+        teacher = create_model(d.teacher, num_classes=num_classes, img_size=img_size)
+        load_checkpoint(teacher, d.teacher_checkpoint, prefer_ema=True)
+    else:
+        import timm
+
+        if not timm.is_model(d.teacher):
+            raise ValueError(f"unknown teacher {d.teacher!r}: neither a leanvit nor a timm model name")
+        teacher = timm.create_model(d.teacher, pretrained=False, num_classes=num_classes)
+        # timm's loader reads with weights_only=True and unwraps 'state_dict' / 'model' entries.
+        timm.models.load_checkpoint(teacher, d.teacher_checkpoint, strict=True)
+    teacher.requires_grad_(False)
+    return teacher.eval()
+
+
+def effective_lr(cfg: TrainConfig, global_batch: int) -> float:
+    """``optim.lr`` if set, else ``lr_base x global_batch / lr_base_size`` (the papers' linear scaling)."""
+    o = cfg.optim
+    return o.lr if o.lr is not None else o.lr_base * global_batch / o.lr_base_size
+
+
+def build_optimizer(cfg: TrainConfig, model: nn.Module, lr: float) -> torch.optim.Optimizer:
+    """timm's optimizer factory: no weight decay on 1-D tensors and on ``model.no_weight_decay()``."""
+    from timm.optim import create_optimizer_v2
+
+    o = cfg.optim
+    extra: dict[str, Any] = {}
+    if o.opt.lower() in ("adamw", "adam", "lamb", "nadamw", "lion", "adan"):
+        extra["eps"] = o.eps
+        if o.betas:
+            extra["betas"] = tuple(o.betas)
+    return create_optimizer_v2(model, opt=o.opt, lr=lr, weight_decay=o.weight_decay, momentum=o.momentum,
+                               layer_decay=o.layer_decay, **extra)
+
+
+def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, updates_per_epoch: int) -> Any:
+    """Warm-up + cosine (or any timm schedule), per epoch (papers) or per update."""
+    from timm.scheduler import create_scheduler_v2
+
+    s = cfg.sched
+    sched, _ = create_scheduler_v2(
+        optimizer, sched=s.sched, num_epochs=cfg.train.epochs, warmup_epochs=s.warmup_epochs, warmup_lr=s.warmup_lr,
+        min_lr=s.min_lr, step_on_epochs=s.step_on == "epoch", updates_per_epoch=updates_per_epoch,
+    )
+    return sched
+
+
+def build_mixup(cfg: TrainConfig, num_classes: int) -> Any:
+    """timm Mixup/CutMix with label smoothing, or None when both are off."""
+    a = cfg.aug
+    if not (a.mixup > 0 or a.cutmix > 0 or a.cutmix_minmax):
+        return None
+    if cfg.train.batch_size % 2:
+        raise ValueError(f"Mixup/CutMix pair images within a batch: train.batch_size must be even, got "
+                         f"{cfg.train.batch_size} (or set aug.mixup=0 aug.cutmix=0)")
+    from timm.data import Mixup
+
+    return Mixup(mixup_alpha=a.mixup, cutmix_alpha=a.cutmix, cutmix_minmax=a.cutmix_minmax, prob=a.mixup_prob,
+                 switch_prob=a.switch_prob, mode=a.mixup_mode, label_smoothing=a.smoothing, num_classes=num_classes)
+
+
+def updates_per_epoch(batches: int, accum: int) -> int:
+    """Optimizer updates in an epoch of ``batches`` micro-batches (a trailing partial group still updates)."""
+    return max(1, math.ceil(batches / accum))

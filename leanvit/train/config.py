@@ -1,0 +1,458 @@
+"""Training configuration: typed sections, YAML recipes that compose, ``key=value`` overrides.
+
+A recipe is a YAML file whose top-level keys are the sections below (``model``, ``data``, ``aug``, ...)
+plus an optional ``base:`` naming the recipe(s) it extends. ``shvit_s1+distill`` composes recipes on
+the command line. Every value is coerced to the field's declared type, so ``lr: 1e-3`` (a string to
+YAML 1.1) is a float here, and an unknown key is an error that lists the valid ones.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "TrainConfig", "ConfigError", "load_config", "load_recipe", "list_recipes", "recipe_dirs",
+    "apply_overrides", "config_from_dict", "config_to_dict", "save_config",
+]
+
+
+class ConfigError(ValueError):
+    """A recipe or override that cannot be used; the message names the key and the valid choices."""
+
+
+@dataclass
+class ModelSection:
+    """What to build. ``None`` values come from the model's defaults or the data."""
+
+    name: str = "shvit_s1"
+    img_size: int | None = None  # None: the variant's native resolution
+    num_classes: int | None = None  # None: the number of classes in the data
+    drop_path: float = 0.0  # stochastic depth; passed as drop_path_rate only when > 0
+    kwargs: dict = field(default_factory=dict)  # extra keyword arguments for create_model
+    channels_last: bool = False
+    compile: bool = False  # torch.compile the training model
+    compile_mode: str | None = None
+    grad_checkpointing: bool = False
+    sync_bn: bool = False  # SyncBatchNorm; CUDA only (gloo/CPU cannot run it)
+
+
+@dataclass
+class DataSection:
+    """Where images come from and how they are batched."""
+
+    path: str = "digits"  # ImageFolder root (train/ + val/ or validation/), "digits" or "fake"
+    train_split: str = "train"
+    val_split: str | None = None  # None: "val", else "validation"
+    workers: int = 4
+    eval_batch_size: int | None = None  # None: 1.5 x the training batch, as the official repositories
+    crop_pct: float | None = None  # eval resize = img_size / crop_pct; None: the model's (0.875)
+    interpolation: str = "bicubic"
+    repeated_aug: bool = False  # DeiT/timm repeated augmentation sampler
+    ra_repeats: int = 3
+    drop_last: bool = True
+    allow_empty_classes: bool = False  # a class folder without images is an error unless this is set
+    fake_train_size: int = 320
+    fake_val_size: int = 64
+    fake_classes: int = 10
+
+
+@dataclass
+class AugSection:
+    """Train-time augmentation (timm create_transform + Mixup); defaults are the DeiT recipe."""
+
+    auto_augment: str | None = "rand-m9-mstd0.5-inc1"
+    color_jitter: float = 0.4  # ignored by timm when auto_augment is set
+    scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
+    ratio: list[float] = field(default_factory=lambda: [0.75, 4 / 3])
+    hflip: float = 0.5
+    vflip: float = 0.0
+    reprob: float = 0.25
+    remode: str = "pixel"
+    recount: int = 1
+    mixup: float = 0.8
+    cutmix: float = 1.0
+    cutmix_minmax: list[float] | None = None
+    mixup_prob: float = 1.0
+    switch_prob: float = 0.5
+    mixup_mode: str = "batch"
+    smoothing: float = 0.1
+
+
+@dataclass
+class OptimSection:
+    """Optimizer (timm create_optimizer_v2) and gradient clipping."""
+
+    opt: str = "adamw"
+    lr: float | None = None  # absolute learning rate; None: lr_base x global batch / lr_base_size
+    lr_base: float = 1e-3
+    lr_base_size: int = 512
+    weight_decay: float = 0.05
+    eps: float = 1e-8
+    betas: list[float] | None = None
+    momentum: float = 0.9
+    clip_grad: float | None = None
+    clip_mode: str = "norm"  # norm | agc | value
+    layer_decay: float | None = None
+
+
+@dataclass
+class SchedSection:
+    """Learning-rate schedule (timm create_scheduler_v2)."""
+
+    sched: str = "cosine"
+    warmup_epochs: float = 5
+    warmup_lr: float = 1e-6
+    min_lr: float = 1e-5
+    step_on: str = "epoch"  # epoch (the papers) | update (smoother for short runs)
+
+
+@dataclass
+class LoopSection:
+    """The training loop."""
+
+    epochs: int = 300
+    batch_size: int = 256  # per process
+    accum_steps: int = 1
+    max_steps: int | None = None  # stop after this many optimizer updates (smoke tests)
+    seed: int = 0
+    amp: str = "none"  # none | bf16 | fp16 | auto (bf16 where supported on GPU, fp32 on CPU)
+    device: str = "auto"  # auto | cpu | cuda
+    deterministic: bool = False
+    eval_every: int = 1  # epochs between evaluations (the last epoch is always evaluated)
+    dist_bn: str = "reduce"  # reduce | broadcast | none: BN statistics across processes at epoch end
+    log_interval: int = 20
+
+
+@dataclass
+class EmaSection:
+    """Model EMA (timm ModelEmaV3)."""
+
+    enable: bool = False
+    decay: float = 0.99996
+    warmup: bool = False
+    evaluate: bool = True  # also evaluate the EMA weights after each epoch
+
+
+@dataclass
+class DistillSection:
+    """DeiT distillation through the student's distillation head."""
+
+    type: str = "none"  # none | soft | hard
+    teacher: str = "regnety_160"  # a leanvit or timm model name
+    teacher_checkpoint: str | None = None  # local weights file (required unless type is none)
+    alpha: float = 0.5
+    tau: float = 1.0
+
+
+@dataclass
+class FinetuneSection:
+    """Start from other weights: a new head / resolution, optionally frozen early stages."""
+
+    checkpoint: str | None = None
+    use_ema: bool = False  # take the EMA weights of a leanvit training checkpoint
+    freeze_stages: int = 0  # freeze the stem and this many stages (their BN statistics too)
+
+
+@dataclass
+class CheckpointSection:
+    """What is written to the output directory."""
+
+    every_steps: int = 0  # also save last.ckpt every N optimizer updates (0: per epoch only)
+    keep_last: int = 2  # epoch checkpoints kept besides last.ckpt and best.ckpt
+    best_metric: str = "top1"  # top1 | ema_top1
+
+
+@dataclass
+class LogSection:
+    """Progress bar, CSV and TensorBoard."""
+
+    progress: bool = True
+    tensorboard: bool = True
+    csv: bool = True
+
+
+@dataclass
+class TrainConfig:
+    """The full, resolved configuration of one training run (saved as config.yaml in the output)."""
+
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    aug: AugSection = field(default_factory=AugSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    sched: SchedSection = field(default_factory=SchedSection)
+    train: LoopSection = field(default_factory=LoopSection)
+    ema: EmaSection = field(default_factory=EmaSection)
+    distill: DistillSection = field(default_factory=DistillSection)
+    finetune: FinetuneSection = field(default_factory=FinetuneSection)
+    checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
+    log: LogSection = field(default_factory=LogSection)
+    output: str = "runs/train"
+    resume: str | None = None
+    recipe: list[str] = field(default_factory=list)  # the recipes this config was built from (informational)
+
+
+_CHOICES = {
+    "optim.clip_mode": ("norm", "agc", "value"),
+    "sched.step_on": ("epoch", "update"),
+    "train.amp": ("none", "bf16", "fp16", "auto"),
+    "train.device": ("auto", "cpu", "cuda"),
+    "train.dist_bn": ("reduce", "broadcast", "none"),
+    "distill.type": ("none", "soft", "hard"),
+    "checkpoint.best_metric": ("top1", "ema_top1"),
+    "aug.mixup_mode": ("batch", "pair", "elem"),
+    "aug.remode": ("pixel", "rand", "const"),
+}
+_POSITIVE = ("train.epochs", "train.batch_size", "train.accum_steps", "data.ra_repeats", "optim.lr_base_size")
+
+
+# --------------------------------------------------------------------------------------------- coercion
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _is_section(tp: Any) -> bool:
+    return dataclasses.is_dataclass(tp)
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Convert ``value`` (from YAML or a command line) to the declared type ``tp``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "~", "")):
+            return None
+        return _coerce(value, args[0], key)
+    if origin is list or tp is list:
+        if isinstance(value, str):
+            value = yaml.safe_load(value)
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list like [0.08, 1.0], got {value!r}")
+        (item,) = typing.get_args(tp) or (Any,)
+        return [_coerce(v, item, key) for v in value]
+    if origin is dict or tp is dict:
+        if isinstance(value, str):
+            value = yaml.safe_load(value) or {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping like {{a: 1}}, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        s = str(value).strip().lower()
+        if s in ("1", "true", "yes", "on"):
+            return True
+        if s in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if tp in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+        if tp is int:
+            if not number.is_integer():
+                raise ConfigError(f"{key}: expected an integer, got {value!r}")
+            return int(number)
+        return number
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _unknown_key(key: str, valid: list[str], where: str) -> ConfigError:
+    close = difflib.get_close_matches(key, valid, n=3, cutoff=0.6)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    return ConfigError(f"unknown {where} {key!r}.{hint} Valid keys: {', '.join(valid)}")
+
+
+def valid_keys() -> list[str]:
+    """Every settable key, dotted (``optim.lr``, ``output``, ...)."""
+    keys = []
+    for name, tp in _hints(TrainConfig).items():
+        if _is_section(tp):
+            keys += [f"{name}.{k}" for k in _hints(tp)]
+        else:
+            keys.append(name)
+    return keys
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        # Sections merge key by key; a kwargs mapping is replaced only where keys collide.
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def config_from_dict(data: dict) -> TrainConfig:
+    """Build a validated :class:`TrainConfig` from a nested dict (unknown keys are errors)."""
+    hints = _hints(TrainConfig)
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        if name not in hints:
+            raise _unknown_key(name, valid_keys(), "config key")
+        tp = hints[name]
+        if _is_section(tp):
+            if value is None:
+                value = {}
+            if not isinstance(value, dict):
+                raise ConfigError(f"section {name!r} must be a mapping, got {value!r}")
+            sec_hints = _hints(tp)
+            for k in value:
+                if k not in sec_hints:
+                    raise _unknown_key(f"{name}.{k}", [f"{name}.{s}" for s in sec_hints], "config key")
+            kwargs[name] = tp(**{k: _coerce(v, sec_hints[k], f"{name}.{k}") for k, v in value.items()})
+        else:
+            kwargs[name] = _coerce(value, tp, name)
+    cfg = TrainConfig(**kwargs)
+    _validate(cfg)
+    return cfg
+
+
+def config_to_dict(cfg: TrainConfig) -> dict:
+    """Plain nested dict (YAML-safe) of ``cfg``."""
+    return dataclasses.asdict(cfg)
+
+
+def _validate(cfg: TrainConfig) -> None:
+    flat = config_to_dict(cfg)
+    for key, choices in _CHOICES.items():
+        sec, k = key.split(".")
+        if flat[sec][k] not in choices:
+            raise ConfigError(f"{key}={flat[sec][k]!r} is not valid; choose one of {', '.join(choices)}")
+    for key in _POSITIVE:
+        sec, k = key.split(".")
+        if flat[sec][k] <= 0:
+            raise ConfigError(f"{key} must be > 0, got {flat[sec][k]}")
+    if cfg.distill.type != "none" and not cfg.distill.teacher_checkpoint:
+        raise ConfigError(
+            f"distill.type={cfg.distill.type} needs a teacher's weights: set distill.teacher_checkpoint=PATH "
+            f"(a local file for {cfg.distill.teacher}); leanvit never downloads weights"
+        )
+    if len(cfg.aug.scale) != 2 or len(cfg.aug.ratio) != 2:
+        raise ConfigError("aug.scale and aug.ratio take two numbers, e.g. [0.08, 1.0]")
+
+
+# --------------------------------------------------------------------------------------------- recipes
+def recipe_dirs() -> list[Path]:
+    """Where recipe names are looked up: $LEANVIT_RECIPES (os.pathsep-separated), then the repository's recipes/."""
+    dirs = [Path(p) for p in os.environ.get("LEANVIT_RECIPES", "").split(os.pathsep) if p]
+    dirs.append(Path(__file__).resolve().parents[2] / "recipes")
+    return dirs
+
+
+def list_recipes() -> list[str]:
+    """Names of the recipes found in :func:`recipe_dirs` (files starting with ``_`` are building blocks)."""
+    names = set()
+    for d in recipe_dirs():
+        if d.is_dir():
+            names.update(p.stem for p in d.glob("*.yaml") if not p.stem.startswith("_"))
+    return sorted(names)
+
+
+def _find_recipe(name: str, relative_to: Path | None) -> Path:
+    cand = Path(name)
+    if cand.suffix in (".yaml", ".yml"):
+        for p in ([relative_to / cand] if relative_to and not cand.is_absolute() else []) + [cand]:
+            if p.is_file():
+                return p
+        raise ConfigError(f"recipe file {name} not found")
+    for d in recipe_dirs():
+        p = d / f"{name}.yaml"
+        if p.is_file():
+            return p
+    known = list_recipes()
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise ConfigError(f"unknown recipe {name!r}.{hint} Known recipes: {', '.join(known)} (or pass a .yaml path)")
+
+
+def load_recipe(spec: str, _seen: tuple[str, ...] = ()) -> dict:
+    """Resolve a recipe spec (``name``, ``path.yaml``, or ``a+b`` composition) to a merged nested dict."""
+    merged: dict = {}
+    for part in [p for p in spec.split("+") if p]:
+        path = _find_recipe(part, Path(_seen[-1]).parent if _seen else None)
+        key = str(path.resolve())
+        if key in _seen:
+            raise ConfigError(f"recipe {path} extends itself (chain: {' -> '.join(_seen + (key,))})")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"recipe {path} must be a YAML mapping of sections")
+        data.pop("resolved", None)  # a saved run's config.yaml can serve as a recipe
+        bases = data.pop("base", None) or []
+        for b in [bases] if isinstance(bases, str) else bases:
+            merged = _merge(merged, load_recipe(b, _seen + (key,)))
+        merged = _merge(merged, data)
+    return merged
+
+
+def _key_error(key: str) -> ConfigError:
+    section = key.split(".")[0]
+    same = [k for k in valid_keys() if k.startswith(section + ".")]
+    return _unknown_key(key, same or valid_keys(), "key")
+
+
+def _parse_override(item: str) -> tuple[list[str], str]:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like key=value (e.g. optim.lr=1e-3)")
+    key, value = item.split("=", 1)
+    key = key.strip()
+    if key not in valid_keys():
+        raise _key_error(key)
+    return key.split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str] | dict[str, Any]) -> dict:
+    """Apply ``["section.key=value", ...]`` (or a ``{"section.key": value}`` dict) onto a nested dict."""
+    items = overrides.items() if isinstance(overrides, dict) else [_parse_override(o) for o in overrides]
+    out = _merge({}, data)
+    for path, value in items:
+        path = path.split(".") if isinstance(path, str) else path
+        if ".".join(path) not in valid_keys():
+            raise _key_error(".".join(path))
+        if isinstance(value, str):
+            # YAML typing for command-line strings ("[0.5, 1.0]", "null", "{a: 1}"); _coerce fixes the rest.
+            try:
+                value = yaml.safe_load(value) if value.strip() else value
+            except yaml.YAMLError:
+                pass
+        node = out
+        for p in path[:-1]:
+            node = node.setdefault(p, {})
+        node[path[-1]] = value
+    return out
+
+
+def load_config(recipe: str | None = None, overrides: list[str] | dict[str, Any] | None = None) -> TrainConfig:
+    """Recipe (name / path / ``a+b``) + overrides -> validated :class:`TrainConfig`."""
+    data = load_recipe(recipe) if recipe else {}
+    data = apply_overrides(data, overrides or [])
+    cfg = config_from_dict(data)
+    if recipe:
+        cfg.recipe = [p for p in recipe.split("+") if p]
+    return cfg
+
+
+def save_config(cfg: TrainConfig, path: str | os.PathLike, extra: dict | None = None) -> None:
+    """Write the resolved config (plus ``extra``: derived values such as the effective lr) atomically."""
+    from ..checkpoint import atomic_write
+
+    data = config_to_dict(cfg)
+    if extra:
+        data["resolved"] = extra
+    text = yaml.safe_dump(data, sort_keys=False)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))

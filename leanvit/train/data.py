@@ -1,0 +1,346 @@
+"""Datasets, transforms, samplers and loaders for training and evaluation.
+
+Sources: an ImageFolder root (``train/`` + ``val/`` or ``validation/``), ``digits`` (scikit-learn's
+8x8 handwritten digits, a real dataset that ships inside a PyPI package) and ``fake`` (torchvision
+FakeData). Transforms are timm's. Unreadable image files are skipped with a warning naming the file
+and are counted, never silently dropped.
+
+Every training sample is augmented under an RNG seeded by (seed, epoch, rank, position in the epoch),
+so the augmentation does not depend on the number of loader workers and a run resumed in the middle
+of an epoch sees exactly the images it would have seen.
+"""
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .config import TrainConfig
+
+__all__ = [
+    "BadImageError", "ImageSource", "DataBundle", "open_source", "build_transforms", "AugmentedDataset",
+    "ResumableSampler", "ShardSampler", "build_loaders", "collate",
+]
+
+log = logging.getLogger("leanvit.train")
+
+
+class BadImageError(Exception):
+    """An image file that cannot be decoded (truncated, not an image)."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+
+
+class ImageSource(Dataset):
+    """Index -> (PIL RGB image, class index); ``classes`` lists the class names."""
+
+    classes: list[str]
+
+    def load(self, index: int) -> tuple[Image.Image, int]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> tuple[Image.Image, int]:
+        return self.load(index)
+
+
+class FolderSource(ImageSource):
+    """One split of an ImageFolder tree: ``root/<class>/<image>``."""
+
+    def __init__(self, root: Path, classes: list[str] | None, allow_empty: bool) -> None:
+        from torchvision.datasets import ImageFolder
+
+        self.root = root
+        folder = ImageFolder(str(root), allow_empty=True)
+        if classes is not None and folder.classes != classes:
+            extra = sorted(set(folder.classes) - set(classes))
+            missing = sorted(set(classes) - set(folder.classes))
+            raise ValueError(
+                f"the class folders of {root} differ from the training split's (only here: {extra[:5]}, "
+                f"missing here: {missing[:5]}); both splits need the same class folders"
+            )
+        counts = np.bincount([t for _, t in folder.samples], minlength=len(folder.classes))
+        empty = [c for c, n in zip(folder.classes, counts) if n == 0]
+        if not folder.classes:
+            raise ValueError(f"{root} has no class folders; expected {root}/<class name>/<image files>")
+        if empty and not allow_empty:
+            raise ValueError(
+                f"class folder(s) without images in {root}: {', '.join(empty[:5])}"
+                f"{' ...' if len(empty) > 5 else ''}. Add images (jpg/png/...), remove the folder(s) from "
+                "every split, or set data.allow_empty_classes=true"
+            )
+        self.samples = folder.samples
+        self.classes = folder.classes
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load(self, index: int) -> tuple[Image.Image, int]:
+        path, target = self.samples[index]
+        try:
+            with Image.open(path) as img:
+                return img.convert("RGB"), target
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+            # PIL raises OSError for truncated files, UnidentifiedImageError (an OSError) for non-images.
+            raise BadImageError(path, str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+
+
+class DigitsSource(ImageSource):
+    """scikit-learn's handwritten digits (1797 8x8 images, 10 classes); a fixed stratified 80/20 split."""
+
+    def __init__(self, split: str) -> None:
+        try:
+            from sklearn.datasets import load_digits
+            from sklearn.model_selection import train_test_split
+        except ImportError as e:  # pragma: no cover - depends on the environment
+            raise ImportError("data 'digits' needs scikit-learn: pip install scikit-learn (or leanvit[train])") from e
+        digits = load_digits()
+        # 0..16 grey levels -> 0..255; the split is fixed (not the run's seed) so val accuracy is comparable.
+        images = (digits.images * (255.0 / 16.0)).round().astype(np.uint8)
+        idx_train, idx_val = train_test_split(
+            np.arange(len(images)), test_size=0.2, random_state=0, stratify=digits.target)
+        idx = idx_train if split == "train" else idx_val
+        self.images = images[idx]
+        self.targets = digits.target[idx].astype(np.int64)
+        self.classes = [str(i) for i in range(10)]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def load(self, index: int) -> tuple[Image.Image, int]:
+        return Image.fromarray(self.images[index], mode="L").convert("RGB"), int(self.targets[index])
+
+
+class FakeSource(ImageSource):
+    """torchvision FakeData: deterministic random images (smoke tests; nothing to learn)."""
+
+    def __init__(self, size: int, img_size: int, num_classes: int, offset: int) -> None:
+        from torchvision.datasets import FakeData
+
+        self.data = FakeData(size=size, image_size=(3, img_size, img_size), num_classes=num_classes,
+                             random_offset=offset)
+        self.classes = [f"class_{i}" for i in range(num_classes)]
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def load(self, index: int) -> tuple[Image.Image, int]:
+        img, target = self.data[index]
+        return img, int(target)
+
+
+@dataclass
+class DataBundle:
+    """The two splits of a data source and their shared class list."""
+
+    train: ImageSource
+    val: ImageSource
+    classes: list[str]
+    description: str
+
+
+def _split_dir(root: Path, names: Sequence[str], what: str) -> Path:
+    for n in names:
+        if (root / n).is_dir():
+            return root / n
+    present = sorted(p.name for p in root.iterdir() if p.is_dir())[:8]
+    raise FileNotFoundError(
+        f"no {what} folder in {root} (looked for {', '.join(names)}/; found: {', '.join(present) or 'nothing'}). "
+        "Expected an ImageFolder layout: ROOT/train/<class>/<img> and ROOT/val/<class>/<img>"
+    )
+
+
+def open_source(path: str, cfg: TrainConfig | None = None, img_size: int = 224, need_train: bool = True) -> DataBundle:
+    """Open ``path``: ``digits``, ``fake`` or an ImageFolder root. Errors name the problem and the fix."""
+    d = cfg.data if cfg is not None else None
+    if path == "digits":
+        return DataBundle(DigitsSource("train"), DigitsSource("val"), [str(i) for i in range(10)], "digits")
+    if path == "fake":
+        n_train, n_val, n_cls = (d.fake_train_size, d.fake_val_size, d.fake_classes) if d else (320, 64, 10)
+        train, val = FakeSource(n_train, img_size, n_cls, 0), FakeSource(n_val, img_size, n_cls, 10_000_000)
+        return DataBundle(train, val, train.classes, f"fake ({n_train}/{n_val} images, {n_cls} classes)")
+    root = Path(path).expanduser()
+    if not root.exists():
+        raise FileNotFoundError(
+            f"data directory {root} does not exist. Pass an ImageFolder root with train/ and val/ (or validation/) "
+            "class folders, or 'digits' (built-in real dataset) or 'fake' (synthetic)"
+        )
+    if not root.is_dir():
+        raise FileNotFoundError(f"data path {root} is a file; pass the ImageFolder root directory")
+    allow_empty = bool(d and d.allow_empty_classes)
+    val_names = [d.val_split] if d and d.val_split else ["val", "validation"]
+    val = FolderSource(_split_dir(root, val_names, "validation"), None, allow_empty)
+    if need_train:
+        train = FolderSource(_split_dir(root, [d.train_split if d else "train"], "training"), None, allow_empty)
+        val = FolderSource(val.root, train.classes, allow_empty)
+    else:
+        train = val
+    return DataBundle(train, val, train.classes, str(root))
+
+
+# --------------------------------------------------------------------------------------------- transforms
+def build_transforms(cfg: TrainConfig, img_size: int, mean: Sequence[float], std: Sequence[float],
+                     crop_pct: float) -> tuple[Callable, Callable]:
+    """(train, eval) transforms through timm's create_transform; eval = resize img_size/crop_pct + centre crop."""
+    from timm.data import create_transform
+
+    a = cfg.aug
+    train_tf = create_transform(
+        img_size, is_training=True, scale=tuple(a.scale), ratio=tuple(a.ratio), hflip=a.hflip, vflip=a.vflip,
+        color_jitter=a.color_jitter or None, auto_augment=a.auto_augment, interpolation=cfg.data.interpolation,
+        mean=tuple(mean), std=tuple(std), re_prob=a.reprob, re_mode=a.remode, re_count=a.recount,
+    )
+    return train_tf, eval_transform(img_size, mean, std, crop_pct, cfg.data.interpolation)
+
+
+def eval_transform(img_size: int, mean: Sequence[float], std: Sequence[float], crop_pct: float,
+                   interpolation: str = "bicubic") -> Callable:
+    """The papers' evaluation transform: resize the short side to img_size / crop_pct, centre crop."""
+    from timm.data import create_transform
+
+    return create_transform(img_size, is_training=False, interpolation=interpolation, mean=tuple(mean),
+                            std=tuple(std), crop_pct=crop_pct)
+
+
+# --------------------------------------------------------------------------------------------- datasets
+def _sample_seed(seed: int, epoch: int, rank: int, position: int) -> int:
+    # A fixed mix of the four integers (not Python's salted hash) so that every process agrees.
+    x = np.array([seed, epoch, rank, position], dtype=np.uint64)
+    return int(np.random.SeedSequence(x.tolist()).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+class AugmentedDataset(Dataset):
+    """Applies ``transform`` to a source; skips unreadable files (the next index is used instead).
+
+    Keys are plain indices or ``(epoch, rank, position, index)`` tuples from :class:`ResumableSampler`;
+    with a tuple the transform runs under RNGs seeded from it and the caller's RNG state is untouched.
+    Items are ``(tensor, target, skipped_paths)``.
+    """
+
+    def __init__(self, source: ImageSource, transform: Callable, seed: int = 0, max_skips: int = 64) -> None:
+        self.source = source
+        self.transform = transform
+        self.seed = seed
+        self.max_skips = max_skips
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, key: int | tuple[int, int, int, int]) -> tuple[torch.Tensor, int, tuple[str, ...]]:
+        seeded = isinstance(key, tuple)
+        index = key[3] if seeded else key
+        skipped: list[str] = []
+        for _ in range(self.max_skips):
+            try:
+                img, target = self.source.load(index)
+                break
+            except BadImageError as e:
+                skipped.append(e.path)
+                index = (index + 1) % len(self.source)
+        else:
+            raise RuntimeError(f"{self.max_skips} unreadable images in a row, starting at {skipped[0]}; "
+                               "check the dataset (truncated copy?)")
+        if not seeded:
+            return self.transform(img), target, tuple(skipped)
+        s = _sample_seed(self.seed, *key[:3])
+        py_state, np_state = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(s)
+            random.seed(s)
+            np.random.seed(s % 2**32)
+            try:
+                x = self.transform(img)
+            finally:
+                random.setstate(py_state)
+                np.random.set_state(np_state)
+        return x, target, tuple(skipped)
+
+
+def collate(batch: list[tuple[torch.Tensor, int, tuple[str, ...]]]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Stack images and targets; gather the paths of skipped files."""
+    images = torch.stack([b[0] for b in batch])
+    targets = torch.tensor([b[1] for b in batch], dtype=torch.long)
+    return images, targets, [p for b in batch for p in b[2]]
+
+
+# --------------------------------------------------------------------------------------------- samplers
+class ResumableSampler(Sampler):
+    """Wraps an epoch-aware sampler; yields ``(epoch, rank, position, index)`` and can start mid-epoch."""
+
+    def __init__(self, base: Sampler, rank: int) -> None:
+        self.base = base
+        self.rank = rank
+        self.epoch = 0
+        self.start = 0  # samples of this epoch already consumed (resume)
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Select the epoch's order (as the base sampler defines it) and skip ``start`` samples."""
+        self.epoch = epoch
+        self.start = start
+        if hasattr(self.base, "set_epoch"):
+            self.base.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[tuple[int, int, int, int]]:
+        for pos, index in enumerate(self.base):
+            if pos >= self.start:
+                yield self.epoch, self.rank, pos, int(index)
+
+    def __len__(self) -> int:
+        return max(0, len(self.base) - self.start)
+
+
+class ShardSampler(Sampler):
+    """Evaluation sharding without padding: rank r takes indices r, r+world, ... (no duplicates)."""
+
+    def __init__(self, n: int, rank: int, world: int) -> None:
+        self.indices = list(range(rank, n, world))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def _train_sampler(dataset: Dataset, cfg: TrainConfig, rank: int, world: int) -> Sampler:
+    if cfg.data.repeated_aug:
+        from timm.data.distributed_sampler import RepeatAugSampler
+
+        return RepeatAugSampler(dataset, num_replicas=world, rank=rank, shuffle=True, num_repeats=cfg.data.ra_repeats)
+    from torch.utils.data import DistributedSampler
+
+    # DistributedSampler also for one process: its order is a pure function of (seed, epoch).
+    return DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=cfg.train.seed,
+                              drop_last=cfg.data.drop_last)
+
+
+def build_loaders(cfg: TrainConfig, bundle: DataBundle, train_tf: Callable, eval_tf: Callable, rank: int = 0,
+                  world: int = 1, pin_memory: bool = False) -> tuple[DataLoader, DataLoader, ResumableSampler]:
+    """(train loader, val loader, train sampler). The train loader drops the last partial batch."""
+    train_ds = AugmentedDataset(bundle.train, train_tf, seed=cfg.train.seed)
+    val_ds = AugmentedDataset(bundle.val, eval_tf)
+    bs = cfg.train.batch_size
+    if len(train_ds) // world < bs and cfg.data.drop_last:
+        raise ValueError(
+            f"the training split has {len(train_ds)} images, fewer than one batch per process "
+            f"({bs} x {world} processes); lower train.batch_size or set data.drop_last=false"
+        )
+    sampler = ResumableSampler(_train_sampler(train_ds, cfg, rank, world), rank)
+    workers = cfg.data.workers
+    common: dict[str, Any] = dict(num_workers=workers, pin_memory=pin_memory, collate_fn=collate,
+                                  persistent_workers=workers > 0)
+    train_loader = DataLoader(
+        train_ds, batch_size=bs, sampler=sampler, drop_last=cfg.data.drop_last,
+        # Own generator: creating an iterator must not consume the global RNG (exact resume).
+        generator=torch.Generator().manual_seed(cfg.train.seed), **common)
+    eval_bs = cfg.data.eval_batch_size or max(1, int(1.5 * bs))
+    val_loader = DataLoader(val_ds, batch_size=eval_bs, sampler=ShardSampler(len(val_ds), rank, world), **common)
+    return train_loader, val_loader, sampler

@@ -1,0 +1,117 @@
+"""Process-group set-up for torchrun, SLURM and single-process runs.
+
+torchrun (any number of nodes, via ``--nnodes`` / ``--rdzv-endpoint``) sets RANK, WORLD_SIZE,
+LOCAL_RANK, MASTER_ADDR and MASTER_PORT. Under ``srun`` without torchrun the SLURM variables are
+translated (SLURM_PROCID -> RANK, ...); the rendezvous host is the first node of the allocation.
+Backend: nccl on CUDA, gloo on CPU.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["DistInfo", "init_distributed", "cleanup", "all_reduce_sum", "gather_objects", "barrier"]
+
+
+@dataclass
+class DistInfo:
+    """Where this process sits: rank, world size, local rank and its device."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    initialized_here: bool = False
+
+    @property
+    def distributed(self) -> bool:
+        """True when more than one process takes part."""
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the process that logs and writes files."""
+        return self.rank == 0
+
+
+def _slurm_env() -> None:
+    """Fill the torch.distributed variables from SLURM's when launched by ``srun`` without torchrun."""
+    if "RANK" in os.environ or "SLURM_PROCID" not in os.environ or int(os.environ.get("SLURM_NTASKS", "1")) < 2:
+        return
+    os.environ["RANK"] = os.environ["SLURM_PROCID"]
+    os.environ["WORLD_SIZE"] = os.environ["SLURM_NTASKS"]
+    os.environ["LOCAL_RANK"] = os.environ.get("SLURM_LOCALID", "0")
+    if "MASTER_ADDR" not in os.environ:
+        nodes = os.environ.get("SLURM_JOB_NODELIST") or os.environ.get("SLURM_NODELIST", "")
+        try:  # scontrol expands "node[01-04]" to one host per line
+            host = subprocess.run(["scontrol", "show", "hostnames", nodes], capture_output=True, text=True,
+                                  check=True).stdout.split()[0]
+        except (OSError, subprocess.CalledProcessError, IndexError):
+            host = nodes.split(",")[0]
+        os.environ["MASTER_ADDR"] = host
+    # A port derived from the job id avoids clashes between jobs sharing a node.
+    os.environ.setdefault("MASTER_PORT", str(20000 + int(os.environ.get("SLURM_JOB_ID", "0")) % 20000))
+
+
+def init_distributed(device: str = "auto", timeout_s: int = 1800) -> DistInfo:
+    """Join the process group when launched by torchrun/SLURM; otherwise a single process. Idempotent."""
+    _slurm_env()
+    want_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if want_cuda and not torch.cuda.is_available():
+        raise RuntimeError("train.device=cuda but CUDA is not available; use train.device=cpu")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if want_cuda:
+        torch.cuda.set_device(local_rank % torch.cuda.device_count())
+        dev = torch.device("cuda", torch.cuda.current_device())
+    else:
+        dev = torch.device("cpu")
+    info = DistInfo(rank, world, local_rank, dev)
+    if world > 1:
+        if dist.is_initialized():
+            info.rank, info.world_size = dist.get_rank(), dist.get_world_size()
+        else:
+            backend = "nccl" if want_cuda else "gloo"
+            kwargs: dict[str, Any] = dict(backend=backend, timeout=timedelta(seconds=timeout_s))
+            if want_cuda:
+                kwargs["device_id"] = dev
+            dist.init_process_group(**kwargs)
+            info.initialized_here = True
+    return info
+
+
+def cleanup(info: DistInfo) -> None:
+    """Leave the process group if this module created it."""
+    if info.initialized_here and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(info: DistInfo) -> None:
+    """Wait for every process (no-op for one process)."""
+    if info.distributed:
+        dist.barrier()
+
+
+def all_reduce_sum(values: list[float], info: DistInfo) -> list[float]:
+    """Sum a few numbers over all processes (float64)."""
+    if not info.distributed:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=info.device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def gather_objects(obj: Any, info: DistInfo) -> list[Any]:
+    """Every process's ``obj`` (a list of length world_size, on every process)."""
+    if not info.distributed:
+        return [obj]
+    out: list[Any] = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out

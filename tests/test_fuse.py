@@ -1,0 +1,53 @@
+"""Inference fusion: exact, BatchNorm-free, traceable and exportable."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import leanvit
+from conftest import CONV_FAMILY_MODELS, randomize
+
+
+@pytest.mark.parametrize("name", CONV_FAMILY_MODELS)
+def test_fused_matches_unfused_and_exports(name):
+    torch.manual_seed(0)
+    model = randomize(leanvit.create_model(name)).eval()
+    size = leanvit.get_config(name).img_size
+    x = torch.randn(2, 3, size, size)
+    fused = leanvit.fuse(model)
+    assert model.training is False and any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in fused.modules())
+    with torch.no_grad():
+        ref = model(x)
+        out = fused(x)
+        assert (out - ref).abs().max().item() <= 1e-4
+        traced = torch.jit.trace(fused, x)
+        assert (traced(x) - ref).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize("name", ["shvit_s1", "efficientvit_m1"])
+def test_fused_torch_export(name):
+    # torch.export costs ~10 s a model on 2 cores: one per family (the code paths are shared within a family).
+    model = randomize(leanvit.create_model(name)).eval()
+    fused = leanvit.fuse(model)
+    x = torch.randn(2, 3, 224, 224)
+    exported = torch.export.export(fused, (x,))
+    with torch.no_grad():
+        assert (exported.module()(x) - model(x)).abs().max().item() <= 1e-4
+
+
+def test_shvit_depthwise_residuals_fold_into_kernels():
+    model = randomize(leanvit.create_model("shvit_s1")).eval()
+    fused = leanvit.fuse(model)
+    # the block's residual depthwise conv became a single conv (no Residual wrapper, no add)
+    assert isinstance(fused.stages[0].blocks[0].conv, torch.nn.Conv2d)
+    x = torch.randn(1, 128, 14, 14)
+    with torch.no_grad():
+        assert torch.allclose(fused.stages[0].blocks[0].conv(x), model.stages[0].blocks[0].conv(x), atol=1e-5)
+
+
+def test_fuse_leaves_the_original_alone():
+    model = leanvit.create_model("efficientvit_m0").train()
+    n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    leanvit.fuse(model)
+    assert model.training and sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) == n_bn

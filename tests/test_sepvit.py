@@ -1,0 +1,355 @@
+"""SepViT: exact sizes, a slow reference of the block, checkpoints in the official layout, any-size
+inference, training, export. Behaviour tests use sepvit_lite; the big variants only count."""
+from __future__ import annotations
+
+import io
+import math
+import warnings
+
+import pytest
+import torch
+from torch.nn import functional as F
+from torch.utils import flop_counter
+
+import leanvit
+from leanvit.models.sepvit import (
+    SepViTBlock, adapt_window_tokens, looks_like_official_sepvit, sepvit_leanvit_to_official,
+    sepvit_official_to_leanvit,
+)
+
+# name: (params, GMACs at 224) from the spec (official model definition; fvcore MACs).
+TARGETS = {
+    "sepvit_lite": (3_661_128, 0.57),
+    "sepvit_t": (31_182_856, 4.52),
+    "sepvit_s": (46_570_504, 7.46),
+    "sepvit_b": (82_377_064, 13.05),
+}
+MODES = ("per_window", "shared", "zero")
+
+
+@torch.no_grad()
+def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Random values everywhere (tokens, LayerNorm affine, biases): zero/one inits cannot hide mistakes."""
+    g = torch.Generator().manual_seed(seed)
+    for name, p in model.named_parameters():
+        if name.endswith("norm1.weight") or name.endswith("norm2.weight") or ".norm.weight" in name:
+            p.copy_(1 + 0.2 * torch.randn(p.shape, generator=g))
+        else:
+            p.copy_(torch.randn(p.shape, generator=g) * (0.5 if p.dim() < 2 else 0.05))
+    return model
+
+
+def macs_at_224(model: torch.nn.Module) -> float:
+    """fvcore-convention MACs (FLOPs / 2, batch 1). CPU SDPA runs as
+    ``_scaled_dot_product_flash_attention_for_cpu``, which torch's counter does not know: count it here."""
+    aten = torch.ops.aten
+    mapping = {aten._scaled_dot_product_flash_attention_for_cpu:
+               lambda q, k, v, *a, out_shape=None, **kw: flop_counter.sdpa_flop_count(q, k, v)}
+    counter = flop_counter.FlopCounterMode(display=False, custom_mapping=mapping)
+    with torch.no_grad(), counter:
+        model.eval()(torch.zeros(1, 3, 224, 224))
+    return counter.get_total_flops() / 2
+
+
+@pytest.fixture(scope="module")
+def lite() -> torch.nn.Module:
+    return randomize(leanvit.create_model("sepvit_lite")).eval()
+
+
+# ------------------------------------------------------------------------------------------- sizes
+@pytest.mark.parametrize("name", list(TARGETS))
+def test_params_and_macs_match_the_official_model(name: str) -> None:
+    params, gmacs = TARGETS[name]
+    model = leanvit.create_model(name)
+    assert sum(p.numel() for p in model.parameters()) == params
+    cfg = leanvit.get_config(name)
+    assert cfg.params == params and cfg.family == "sepvit" and cfg.img_size == 224
+    measured = macs_at_224(model) / 1e9
+    assert measured == pytest.approx(gmacs, rel=0.01)
+
+
+def test_count_macs_counts_cpu_attention() -> None:
+    # leanvit.count_macs must see the SDPA calls (about 5% of SepViT-T's MACs).
+    model = leanvit.create_model("sepvit_lite")
+    assert leanvit.count_macs(model, 224) == pytest.approx(macs_at_224(model), rel=1e-6), (
+        "count_macs misses aten._scaled_dot_product_flash_attention_for_cpu: register it with "
+        "torch.utils.flop_counter (same formula as aten._scaled_dot_product_flash_attention)"
+    )
+
+
+def test_blocks_with_one_window_are_plain_attention() -> None:
+    model = leanvit.create_model("sepvit_lite")
+    # ws per block: [7] / [7, 14] / [7, 14] x 3 / [7, 7]; maps 56 / 28 / 14 / 7 at 224.
+    grids = [[b.token_grid for b in s.blocks] for s in model.stages]
+    assert grids == [[(8, 8)], [(4, 4), (2, 2)], [(2, 2), None] * 3, [None, None]]
+    for stage in model.stages:
+        for block in stage.blocks:
+            has = block.token_grid is not None
+            assert hasattr(block.attn, "pw_qk") == has and (block.window_token is not None) == has
+
+
+# ------------------------------------------------------------------------------------------- reference
+def _reference_block(block: SepViTBlock, x: torch.Tensor) -> torch.Tensor:
+    """SepViT block from the paper's equations plus the official inner residuals, one window at a time."""
+    B, H, W, C = x.shape
+    ws, heads = block.window_size, block.attn.num_heads
+    d = C // heads
+    a = block.attn
+    ln1 = lambda t: F.layer_norm(t, (C,), block.norm1.weight, block.norm1.bias, block.norm1.eps)  # noqa: E731
+    res = 1.0 if a.inner_residuals else 0.0
+
+    def mhsa(z: torch.Tensor) -> torch.Tensor:  # (L, C) -> (L, C), softmax written out
+        qkv = z @ a.qkv.weight.T + a.qkv.bias
+        out = torch.empty_like(z)
+        for h in range(heads):
+            q, k, v = (qkv[:, i * C + h * d: i * C + (h + 1) * d] for i in range(3))
+            out[:, h * d:(h + 1) * d] = torch.softmax(q @ k.T / math.sqrt(d), dim=-1) @ v
+        return out + res * z
+
+    nh, nw = math.ceil(H / ws), math.ceil(W / ws)
+    outs = []
+    for b in range(B):
+        if block.token_grid is None or nh * nw == 1:
+            z = ln1(x[b].reshape(H * W, C))
+            y = mhsa(z).reshape(H, W, C)
+        else:
+            xp = torch.zeros(nh * ws, nw * ws, C)
+            xp[:H, :W] = x[b]
+            feats, toks = [], []
+            for i in range(nh):
+                for j in range(nw):
+                    if block.window_token_mode == "zero":
+                        tok = torch.zeros(C)
+                    elif block.window_token_mode == "shared":
+                        tok = block.window_token[0, 0, 0]
+                    else:
+                        tok = block.window_token[0, i * nw + j, 0]
+                    win = xp[i * ws:(i + 1) * ws, j * ws:(j + 1) * ws].reshape(ws * ws, C)
+                    z = mhsa(ln1(torch.cat([tok[None], win])))
+                    toks.append(z[0])
+                    feats.append(z[1:])
+            wt = F.gelu(F.layer_norm(torch.stack(toks), (C,), a.token_norm.weight, a.token_norm.bias,
+                                     a.token_norm.eps))
+            qk = wt @ a.pw_qk.weight.T + a.pw_qk.bias
+            n = nh * nw
+            mixed = [res * f.clone() for f in feats]
+            for h in range(heads):
+                sl = slice(h * d, (h + 1) * d)
+                attn = torch.softmax(qk[:, sl] @ qk[:, C:][:, sl].T / math.sqrt(d), dim=-1)
+                for p in range(n):
+                    for m in range(n):
+                        mixed[p][:, sl] += attn[p, m] * feats[m][:, sl]
+            y = torch.zeros(nh * ws, nw * ws, C)
+            for i in range(nh):
+                for j in range(nw):
+                    y[i * ws:(i + 1) * ws, j * ws:(j + 1) * ws] = mixed[i * nw + j].reshape(ws, ws, C)
+            y = y[:H, :W]
+        y = y @ a.proj.weight.T + a.proj.bias
+        x1 = x[b] + y
+        h1 = F.gelu(F.layer_norm(x1, (C,), block.norm2.weight, block.norm2.bias, block.norm2.eps)
+                    @ block.mlp.fc1.weight.T + block.mlp.fc1.bias)
+        outs.append(x1 + h1 @ block.mlp.fc2.weight.T + block.mlp.fc2.bias)
+    return torch.stack(outs)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("hw", [(14, 14), (10, 13), (7, 7)], ids=["windows", "padded", "one-window"])
+@pytest.mark.parametrize("inner", [True, False], ids=["inner-res", "paper"])
+def test_block_matches_slow_reference(mode: str, hw: tuple[int, int], inner: bool) -> None:
+    torch.manual_seed(0)
+    block = randomize(SepViTBlock(64, 2, 7, (2, 2), mode, inner_residuals=inner), seed=3).eval()
+    if hw == (7, 7) and mode == "per_window":
+        pytest.skip("a 2x2 per-window token grid cannot see a single window")
+    x = torch.randn(2, *hw, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), _reference_block(block, x), atol=1e-5, rtol=1e-5)
+
+
+def test_block_without_pointwise_attention_is_global_at_any_size() -> None:
+    block = randomize(SepViTBlock(64, 2, 14, None, "zero"), seed=4).eval()
+    x = torch.randn(1, 20, 17, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), _reference_block(block, x), atol=1e-5, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------- checkpoints
+def _expected_official_keys(dims: tuple[int, ...], depths: tuple[int, ...]) -> set[str]:
+    """Official key names written independently from the spec's list (1000 classes, 224)."""
+    keys = set()
+    maps = [56, 28, 14, 7]
+    for i in range(4):
+        keys |= {f"patch_embeds.{i}.{m}.{p}" for m in ("proj", "norm") for p in ("weight", "bias")}
+        keys |= {f"pos_block.{i}.proj.0.weight", f"pos_block.{i}.proj.0.bias"}
+        for j in range(depths[i]):
+            ws = 14 if i in (1, 2) and j % 2 else 7
+            pre = f"blocks.{i}.{j}."
+            mods = ["norm1", "norm2", "attn.DSA_qkv", "attn.proj", "mlp.fc1", "mlp.fc2"]
+            if (maps[i] // ws) ** 2 > 1:
+                mods += ["attn.win_tokens_norm", "attn.PSA_qk"]
+                keys.add(pre + "win_tokens")
+            keys |= {pre + m + "." + p for m in mods for p in ("weight", "bias")}
+    return keys | {"norm.weight", "norm.bias", "head.weight", "head.bias"}
+
+
+def test_official_layout_round_trip_and_logits(lite: torch.nn.Module, tmp_path) -> None:
+    sd = lite.state_dict()
+    official = sepvit_leanvit_to_official(sd)
+    assert set(official) == _expected_official_keys((32, 64, 128, 256), (1, 2, 6, 2))
+    assert official["blocks.0.0.win_tokens"].shape == (1, 64, 1, 32)
+    assert official["blocks.2.0.attn.PSA_qk.weight"].shape == (256, 128)
+    assert looks_like_official_sepvit(official) and not looks_like_official_sepvit(sd)
+    back = sepvit_official_to_leanvit(official)
+    assert set(back) == set(sd) and all(torch.equal(back[k], sd[k]) for k in sd)
+
+    path = tmp_path / "SepViT_Lite.pth"
+    torch.save({"model": official, "epoch": 3}, path)  # what the official training script writes
+    fresh = leanvit.create_model("sepvit_lite").eval()
+    report = leanvit.load_checkpoint(fresh, path)
+    assert report["layout"] == "official"
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), lite(x), atol=0, rtol=0)
+
+
+def test_official_layout_epsilons(lite: torch.nn.Module) -> None:
+    blk = lite.stages[0].blocks[0]
+    assert blk.norm1.eps == blk.norm2.eps == lite.norm.eps == 1e-6
+    assert blk.attn.token_norm.eps == lite.patch_embed.norm.eps == lite.stages[1].downsample.norm.eps == 1e-5
+
+
+def test_zero_and_shared_checkpoints_load_exactly_into_per_window(lite: torch.nn.Module) -> None:
+    x = torch.randn(1, 3, 224, 224)
+    for mode in ("zero", "shared"):
+        src = randomize(leanvit.create_model("sepvit_lite", window_token=mode), seed=5).eval()
+        dst = leanvit.create_model("sepvit_lite").eval()
+        leanvit.load_checkpoint(dst, sepvit_leanvit_to_official(src.state_dict()))
+        with torch.no_grad():
+            torch.testing.assert_close(dst(x), src(x), atol=1e-5, rtol=1e-5)
+
+
+def test_per_window_tokens_resized_averaged_or_dropped(lite: torch.nn.Module) -> None:
+    sd = lite.state_dict()
+    key = "stages.0.blocks.0.window_token"
+    big = leanvit.create_model("sepvit_lite", img_size=256)  # 64x64 map: 10x10 windows of 7
+    with pytest.warns(UserWarning, match="token grid 8x8 -> 10x10"):
+        leanvit.load_checkpoint(big, sd)
+    assert big.state_dict()[key].shape == (1, 100, 1, 32)
+    # A smooth (linear) token grid survives bicubic resizing up to its corners' values.
+    assert big.state_dict()[key].abs().max() <= sd[key].abs().max() * 1.5
+
+    shared = leanvit.create_model("sepvit_lite", window_token="shared")
+    with pytest.warns(UserWarning, match="averaged"):
+        leanvit.load_checkpoint(shared, sd)
+    torch.testing.assert_close(shared.state_dict()[key], sd[key].mean(1, keepdim=True))
+
+    zero = leanvit.create_model("sepvit_lite", window_token="zero")
+    with pytest.warns(UserWarning, match="dropped"):
+        leanvit.load_checkpoint(zero, sd)
+    assert not any("window_token" in k for k in zero.state_dict())
+
+
+def test_adapter_is_a_pure_key_function() -> None:
+    model = leanvit.create_model("sepvit_lite")
+    sd = {"stages.0.blocks.0.window_token": torch.ones(1, 1, 1, 32)}
+    out = adapt_window_tokens(dict(sd), model)
+    assert torch.equal(out["stages.0.blocks.0.window_token"], torch.ones(1, 64, 1, 32))
+    assert torch.equal(out["stages.1.blocks.1.window_token"], torch.zeros(1, 4, 1, 64))  # absent -> zeros
+
+
+# ------------------------------------------------------------------------------------------- inputs
+@pytest.mark.parametrize("mode", MODES)
+def test_forward_at_224(mode: str) -> None:
+    model = leanvit.create_model("sepvit_lite", window_token=mode, num_classes=10).eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 224, 224))
+    assert out.shape == (2, 10) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("mode", ["shared", "zero"])
+@pytest.mark.parametrize("hw", [(256, 256), (320, 240), (511, 383)])
+def test_any_input_size(mode: str, hw: tuple[int, int]) -> None:
+    model = randomize(leanvit.create_model("sepvit_lite", window_token=mode, num_classes=10)).eval()
+    x = torch.randn(1, 3, *hw)
+    with torch.no_grad():
+        out = model(x)
+        feats = model.forward_intermediates(x, intermediates_only=True)
+    assert out.shape == (1, 10) and torch.isfinite(out).all()
+    for i, f in enumerate(feats):
+        stride = 4 * 2 ** i
+        assert f.shape == (1, model.feature_info[i]["num_chs"], math.ceil(hw[0] / stride), math.ceil(hw[1] / stride))
+        # each level went through its own LayerNorm: zero mean over channels
+        assert f.mean(1).abs().max() < 1e-4
+
+
+def test_per_window_rejects_other_sizes_with_a_clear_error() -> None:
+    model = leanvit.create_model("sepvit_lite")
+    with pytest.raises(ValueError, match=r"224x224.*window_token='shared' or 'zero'"):
+        model(torch.randn(1, 3, 256, 256))
+    with pytest.raises(ValueError, match="window_token must be one of"):
+        leanvit.create_model("sepvit_lite", window_token="learned")
+
+
+def test_features_and_head_contract(lite: torch.nn.Module) -> None:
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        feats = lite.forward_features(x)
+        final, inter = lite.forward_intermediates(x)
+        logits = lite(x)
+    assert feats.shape == (2, 256, 7, 7) and len(inter) == 4
+    torch.testing.assert_close(final, feats)
+    torch.testing.assert_close(lite.forward_head(feats), logits)
+    assert [i["reduction"] for i in lite.feature_info] == [4, 8, 16, 32]
+    nwd = lite.no_weight_decay()
+    assert "stages.0.blocks.0.window_token" in nwd and "stages.2.pos_block.proj.weight" in nwd
+    assert not any("qkv" in n for n in nwd)
+
+
+def test_distillation_and_fuse() -> None:
+    model = randomize(leanvit.create_model("sepvit_lite", distillation=True, num_classes=5))
+    x = torch.randn(2, 3, 224, 224)
+    model.train()
+    assert isinstance(model(x), tuple)
+    model.eval()
+    fused = leanvit.fuse(model)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), model(x))
+
+
+# ------------------------------------------------------------------------------------------- training
+def test_five_steps_reduce_the_loss_and_train_the_tokens() -> None:
+    torch.manual_seed(0)
+    model = leanvit.create_model("sepvit_lite", img_size=112, num_classes=4, drop_path_rate=0.1)
+    x, y = torch.randn(4, 3, 112, 112), torch.tensor([0, 1, 2, 3])
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(5):
+        model.train()
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        token = model.stages[0].blocks[0].window_token
+        assert token.grad is not None and token.grad.abs().sum() > 0
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    assert model.stages[0].blocks[0].window_token.abs().sum() > 0
+
+
+# ------------------------------------------------------------------------------------------- export
+def test_trace_export_and_onnx(lite: torch.nn.Module) -> None:
+    onnxruntime = pytest.importorskip("onnxruntime")
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        ref = lite(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TracerWarnings about shape-dependent Python branches (static here)
+        traced = torch.jit.trace(lite, x, check_trace=False)
+        exported = torch.export.export(lite, (x,))
+        buf = io.BytesIO()
+        torch.onnx.export(lite, (x,), buf, dynamo=False, opset_version=17, input_names=["x"], output_names=["y"])
+    with torch.no_grad():
+        torch.testing.assert_close(traced(x), ref)
+        torch.testing.assert_close(exported.module()(x), ref)
+    sess = onnxruntime.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
+    out = torch.from_numpy(sess.run(None, {"x": x.numpy()})[0])
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
