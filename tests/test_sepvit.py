@@ -85,7 +85,14 @@ def test_blocks_with_one_window_are_plain_attention() -> None:
     for stage in model.stages:
         for block in stage.blocks:
             has = block.token_grid is not None
-            assert hasattr(block.attn, "pw_qk") == has and (block.window_token is not None) == has
+            assert block.pointwise == has and hasattr(block.attn, "pw_qk") == has
+            assert (block.window_token is not None) == has
+    # The parameters do not depend on img_size; a larger pointwise_ref_size adds pointwise attention
+    # to every block, as the official dense backbones have.
+    big = leanvit.create_model("sepvit_lite", img_size=448)
+    assert [[b.pointwise for b in s.blocks] for s in big.stages] == [[b.pointwise for b in s.blocks] for s in model.stages]
+    dense = leanvit.create_model("sepvit_lite", window_token="zero", pointwise_ref_size=448)
+    assert all(b.pointwise for s in dense.stages for b in s.blocks)
 
 
 # ------------------------------------------------------------------------------------------- reference
@@ -109,7 +116,7 @@ def _reference_block(block: SepViTBlock, x: torch.Tensor) -> torch.Tensor:
     nh, nw = math.ceil(H / ws), math.ceil(W / ws)
     outs = []
     for b in range(B):
-        if block.token_grid is None or nh * nw == 1:
+        if not block.pointwise or nh * nw == 1:
             z = ln1(x[b].reshape(H * W, C))
             y = mhsa(z).reshape(H, W, C)
         else:
@@ -157,16 +164,16 @@ def _reference_block(block: SepViTBlock, x: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("inner", [True, False], ids=["inner-res", "paper"])
 def test_block_matches_slow_reference(mode: str, hw: tuple[int, int], inner: bool) -> None:
     torch.manual_seed(0)
-    block = randomize(SepViTBlock(64, 2, 7, (2, 2), mode, inner_residuals=inner), seed=3).eval()
-    if hw == (7, 7) and mode == "per_window":
-        pytest.skip("a 2x2 per-window token grid cannot see a single window")
+    grid = (math.ceil(hw[0] / 7), math.ceil(hw[1] / 7))  # per_window tokens exist only for several windows
+    block = SepViTBlock(64, 2, 7, True, grid if grid != (1, 1) else None, mode, inner_residuals=inner)
+    block = randomize(block, seed=3).eval()
     x = torch.randn(2, *hw, 64)
     with torch.no_grad():
         torch.testing.assert_close(block(x), _reference_block(block, x), atol=1e-5, rtol=1e-5)
 
 
 def test_block_without_pointwise_attention_is_global_at_any_size() -> None:
-    block = randomize(SepViTBlock(64, 2, 14, None, "zero"), seed=4).eval()
+    block = randomize(SepViTBlock(64, 2, 14, False, window_token="zero"), seed=4).eval()
     x = torch.randn(1, 20, 17, 64)
     with torch.no_grad():
         torch.testing.assert_close(block(x), _reference_block(block, x), atol=1e-5, rtol=1e-5)
@@ -302,6 +309,28 @@ def test_features_and_head_contract(lite: torch.nn.Module) -> None:
     nwd = lite.no_weight_decay()
     assert "stages.0.blocks.0.window_token" in nwd and "stages.2.pos_block.proj.weight" in nwd
     assert not any("qkv" in n for n in nwd)
+
+
+def test_timm_contract_checkpointing_pruning_and_layer_decay() -> None:
+    torch.manual_seed(0)
+    model = randomize(leanvit.create_model("sepvit_lite", img_size=112, num_classes=3))
+    x = torch.randn(2, 3, 112, 112)
+    model.train()
+    plain = model(x)
+    model.set_grad_checkpointing(True)
+    torch.testing.assert_close(model(x), plain)
+
+    from timm.optim import create_optimizer_v2
+
+    groups = model.group_matcher()["blocks"]
+    assert any("pos_block" in g[0] for g in groups)
+    opt = create_optimizer_v2(model, "adamw", lr=1e-3, layer_decay=0.8)
+    assert len(opt.param_groups) > 4
+    model.reset_classifier(0)
+    assert model.eval()(x).shape == (2, 256)
+    assert model.prune_intermediate_layers([0, 1]) == [0, 1] and len(model.stages) == 2
+    feats = model.forward_intermediates(x, intermediates_only=True)
+    assert [f.shape[1:] for f in feats] == [(32, 28, 28), (64, 14, 14)]
 
 
 def test_distillation_and_fuse() -> None:

@@ -84,7 +84,7 @@ def _timm_names() -> list[str]:
 def _unknown(name: str) -> KeyError:
     from .. import list_models
 
-    candidates = list_models() + _timm_names()
+    candidates = list(dict.fromkeys(list_models() + _timm_names()))  # shared names once
     close = difflib.get_close_matches(name.split(":", 1)[-1], candidates, n=5, cutoff=0.6)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
     return KeyError(

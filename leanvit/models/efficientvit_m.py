@@ -93,6 +93,8 @@ class CascadedGroupAttention(nn.Module):
         if self.training or torch.jit.is_tracing() or torch.compiler.is_compiling():
             return self.attention_biases[:, self.attention_bias_idxs]
         p = self.attention_biases
+        if p.is_inference():  # inference tensors have no version counter: cannot tell if stale, so don't cache
+            return p[:, self.attention_bias_idxs]
         key = (p.device, p.dtype, p._version)
         bias = self._bias_cache.get(key)
         if bias is None:

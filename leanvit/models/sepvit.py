@@ -8,14 +8,15 @@ with 14x14 windows, alternating with 7x7 blocks in stages 2 and 3.
 Layout: the stages keep tokens as (B, H, W, C) (channels last: every Linear/LayerNorm acts on the last
 dimension without copies); ``forward_features`` and the intermediates are NCHW, as for every family.
 
-Which blocks have pointwise attention (window-token LayerNorm, ``pw_qk``, tokens) is fixed by the
-*design resolution* ``img_size``: exactly those that see more than one window there (the official rule,
-hard-coded to 224 in the official classification code). At run time a block that sees a single window,
-and a block without pointwise attention at any size, is plain multi-head attention over the whole map.
+Which blocks have pointwise attention (window-token LayerNorm, ``pw_qk``, tokens) does not depend on
+the input size: exactly those that see more than one window at ``pointwise_ref_size`` (224, the size the
+official classification code hard-codes), so every resolution has the same parameters and loads the
+same checkpoints. At run time a block that sees a single window, and a block without pointwise
+attention at any size, is plain multi-head attention over the whole map (no token).
 Window-token modes (``window_token``):
 
 - ``per_window``: one learnable, zero-initialised token per window position and block (the paper's LWT,
-  the official classification model). Runs only at ``img_size``.
+  the official classification model), for the window grid at ``img_size``; runs only at ``img_size``.
 - ``shared``: one learnable token per block, used by every window. Any input size.
 - ``zero``: fixed zero tokens (the official dense backbones). Any input size.
 
@@ -165,7 +166,8 @@ class SepViTBlock(nn.Module):
         dim: int,
         num_heads: int,
         window_size: int,
-        token_grid: tuple[int, int] | None,
+        pointwise: bool,
+        token_grid: tuple[int, int] | None = None,
         window_token: str = "per_window",
         inner_residuals: bool = True,
         mlp_ratio: float = 4.0,
@@ -176,13 +178,13 @@ class SepViTBlock(nn.Module):
         super().__init__()
         self.window_size = window_size
         self.window_token_mode = window_token
-        # token_grid: windows at the design resolution when > 1 (this block then has pointwise attention).
-        self.token_grid = token_grid
-        self.pointwise = token_grid is not None
+        self.pointwise = pointwise
+        # per_window: the (rows, cols) window grid at img_size; None when the block sees one window there.
+        self.token_grid = token_grid if pointwise and window_token == "per_window" else None
         self.norm1 = nn.LayerNorm(dim, eps=_BLOCK_EPS)
-        self.attn = SeparableAttention(dim, num_heads, self.pointwise, inner_residuals, attn_drop, drop)
-        if self.pointwise and window_token != "zero":
-            n = token_grid[0] * token_grid[1] if window_token == "per_window" else 1
+        self.attn = SeparableAttention(dim, num_heads, pointwise, inner_residuals, attn_drop, drop)
+        n = self.token_grid[0] * self.token_grid[1] if self.token_grid else int(pointwise and window_token == "shared")
+        if n:
             self.window_token = nn.Parameter(torch.zeros(1, n, 1, dim))  # official shape (1, windows, 1, C)
         else:
             self.register_parameter("window_token", None)
@@ -205,10 +207,10 @@ class SepViTBlock(nn.Module):
             # One window (or a block without pointwise attention): plain MHSA over the map, no token.
             return self.attn(self.norm1(x).view(B, 1, H * W, C)).view(B, H, W, C)
         if self.window_token_mode == "per_window" and (nh, nw) != self.token_grid:
+            grid = f"a {self.token_grid[0]}x{self.token_grid[1]} grid" if self.token_grid else "absent (one window)"
             raise ValueError(
-                f"this block's per-window tokens are a {self.token_grid[0]}x{self.token_grid[1]} grid but the "
-                f"{H}x{W} map gives {nh}x{nw} windows of {ws}; run the model at its img_size or use "
-                "window_token='shared' or 'zero'"
+                f"this block's per-window tokens are {grid} but the {H}x{W} map gives {nh}x{nw} windows of "
+                f"{ws}; run the model at its img_size or use window_token='shared' or 'zero'"
             )
         pad_b, pad_r = nh * ws - H, nw * ws - W
         if pad_b or pad_r:
@@ -250,9 +252,10 @@ class SepViTStage(nn.Module):
 class SepViT(LeanViTModel):
     """SepViT backbone + LayerNorm / mean-pool / Linear head (optional DeiT distillation head).
 
-    ``img_size`` is the design resolution: it decides which blocks have pointwise attention and, for
-    ``window_token='per_window'``, the token grids (and it is then the only accepted input size).
-    ``inner_residuals`` toggles the official code's two residuals inside the attention (not in the
+    ``img_size`` only matters for ``window_token='per_window'``: it sets the token grids and is then the
+    only accepted input size. Blocks that see more than one window at ``pointwise_ref_size`` have
+    pointwise attention (official: 224; e.g. 448 gives every block of the registered variants one, as in
+    the official dense backbones). ``inner_residuals`` toggles the official code's two residuals inside the attention (not in the
     paper's equations; on by default, as for the published numbers). ``feature_norms`` adds learnable
     per-level LayerNorms for dense fine-tuning; without them intermediates use a parameter-free
     LayerNorm, which is what the official dense backbone's freshly created ``extra_norm`` computes.
@@ -268,6 +271,7 @@ class SepViT(LeanViTModel):
         img_size: int | tuple[int, int] = 224,
         window_token: str = "per_window",
         inner_residuals: bool = True,
+        pointwise_ref_size: int | tuple[int, int] = 224,
         feature_norms: bool = False,
         num_classes: int = 1000,
         in_chans: int = 3,
@@ -296,12 +300,15 @@ class SepViT(LeanViTModel):
         stages, self.feature_info = [], []
         for s, (dim, heads, depth, sizes) in enumerate(zip(embed_dims, num_heads, depths, window_sizes)):
             H, W = stage_sizes(self.img_size, len(depths))[s]
+            rH, rW = stage_sizes(pointwise_ref_size, len(depths))[s]
             blocks = []
             for j, ws in enumerate(sizes):
                 grid = (-(-H // ws), -(-W // ws))
                 blocks.append(SepViTBlock(
-                    dim, heads, ws, grid if grid[0] * grid[1] > 1 else None, window_token, inner_residuals,
-                    mlp_ratio, drop_rate, attn_drop_rate, dpr[sum(depths[:s]) + j],
+                    dim, heads, ws, pointwise=-(-rH // ws) * -(-rW // ws) > 1,
+                    token_grid=grid if grid[0] * grid[1] > 1 else None, window_token=window_token,
+                    inner_residuals=inner_residuals, mlp_ratio=mlp_ratio, drop=drop_rate,
+                    attn_drop=attn_drop_rate, drop_path=dpr[sum(depths[:s]) + j],
                 ))
             down = nn.Identity() if s == 0 else PatchEmbed(
                 embed_dims[s - 1], dim, 3, 2, tokens_in=True, drop=drop_rate)
@@ -485,6 +492,7 @@ def adapt_window_tokens(sd: dict[str, torch.Tensor], model: nn.Module) -> dict[s
 
     - ``per_window`` model: a different token grid is resized bicubically (warns); a shared token is copied
       to every window and absent tokens (a ``zero`` checkpoint) become zeros, both exact (same function).
+      Blocks that see a single window at the model's img_size have no tokens: theirs are dropped.
     - ``shared`` model: a per-window grid is averaged into one token (warns); absent tokens become zeros (exact).
     - ``zero`` model: tokens are dropped (warns when they were not all zero: the outputs change).
     """
@@ -497,11 +505,12 @@ def adapt_window_tokens(sd: dict[str, torch.Tensor], model: nn.Module) -> dict[s
                 continue
             key = f"stages.{s}.blocks.{j}.window_token"
             tok = sd.get(key)
-            if model.window_token == "zero":
+            if block.window_token is None:
                 if tok is not None:
                     del sd[key]
                     if bool(tok.abs().max() > 0):
-                        changed.append(f"{key}: learned tokens dropped (window_token='zero')")
+                        why = "window_token='zero'" if model.window_token == "zero" else "one window at img_size"
+                        changed.append(f"{key}: learned tokens dropped ({why})")
                 continue
             want = block.window_token.shape
             if tok is None:

@@ -33,16 +33,13 @@ class SingleHeadAttention(nn.Module):
         self.proj = nn.Sequential(nn.ReLU(), ConvNorm(dim, dim, bn_weight_init=0.0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, _, H, W = x.shape
-        x1, x2 = x.split([self.pdim, x.shape[1] - self.pdim], dim=1)
-        qkv = self.qkv(self.pre_norm(x1)).flatten(2)
-        q, k, v = qkv.split([self.qk_dim, self.qk_dim, self.pdim], dim=1)
-        # SDPA wants (B, heads, tokens, dim); one head, tokens = H*W.
-        out = F.scaled_dot_product_attention(
-            q.transpose(1, 2).unsqueeze(1), k.transpose(1, 2).unsqueeze(1), v.transpose(1, 2).unsqueeze(1),
-            scale=self.scale,
-        )
-        out = out.squeeze(1).transpose(1, 2).reshape(B, self.pdim, H, W)
+        B, C, H, W = x.shape
+        x1, x2 = x.split([self.pdim, C - self.pdim], dim=1)
+        # Token-major view (B, N, C): free for channels-last maps (the deploy layout), one copy for NCHW.
+        qkv = self.qkv(self.pre_norm(x1)).permute(0, 2, 3, 1).reshape(B, 1, H * W, -1)
+        q, k, v = qkv.split([self.qk_dim, self.qk_dim, self.pdim], dim=3)
+        out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        out = out.view(B, H, W, self.pdim).permute(0, 3, 1, 2)
         return self.proj(torch.cat([out, x2], dim=1))
 
 

@@ -1,0 +1,159 @@
+"""Benchmark records out: a terminal / markdown table, CSV or JSON files, and the speed-accuracy plot."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+__all__ = ["COLUMNS", "format_table", "to_markdown", "write_results", "plot_speed_accuracy", "atomic_write_bytes"]
+
+# (record key, header, format) shown in tables; files carry every field.
+COLUMNS = (
+    ("model", "model", "{}"),
+    ("backend", "backend", "{}"),
+    ("precision", "prec", "{}"),
+    ("batch_size", "batch", "{}"),
+    ("threads", "thr", "{}"),
+    ("img_size", "img", "{}"),
+    ("throughput", "img/s", "{:.1f}"),
+    ("latency_ms", "ms (p50)", "{:.2f}"),
+    ("latency_p90_ms", "ms (p90)", "{:.2f}"),
+    ("spread_pct", "spread %", "{:.1f}"),
+    ("peak_memory_mb", "peak MB", "{:.1f}"),
+    ("params_m", "params M", "{:.2f}"),
+    ("top1", "top-1", "{:.1f}"),
+)
+
+
+def _cell(rec: dict[str, Any], key: str, fmt: str) -> str:
+    value = rec.get(key)
+    if value is None:
+        return "-"
+    try:
+        return fmt.format(value)
+    except (ValueError, TypeError):
+        return str(value)
+
+
+def _rows(records: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    cols = [c for c in COLUMNS if any(r.get(c[0]) is not None for r in records)]
+    headers = [h for _, h, _ in cols]
+    rows = [[_cell(r, k, f) for k, _, f in cols] for r in records]
+    return headers, rows
+
+
+def format_table(records: Sequence[dict[str, Any]]) -> str:
+    """Aligned plain-text table (errors listed underneath)."""
+    if not records:
+        return "(no results)"
+    headers, rows = _rows(records)
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths))
+    out = [line, "-" * len(line)]
+    out += ["  ".join(c.rjust(w) if i >= 3 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+    out += [f"! {r['model']} ({r['backend']}): {r['error']}" for r in records if r.get("error")]
+    out += [f"note: {r['model']} ({r['backend']}): {r['note']}" for r in records if r.get("note")]
+    return "\n".join(out)
+
+
+def to_markdown(records: Sequence[dict[str, Any]]) -> str:
+    """GitHub markdown table of the records."""
+    if not records:
+        return "(no results)\n"
+    headers, rows = _rows(records)
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write via a temporary file in the same directory and ``os.replace`` (no half-written files)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_results(records: Sequence[dict[str, Any]], path: str | Path) -> Path:
+    """Write records as ``.json`` (a list of records) or ``.csv`` (``versions`` flattened to ``a=1;b=2``)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        atomic_write_bytes(path, (json.dumps(list(records), indent=2) + "\n").encode())
+    elif suffix == ".csv":
+        keys: list[str] = []
+        for r in records:
+            keys += [k for k in r if k not in keys]
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
+        writer.writeheader()
+        for r in records:
+            row = dict(r)
+            if isinstance(row.get("versions"), dict):
+                row["versions"] = ";".join(f"{k}={v}" for k, v in row["versions"].items())
+            writer.writerow(row)
+        atomic_write_bytes(path, buf.getvalue().encode())
+    else:
+        raise ValueError(f"results file must end in .json or .csv, got {path.name!r}")
+    return path
+
+
+def plot_speed_accuracy(records: Sequence[dict[str, Any]], path: str | Path, title: str | None = None) -> Path:
+    """Figure-1-style scatter: measured throughput (x) vs ImageNet top-1 (y), one colour per family.
+
+    Models without a known top-1 are left out (see ``leanvit.bench.models.TIMM_TOP1``).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, never a window
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    if path.suffix.lower() not in (".png", ".svg", ".pdf"):
+        raise ValueError(f"plot file must end in .png, .svg or .pdf, got {path.name!r}")
+    points = [r for r in records if r.get("throughput") and r.get("top1") is not None and not r.get("error")]
+    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
+    families: dict[str, list[dict[str, Any]]] = {}
+    settings = {(r["backend"], r["precision"]) for r in points}
+    for r in points:  # one line per family, and per backend/precision when several were run
+        key = r.get("family") or r["model"]
+        if len(settings) > 1:
+            key = f"{key} [{r['backend']}, {r['precision']}]"
+        families.setdefault(key, []).append(r)
+    colours = plt.get_cmap("tab10" if len(families) <= 10 else "tab20")
+    for i, (family, rows) in enumerate(sorted(families.items())):
+        rows = sorted(rows, key=lambda r: r["throughput"])
+        xs, ys = [r["throughput"] for r in rows], [r["top1"] for r in rows]
+        leanvit = any(r.get("source") == "leanvit" for r in rows)
+        ax.plot(xs, ys, marker="*" if leanvit else "o", markersize=11 if leanvit else 6, linewidth=2 if leanvit else 1,
+                color=colours(i % colours.N), label=family)
+        for r in rows:
+            ax.annotate(r["model"].split(":")[-1], (r["throughput"], r["top1"]), textcoords="offset points",
+                        xytext=(4, 3), fontsize=6)
+    first = records[0] if records else {}
+    setting = f"{first.get('backend', '')}, {first.get('precision', '')}, " if len(settings) == 1 else ""
+    ax.set_xlabel(f"throughput (images/s) - {setting}batch {first.get('batch_size', '')}, "
+                  f"{first.get('threads', '')} thread(s)")
+    ax.set_ylabel("ImageNet-1k top-1 (%) - paper / timm")
+    ax.set_title(title or f"Speed vs accuracy on {first.get('device', 'this machine')}", fontsize=9)
+    ax.grid(alpha=0.3)
+    if families:
+        ax.legend(fontsize=7, loc="best")
+    else:
+        ax.text(0.5, 0.5, "no model with a known top-1", ha="center", transform=ax.transAxes)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format=path.suffix.lstrip(".").lower())
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return path

@@ -1,0 +1,276 @@
+"""``benchmark(models, ...)``: throughput, latency, memory and training speed of leanvit and timm models.
+
+Defaults follow the papers' speed tests (LeViT heritage, see docs/benchmarks.md): BN-fused model,
+``torch.jit.trace``, CPU batch 16 on 1 thread in fp32, GPU batch 256 with AMP (fp16); warm-up, then
+a timed window. Each configuration yields one flat record (dict) with the settings, the timings
+(median and spread), peak memory, the device and the library versions.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from ..deploy.runtime import (
+    BACKENDS, PRECISIONS, build_runtime, check_precision, quiet_deprecations, torch_threads,
+)
+from .env import environment
+from .memory import PeakMemory, release_freed_memory, rss_mb
+from .models import ModelSpec, build_model, count_unfused_norms, fuse_model, resolve_model
+from .timing import TimingStats, measure
+
+__all__ = ["MODES", "BenchConfig", "benchmark", "run_config"]
+
+MODES = ("throughput", "latency", "memory", "train")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """One measurement: a model under one mode / backend / precision / batch / thread setting."""
+
+    model: str
+    mode: str = "throughput"
+    backend: str = "jit"
+    precision: str = "fp32"
+    device: str = "cpu"
+    batch_size: int = 16
+    threads: int | None = 1
+    img_size: int | None = None
+    warmup_s: float = 2.0
+    duration_s: float = 10.0
+    fuse: bool = True
+    bf16_mode: str = "autocast"
+    compile_mode: str | None = None
+    note: str = ""
+    seed: int = 0
+
+
+def _defaults(mode: str, device: str) -> tuple[int, str]:
+    """(batch, precision) of the protocol: papers' throughput batch 16 (CPU) / 256 (GPU AMP), latency batch 1."""
+    cuda = device.startswith("cuda")
+    batch = 1 if mode == "latency" else (256 if cuda else 16)
+    return batch, ("fp16" if cuda else "fp32")
+
+
+def _as_list(value: str | Sequence[str] | None) -> list[str | None]:
+    if value is None:
+        return [None]
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return list(value)
+
+
+def _validate(mode: str, device: str, batch_size: int | None, threads: int | None, img_size: int | None,
+              warmup: float | None, duration: float | None) -> None:
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {device!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("device cuda requested but no CUDA GPU is visible; use --device cpu")
+    for name, value, low in (("batch_size", batch_size, 1), ("threads", threads, 1), ("img_size", img_size, 32)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < low):
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    if warmup is not None and warmup < 0:
+        raise ValueError(f"warmup must be >= 0 seconds, got {warmup}")
+    if duration is not None and duration <= 0:
+        raise ValueError(f"duration must be > 0 seconds, got {duration}")
+
+
+def benchmark(
+    models: str | Sequence[str],
+    *,
+    mode: str = "throughput",
+    backend: str | Sequence[str] = "jit",
+    precision: str | Sequence[str] | None = None,
+    device: str = "cpu",
+    batch_size: int | None = None,
+    threads: int | None = 1,
+    img_size: int | None = None,
+    warmup: float | None = None,
+    duration: float | None = None,
+    fuse: bool = True,
+    allow_fallback: bool = False,
+    bf16_mode: str = "autocast",
+    compile_mode: str | None = None,
+    isolate: bool | None = None,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Measure every (model, backend, precision) combination; returns one record per combination.
+
+    ``backend`` / ``precision`` may be lists or comma-separated strings. ``None`` picks the protocol
+    defaults (see :func:`_defaults`); ``warmup`` / ``duration`` default to 2 s / 10 s (the papers use
+    10 s / 60 s). ``isolate`` runs each configuration in a fresh Python process (default: for
+    ``memory`` mode on CPU, where an RSS peak is only meaningful in a clean process).
+
+    All arguments are checked before anything runs: unknown models (KeyError with close names),
+    missing backend packages (:class:`~leanvit.deploy.runtime.MissingBackendError`, naming the pip
+    extra) and precisions the hardware lacks (:class:`~leanvit.deploy.runtime.UnsupportedPrecisionError`
+    unless ``allow_fallback``). Failures while running one configuration are recorded in its
+    ``error`` field and the others still run.
+    """
+    names = [models] if isinstance(models, str) else list(models)
+    if not names:
+        raise ValueError("no models given")
+    _validate(mode, device, batch_size, threads, img_size, warmup, duration)
+    default_batch, default_precision = _defaults(mode, device)
+    specs = [resolve_model(n) for n in names]  # fails fast on unknown names
+    configs: list[tuple[ModelSpec, BenchConfig]] = []
+    for spec, bk, prec in itertools.product(specs, _as_list(backend), _as_list(precision)):
+        if bk not in BACKENDS:
+            raise ValueError(f"unknown backend {bk!r}; choose from {', '.join(BACKENDS)}")
+        prec = prec or default_precision
+        if prec not in PRECISIONS:
+            raise ValueError(f"unknown precision {prec!r}; choose from {', '.join(PRECISIONS)}")
+        if mode == "train" and bk != "eager":
+            raise ValueError(f"train mode measures eager PyTorch training steps; got backend {bk!r}")
+        used, note = check_precision(prec, bk, device, allow_fallback)
+        configs.append((spec, BenchConfig(
+            model=spec.label, mode=mode, backend=bk, precision=used, device=device,
+            batch_size=batch_size or default_batch, threads=threads, img_size=img_size or spec.img_size,
+            warmup_s=2.0 if warmup is None else warmup, duration_s=10.0 if duration is None else duration,
+            fuse=fuse and mode != "train", bf16_mode=bf16_mode, compile_mode=compile_mode, note=note,
+        )))
+    if isolate is None:
+        isolate = mode == "memory" and device == "cpu"
+    env = environment(device)
+    records = []
+    from tqdm.auto import tqdm
+
+    bar = tqdm(configs, desc=f"bench {mode}", unit="run", disable=not progress, file=sys.stderr)
+    for spec, cfg in bar:
+        bar.set_postfix_str(f"{cfg.model} {cfg.backend} {cfg.precision}")
+        try:
+            rec = _run_isolated(cfg) if isolate else run_config(cfg, spec)
+        except Exception as e:  # one broken model/backend pair must not lose the other results
+            rec = _record(cfg, spec, error=f"{type(e).__name__}: {e}")
+        rec.update(device=env["device"], cpu=env["cpu"], gpu=env["gpu"], versions=env["versions"])
+        records.append(rec)
+        if rec.get("throughput"):
+            bar.set_postfix_str(f"{cfg.model} {cfg.backend}: {rec['throughput']:.0f} img/s")
+    return records
+
+
+def _record(cfg: BenchConfig, spec: ModelSpec, **values: Any) -> dict[str, Any]:
+    """A result row: identity and settings first, then the measured values (None when not measured)."""
+    rec: dict[str, Any] = dict(
+        model=cfg.model, source=spec.source, family=spec.family, top1=spec.top1, mode=cfg.mode,
+        backend=cfg.backend, precision=cfg.precision, device=cfg.device, batch_size=cfg.batch_size,
+        threads=cfg.threads, img_size=cfg.img_size, fused=cfg.fuse, throughput=None, latency_ms=None,
+        latency_p90_ms=None, latency_p99_ms=None, spread_pct=None, iterations=None, peak_memory_mb=None,
+        setup_memory_mb=None, memory_method=None, params_m=None, unfused_norms=None, setup_s=None, warmup_s=cfg.warmup_s,
+        duration_s=cfg.duration_s, note=cfg.note, error=None,
+    )
+    rec.update(values)
+    return rec
+
+
+def _timing_fields(stats: TimingStats, batch: int) -> dict[str, Any]:
+    return dict(
+        throughput=batch / stats.median_s, latency_ms=1e3 * stats.median_s, latency_p90_ms=1e3 * stats.p90_s,
+        latency_p99_ms=1e3 * stats.p99_s, spread_pct=stats.spread_pct, iterations=stats.iterations,
+    )
+
+
+def run_config(cfg: BenchConfig, spec: ModelSpec | None = None) -> dict[str, Any]:
+    """Run one configuration in this process and return its record."""
+    spec = spec or resolve_model(cfg.model)
+    cuda = cfg.device.startswith("cuda")
+    torch.manual_seed(cfg.seed)
+    release_freed_memory()
+    base_mb = None if cuda else rss_mb()  # CPU memory is counted from before the model exists
+    with torch_threads(None if cuda else cfg.threads), quiet_deprecations():
+        t0 = time.perf_counter()
+        model = build_model(spec, cfg.img_size)
+        example = torch.randn(cfg.batch_size, 3, cfg.img_size, cfg.img_size)
+        if cfg.mode == "train":
+            return _run_train(cfg, spec, model, example, base_mb)
+        if cfg.fuse:
+            model = fuse_model(model)
+        params = sum(p.numel() for p in model.parameters()) / 1e6
+        norms = count_unfused_norms(model)
+        if cuda:
+            torch.backends.cudnn.benchmark = True
+        runtime = build_runtime(model, cfg.backend, example, precision=cfg.precision, device=cfg.device,
+                                threads=cfg.threads, bf16_mode=cfg.bf16_mode, compile_mode=cfg.compile_mode)
+        del model
+        setup_s = time.perf_counter() - t0
+        release_freed_memory()
+        setup_mb = torch.cuda.memory_allocated() / 2**20 if cuda else rss_mb() - base_mb
+        x = runtime.prepare(example.to(cfg.device))
+        with PeakMemory(cfg.device, base_mb) as mem:
+            if cfg.mode == "memory":
+                # A few calls reach the steady-state peak; no long timed window needed.
+                stats = measure(lambda: runtime.run(x), warmup_s=0.0, duration_s=1e-9, min_iters=3,
+                                max_iters=3, sync=runtime.synchronize)
+            else:
+                stats = measure(lambda: runtime.run(x), warmup_s=cfg.warmup_s, duration_s=cfg.duration_s,
+                                sync=runtime.synchronize)
+    precision = getattr(runtime, "effective_precision", cfg.precision)
+    return _record(cfg, spec, precision=precision, params_m=params, unfused_norms=norms, setup_s=setup_s,
+                   setup_memory_mb=setup_mb, peak_memory_mb=mem.peak_mb, memory_method=mem.method, **_timing_fields(stats, cfg.batch_size))
+
+
+def _run_train(cfg: BenchConfig, spec: ModelSpec, model: nn.Module, example: torch.Tensor,
+               base_mb: float | None) -> dict[str, Any]:
+    """Training steps/s: forward (AMP on GPU / autocast bf16 on CPU when asked), cross-entropy, backward, AdamW."""
+    t0 = time.perf_counter()
+    device = cfg.device
+    model = model.to(device).train()
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = example.to(device)
+    num_classes = getattr(model, "num_classes", 1000) or 1000
+    target = torch.randint(0, num_classes, (cfg.batch_size,), device=device)
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
+    scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None  # fp16 AMP needs loss scaling
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast("cuda" if device.startswith("cuda") else "cpu", dtype=amp_dtype or torch.float32,
+                            enabled=amp_dtype is not None):
+            out = model(x)
+            outs = out if isinstance(out, (tuple, list)) else (out,)  # distilled heads: train both
+            loss = sum(torch.nn.functional.cross_entropy(o.float(), target) for o in outs)
+        if scaler is None:
+            loss.backward()
+            opt.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+
+    sync = torch.cuda.synchronize if device.startswith("cuda") else None
+    step()  # allocates optimizer state: part of the memory peak, not of the timings
+    setup_s = time.perf_counter() - t0
+    with PeakMemory(device, base_mb) as mem:
+        stats = measure(step, warmup_s=cfg.warmup_s, duration_s=cfg.duration_s, sync=sync)
+    return _record(cfg, spec, params_m=params, setup_s=setup_s, peak_memory_mb=mem.peak_mb,
+                   memory_method=mem.method, **_timing_fields(stats, cfg.batch_size))
+
+
+def _run_isolated(cfg: BenchConfig) -> dict[str, Any]:
+    """Run one configuration in a fresh interpreter (clean RSS baseline); returns its record."""
+    env = dict(os.environ)
+    if cfg.threads:
+        # Thread pools are sized at import in the child; make them match before torch loads.
+        env.update(OMP_NUM_THREADS=str(cfg.threads), MKL_NUM_THREADS=str(cfg.threads))
+    proc = subprocess.run(
+        [sys.executable, "-m", "leanvit.bench._isolated", json.dumps(asdict(cfg))],
+        capture_output=True, text=True, env=env, timeout=1800,
+    )
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        raise RuntimeError(f"isolated run failed (exit {proc.returncode}): {' | '.join(tail)}")
+    rec = json.loads(lines[-1])
+    rec["memory_method"] = f"{rec.get('memory_method')} (fresh process)"
+    return rec

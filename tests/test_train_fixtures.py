@@ -1,0 +1,51 @@
+"""Helpers shared by the training tests (imported by them; the one test here checks the helpers' image folder)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from leanvit.train import TrainConfig, load_config
+
+# Tiny, fast and still exercising the paper-recipe machinery (RandAugment, Mixup, erasing, EMA, AGC).
+TINY = {
+    "model.name": "efficientvit_m0", "model.img_size": 32, "data.path": "fake", "data.workers": 0,
+    "data.fake_train_size": 48, "data.fake_val_size": 16, "data.fake_classes": 4, "train.batch_size": 8,
+    "train.epochs": 2, "log.progress": False, "log.tensorboard": False,
+}
+
+
+def tiny_config(output: Path, recipe: str = "quick", **overrides: object) -> TrainConfig:
+    """A config for a seconds-long run on fake data; ``overrides`` use dotted keys with '.' -> '__'."""
+    sets = dict(TINY, output=str(output))
+    sets.update({k.replace("__", "."): v for k, v in overrides.items()})
+    return load_config(recipe, sets)
+
+
+def make_image_folder(root: Path, classes: dict[str, int], size: tuple[int, int] = (40, 30), seed: int = 0,
+                      splits: tuple[str, ...] = ("train", "val")) -> Path:
+    """An ImageFolder tree of random-but-class-tinted PNG/JPEG images made with PIL."""
+    rng = np.random.default_rng(seed)
+    for split in splits:
+        for ci, (name, count) in enumerate(classes.items()):
+            d = root / split / name
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                arr = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+                arr[..., ci % 3] = np.clip(arr[..., ci % 3].astype(int) + 80, 0, 255).astype(np.uint8)
+                ext = "png" if i % 2 else "jpg"
+                Image.fromarray(arr).save(d / f"img_{i}.{ext}")
+    return root
+
+
+def state_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    """Bit-identical state dicts."""
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_make_image_folder(tmp_path: Path) -> None:
+    root = make_image_folder(tmp_path, {"a": 2, "b": 3})
+    assert len(list((root / "train" / "b").iterdir())) == 3
+    assert Image.open(next((root / "val" / "a").iterdir())).size == (40, 30)
