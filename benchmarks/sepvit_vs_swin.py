@@ -70,8 +70,6 @@ def main(argv: list[str] | None = None) -> int:
             results[name].append(time_round(model, x, args.iters))
     med = {name: statistics.median(v) for name, v in results.items()}
     ratio = med[args.sepvit] / med[args.swin]
-    macs = {name: leanvit.count_macs(m, args.img_size) / 1e9 if name == args.sepvit else None
-            for name, m in models.items()}
 
     lines = [
         f"CPU inference throughput, fp32, batch {args.batch}, {args.threads} threads, {args.img_size}x{args.img_size}, "
@@ -90,8 +88,6 @@ def main(argv: list[str] | None = None) -> int:
         f"Machine: {cpu_name()}, {torch.get_num_threads()} threads; Python {platform.python_version()}, "
         f"torch {torch.__version__}, timm {timm.__version__}, leanvit {leanvit.__version__}.",
     ]
-    if macs[args.sepvit] is not None:
-        lines.append(f"{args.sepvit} MACs at {args.img_size}: {macs[args.sepvit]:.2f} G (torch FlopCounterMode / 2).")
     text = "\n".join(lines) + "\n"
     print(text)
     if args.markdown is not None:

@@ -297,7 +297,7 @@ def load_checkpoint(
         dropped_head = any(k.startswith(heads) for k in sd)
         sd = {k: v for k, v in sd.items() if not k.startswith(heads)}
     elif mismatched:  # only head tensors differ: another number of classes
-        ckpt_classes = next((sd[k].shape[0] for k in mismatched if k.endswith("linear.weight")), None)
+        ckpt_classes = next((sd[k].shape[0] for k in mismatched if k.endswith("weight") and sd[k].dim() == 2), None)
         raise CheckpointError(
             f"the checkpoint's classifier has {ckpt_classes} classes but the model has {model.num_classes}; "
             f"pass drop_head=True to keep the model's fresh head (fine-tuning), or create the model with "

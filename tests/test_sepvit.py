@@ -46,8 +46,9 @@ def macs_at_224(model: torch.nn.Module) -> float:
     mapping = {aten._scaled_dot_product_flash_attention_for_cpu:
                lambda q, k, v, *a, out_shape=None, **kw: flop_counter.sdpa_flop_count(q, k, v)}
     counter = flop_counter.FlopCounterMode(display=False, custom_mapping=mapping)
+    device = next(model.parameters()).device
     with torch.no_grad(), counter:
-        model.eval()(torch.zeros(1, 3, 224, 224))
+        model.eval()(torch.zeros(1, 3, 224, 224, device=device))
     return counter.get_total_flops() / 2
 
 
@@ -60,7 +61,8 @@ def lite() -> torch.nn.Module:
 @pytest.mark.parametrize("name", list(TARGETS))
 def test_params_and_macs_match_the_official_model(name: str) -> None:
     params, gmacs = TARGETS[name]
-    model = leanvit.create_model(name)
+    with torch.device("meta"):  # shapes only: no weight init, no arithmetic (same ops as on CPU)
+        model = leanvit.create_model(name)
     assert sum(p.numel() for p in model.parameters()) == params
     cfg = leanvit.get_config(name)
     assert cfg.params == params and cfg.family == "sepvit" and cfg.img_size == 224
@@ -90,7 +92,8 @@ def test_blocks_with_one_window_are_plain_attention() -> None:
     # The parameters do not depend on img_size; a larger pointwise_ref_size adds pointwise attention
     # to every block, as the official dense backbones have.
     big = leanvit.create_model("sepvit_lite", img_size=448)
-    assert [[b.pointwise for b in s.blocks] for s in big.stages] == [[b.pointwise for b in s.blocks] for s in model.stages]
+    pointwise = lambda m: [[b.pointwise for b in s.blocks] for s in m.stages]  # noqa: E731
+    assert pointwise(big) == pointwise(model)
     dense = leanvit.create_model("sepvit_lite", window_token="zero", pointwise_ref_size=448)
     assert all(b.pointwise for s in dense.stages for b in s.blocks)
 
@@ -208,6 +211,9 @@ def test_official_layout_round_trip_and_logits(lite: torch.nn.Module, tmp_path) 
     back = sepvit_official_to_leanvit(official)
     assert set(back) == set(sd) and all(torch.equal(back[k], sd[k]) for k in sd)
 
+    saved = leanvit.save_checkpoint(lite, tmp_path / "saved.pth", layout="official")
+    assert set(torch.load(saved, weights_only=True)["model"]) == set(official)
+
     path = tmp_path / "SepViT_Lite.pth"
     torch.save({"model": official, "epoch": 3}, path)  # what the official training script writes
     fresh = leanvit.create_model("sepvit_lite").eval()
@@ -216,6 +222,26 @@ def test_official_layout_round_trip_and_logits(lite: torch.nn.Module, tmp_path) 
     x = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
         torch.testing.assert_close(fresh(x), lite(x), atol=0, rtol=0)
+
+
+def test_official_dense_backbone_layout_loads() -> None:
+    # The official dense backbone: PSA_qk in every block, no token parameters, extra norms norm_list.*,
+    # an unused 1000-class head. It fits a zero-token model with pointwise attention everywhere.
+    src = randomize(leanvit.create_model("sepvit_lite", window_token="zero", pointwise_ref_size=448,
+                                         feature_norms=True))
+    official = sepvit_leanvit_to_official(src.state_dict())
+    blocks = {k.rsplit(".attn.", 1)[0] for k in official if ".attn.DSA_qkv.weight" in k}
+    assert len(blocks) == 11 and all(f"{b}.attn.PSA_qk.weight" in official for b in blocks)
+    assert not any(k.endswith("win_tokens") for k in official)
+    assert {f"norm_list.{i}.weight" for i in range(4)} <= set(official)
+    dst = leanvit.create_model("sepvit_lite", window_token="zero", pointwise_ref_size=448, feature_norms=True,
+                               num_classes=0)
+    leanvit.load_checkpoint(dst, official)
+    x = torch.randn(1, 3, 128, 96)
+    with torch.no_grad():
+        for a, b in zip(dst.forward_intermediates(x, intermediates_only=True),
+                        src.forward_intermediates(x, intermediates_only=True)):
+            torch.testing.assert_close(a, b)
 
 
 def test_official_layout_epsilons(lite: torch.nn.Module) -> None:

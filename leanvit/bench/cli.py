@@ -17,6 +17,7 @@ DEMO_BASELINES = (
     "starnet_s1", "efficientvit_b0", "mobileone_s0", "efficientformerv2_s0",
 )
 PAPER_WARMUP_S, PAPER_DURATION_S = 10.0, 60.0
+DEMO_MAX_MACS_M = 1000
 
 
 def _add_run_options(p: argparse.ArgumentParser, default_warmup: float | None, default_duration: float | None) -> None:
@@ -53,6 +54,7 @@ def register(subparsers: Any) -> None:
                    help=f"the papers' timing: {PAPER_WARMUP_S:g} s warm-up, {PAPER_DURATION_S:g} s timed")
     p.add_argument("--isolate", action=argparse.BooleanOptionalAction, default=None,
                    help="run each configuration in a fresh process (default: on for CPU memory mode)")
+    p.add_argument("--macs", action="store_true", help="also count MACs (fused, batch 1)")
     p.add_argument("--out", type=Path, default=None, help="write results to FILE.json or FILE.csv")
     p.add_argument("--plot", type=Path, default=None, help="write a speed-accuracy plot (FILE.png)")
     p.set_defaults(func=_bench)
@@ -63,7 +65,8 @@ def register(subparsers: Any) -> None:
                     "1 thread, short windows); writes results.md/.csv/.json and speed.png into --out.",
     )
     d.add_argument("--out", type=Path, default=Path("out/demo"), help="output directory (default: out/demo)")
-    d.add_argument("--models", nargs="*", default=None, help="leanvit models (default: all)")
+    d.add_argument("--models", nargs="*", default=None,
+                   help=f"leanvit models (default: every variant up to {DEMO_MAX_MACS_M} MMACs)")
     d.add_argument("--baselines", nargs="*", default=list(DEMO_BASELINES), help="timm baselines")
     _add_run_options(d, 0.5, 1.5)
     d.set_defaults(func=_demo)
@@ -86,7 +89,7 @@ def _bench(args: argparse.Namespace) -> int:
     if args.paper:
         args.warmup = PAPER_WARMUP_S if args.warmup is None else args.warmup
         args.duration = PAPER_DURATION_S if args.duration is None else args.duration
-    records = _run(args.models, args, mode=args.mode, isolate=args.isolate)
+    records = _run(args.models, args, mode=args.mode, isolate=args.isolate, count_macs=args.macs)
     print(format_table(records))
     if records:
         print(f"device: {records[0]['device']}; versions: "
@@ -98,13 +101,19 @@ def _bench(args: argparse.Namespace) -> int:
     return 1 if any(r.get("error") for r in records) else 0
 
 
-def _demo(args: argparse.Namespace) -> int:
-    from .. import list_models
-    from .report import format_table, plot_speed_accuracy, to_markdown, write_results
+def _demo_models() -> list[str]:
+    """The lean part of the zoo: variants up to ~1 GMACs (the large SepViTs take seconds per batch)."""
+    from .. import get_config, list_models
 
-    models = list(args.models) if args.models else list_models()
+    return [n for n in list_models() if (get_config(n).macs_m or 0) <= DEMO_MAX_MACS_M]
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .report import atomic_write_bytes, format_table, plot_speed_accuracy, to_markdown, write_results
+
+    models = list(args.models) if args.models is not None else _demo_models()
     models += [f"timm:{b}" for b in args.baselines]
-    records = _run(models, args, mode="throughput")
+    records = _run(models, args, mode="throughput", count_macs=True)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     first = records[0]
@@ -116,8 +125,6 @@ def _demo(args: argparse.Namespace) -> int:
         f"- versions: {', '.join(f'{k} {v}' for k, v in first['versions'].items())}\n"
         f"- top-1: leanvit = paper values; timm baselines = timm's ImageNet results (random weights are timed)\n\n"
     )
-    from .report import atomic_write_bytes
-
     atomic_write_bytes(out / "results.md", (header + to_markdown(records)).encode())
     write_results(records, out / "results.csv")
     write_results(records, out / "results.json")

@@ -12,6 +12,22 @@ from torch.utils.flop_counter import FlopCounterMode
 __all__ = ["count_params", "count_macs"]
 
 
+def _register_cpu_sdpa() -> None:
+    # On CPU, SDPA dispatches to a fused kernel FlopCounterMode does not know; count it like SDPA.
+    from torch.utils import flop_counter
+
+    op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    if op is None or op in flop_counter.flop_registry:
+        return
+
+    @flop_counter.register_flop_formula(op)
+    def _cpu_sdpa_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:  # type: ignore[no-untyped-def]
+        return flop_counter.sdpa_flop_count(query, key, value)  # shapes, not tensors
+
+
+_register_cpu_sdpa()
+
+
 def count_params(model: nn.Module, trainable_only: bool = False) -> int:
     """Number of parameters (buffers such as BN running statistics are not counted)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

@@ -24,7 +24,9 @@ COLUMNS = (
     ("latency_p90_ms", "ms (p90)", "{:.2f}"),
     ("spread_pct", "spread %", "{:.1f}"),
     ("peak_memory_mb", "peak MB", "{:.1f}"),
+    ("max_rel_err", "rel err", "{:.1e}"),
     ("params_m", "params M", "{:.2f}"),
+    ("macs_m", "MMACs", "{:.0f}"),
     ("top1", "top-1", "{:.1f}"),
 )
 

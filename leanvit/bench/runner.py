@@ -19,12 +19,14 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from ..deploy.export import logit_errors
 from ..deploy.runtime import (
     BACKENDS, PRECISIONS, build_runtime, check_precision, quiet_deprecations, torch_threads,
 )
 from .env import environment
+from .flops import count_macs, count_params
 from .memory import PeakMemory, release_freed_memory, rss_mb
-from .models import ModelSpec, build_model, count_unfused_norms, fuse_model, resolve_model
+from .models import ModelSpec, build_model, count_unfused_norms, fuse_model, perturb_batchnorm_, resolve_model
 from .timing import TimingStats, measure
 
 __all__ = ["MODES", "BenchConfig", "benchmark", "run_config"]
@@ -49,6 +51,8 @@ class BenchConfig:
     fuse: bool = True
     bf16_mode: str = "autocast"
     compile_mode: str | None = None
+    count_macs: bool = False
+    perturb_bn: bool = True
     note: str = ""
     seed: int = 0
 
@@ -101,6 +105,8 @@ def benchmark(
     allow_fallback: bool = False,
     bf16_mode: str = "autocast",
     compile_mode: str | None = None,
+    count_macs: bool = False,
+    perturb_bn: bool = True,
     isolate: bool | None = None,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
@@ -137,7 +143,8 @@ def benchmark(
             model=spec.label, mode=mode, backend=bk, precision=used, device=device,
             batch_size=batch_size or default_batch, threads=threads, img_size=img_size or spec.img_size,
             warmup_s=2.0 if warmup is None else warmup, duration_s=10.0 if duration is None else duration,
-            fuse=fuse and mode != "train", bf16_mode=bf16_mode, compile_mode=compile_mode, note=note,
+            fuse=fuse and mode != "train", bf16_mode=bf16_mode, compile_mode=compile_mode, count_macs=count_macs,
+            perturb_bn=perturb_bn, note=note,
         )))
     if isolate is None:
         isolate = mode == "memory" and device == "cpu"
@@ -190,13 +197,18 @@ def run_config(cfg: BenchConfig, spec: ModelSpec | None = None) -> dict[str, Any
     with torch_threads(None if cuda else cfg.threads), quiet_deprecations():
         t0 = time.perf_counter()
         model = build_model(spec, cfg.img_size)
+        if cfg.perturb_bn:
+            perturb_batchnorm_(model, cfg.seed)
         example = torch.randn(cfg.batch_size, 3, cfg.img_size, cfg.img_size)
         if cfg.mode == "train":
             return _run_train(cfg, spec, model, example, base_mb)
         if cfg.fuse:
             model = fuse_model(model)
-        params = sum(p.numel() for p in model.parameters()) / 1e6
+        params = count_params(model) / 1e6
         norms = count_unfused_norms(model)
+        macs = count_macs(model, cfg.img_size, fuse_first=False) / 1e6 if cfg.count_macs else None
+        with torch.inference_mode():
+            reference = model(example).float()  # fp32 eager: what every backend/precision is compared with
         if cuda:
             torch.backends.cudnn.benchmark = True
         runtime = build_runtime(model, cfg.backend, example, precision=cfg.precision, device=cfg.device,
@@ -210,13 +222,17 @@ def run_config(cfg: BenchConfig, spec: ModelSpec | None = None) -> dict[str, Any
             if cfg.mode == "memory":
                 # A few calls reach the steady-state peak; no long timed window needed.
                 stats = measure(lambda: runtime.run(x), warmup_s=0.0, duration_s=1e-9, min_iters=3,
-                                max_iters=3, sync=runtime.synchronize)
+                                max_iters=3, min_warmup_iters=1, sync=runtime.synchronize)
             else:
                 stats = measure(lambda: runtime.run(x), warmup_s=cfg.warmup_s, duration_s=cfg.duration_s,
                                 sync=runtime.synchronize)
+        abs_diff, rel_err = logit_errors(reference, runtime.to_torch(runtime.run(x)))
     precision = getattr(runtime, "effective_precision", cfg.precision)
-    return _record(cfg, spec, precision=precision, params_m=params, unfused_norms=norms, setup_s=setup_s,
-                   setup_memory_mb=setup_mb, peak_memory_mb=mem.peak_mb, memory_method=mem.method, **_timing_fields(stats, cfg.batch_size))
+    # Three calls in memory mode are not a speed measurement: leave the timings empty.
+    timings = _timing_fields(stats, cfg.batch_size) if cfg.mode != "memory" else {}
+    return _record(cfg, spec, precision=precision, params_m=params, macs_m=macs, unfused_norms=norms,
+                   setup_s=setup_s, max_abs_diff=abs_diff, max_rel_err=rel_err, setup_memory_mb=setup_mb,
+                   peak_memory_mb=mem.peak_mb, memory_method=mem.method, **timings)
 
 
 def _run_train(cfg: BenchConfig, spec: ModelSpec, model: nn.Module, example: torch.Tensor,
@@ -225,7 +241,7 @@ def _run_train(cfg: BenchConfig, spec: ModelSpec, model: nn.Module, example: tor
     t0 = time.perf_counter()
     device = cfg.device
     model = model.to(device).train()
-    params = sum(p.numel() for p in model.parameters()) / 1e6
+    params = count_params(model) / 1e6
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = example.to(device)
     num_classes = getattr(model, "num_classes", 1000) or 1000

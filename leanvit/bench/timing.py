@@ -45,9 +45,11 @@ def measure(
     duration_s: float = 10.0,
     min_iters: int = 5,
     max_iters: int | None = None,
+    min_warmup_iters: int = 2,
     sync: Callable[[], None] | None = None,
 ) -> TimingStats:
-    """Call ``fn`` for ``warmup_s`` seconds (at least once), then time calls until ``duration_s``
+    """Call ``fn`` for ``warmup_s`` seconds (at least ``min_warmup_iters`` times: TorchScript's
+    profiling executor optimises the graph only after its first runs), then time calls until ``duration_s``
     seconds of calls and ``min_iters`` calls have accumulated (or ``max_iters`` calls).
 
     ``sync`` runs after every call (``torch.cuda.synchronize`` on GPU, as the papers do).
@@ -57,7 +59,7 @@ def measure(
     sync = sync or (lambda: None)
     warm = 0
     start = time.perf_counter()
-    while warm == 0 or time.perf_counter() - start < warmup_s:
+    while warm < min_warmup_iters or time.perf_counter() - start < warmup_s:
         fn()
         sync()
         warm += 1

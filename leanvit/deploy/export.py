@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from .runtime import (
-    UnsupportedPrecisionError, check_precision, load_artifact, quiet_deprecations, require, to_openvino,
+    UnsupportedPrecisionError, check_precision, load_artifact, quiet_deprecations, require, to_openvino, torch_threads,
 )
 
 __all__ = [
@@ -196,6 +196,38 @@ def _verify(result: ExportResult, fused: nn.Module, artifact: Path, batches: lis
         result.verified = worst_rel <= BF16_RTOL
 
 
+def _export_and_verify(module: nn.Module, fmt: str, output: Path, side: int, batch_size: int, dynamic_batch: bool,
+                       precision: str, dynamo: bool, opset: int | None, verify: bool, threads: int | None,
+                       seed: int) -> tuple[ExportResult, bool]:
+    """Fuse, write under a temporary name, verify, then move to ``output`` (or ``output.failed``)."""
+    from ..bench.models import fuse_model
+
+    fused = fuse_model(module).float().cpu().eval()
+    example = torch.randn(batch_size, 3, side, side, generator=torch.Generator().manual_seed(seed))
+
+    tmpdir = Path(tempfile.mkdtemp(prefix=".leanvit-export-", dir=output.parent))
+    try:
+        tmp = tmpdir / f"model{output.suffix}"
+        exporter = _write(fmt, fused, example, tmp, dynamo=dynamo, opset=opset, dynamic_batch=dynamic_batch,
+                          precision=precision)
+        result = ExportResult(str(output), fmt, precision, exporter, tuple(example.shape), dynamic_batch)
+        if verify:
+            batches = [batch_size] + ([batch_size + 1] if dynamic_batch else [])
+            _verify(result, fused, tmp, batches, side, threads, seed + 1)
+        ok = result.verified is not False
+        # .xml travels with its .bin; other formats are one file.
+        pairs = [(tmp, output)]
+        if fmt == "openvino":
+            pairs.append((tmp.with_suffix(".bin"), output.with_suffix(".bin")))
+        for src, dst in pairs:
+            final = dst if ok else dst.with_name(dst.name + ".failed")
+            os.replace(src, final)
+            result.files.append(str(final))
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+    return result, ok
+
+
 def export_model(
     model: str | nn.Module,
     format: str,
@@ -217,7 +249,7 @@ def export_model(
     Raises :class:`ExportVerificationError` (file kept as ``output.failed``) when the artifact does not
     match, and ValueError / :class:`UnsupportedPrecisionError` on bad arguments.
     """
-    from ..bench.models import build_model, fuse_model, resolve_model
+    from ..bench.models import build_model, resolve_model
 
     output = Path(output)
     _check_output(format, output)
@@ -244,29 +276,11 @@ def export_model(
         batch_size = 2 if (dynamo and dynamic_batch) else 1
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    fused = fuse_model(module).float().cpu().eval()
-    example = torch.randn(batch_size, 3, side, side, generator=torch.Generator().manual_seed(seed))
-
-    tmpdir = Path(tempfile.mkdtemp(prefix=".leanvit-export-", dir=output.parent))
-    try:
-        tmp = tmpdir / f"model{output.suffix}"
-        exporter = _write(format, fused, example, tmp, dynamo=dynamo, opset=opset, dynamic_batch=dynamic_batch,
-                          precision=precision)
-        result = ExportResult(str(output), format, precision, exporter, tuple(example.shape), dynamic_batch)
-        if verify:
-            batches = [batch_size] + ([batch_size + 1] if dynamic_batch else [])
-            _verify(result, fused, tmp, batches, side, threads, seed + 1)
-        ok = result.verified is not False
-        # .xml travels with its .bin; other formats are one file.
-        pairs = [(tmp, output)]
-        if format == "openvino":
-            pairs.append((tmp.with_suffix(".bin"), output.with_suffix(".bin")))
-        for src, dst in pairs:
-            final = dst if ok else dst.with_name(dst.name + ".failed")
-            os.replace(src, final)
-            result.files.append(str(final))
-    finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
+    # One torch thread by default as well: on a busy small machine multi-threaded tracing of many
+    # small ops can be orders of magnitude slower (OpenMP barriers wait for descheduled threads).
+    with torch_threads(threads):
+        result, ok = _export_and_verify(module, format, output, side, batch_size, dynamic_batch, precision, dynamo,
+                                        opset, verify, threads, seed)
     if not ok:
         raise ExportVerificationError(
             f"exported {format} does not match PyTorch: max abs diff {result.max_abs_diff:.3g}, max rel logit "

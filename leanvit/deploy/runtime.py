@@ -159,6 +159,7 @@ class TorchRuntime(Runtime):
 
     bf16/fp16 use autocast (``bf16_mode='autocast'``, GPU AMP, CPU oneDNN/AMX); on CPU
     ``bf16_mode='convert'`` instead casts weights and inputs to bf16 (less casting, more rounding).
+    Takes ownership of ``model``: it may be moved to ``device`` / cast in place.
     """
 
     def __init__(
@@ -274,8 +275,8 @@ class OpenVinoRuntime(Runtime):
         if precision is not None:
             config["INFERENCE_PRECISION_HINT"] = _OV_HINTS[precision]
         self.compiled = core.compile_model(ov_model, "CPU", config)
-        self.effective_precision = {v: k for k, v in _OV_HINTS.items()}.get(
-            str(self.compiled.get_property("INFERENCE_PRECISION_HINT")), "fp32")
+        hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")  # an ov.Type, e.g. bf16
+        self.effective_precision = {v: k for k, v in _OV_HINTS.items()}.get(hint.get_type_name(), str(hint))
         self.precision = self.effective_precision
         self.request = self.compiled.create_infer_request()
         self.threads = threads

@@ -255,8 +255,9 @@ class SepViT(LeanViTModel):
     ``img_size`` only matters for ``window_token='per_window'``: it sets the token grids and is then the
     only accepted input size. Blocks that see more than one window at ``pointwise_ref_size`` have
     pointwise attention (official: 224; e.g. 448 gives every block of the registered variants one, as in
-    the official dense backbones). ``inner_residuals`` toggles the official code's two residuals inside the attention (not in the
-    paper's equations; on by default, as for the published numbers). ``feature_norms`` adds learnable
+    the official dense backbones). ``inner_residuals`` toggles the official code's two residuals inside
+    the attention (not in the paper's equations; on by default, as for the published numbers).
+    ``feature_norms`` adds learnable
     per-level LayerNorms for dense fine-tuning; without them intermediates use a parameter-free
     LayerNorm, which is what the official dense backbone's freshly created ``extra_norm`` computes.
     """
@@ -415,7 +416,8 @@ _OFFICIAL_BLOCK_RENAMES = (("attn.DSA_qkv.", "attn.qkv."), ("attn.PSA_qk.", "att
 
 
 def looks_like_official_sepvit(sd: Mapping[str, torch.Tensor]) -> bool:
-    """True for a state dict in the official liwei109/SepViT key layout (``patch_embeds.*``, ``blocks.s.j.attn.DSA_qkv``)."""
+    """True for a state dict in the official liwei109/SepViT key layout
+    (``patch_embeds.*`` and ``blocks.{stage}.{j}.attn.DSA_qkv``)."""
     return any(k.startswith("patch_embeds.") for k in sd) and any(
         re.match(r"^blocks\.\d+\.\d+\.attn\.DSA_qkv\.weight$", k) for k in sd)
 

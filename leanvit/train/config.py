@@ -125,6 +125,7 @@ class LoopSection:
     seed: int = 0
     amp: str = "none"  # none | bf16 | fp16 | auto (bf16 where supported on GPU, fp32 on CPU)
     device: str = "auto"  # auto | cpu | cuda
+    threads: int | None = None  # torch intra-op threads per process (None: torch's default)
     deterministic: bool = False
     eval_every: int = 1  # epochs between evaluations (the last epoch is always evaluated)
     dist_bn: str = "reduce"  # reduce | broadcast | none: BN statistics across processes at epoch end

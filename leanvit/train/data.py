@@ -166,7 +166,7 @@ def open_source(path: str, cfg: TrainConfig | None = None, img_size: int = 224, 
     if path == "fake":
         n_train, n_val, n_cls = (d.fake_train_size, d.fake_val_size, d.fake_classes) if d else (320, 64, 10)
         train, val = FakeSource(n_train, img_size, n_cls, 0), FakeSource(n_val, img_size, n_cls, 10_000_000)
-        return DataBundle(train, val, train.classes, f"fake ({n_train}/{n_val} images, {n_cls} classes)")
+        return DataBundle(train, val, train.classes, "fake")
     root = Path(path).expanduser()
     if not root.exists():
         raise FileNotFoundError(
@@ -177,13 +177,11 @@ def open_source(path: str, cfg: TrainConfig | None = None, img_size: int = 224, 
         raise FileNotFoundError(f"data path {root} is a file; pass the ImageFolder root directory")
     allow_empty = bool(d and d.allow_empty_classes)
     val_names = [d.val_split] if d and d.val_split else ["val", "validation"]
-    val = FolderSource(_split_dir(root, val_names, "validation"), None, allow_empty)
-    if need_train:
-        train = FolderSource(_split_dir(root, [d.train_split if d else "train"], "training"), None, allow_empty)
-        val = FolderSource(val.root, train.classes, allow_empty)
-    else:
-        train = val
-    return DataBundle(train, val, train.classes, str(root))
+    train_dir = _split_dir(root, [d.train_split if d else "train"], "training") if need_train else None
+    val_dir = _split_dir(root, val_names, "validation")
+    train = FolderSource(train_dir, None, allow_empty) if train_dir else None
+    val = FolderSource(val_dir, train.classes if train else None, allow_empty)
+    return DataBundle(train or val, val, val.classes, str(root))
 
 
 # --------------------------------------------------------------------------------------------- transforms

@@ -111,7 +111,7 @@ def evaluate_model(
     correct1 = correct5 = loss_sum = n = 0.0
     model_time = 0.0
     skipped: list[str] = []
-    bar = tqdm(loader, desc=desc, disable=not (progress and info.is_main), leave=False, dynamic_ncols=True)
+    bar = tqdm(loader, desc=desc, disable=None if progress and info.is_main else True, leave=False, dynamic_ncols=True)
     for images, targets, bad in bar:
         skipped += bad
         images = images.to(info.device, non_blocking=True)

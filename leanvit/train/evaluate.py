@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from .config import TrainConfig
+from .config import TrainConfig, config_from_dict
 from .data import AugmentedDataset, ShardSampler, collate, eval_transform, open_source
 from .distributed import cleanup, init_distributed
 from .engine import amp_dtype, evaluate_model
@@ -45,7 +45,8 @@ def _read_weights(model_name: str, checkpoint: str | os.PathLike, ema: bool) -> 
                              f"run: leanvit eval {obj['model_name']} --checkpoint {path} ...")
         if ema and obj.get("ema") is None:
             raise ValueError(f"{path} has no EMA weights (the run had ema.enable=false); drop --ema")
-        facts = dict(num_classes=obj["num_classes"], img_size=obj["img_size"], classes=obj.get("classes"))
+        facts = dict(num_classes=obj["num_classes"], img_size=obj["img_size"], classes=obj.get("classes"),
+                     data=obj["config"]["data"])
         return obj["ema"] if ema else obj["model"], facts
     sd, _ = read_state_dict(path, prefer_ema=ema)
     return convert_state_dict(sd, get_config(model_name).family), {}
@@ -104,8 +105,9 @@ def evaluate(
         if channels_last:
             model.to(memory_format=torch.channels_last)
 
-        cfg = TrainConfig()
-        cfg.data.val_split = split
+        # The training run's data settings (split names, fake-data sizes) unless overridden here.
+        cfg = config_from_dict({"data": facts["data"]}) if facts.get("data") else TrainConfig()
+        cfg.data.val_split = split or cfg.data.val_split
         bundle = open_source(data, cfg, img_size, need_train=False)
         if facts.get("classes") and data not in ("fake",) and list(facts["classes"]) != bundle.classes:
             raise ValueError(f"the classes of {data} ({bundle.classes[:5]}...) differ from the ones {checkpoint} "

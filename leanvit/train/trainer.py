@@ -61,6 +61,8 @@ class Trainer:
                 f"{self.out} already holds a run (last.ckpt); continue it with --resume {self.out / 'last.ckpt'}, "
                 "or choose another --output"
             )
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
         if cfg.train.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.benchmark = False
@@ -146,6 +148,8 @@ class Trainer:
 
     def _prepare_output(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
+        for stale in [*self.out.glob(".*.tmp"), *self.out.glob("checkpoints/.*.tmp")]:
+            stale.unlink(missing_ok=True)  # temp files of a run killed while writing a checkpoint
         save_config(self.cfg, self.out / "config.yaml", extra=self.resolved())
 
     def resolved(self) -> dict[str, Any]:
@@ -236,8 +240,8 @@ class Trainer:
             value = self._reduced_loss(loss)
             if not math.isfinite(value):
                 raise NonFiniteLossError(
-                    f"the training loss is {value} at epoch {self.epoch}, update {self.global_step}; training "
-                    f"stopped before applying it. The last good checkpoint is {self.out / 'last.ckpt'}. Lower "
+                    f"the training loss is {value} in epoch {self.epoch + 1}, update {self.global_step + 1}; "
+                    f"training stopped before applying it. The last good checkpoint is {self.out / 'last.ckpt'}. Lower "
                     "the learning rate (optim.lr / optim.lr_base), enable clipping (optim.clip_grad), or use "
                     "train.amp=none/bf16 instead of fp16"
                 )
@@ -283,8 +287,11 @@ class Trainer:
         self.scheduler.step_update(self.global_step)
         self._set_train_mode()
         total = self.batches_per_epoch
+        # disable=None: tqdm turns itself off when stderr is not a terminal (SLURM logs get log lines instead).
+        show = cfg.log.progress and self.info.is_main
+        first = self.batches_done
         bar = tqdm(total=total, initial=self.batches_done, desc=f"epoch {self.epoch + 1}/{cfg.train.epochs}",
-                   disable=not (cfg.log.progress and self.info.is_main), dynamic_ncols=True, leave=True)
+                   disable=None if show else True, dynamic_ncols=True, leave=True)
         loss_sum, n_loss, images, t0 = 0.0, 0, 0, time.perf_counter()
         for images_b, targets_b, bad in self.train_loader:
             self._note_skipped(bad)
@@ -305,6 +312,10 @@ class Trainer:
                 if self.global_step % cfg.train.log_interval == 0:
                     self.logger.scalar("train/loss", loss, self.global_step)
                     self.logger.scalar("train/lr", lr, self.global_step)
+                    if show and bar.disable:
+                        eta = (total - self.batches_done) * elapsed / max(self.batches_done - first, 1)
+                        log.info("epoch %d [%d/%d] loss %.4f lr %.3e %.0f img/s, epoch ETA %.0fs", self.epoch + 1,
+                                 self.batches_done, total, loss_sum / n_loss, lr, images / elapsed, eta)
                 self._emit("step_end")
                 if self._stop_requested():
                     break

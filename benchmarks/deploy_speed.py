@@ -1,0 +1,188 @@
+"""Deployment speed on this CPU, in one run: leanvit vs timm, and leanvit's fastest path vs OpenVINO.
+
+Fused models, batch 16, 1 thread, native resolution, random weights with perturbed BatchNorms.
+
+1. PyTorch fp32: leanvit (best of eager / jit) vs timm fused + ``torch.jit.trace`` (the papers' protocol).
+2. Fastest shipped path: every leanvit backend x precision that ``leanvit bench`` offers, keeping those
+   whose max relative logit error vs fp32 eager is <= 2e-2; the fastest vs OpenVINO at its *default*
+   precision (bf16 on AMX CPUs) running timm's fused model.
+3. The single-core fp32 and bf16 matmul peaks, and the fraction of them each path reaches
+   (MACs per image x images/s / peak MAC/s).
+
+The machine is shared and noisy, so the paths of one model are timed in interleaved rounds
+(A B C ... A B C ...) and each path reports the median of its per-round medians.
+
+    python benchmarks/deploy_speed.py                        # shvit_s1 shvit_s4 efficientvit_m0 efficientvit_m5
+    python benchmarks/deploy_speed.py efficientvit_m0 --rounds 3 --seconds 1 --json out.json --markdown out.md
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from leanvit.bench.env import environment
+from leanvit.bench.flops import count_macs
+from leanvit.bench.models import build_model, fuse_model, perturb_batchnorm_, resolve_model
+from leanvit.bench.timing import measure
+from leanvit.deploy.export import logit_errors
+from leanvit.deploy.runtime import OpenVinoRuntime, Runtime, build_runtime, check_precision, torch_threads
+
+DEFAULT_MODELS = ["shvit_s1", "shvit_s4", "efficientvit_m0", "efficientvit_m5"]
+MAX_REL_ERR = 2e-2
+# leanvit paths that `leanvit bench` ships: (backend, precision, bf16_mode)
+LEANVIT_PATHS = [
+    ("eager", "fp32", None), ("jit", "fp32", None), ("onnxruntime", "fp32", None), ("openvino", "fp32", None),
+    ("eager", "bf16", "autocast"), ("jit", "bf16", "autocast"), ("eager", "bf16", "convert"),
+    ("jit", "bf16", "convert"), ("openvino", "bf16", None),
+]
+
+
+@dataclass
+class RunPath:
+    """One way to run one model."""
+
+    label: str
+    lib: str
+    precision: str
+    runtime: Runtime
+    x: Any
+    batch: int
+    rel_err: float = 0.0
+    times: list[float] = field(default_factory=list)
+
+    @property
+    def throughput(self) -> float:
+        return self.batch / statistics.median(self.times) if self.times else 0.0
+
+
+def matmul_peak(dtype: torch.dtype, seconds: float = 1.0) -> float:
+    """Single-thread matmul MAC/s (best over a few square sizes)."""
+    best = 0.0
+    with torch_threads(1), torch.inference_mode():
+        for n in (512, 1024, 2048):
+            a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+            st = measure(lambda: torch.mm(a, b), warmup_s=0.2, duration_s=seconds)
+            best = max(best, n**3 / st.median_s)
+    return best
+
+
+def _paths(name: str, batch: int, with_compile: bool) -> tuple[list[RunPath], float]:
+    """Runtimes for leanvit's paths and timm's two references; returns them and the MACs per image."""
+    out: list[RunPath] = []
+    lean_spec, timm_spec = resolve_model(f"leanvit:{name}"), resolve_model(f"timm:{name}")
+    side = lean_spec.img_size
+    x = torch.randn(batch, 3, side, side, generator=torch.Generator().manual_seed(0))
+    lean = fuse_model(perturb_batchnorm_(build_model(lean_spec, side), 0))
+    macs = count_macs(lean, side, fuse_first=False)
+    with torch.inference_mode():
+        ref = lean(x).float()
+    paths = list(LEANVIT_PATHS) + ([("compile", "fp32", None), ("compile", "bf16", "autocast")] if with_compile else [])
+    for backend, precision, mode in paths:
+        try:
+            check_precision(precision, backend)
+        except (ValueError, RuntimeError) as e:
+            print(f"  skip leanvit {backend} {precision}: {e}", file=sys.stderr)
+            continue
+        # A copy each: PyTorch runtimes may cast their module in place.
+        rt = build_runtime(copy.deepcopy(lean), backend, x, precision=precision, threads=1,
+                           bf16_mode=mode or "autocast")
+        label = f"leanvit {backend} {precision}" + (f" ({mode})" if mode else "")
+        p = RunPath(label, "leanvit", precision, rt, rt.prepare(x), batch)
+        p.rel_err = logit_errors(ref, rt.to_torch(rt.run(p.x)))[1]
+        out.append(p)
+    timm_fused = fuse_model(perturb_batchnorm_(build_model(timm_spec, side), 0))
+    rt = build_runtime(copy.deepcopy(timm_fused), "jit", x, threads=1)
+    out.append(RunPath("timm jit fp32", "timm", "fp32", rt, rt.prepare(x), batch))
+    ov = OpenVinoRuntime(timm_fused, example=x, threads=1, precision=None)  # OpenVINO's own default
+    out.append(RunPath(f"timm openvino default ({ov.effective_precision})", "timm", ov.effective_precision, ov,
+                     ov.prepare(x), batch))
+    return out, macs
+
+
+def race(paths: list[RunPath], rounds: int, seconds: float) -> None:
+    """Interleaved rounds; each path keeps its per-round median call time."""
+    for p in paths:  # warm-up once, outside the rounds
+        measure(lambda: p.runtime.run(p.x), warmup_s=1.0, duration_s=0.2)
+    for _ in range(rounds):
+        for p in paths:
+            st = measure(lambda: p.runtime.run(p.x), warmup_s=0.1, duration_s=seconds, min_iters=3)
+            p.times.append(st.median_s)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("models", nargs="*", default=DEFAULT_MODELS)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
+    ap.add_argument("--seconds", type=float, default=2.0, help="timed seconds per path per round")
+    ap.add_argument("--compile", action="store_true", help="also race torch.compile (≈40 s set-up per precision)")
+    ap.add_argument("--json", help="write all numbers here")
+    ap.add_argument("--markdown", help="write the summary table here")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+
+    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    print(f"single-core matmul peak: fp32 {peaks['fp32'] / 1e9:.0f} GMAC/s, bf16 {peaks['bf16'] / 1e9:.0f} GMAC/s "
+          f"({peaks['bf16'] / peaks['fp32']:.1f}x)", flush=True)
+    results: list[dict[str, Any]] = []
+    for name in args.models:
+        t0 = time.perf_counter()
+        paths, macs = _paths(name, args.batch_size, args.compile)
+        race(paths, args.rounds, args.seconds)
+        rows = []
+        for p in paths:
+            frac = macs * p.throughput / peaks["bf16" if p.precision == "bf16" else "fp32"]
+            rows.append(dict(path=p.label, lib=p.lib, precision=p.precision, throughput=p.throughput,
+                             rel_err=p.rel_err, peak_fraction=frac, round_medians_ms=[1e3 * t for t in p.times]))
+            print(f"  {name:16s} {p.label:38s} {p.throughput:8.1f} img/s  rel err {p.rel_err:.1e}  "
+                  f"{100 * frac:5.1f}% of peak", flush=True)
+        lean_fp32 = max((r for r in rows if r["lib"] == "leanvit" and r["precision"] == "fp32"
+                         and r["path"].split()[1] in ("eager", "jit")), key=lambda r: r["throughput"])
+        timm_jit = next(r for r in rows if r["path"] == "timm jit fp32")
+        fastest = max((r for r in rows if r["lib"] == "leanvit" and r["rel_err"] <= MAX_REL_ERR),
+                      key=lambda r: r["throughput"])
+        timm_ov = next(r for r in rows if r["path"].startswith("timm openvino"))
+        summary = dict(model=name, macs_m=macs / 1e6, rows=rows,
+                       pytorch_fp32=dict(leanvit=lean_fp32, timm=timm_jit,
+                                         ratio=lean_fp32["throughput"] / timm_jit["throughput"]),
+                       fastest=dict(leanvit=fastest, timm=timm_ov, ratio=fastest["throughput"] / timm_ov["throughput"]),
+                       seconds=time.perf_counter() - t0)
+        results.append(summary)
+        print(f"{name}: PyTorch fp32 {summary['pytorch_fp32']['ratio']:.2f}x ({lean_fp32['path']} vs timm jit); "
+              f"fastest {summary['fastest']['ratio']:.2f}x ({fastest['path']} vs {timm_ov['path']})", flush=True)
+
+    env = environment("cpu")
+    head = ("| model | MMACs | leanvit best PyTorch fp32 | timm jit fp32 | ratio (target 1.15) | leanvit fastest "
+            "(rel err) | timm OpenVINO default | ratio (target 1.25) | peak fraction (fastest / OV) |\n"
+            "|---|---|---|---|---|---|---|---|---|")
+    lines = [head]
+    for s in results:
+        a, f = s["pytorch_fp32"], s["fastest"]
+        lines.append(
+            f"| {s['model']} | {s['macs_m']:.0f} | {a['leanvit']['throughput']:.1f} ({a['leanvit']['path'][8:]}) | "
+            f"{a['timm']['throughput']:.1f} | {a['ratio']:.2f}x | {f['leanvit']['throughput']:.1f} "
+            f"({f['leanvit']['path'][8:]}, {f['leanvit']['rel_err']:.1e}) | {f['timm']['throughput']:.1f} | "
+            f"{f['ratio']:.2f}x | {100 * f['leanvit']['peak_fraction']:.1f}% / {100 * f['timm']['peak_fraction']:.1f}% |")
+    md = (f"Images/s, batch {args.batch_size}, 1 thread, fused, {args.rounds} interleaved rounds x {args.seconds:g} s. "
+          f"{env['device']}; single-core matmul peak fp32 {peaks['fp32'] / 1e9:.0f} / bf16 {peaks['bf16'] / 1e9:.0f} "
+          f"GMAC/s; " + ", ".join(f"{k} {v}" for k, v in env["versions"].items()) + "\n\n" + "\n".join(lines) + "\n")
+    print("\n" + md)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(md)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(peaks=peaks, environment=env, results=results), f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""leanvit bench / demo: every backend on one leanvit and one timm model, modes, files, plots, bad input.
+
+Small and fast: 64-pixel inputs, batch 2, timed windows of a fraction of a second.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import sys
+
+import pytest
+import torch
+
+from leanvit.bench.report import plot_speed_accuracy, write_results
+from leanvit.bench.runner import benchmark
+from leanvit.cli import main
+from leanvit.deploy.runtime import MissingBackendError, UnsupportedPrecisionError, _cpu_bf16
+
+LEANVIT, TIMM = "efficientvit_m0", "mobilenetv3_small_050"
+FAST = dict(img_size=64, batch_size=2, warmup=0.0, duration=0.05, progress=False)
+REQUIRED = ("model", "backend", "precision", "batch_size", "threads", "img_size", "throughput", "latency_ms",
+            "peak_memory_mb", "device", "versions")
+
+
+def _check_ok(rec: dict, backend: str, precision: str = "fp32") -> None:
+    assert rec["error"] is None, rec["error"]
+    assert rec["backend"] == backend and rec["precision"] == precision
+    assert rec["batch_size"] == 2 and rec["img_size"] == 64 and rec["threads"] == 1
+    assert rec["throughput"] > 0 and rec["latency_ms"] > 0
+    # images/s is batch / median call time
+    assert rec["throughput"] == pytest.approx(2 / (rec["latency_ms"] / 1e3), rel=1e-6)
+    assert rec["iterations"] >= 5
+    assert rec["fused"]
+    if rec["source"] == "leanvit":
+        assert rec["unfused_norms"] == 0  # every BatchNorm folded
+
+
+@pytest.mark.parametrize("backend", ["eager", "jit", "onnxruntime", "openvino"])
+def test_backend_runs_leanvit_and_timm(backend: str) -> None:
+    pytest.importorskip({"onnxruntime": "onnxruntime", "openvino": "openvino"}.get(backend, "torch"))
+    records = benchmark([LEANVIT, TIMM], backend=backend, **FAST)
+    assert [r["model"] for r in records] == [LEANVIT, TIMM]
+    assert [r["source"] for r in records] == ["leanvit", "timm"]
+    for rec in records:
+        _check_ok(rec, backend)
+
+
+def test_compile_backend_once() -> None:
+    """torch.compile costs ~40 s per model on a small CPU: one tiny model, once."""
+    rec, = benchmark([LEANVIT], backend="compile", **FAST)
+    _check_ok(rec, "compile")
+    assert rec["setup_s"] > 0
+
+
+@pytest.mark.skipif(not _cpu_bf16(), reason="CPU without native bf16")
+@pytest.mark.parametrize("bf16_mode", ["autocast", "convert"])
+def test_bf16_on_cpu(bf16_mode: str) -> None:
+    rec, = benchmark([LEANVIT], backend="eager", precision="bf16", bf16_mode=bf16_mode, **FAST)
+    _check_ok(rec, "eager", "bf16")
+
+
+def test_openvino_bf16_reports_effective_precision() -> None:
+    pytest.importorskip("openvino")
+    if not _cpu_bf16():
+        pytest.skip("CPU without native bf16")
+    rec, = benchmark([TIMM], backend="openvino", precision="bf16", **FAST)
+    _check_ok(rec, "openvino", "bf16")
+
+
+def test_latency_mode_percentiles() -> None:
+    rec, = benchmark([TIMM], mode="latency", backend="eager", img_size=64, warmup=0.0, duration=0.1, progress=False)
+    assert rec["error"] is None and rec["batch_size"] == 1
+    assert rec["latency_ms"] <= rec["latency_p90_ms"] <= rec["latency_p99_ms"]
+
+
+def test_memory_mode_runs_in_fresh_process() -> None:
+    rec, = benchmark([LEANVIT], mode="memory", backend="eager", img_size=64, batch_size=2, progress=False)
+    assert rec["error"] is None, rec["error"]
+    assert "fresh process" in rec["memory_method"]
+    # The fp32 weights alone are params * 4 bytes and must be resident.
+    assert rec["peak_memory_mb"] >= rec["params_m"] * 4 * 1e6 / 2**20
+
+
+def test_train_mode() -> None:
+    rec, = benchmark([LEANVIT], mode="train", backend="eager", **FAST)
+    assert rec["error"] is None, rec["error"]
+    assert rec["fused"] is False and rec["throughput"] > 0
+    assert rec["peak_memory_mb"] > 0
+
+
+def test_results_files_have_documented_fields(tmp_path) -> None:
+    records = benchmark([LEANVIT, TIMM], backend="eager", count_macs=True, **FAST)
+    js = write_results(records, tmp_path / "r.json")
+    data = json.loads(js.read_text())
+    assert isinstance(data, list) and len(data) == 2
+    for rec in data:
+        assert all(k in rec for k in REQUIRED)
+        assert rec["versions"]["torch"] == torch.__version__.split("+")[0]
+        assert rec["device"].startswith("cpu")
+    assert data[0]["macs_m"] > 0
+    with write_results(records, tmp_path / "r.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 and all(k in rows[0] for k in REQUIRED)
+    assert "torch=" in rows[0]["versions"] and float(rows[0]["throughput"]) == pytest.approx(records[0]["throughput"])
+    with pytest.raises(ValueError, match=".json or .csv"):
+        write_results(records, tmp_path / "r.txt")
+
+
+def test_plot_is_valid_png(tmp_path) -> None:
+    import matplotlib.image
+
+    records = [
+        dict(model="shvit_s1", family="SHViT", source="leanvit", top1=72.8, throughput=300.0, backend="jit",
+             precision="fp32", batch_size=16, threads=1, device="cpu: test"),
+        dict(model="shvit_s2", family="SHViT", source="leanvit", top1=75.2, throughput=200.0, backend="jit",
+             precision="fp32", batch_size=16, threads=1, device="cpu: test"),
+        dict(model="mobilenetv3_small_050", family="x", source="timm", top1=None, throughput=900.0, backend="jit",
+             precision="fp32", batch_size=16, threads=1, device="cpu: test"),
+    ]
+    path = plot_speed_accuracy(records, tmp_path / "speed.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    img = matplotlib.image.imread(path)
+    assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
+
+
+def test_cli_bench_writes_json_and_plot(tmp_path, capsys) -> None:
+    out, plot = tmp_path / "res.json", tmp_path / "speed.png"
+    rc = main(["bench", LEANVIT, TIMM, "--backend", "eager", "--img-size", "64", "--batch-size", "2", "--warmup", "0",
+               "--duration", "0.05", "--no-progress", "--out", str(out), "--plot", str(plot)])
+    assert rc == 0
+    table = capsys.readouterr().out
+    assert LEANVIT in table and TIMM in table and "img/s" in table
+    assert len(json.loads(out.read_text())) == 2
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_demo(tmp_path) -> None:
+    rc = main(["demo", "--out", str(tmp_path), "--models", LEANVIT, "--baselines", TIMM, "--img-size", "64",
+               "--batch-size", "2", "--warmup", "0", "--duration", "0.05", "--no-progress"])
+    assert rc == 0
+    assert {"results.md", "results.csv", "results.json", "speed.png"} <= {p.name for p in tmp_path.iterdir()}
+    assert LEANVIT in (tmp_path / "results.md").read_text()
+
+
+# --- bad input ---------------------------------------------------------------------------------------
+def test_unknown_model_suggests_close_names(capsys) -> None:
+    with pytest.raises(KeyError, match="efficientvit_m0"):
+        benchmark(["efficientvit_m00"], progress=False)
+    with pytest.raises(KeyError, match="mobilenetv3_small_050"):
+        benchmark(["mobilenetv3_smal_050"], progress=False)
+    assert main(["bench", "shvit_s9"]) == 1
+    assert "unknown model 'shvit_s9'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("backend,module,extra", [("onnxruntime", "onnxruntime", "onnx"),
+                                                  ("openvino", "openvino", "openvino")])
+def test_missing_backend_package_names_extra(monkeypatch, capsys, backend: str, module: str, extra: str) -> None:
+    monkeypatch.setitem(sys.modules, module, None)  # makes `import module` raise ImportError
+    with pytest.raises(MissingBackendError, match=rf"pip install 'leanvit\[{extra}\]'"):
+        benchmark([LEANVIT], backend=backend, **FAST)
+    assert main(["bench", LEANVIT, "--backend", backend]) == 1
+    assert f"leanvit[{extra}]" in capsys.readouterr().err
+
+
+def test_fp16_on_cpu_is_refused_unless_fallback(capsys) -> None:
+    with pytest.raises(UnsupportedPrecisionError, match="fp16 needs a CUDA GPU"):
+        benchmark([LEANVIT], backend="eager", precision="fp16", **FAST)
+    assert main(["bench", LEANVIT, "--precision", "fp16"]) == 1
+    assert "--allow-fallback" in capsys.readouterr().err
+    rec, = benchmark([LEANVIT], backend="eager", precision="fp16", allow_fallback=True, **FAST)
+    assert rec["error"] is None and rec["precision"] == "fp32" and "fell back to fp32" in rec["note"]
+
+
+def test_bf16_onnxruntime_is_refused() -> None:
+    pytest.importorskip("onnxruntime")
+    with pytest.raises(UnsupportedPrecisionError, match="no bf16 kernels"):
+        benchmark([LEANVIT], backend="onnxruntime", precision="bf16", **FAST)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(batch_size=0), "batch_size must be an integer >= 1"),
+    (dict(batch_size=-4), "batch_size must be an integer >= 1"),
+    (dict(img_size=8), "img_size must be an integer >= 32"),
+    (dict(threads=0), "threads must be an integer >= 1"),
+    (dict(duration=0.0), "duration must be > 0"),
+    (dict(mode="speed"), "unknown mode"),
+    (dict(backend="tensorrt"), "unknown backend"),
+    (dict(precision="int8"), "unknown precision"),
+])
+def test_invalid_settings(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        benchmark([LEANVIT], **{**dict(progress=False), **kwargs})
+
+
+def test_cli_invalid_batch(capsys) -> None:
+    assert main(["bench", LEANVIT, "--batch-size", "0"]) == 1
+    assert "batch_size must be an integer >= 1" in capsys.readouterr().err
+
+
+def test_cuda_requested_without_gpu() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        benchmark([LEANVIT], device="cuda", progress=False)

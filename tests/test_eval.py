@@ -1,0 +1,93 @@
+"""``leanvit eval`` against an accuracy computed independently (torchvision transforms, plain loop)."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torchvision import transforms as T
+
+import leanvit
+from conftest import randomize
+from leanvit.cli import main
+from leanvit.train import load_config, read_checkpoint, train
+from test_train_fixtures import make_image_folder, one_thread  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+CLASSES = {"ant": 5, "bee": 3, "cat": 4, "dog": 2, "eel": 3, "fox": 1, "gnu": 2}
+
+
+@torch.no_grad()
+def _independent_metrics(model: torch.nn.Module, root: Path, img_size: int) -> dict[str, float]:
+    cfg = model.leanvit_cfg
+    tf = T.Compose([
+        T.Resize(math.floor(img_size / cfg.crop_pct), interpolation=T.InterpolationMode.BICUBIC),
+        T.CenterCrop(img_size), T.ToTensor(), T.Normalize(cfg.mean, cfg.std),
+    ])
+    model.eval()
+    hit1 = hit5 = loss = n = 0
+    for ci, name in enumerate(sorted(CLASSES)):
+        for path in sorted((root / "val" / name).iterdir()):
+            logits = model(tf(Image.open(path).convert("RGB"))[None])
+            hit1 += int(logits.argmax(1).item() == ci)
+            hit5 += int(ci in logits.topk(5, dim=1).indices[0].tolist())
+            loss += F.cross_entropy(logits, torch.tensor([ci])).item()
+            n += 1
+    return dict(top1=100 * hit1 / n, top5=100 * hit5 / n, loss=loss / n, images=n)
+
+
+def test_eval_weights_file_matches_independent_accuracy(tmp_path: Path) -> None:
+    root = make_image_folder(tmp_path / "data", CLASSES, splits=("val",))
+    model = randomize(leanvit.create_model("efficientvit_m0", num_classes=len(CLASSES), img_size=32), seed=3)
+    with torch.no_grad():  # spread the predictions so that accuracy is not one class's share
+        model.head.linear.bias.copy_(torch.randn(len(CLASSES), generator=torch.Generator().manual_seed(0)))
+    weights = tmp_path / "w.safetensors"
+    leanvit.save_checkpoint(model, weights)
+    out = tmp_path / "res.json"
+    rc = main(["eval", "efficientvit_m0", "--checkpoint", str(weights), "--data", str(root), "--img-size", "32",
+               "--batch-size", "4", "--workers", "0", "--out", str(out), "--no-progress"])
+    assert rc == 0
+    got = json.loads(out.read_text())
+    want = _independent_metrics(model, root, 32)
+    assert got["images"] == want["images"] == sum(CLASSES.values())
+    assert got["top1"] == pytest.approx(want["top1"]) and got["top5"] == pytest.approx(want["top5"])
+    assert got["loss"] == pytest.approx(want["loss"], rel=1e-4)
+    assert 0 < got["top1"] < 100 and got["images_per_s"] > 0
+    fused = main(["eval", "efficientvit_m0", "--checkpoint", str(weights), "--data", str(root), "--img-size", "32",
+                  "--workers", "0", "--fuse", "--out", str(tmp_path / "fused.json"), "--no-progress"])
+    assert fused == 0
+    f = json.loads((tmp_path / "fused.json").read_text())
+    assert f["fused"] and f["top1"] == pytest.approx(want["top1"]) and f["loss"] == pytest.approx(want["loss"], rel=1e-3)
+
+
+def test_eval_training_checkpoint_and_its_ema(tmp_path: Path) -> None:
+    root = make_image_folder(tmp_path / "data", CLASSES)
+    run = tmp_path / "run"
+    train(load_config("quick", {"model.img_size": 32, "data.path": str(root), "output": str(run),
+                                "train.batch_size": 4, "train.max_steps": 3, "ema.enable": True,
+                                "ema.decay": 0.5, "log.progress": False, "log.tensorboard": False}))
+    ck = read_checkpoint(run / "last.ckpt")
+    for use_ema in (False, True):
+        model = leanvit.create_model("efficientvit_m0", num_classes=len(CLASSES), img_size=32)
+        model.load_state_dict(ck["ema"] if use_ema else ck["model"])
+        want = _independent_metrics(model, root, 32)
+        args = ["eval", "efficientvit_m0", "--checkpoint", str(run / "last.ckpt"), "--data", str(root),
+                "--workers", "0", "--out", str(tmp_path / "r.json"), "--no-progress"] + (["--ema"] if use_ema else [])
+        assert main(args) == 0
+        got = json.loads((tmp_path / "r.json").read_text())
+        assert got["img_size"] == 32 and got["ema"] == use_ema
+        assert got["top1"] == pytest.approx(want["top1"]) and got["loss"] == pytest.approx(want["loss"], rel=1e-4)
+
+
+def test_eval_errors_are_clear(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    root = make_image_folder(tmp_path / "data", {"a": 1, "b": 1}, splits=("val",))
+    assert main(["eval", "shvit_s1", "--checkpoint", str(tmp_path / "none.pth"), "--data", str(root)]) == 1
+    assert "checkpoint file not found" in capsys.readouterr().err
+    weights = tmp_path / "w.safetensors"
+    leanvit.save_checkpoint(leanvit.create_model("efficientvit_m0", num_classes=2, img_size=32), weights)
+    assert main(["eval", "efficientvit_m0", "--checkpoint", str(weights), "--data", str(tmp_path / "nope")]) == 1
+    assert "does not exist" in capsys.readouterr().err

@@ -1,0 +1,84 @@
+"""Data sources and bad input: clear errors for bad layouts, unreadable files skipped, warned and counted."""
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from leanvit.train import load_config, train
+from leanvit.train.data import AugmentedDataset, ResumableSampler, build_loaders, build_transforms, open_source
+from test_train_fixtures import TINY, make_image_folder, one_thread, tiny_config  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_missing_data_directory(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"does not exist.*train/ and val/.*'digits'"):
+        open_source(str(tmp_path / "nowhere"))
+    (tmp_path / "only_train" / "train" / "a").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="no validation folder.*val, validation"):
+        open_source(str(tmp_path / "only_train"))
+
+
+def test_class_folder_without_images(tmp_path: Path) -> None:
+    root = make_image_folder(tmp_path / "d", {"cat": 2, "dog": 2})
+    (root / "train" / "empty_class").mkdir()
+    (root / "val" / "empty_class").mkdir()
+    (root / "train" / "empty_class" / "notes.txt").write_text("not an image")
+    cfg = tiny_config(tmp_path / "run", data__path=str(root))
+    with pytest.raises(ValueError, match=r"without images in .*train: empty_class.*allow_empty_classes"):
+        train(cfg)
+    # splits with different classes are refused too
+    shutil.rmtree(root / "val" / "empty_class")
+    cfg = tiny_config(tmp_path / "run2", data__path=str(root), data__allow_empty_classes=True)
+    with pytest.raises(ValueError, match="differ from the training split"):
+        train(cfg)
+
+
+def test_unreadable_images_are_skipped_warned_and_counted(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    root = make_image_folder(tmp_path / "d", {"a": 8, "b": 8}, splits=("train", "validation"))
+    truncated = root / "train" / "a" / "truncated.png"
+    good = (root / "train" / "a" / "img_1.png").read_bytes()
+    truncated.write_bytes(good[: len(good) // 2])
+    not_image = root / "validation" / "b" / "fake.jpg"
+    not_image.write_text("this is not a jpeg")
+    cfg = tiny_config(tmp_path / "run", data__path=str(root), train__epochs=1)
+    with caplog.at_level(logging.WARNING, logger="leanvit.train"):
+        summary = train(cfg)
+    assert summary["skipped_files"] == 2
+    assert set(summary["skipped_paths"]) == {str(truncated), str(not_image)}
+    assert str(truncated) in caplog.text and str(not_image) in caplog.text
+    assert (tmp_path / "run" / "metrics.csv").read_text().strip().endswith(",2")  # skipped_files column
+
+
+def test_digits_and_fake_sources() -> None:
+    d = open_source("digits")
+    assert (len(d.train), len(d.val), d.classes) == (1437, 360, [str(i) for i in range(10)])
+    img, target = d.train.load(0)
+    assert img.size == (8, 8) and img.mode == "RGB" and 0 <= target < 10
+    cfg = load_config("quick", {"data.fake_train_size": 20, "data.fake_classes": 3})
+    f = open_source("fake", cfg, img_size=32)
+    assert (len(f.train), len(f.classes)) == (20, 3) and f.train.load(0)[0].size == (32, 32)
+
+
+def test_augmentation_is_a_function_of_seed_epoch_and_position(tmp_path: Path) -> None:
+    # Same keys -> same tensors, however many workers load them; this is what makes resume exact.
+    cfg = tiny_config(tmp_path, "shvit_s1")
+    bundle = open_source("fake", cfg, img_size=32)
+    train_tf, eval_tf = build_transforms(cfg, 32, (0.5,) * 3, (0.5,) * 3, 0.875)
+    ds = AugmentedDataset(bundle.train, train_tf, seed=0)
+    a, b, c = ds[(1, 0, 5, 3)][0], ds[(1, 0, 5, 3)][0], ds[(1, 0, 6, 3)][0]
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    batches = []
+    for workers in (0, 2):
+        cfg.data.workers = workers
+        loader, _, sampler = build_loaders(cfg, bundle, train_tf, eval_tf)
+        sampler.set_epoch(1)
+        batches.append(next(iter(loader))[0])
+    assert torch.equal(batches[0], batches[1])
+    assert isinstance(sampler, ResumableSampler)
+    sampler.set_epoch(1, start=8)  # resuming after one batch skips exactly that batch
+    assert [k[2] for k in sampler][:2] == [8, 9]
