@@ -9,6 +9,10 @@ Fused models, batch 16, 1 thread, native resolution, random weights with perturb
 3. The single-core fp32 and bf16 matmul peaks, and the fraction of them each path reaches
    (MACs per image x images/s / peak MAC/s).
 
+Calls are timed with the process CPU time (1 thread; see NOTES.md entry 2). timm's PyTorch number is
+the papers' protocol (NCHW trace); the same tooling as leanvit's best path (channels-last) is reported
+next to it.
+
 The machine is shared and noisy, so the paths of one model are timed in interleaved rounds
 (A B C ... A B C ...) and each path reports the median of its per-round medians.
 
@@ -37,12 +41,14 @@ from leanvit.deploy.runtime import OpenVinoRuntime, Runtime, build_runtime, chec
 
 DEFAULT_MODELS = ["shvit_s1", "shvit_s4", "efficientvit_m0", "efficientvit_m5"]
 MAX_REL_ERR = 2e-2
-# leanvit paths that `leanvit bench` ships: (backend, precision, bf16_mode)
+# leanvit paths that `leanvit bench` ships: (backend, precision, bf16_mode, channels_last)
 LEANVIT_PATHS = [
-    ("eager", "fp32", None), ("jit", "fp32", None), ("onnxruntime", "fp32", None), ("openvino", "fp32", None),
-    ("eager", "bf16", "autocast"), ("jit", "bf16", "autocast"), ("eager", "bf16", "convert"),
-    ("jit", "bf16", "convert"), ("openvino", "bf16", None),
+    ("eager", "fp32", None, False), ("jit", "fp32", None, False), ("eager", "fp32", None, True),
+    ("jit", "fp32", None, True), ("onnxruntime", "fp32", None, False), ("openvino", "fp32", None, False),
+    ("jit", "bf16", "autocast", True), ("jit", "bf16", "convert", True), ("openvino", "bf16", None, False),
 ]
+COMPILE_PATHS = [("compile", "fp32", None, True), ("compile", "bf16", "convert", True)]
+CLOCK = time.process_time  # 1 thread on a shared machine: CPU time is steady, wall time is not (NOTES.md 2)
 
 
 @dataclass
@@ -69,12 +75,54 @@ def matmul_peak(dtype: torch.dtype, seconds: float = 1.0) -> float:
     with torch_threads(1), torch.inference_mode():
         for n in (512, 1024, 2048):
             a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-            st = measure(lambda: torch.mm(a, b), warmup_s=0.2, duration_s=seconds)
+            st = measure(lambda: torch.mm(a, b), warmup_s=0.2, duration_s=seconds, clock=CLOCK)
             best = max(best, n**3 / st.median_s)
     return best
 
 
-def _paths(name: str, batch: int, with_compile: bool) -> tuple[list[RunPath], float]:
+def _cga_separate_qkv(model: torch.nn.Module) -> torch.nn.Module:
+    """PROTOTYPE of a proposed deploy form (NOTES.md entry 6b), not shipped: each EfficientViT-M head's
+    fused qkv conv + split becomes three 1x1 convs, with the attention scale folded into the q depthwise
+    conv. Same outputs; removes OpenVINO's reference-kernel VariadicSplits. Patches a deep copy."""
+    import types
+
+    from leanvit.models.efficientvit_m import CascadedGroupAttention
+
+    def forward(self: CascadedGroupAttention, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        bias, d = self.attention_bias(), C // self.num_heads
+        outs, feat = [], x[:, :d]
+        for i in range(self.num_heads):
+            if i > 0:
+                feat = feat + x[:, i * d:(i + 1) * d]
+            q, k, v = self.dws[i](self.q_convs[i](feat)), self.k_convs[i](feat), self.v_convs[i](feat)
+            attn = q.flatten(2).transpose(1, 2) @ k.flatten(2) + bias[i]
+            feat = (v.flatten(2) @ attn.softmax(dim=-1).transpose(1, 2)).view(B, self.val_dim, H, W)
+            outs.append(feat)
+        return self.proj(torch.cat(outs, dim=1))
+
+    def conv_from_rows(conv: torch.nn.Conv2d, rows: slice) -> torch.nn.Conv2d:
+        w, b = conv.weight[rows], conv.bias[rows]
+        out = torch.nn.Conv2d(w.shape[1], w.shape[0], 1)
+        out.weight.data, out.bias.data = w.detach().clone(), b.detach().clone()
+        return out
+
+    model = copy.deepcopy(model)
+    for m in model.modules():
+        if isinstance(m, CascadedGroupAttention):
+            kd = m.key_dim
+            m.q_convs = torch.nn.ModuleList(conv_from_rows(c, slice(0, kd)) for c in m.qkvs)
+            m.k_convs = torch.nn.ModuleList(conv_from_rows(c, slice(kd, 2 * kd)) for c in m.qkvs)
+            m.v_convs = torch.nn.ModuleList(conv_from_rows(c, slice(2 * kd, None)) for c in m.qkvs)
+            with torch.no_grad():
+                for dw in m.dws:
+                    dw.weight.mul_(m.scale)
+                    dw.bias.mul_(m.scale)
+            m.forward = types.MethodType(forward, m)
+    return model
+
+
+def _paths(name: str, batch: int, with_compile: bool, with_proposals: bool) -> tuple[list[RunPath], float]:
     """Runtimes for leanvit's paths and timm's two references; returns them and the MACs per image."""
     out: list[RunPath] = []
     lean_spec, timm_spec = resolve_model(f"leanvit:{name}"), resolve_model(f"timm:{name}")
@@ -84,8 +132,8 @@ def _paths(name: str, batch: int, with_compile: bool) -> tuple[list[RunPath], fl
     macs = count_macs(lean, side, fuse_first=False)
     with torch.inference_mode():
         ref = lean(x).float()
-    paths = list(LEANVIT_PATHS) + ([("compile", "fp32", None), ("compile", "bf16", "autocast")] if with_compile else [])
-    for backend, precision, mode in paths:
+    paths = list(LEANVIT_PATHS) + (COMPILE_PATHS if with_compile else [])
+    for backend, precision, mode, channels_last in paths:
         try:
             check_precision(precision, backend)
         except (ValueError, RuntimeError) as e:
@@ -93,14 +141,21 @@ def _paths(name: str, batch: int, with_compile: bool) -> tuple[list[RunPath], fl
             continue
         # A copy each: PyTorch runtimes may cast their module in place.
         rt = build_runtime(copy.deepcopy(lean), backend, x, precision=precision, threads=1,
-                           bf16_mode=mode or "autocast")
-        label = f"leanvit {backend} {precision}" + (f" ({mode})" if mode else "")
+                           bf16_mode=mode or "autocast", channels_last=channels_last)
+        label = f"leanvit {backend} {precision}" + (" CL" if channels_last else "") + (f" {mode}" if mode else "")
         p = RunPath(label, "leanvit", precision, rt, rt.prepare(x), batch)
+        p.rel_err = logit_errors(ref, rt.to_torch(rt.run(p.x)))[1]
+        out.append(p)
+    if with_proposals and name.startswith("efficientvit_m"):
+        rt = OpenVinoRuntime(_cga_separate_qkv(lean), example=x, threads=1, precision="bf16")
+        p = RunPath("proposal: CGA separate q/k/v, openvino bf16", "proposal", "bf16", rt, rt.prepare(x), batch)
         p.rel_err = logit_errors(ref, rt.to_torch(rt.run(p.x)))[1]
         out.append(p)
     timm_fused = fuse_model(perturb_batchnorm_(build_model(timm_spec, side), 0))
     rt = build_runtime(copy.deepcopy(timm_fused), "jit", x, threads=1)
-    out.append(RunPath("timm jit fp32", "timm", "fp32", rt, rt.prepare(x), batch))
+    out.append(RunPath("timm jit fp32", "timm", "fp32", rt, rt.prepare(x), batch))  # the papers' protocol
+    rt = build_runtime(copy.deepcopy(timm_fused), "jit", x, threads=1, channels_last=True)
+    out.append(RunPath("timm jit fp32 CL", "timm", "fp32", rt, rt.prepare(x), batch))  # same tooling as leanvit
     ov = OpenVinoRuntime(timm_fused, example=x, threads=1, precision=None)  # OpenVINO's own default
     out.append(RunPath(f"timm openvino default ({ov.effective_precision})", "timm", ov.effective_precision, ov,
                      ov.prepare(x), batch))
@@ -110,10 +165,10 @@ def _paths(name: str, batch: int, with_compile: bool) -> tuple[list[RunPath], fl
 def race(paths: list[RunPath], rounds: int, seconds: float) -> None:
     """Interleaved rounds; each path keeps its per-round median call time."""
     for p in paths:  # warm-up once, outside the rounds
-        measure(lambda: p.runtime.run(p.x), warmup_s=1.0, duration_s=0.2)
+        measure(lambda: p.runtime.run(p.x), warmup_s=1.0, duration_s=0.2, clock=CLOCK)
     for _ in range(rounds):
         for p in paths:
-            st = measure(lambda: p.runtime.run(p.x), warmup_s=0.1, duration_s=seconds, min_iters=3)
+            st = measure(lambda: p.runtime.run(p.x), warmup_s=0.1, duration_s=seconds, min_iters=3, clock=CLOCK)
             p.times.append(st.median_s)
 
 
@@ -124,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
     ap.add_argument("--seconds", type=float, default=2.0, help="timed seconds per path per round")
     ap.add_argument("--compile", action="store_true", help="also race torch.compile (≈40 s set-up per precision)")
+    ap.add_argument("--proposals", action="store_true",
+                    help="also time prototypes of proposed model-level deploy forms (not counted as shipped)")
     ap.add_argument("--json", help="write all numbers here")
     ap.add_argument("--markdown", help="write the summary table here")
     args = ap.parse_args(argv)
@@ -135,43 +192,49 @@ def main(argv: list[str] | None = None) -> int:
     results: list[dict[str, Any]] = []
     for name in args.models:
         t0 = time.perf_counter()
-        paths, macs = _paths(name, args.batch_size, args.compile)
+        paths, macs = _paths(name, args.batch_size, args.compile, args.proposals)
         race(paths, args.rounds, args.seconds)
         rows = []
         for p in paths:
             frac = macs * p.throughput / peaks["bf16" if p.precision == "bf16" else "fp32"]
             rows.append(dict(path=p.label, lib=p.lib, precision=p.precision, throughput=p.throughput,
                              rel_err=p.rel_err, peak_fraction=frac, round_medians_ms=[1e3 * t for t in p.times]))
-            print(f"  {name:16s} {p.label:38s} {p.throughput:8.1f} img/s  rel err {p.rel_err:.1e}  "
+            print(f"  {name:16s} {p.label:46s} {p.throughput:8.1f} img/s  rel err {p.rel_err:.1e}  "
                   f"{100 * frac:5.1f}% of peak", flush=True)
         lean_fp32 = max((r for r in rows if r["lib"] == "leanvit" and r["precision"] == "fp32"
                          and r["path"].split()[1] in ("eager", "jit")), key=lambda r: r["throughput"])
         timm_jit = next(r for r in rows if r["path"] == "timm jit fp32")
+        timm_jit_cl = next(r for r in rows if r["path"] == "timm jit fp32 CL")
         fastest = max((r for r in rows if r["lib"] == "leanvit" and r["rel_err"] <= MAX_REL_ERR),
                       key=lambda r: r["throughput"])
         timm_ov = next(r for r in rows if r["path"].startswith("timm openvino"))
         summary = dict(model=name, macs_m=macs / 1e6, rows=rows,
                        pytorch_fp32=dict(leanvit=lean_fp32, timm=timm_jit,
-                                         ratio=lean_fp32["throughput"] / timm_jit["throughput"]),
+                                         ratio=lean_fp32["throughput"] / timm_jit["throughput"],
+                                         ratio_same_tooling=lean_fp32["throughput"] / timm_jit_cl["throughput"]),
                        fastest=dict(leanvit=fastest, timm=timm_ov, ratio=fastest["throughput"] / timm_ov["throughput"]),
                        seconds=time.perf_counter() - t0)
         results.append(summary)
-        print(f"{name}: PyTorch fp32 {summary['pytorch_fp32']['ratio']:.2f}x ({lean_fp32['path']} vs timm jit); "
+        print(f"{name}: PyTorch fp32 {summary['pytorch_fp32']['ratio']:.2f}x ({lean_fp32['path']} vs timm jit; "
+              f"{summary['pytorch_fp32']['ratio_same_tooling']:.2f}x vs timm jit CL); "
               f"fastest {summary['fastest']['ratio']:.2f}x ({fastest['path']} vs {timm_ov['path']})", flush=True)
 
     env = environment("cpu")
-    head = ("| model | MMACs | leanvit best PyTorch fp32 | timm jit fp32 | ratio (target 1.15) | leanvit fastest "
-            "(rel err) | timm OpenVINO default | ratio (target 1.25) | peak fraction (fastest / OV) |\n"
-            "|---|---|---|---|---|---|---|---|---|")
+    head = ("| model | MMACs | leanvit best PyTorch fp32 | timm jit fp32 | ratio (target 1.15) | vs timm jit CL | "
+            "leanvit fastest (rel err) | timm OpenVINO default | ratio (target 1.25) | peak fraction (fastest / OV) |\n"
+            "|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for s in results:
         a, f = s["pytorch_fp32"], s["fastest"]
         lines.append(
             f"| {s['model']} | {s['macs_m']:.0f} | {a['leanvit']['throughput']:.1f} ({a['leanvit']['path'][8:]}) | "
-            f"{a['timm']['throughput']:.1f} | {a['ratio']:.2f}x | {f['leanvit']['throughput']:.1f} "
+            f"{a['timm']['throughput']:.1f} | {a['ratio']:.2f}x | {a['ratio_same_tooling']:.2f}x | "
+            f"{f['leanvit']['throughput']:.1f} "
             f"({f['leanvit']['path'][8:]}, {f['leanvit']['rel_err']:.1e}) | {f['timm']['throughput']:.1f} | "
-            f"{f['ratio']:.2f}x | {100 * f['leanvit']['peak_fraction']:.1f}% / {100 * f['timm']['peak_fraction']:.1f}% |")
-    md = (f"Images/s, batch {args.batch_size}, 1 thread, fused, {args.rounds} interleaved rounds x {args.seconds:g} s. "
+            f"{f['ratio']:.2f}x | {100 * f['leanvit']['peak_fraction']:.1f}% / "
+            f"{100 * f['timm']['peak_fraction']:.1f}% |")
+    md = (f"Images/s (CPU-time clock), batch {args.batch_size}, 1 thread, fused, {args.rounds} interleaved rounds x "
+          f"{args.seconds:g} s; CL = channels-last. "
           f"{env['device']}; single-core matmul peak fp32 {peaks['fp32'] / 1e9:.0f} / bf16 {peaks['bf16'] / 1e9:.0f} "
           f"GMAC/s; " + ", ".join(f"{k} {v}" for k, v in env["versions"].items()) + "\n\n" + "\n".join(lines) + "\n")
     print("\n" + md)

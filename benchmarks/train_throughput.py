@@ -58,7 +58,8 @@ for _ in range(args["steps"]):
     t = time.perf_counter(); step(); times.append(time.perf_counter() - t)
 times.sort()
 median = times[len(times) // 2]
-print(json.dumps(dict(images_per_s=b / median, step_s=median, peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps(dict(images_per_s=b / median, step_s=median, peak_rss_mb=peak / 1024,
                       rss_before_train_mb=rss_before / 1024, params=sum(p.numel() for p in model.parameters()))))
 """
 
@@ -100,7 +101,8 @@ def main() -> None:
         best = {impl: max(r, key=lambda m: m["images_per_s"]) for impl, r in runs.items()}
         peak = {impl: max(m["peak_rss_mb"] for m in r) for impl, r in runs.items()}
         results[model] = dict(
-            leanvit=dict(best["leanvit"], peak_rss_mb=peak["leanvit"]), timm=dict(best["timm"], peak_rss_mb=peak["timm"]),
+            leanvit=dict(best["leanvit"], peak_rss_mb=peak["leanvit"]),
+            timm=dict(best["timm"], peak_rss_mb=peak["timm"]),
             speedup=best["leanvit"]["images_per_s"] / best["timm"]["images_per_s"],
             memory_ratio=peak["leanvit"] / peak["timm"],
             all_runs={k: [round(m["images_per_s"], 2) for m in v] for k, v in runs.items()},

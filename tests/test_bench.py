@@ -67,6 +67,13 @@ def test_openvino_bf16_reports_effective_precision() -> None:
     _check_ok(rec, "openvino", "bf16")
 
 
+def test_channels_last_with_cpu_clock() -> None:
+    rec, = benchmark([LEANVIT], backend="jit", channels_last=True, clock="cpu", **FAST)
+    _check_ok(rec, "jit")
+    assert rec["channels_last"] is True and rec["clock"] == "cpu"
+    assert rec["max_rel_err"] < 1e-5  # NHWC changes the kernels, not the result
+
+
 def test_latency_mode_percentiles() -> None:
     rec, = benchmark([TIMM], mode="latency", backend="eager", img_size=64, warmup=0.0, duration=0.1, progress=False)
     assert rec["error"] is None and rec["batch_size"] == 1
@@ -186,6 +193,9 @@ def test_bf16_onnxruntime_is_refused() -> None:
     (dict(mode="speed"), "unknown mode"),
     (dict(backend="tensorrt"), "unknown backend"),
     (dict(precision="int8"), "unknown precision"),
+    (dict(clock="cpu", threads=2), "single-threaded"),
+    (dict(clock="tsc"), "clock must be"),
+    (dict(backend="onnxruntime", channels_last=True), "channels_last applies to the PyTorch backends"),
 ])
 def test_invalid_settings(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):

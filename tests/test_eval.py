@@ -61,7 +61,24 @@ def test_eval_weights_file_matches_independent_accuracy(tmp_path: Path) -> None:
                   "--workers", "0", "--fuse", "--out", str(tmp_path / "fused.json"), "--no-progress"])
     assert fused == 0
     f = json.loads((tmp_path / "fused.json").read_text())
-    assert f["fused"] and f["top1"] == pytest.approx(want["top1"]) and f["loss"] == pytest.approx(want["loss"], rel=1e-3)
+    assert f["fused"] and f["top1"] == pytest.approx(want["top1"])
+    assert f["loss"] == pytest.approx(want["loss"], rel=1e-3)
+
+
+def test_eval_timm_weights_file(tmp_path: Path) -> None:
+    # A timm-layout file: leanvit converts it on load; the reference is timm's own model.
+    import timm
+
+    root = make_image_folder(tmp_path / "data", CLASSES, splits=("val",))
+    ref = randomize(timm.create_model("efficientvit_m0", num_classes=len(CLASSES)), seed=5)
+    torch.save(ref.state_dict(), tmp_path / "timm.pth")
+    ref.leanvit_cfg = leanvit.get_config("efficientvit_m0")  # mean/std/crop for the independent transform
+    want = _independent_metrics(ref, root, 224)
+    assert main(["eval", "efficientvit_m0", "--checkpoint", str(tmp_path / "timm.pth"), "--data", str(root),
+                 "--workers", "0", "--out", str(tmp_path / "r.json"), "--no-progress"]) == 0
+    got = json.loads((tmp_path / "r.json").read_text())
+    assert got["num_classes"] == len(CLASSES) and got["img_size"] == 224
+    assert got["top1"] == pytest.approx(want["top1"]) and got["loss"] == pytest.approx(want["loss"], rel=1e-4)
 
 
 def test_eval_training_checkpoint_and_its_ema(tmp_path: Path) -> None:

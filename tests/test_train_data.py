@@ -10,7 +10,7 @@ import torch
 
 from leanvit.train import load_config, train
 from leanvit.train.data import AugmentedDataset, ResumableSampler, build_loaders, build_transforms, open_source
-from test_train_fixtures import TINY, make_image_folder, one_thread, tiny_config  # noqa: F401  (fixture)
+from test_train_fixtures import make_image_folder, one_thread, tiny_config  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

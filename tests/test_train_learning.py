@@ -49,9 +49,11 @@ def test_digits_reach_90_percent_quickly(tmp_path: Path) -> None:
 
 
 def test_loop_options_bf16_channels_last_accumulation(tmp_path: Path) -> None:
-    # 48 images / batch 8 = 6 micro-batches per epoch, 2 per update -> 3 updates per epoch.
+    # 48 images / batch 8 = 6 micro-batches per epoch, 2 per update -> 3 updates per epoch. At 96x96 no
+    # feature map is 1x1: torch 2.14's bf16 channels_last depthwise conv backward on 1x1 maps sporadically
+    # returns non-finite gradients (measured 0-8 in 1000 calls), which the NaN guard then reports.
     cfg = tiny_config(tmp_path, "shvit_s1", train__amp="bf16", model__channels_last=True, train__accum_steps=2,
-                      train__epochs=1)
+                      train__epochs=1, model__img_size=96)
     summary = train(cfg)
     assert summary["global_step"] == 3
     trainer_cfg = (tmp_path / "config.yaml").read_text()

@@ -37,6 +37,9 @@ def _add_run_options(p: argparse.ArgumentParser, default_warmup: float | None, d
     p.add_argument("--bf16-mode", choices=("autocast", "convert"), default="autocast",
                    help="CPU bf16 in PyTorch: autocast (default) or cast weights+inputs to bf16")
     p.add_argument("--compile-mode", default=None, help="torch.compile mode for --backend compile")
+    p.add_argument("--channels-last", action="store_true", help="PyTorch backends in NHWC memory format")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="time calls by wall clock (default) or process CPU time (steady on a busy machine; 1 thread)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
@@ -77,7 +80,7 @@ def _run(models: list[str], args: argparse.Namespace, **extra: Any) -> list[dict
         models, backend=args.backend, precision=args.precision, device=args.device, batch_size=args.batch_size,
         threads=args.threads, img_size=args.img_size, warmup=args.warmup, duration=args.duration, fuse=args.fuse,
         allow_fallback=args.allow_fallback, bf16_mode=args.bf16_mode, compile_mode=args.compile_mode,
-        progress=args.progress, **extra,
+        clock=args.clock, channels_last=args.channels_last, progress=args.progress, **extra,
     )
 
 

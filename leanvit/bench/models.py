@@ -13,7 +13,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["ModelSpec", "resolve_model", "build_model", "fuse_model", "count_unfused_norms", "perturb_batchnorm_", "TIMM_TOP1"]
+__all__ = [
+    "ModelSpec", "resolve_model", "build_model", "fuse_model", "count_unfused_norms", "perturb_batchnorm_", "TIMM_TOP1",
+]
 
 # ImageNet-1k top-1 of timm baselines (best in1k-only tag at the native resolution), from the
 # project spec (ecosystem.md section 9, timm results/). name -> (family label, top-1).
@@ -54,7 +56,9 @@ TIMM_TOP1: dict[str, tuple[str, float]] = {
     "ghostnetv3_100": ("GhostNetV3", 76.9),
 }
 
-_LEANVIT_FAMILY_LABEL = {"shvit": "SHViT (leanvit)", "efficientvit_m": "EfficientViT-M (leanvit)", "sepvit": "SepViT (leanvit)"}
+_LEANVIT_FAMILY_LABEL = {
+    "shvit": "SHViT (leanvit)", "efficientvit_m": "EfficientViT-M (leanvit)", "sepvit": "SepViT (leanvit)",
+}
 
 
 @dataclass(frozen=True)

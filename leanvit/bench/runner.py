@@ -32,6 +32,7 @@ from .timing import TimingStats, measure
 __all__ = ["MODES", "BenchConfig", "benchmark", "run_config"]
 
 MODES = ("throughput", "latency", "memory", "train")
+_CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,8 @@ class BenchConfig:
     compile_mode: str | None = None
     count_macs: bool = False
     perturb_bn: bool = True
+    clock: str = "wall"
+    channels_last: bool = False
     note: str = ""
     seed: int = 0
 
@@ -107,6 +110,8 @@ def benchmark(
     compile_mode: str | None = None,
     count_macs: bool = False,
     perturb_bn: bool = True,
+    clock: str = "wall",
+    channels_last: bool = False,
     isolate: bool | None = None,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
@@ -127,6 +132,11 @@ def benchmark(
     if not names:
         raise ValueError("no models given")
     _validate(mode, device, batch_size, threads, img_size, warmup, duration)
+    if clock not in ("wall", "cpu"):
+        raise ValueError(f"clock must be 'wall' or 'cpu', got {clock!r}")
+    if clock == "cpu" and (device != "cpu" or threads != 1):
+        raise ValueError("clock='cpu' (process CPU time) equals latency only for single-threaded CPU runs: "
+                         "use it with device cpu and threads 1")
     default_batch, default_precision = _defaults(mode, device)
     specs = [resolve_model(n) for n in names]  # fails fast on unknown names
     configs: list[tuple[ModelSpec, BenchConfig]] = []
@@ -136,6 +146,8 @@ def benchmark(
         prec = prec or default_precision
         if prec not in PRECISIONS:
             raise ValueError(f"unknown precision {prec!r}; choose from {', '.join(PRECISIONS)}")
+        if channels_last and bk in ("onnxruntime", "openvino"):
+            raise ValueError(f"channels_last applies to the PyTorch backends, not {bk} (it picks its own layout)")
         if mode == "train" and bk != "eager":
             raise ValueError(f"train mode measures eager PyTorch training steps; got backend {bk!r}")
         used, note = check_precision(prec, bk, device, allow_fallback)
@@ -144,7 +156,7 @@ def benchmark(
             batch_size=batch_size or default_batch, threads=threads, img_size=img_size or spec.img_size,
             warmup_s=2.0 if warmup is None else warmup, duration_s=10.0 if duration is None else duration,
             fuse=fuse and mode != "train", bf16_mode=bf16_mode, compile_mode=compile_mode, count_macs=count_macs,
-            perturb_bn=perturb_bn, note=note,
+            perturb_bn=perturb_bn, clock=clock, channels_last=channels_last, note=note,
         )))
     if isolate is None:
         isolate = mode == "memory" and device == "cpu"
@@ -171,10 +183,11 @@ def _record(cfg: BenchConfig, spec: ModelSpec, **values: Any) -> dict[str, Any]:
     rec: dict[str, Any] = dict(
         model=cfg.model, source=spec.source, family=spec.family, top1=spec.top1, mode=cfg.mode,
         backend=cfg.backend, precision=cfg.precision, device=cfg.device, batch_size=cfg.batch_size,
-        threads=cfg.threads, img_size=cfg.img_size, fused=cfg.fuse, throughput=None, latency_ms=None,
-        latency_p90_ms=None, latency_p99_ms=None, spread_pct=None, iterations=None, peak_memory_mb=None,
-        setup_memory_mb=None, memory_method=None, params_m=None, unfused_norms=None, setup_s=None, warmup_s=cfg.warmup_s,
-        duration_s=cfg.duration_s, note=cfg.note, error=None,
+        threads=cfg.threads, img_size=cfg.img_size, fused=cfg.fuse, channels_last=cfg.channels_last,
+        throughput=None, latency_ms=None, latency_p90_ms=None, latency_p99_ms=None, spread_pct=None,
+        iterations=None, clock=cfg.clock, peak_memory_mb=None, setup_memory_mb=None, memory_method=None,
+        max_abs_diff=None, max_rel_err=None, params_m=None, macs_m=None, unfused_norms=None, setup_s=None,
+        warmup_s=cfg.warmup_s, duration_s=cfg.duration_s, note=cfg.note, error=None,
     )
     rec.update(values)
     return rec
@@ -212,7 +225,8 @@ def run_config(cfg: BenchConfig, spec: ModelSpec | None = None) -> dict[str, Any
         if cuda:
             torch.backends.cudnn.benchmark = True
         runtime = build_runtime(model, cfg.backend, example, precision=cfg.precision, device=cfg.device,
-                                threads=cfg.threads, bf16_mode=cfg.bf16_mode, compile_mode=cfg.compile_mode)
+                                threads=cfg.threads, bf16_mode=cfg.bf16_mode, compile_mode=cfg.compile_mode,
+                                channels_last=cfg.channels_last)
         del model
         setup_s = time.perf_counter() - t0
         release_freed_memory()
@@ -225,7 +239,7 @@ def run_config(cfg: BenchConfig, spec: ModelSpec | None = None) -> dict[str, Any
                                 max_iters=3, min_warmup_iters=1, sync=runtime.synchronize)
             else:
                 stats = measure(lambda: runtime.run(x), warmup_s=cfg.warmup_s, duration_s=cfg.duration_s,
-                                sync=runtime.synchronize)
+                                sync=runtime.synchronize, clock=_CLOCKS[cfg.clock])
         abs_diff, rel_err = logit_errors(reference, runtime.to_torch(runtime.run(x)))
     precision = getattr(runtime, "effective_precision", cfg.precision)
     # Three calls in memory mode are not a speed measurement: leave the timings empty.
@@ -240,10 +254,11 @@ def _run_train(cfg: BenchConfig, spec: ModelSpec, model: nn.Module, example: tor
     """Training steps/s: forward (AMP on GPU / autocast bf16 on CPU when asked), cross-entropy, backward, AdamW."""
     t0 = time.perf_counter()
     device = cfg.device
-    model = model.to(device).train()
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model = model.to(device=device, memory_format=fmt).train()
     params = count_params(model) / 1e6
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    x = example.to(device)
+    x = example.to(device).contiguous(memory_format=fmt)
     num_classes = getattr(model, "num_classes", 1000) or 1000
     target = torch.randint(0, num_classes, (cfg.batch_size,), device=device)
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
@@ -268,7 +283,7 @@ def _run_train(cfg: BenchConfig, spec: ModelSpec, model: nn.Module, example: tor
     step()  # allocates optimizer state: part of the memory peak, not of the timings
     setup_s = time.perf_counter() - t0
     with PeakMemory(device, base_mb) as mem:
-        stats = measure(step, warmup_s=cfg.warmup_s, duration_s=cfg.duration_s, sync=sync)
+        stats = measure(step, warmup_s=cfg.warmup_s, duration_s=cfg.duration_s, sync=sync, clock=_CLOCKS[cfg.clock])
     return _record(cfg, spec, params_m=params, setup_s=setup_s, peak_memory_mb=mem.peak_mb,
                    memory_method=mem.method, **_timing_fields(stats, cfg.batch_size))
 

@@ -47,12 +47,16 @@ def measure(
     max_iters: int | None = None,
     min_warmup_iters: int = 2,
     sync: Callable[[], None] | None = None,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> TimingStats:
     """Call ``fn`` for ``warmup_s`` seconds (at least ``min_warmup_iters`` times: TorchScript's
     profiling executor optimises the graph only after its first runs), then time calls until ``duration_s``
     seconds of calls and ``min_iters`` calls have accumulated (or ``max_iters`` calls).
 
-    ``sync`` runs after every call (``torch.cuda.synchronize`` on GPU, as the papers do).
+    ``sync`` runs after every call (``torch.cuda.synchronize`` on GPU, as the papers do). ``clock``
+    times each call: wall time by default; ``time.process_time`` (CPU time of this process) is far
+    steadier for single-threaded CPU runs on a shared machine, where wall time also counts the
+    time other jobs hold the core.
     """
     if warmup_s < 0 or duration_s <= 0:
         raise ValueError(f"need warmup >= 0 and duration > 0 seconds, got {warmup_s} and {duration_s}")
@@ -66,10 +70,10 @@ def measure(
     times: list[float] = []
     total = 0.0
     while total < duration_s or len(times) < min_iters:
-        t0 = time.perf_counter()
+        t0 = clock()
         fn()
         sync()
-        dt = time.perf_counter() - t0
+        dt = clock() - t0
         times.append(dt)
         total += dt
         if max_iters is not None and len(times) >= max_iters:

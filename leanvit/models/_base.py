@@ -44,6 +44,8 @@ class LeanViTModel(nn.Module):
     num_classes: int
     num_features: int
     distillation: bool
+    # Conv-dominated families run faster with NHWC weights on CPU (oneDNN); see leanvit.fuse.
+    prefers_channels_last: bool = False
     # Feature maps are NCHW everywhere; families with a different internal layout convert in _stage_out.
 
     def _init_heads(self, num_features: int, num_classes: int, distillation: bool, drop_rate: float = 0.0) -> None:

@@ -176,6 +176,8 @@ class EfficientViTM(LeanViTModel):
     and thus the bias-table sizes; the model then runs at any input size by padding to windows.
     """
 
+    prefers_channels_last = True
+
     def __init__(
         self,
         embed_dim: tuple[int, int, int] = (64, 128, 192),

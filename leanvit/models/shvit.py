@@ -59,6 +59,8 @@ class SHViTBlock(nn.Module):
 class SHViT(LeanViTModel):
     """SHViT backbone + BN-Linear head. Runs at any input size (no position or bias tables)."""
 
+    prefers_channels_last = True
+
     def __init__(
         self,
         embed_dim: tuple[int, int, int] = (128, 224, 320),

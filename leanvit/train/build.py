@@ -16,7 +16,7 @@ from torch import nn
 from .config import TrainConfig
 
 __all__ = ["ModelSpec", "model_spec", "build_student", "freeze_early_stages", "build_teacher", "build_optimizer",
-           "effective_lr", "build_scheduler", "build_mixup"]
+           "effective_lr", "build_scheduler", "build_mixup", "updates_per_epoch"]
 
 log = logging.getLogger("leanvit.train")
 

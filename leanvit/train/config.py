@@ -350,9 +350,10 @@ def _validate(cfg: TrainConfig) -> None:
 
 # --------------------------------------------------------------------------------------------- recipes
 def recipe_dirs() -> list[Path]:
-    """Where recipe names are looked up: $LEANVIT_RECIPES (os.pathsep-separated), then the repository's recipes/."""
+    """Where recipe names are looked up: $LEANVIT_RECIPES (os.pathsep-separated), then the bundled recipes."""
     dirs = [Path(p) for p in os.environ.get("LEANVIT_RECIPES", "").split(os.pathsep) if p]
-    dirs.append(Path(__file__).resolve().parents[2] / "recipes")
+    # The repository's recipes/ (editable installs and checkouts); a wheel may ship them in leanvit/train/recipes.
+    dirs += [Path(__file__).resolve().parents[2] / "recipes", Path(__file__).resolve().parent / "recipes"]
     return dirs
 
 

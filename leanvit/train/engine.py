@@ -66,8 +66,9 @@ class DistillationLoss(nn.Module):
                 teacher_out = teacher_out[0]
         if self.kind == "soft":
             t = self.tau
-            distill = F.kl_div(F.log_softmax(dist_out.float() / t, dim=1), F.log_softmax(teacher_out.float() / t, dim=1),
-                               reduction="sum", log_target=True) * (t * t) / dist_out.numel()
+            student = F.log_softmax(dist_out.float() / t, dim=1)
+            target = F.log_softmax(teacher_out.float() / t, dim=1)
+            distill = F.kl_div(student, target, reduction="sum", log_target=True) * (t * t) / dist_out.numel()
         else:
             distill = F.cross_entropy(dist_out, teacher_out.argmax(dim=1))
         return base * (1 - self.alpha) + distill * self.alpha

@@ -48,7 +48,7 @@ def _read_weights(model_name: str, checkpoint: str | os.PathLike, ema: bool) -> 
         facts = dict(num_classes=obj["num_classes"], img_size=obj["img_size"], classes=obj.get("classes"),
                      data=obj["config"]["data"])
         return obj["ema"] if ema else obj["model"], facts
-    sd, _ = read_state_dict(path, prefer_ema=ema)
+    sd, _ = read_state_dict(obj if isinstance(obj, dict) else path, prefer_ema=ema)  # no second read
     return convert_state_dict(sd, get_config(model_name).family), {}
 
 

@@ -17,7 +17,7 @@ import torch
 
 __all__ = [
     "FORMAT", "CheckpointWriteError", "capture_rng", "restore_rng", "write_checkpoint", "read_checkpoint",
-    "is_training_checkpoint", "prune_epoch_checkpoints",
+    "is_training_checkpoint", "prune_epoch_checkpoints", "link_or_copy",
 ]
 
 FORMAT = "leanvit-train-v1"

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -72,12 +71,15 @@ class Trainer:
         self.spec = build.model_spec(cfg)
         self.bundle = open_source(cfg.data.path, cfg, self.spec.img_size)
         self.num_classes = cfg.model.num_classes or len(self.bundle.classes)
+        if self.num_classes < len(self.bundle.classes):
+            raise ValueError(f"model.num_classes={self.num_classes} but {self.bundle.description} has "
+                             f"{len(self.bundle.classes)} classes; leave model.num_classes unset to use the data's")
         model = build.build_student(cfg, self.num_classes, self.spec.img_size)
-        self.frozen = build.freeze_early_stages(model, cfg.finetune.freeze_stages)
         if cfg.model.sync_bn and self.info.distributed:
             if self.device.type != "cuda":
                 raise ValueError("model.sync_bn needs CUDA (SyncBatchNorm cannot run on CPU/gloo); turn it off")
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        self.frozen = build.freeze_early_stages(model, cfg.finetune.freeze_stages)
         model.to(self.device)
         if cfg.model.channels_last:
             model.to(memory_format=torch.channels_last)
@@ -170,8 +172,9 @@ class Trainer:
         try:
             self.model.load_state_dict(ck["model"])
         except RuntimeError as e:
+            first = str(e).strip().splitlines()[-1].strip()
             raise ValueError(f"cannot resume from {self.cfg.resume}: its weights do not fit this "
-                             f"{self.cfg.model.name} ({str(e).splitlines()[1] if len(str(e).splitlines()) > 1 else e})") from e
+                             f"{self.cfg.model.name} ({first}); was it trained with other model options?") from e
         if self.ema is not None:
             if ck.get("ema") is None:
                 log.warning("the checkpoint has no EMA weights; EMA restarts from the current weights")
@@ -446,7 +449,14 @@ class Trainer:
 def train(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> dict[str, Any]:
     """Train according to ``cfg``; returns the summary (best top-1, time, images/s, skipped files)."""
     info = init_distributed(cfg.train.device)
+    # Process-wide settings a run may change (threads, determinism) are restored afterwards, so that
+    # calling train() from a notebook or a test session leaves the process as it was.
+    saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled(), torch.backends.cudnn.benchmark)
     try:
         return Trainer(cfg, callbacks, info).fit()
     finally:
+        torch.set_num_threads(saved[0])
+        torch.use_deterministic_algorithms(saved[1], warn_only=saved[2])
+        torch.backends.cudnn.benchmark = saved[3]
         cleanup(info)
