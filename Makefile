@@ -23,7 +23,7 @@ demo: $(STAMP)
 	$(BIN)/leanvit demo --out out/demo
 
 test: $(STAMP)
-	OMP_NUM_THREADS=2 $(BIN)/python -m pytest -q tests
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q tests
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/cpu_throughput.py

@@ -45,8 +45,12 @@ def test_backend_runs_leanvit_and_timm(backend: str) -> None:
         _check_ok(rec, backend)
 
 
-def test_compile_backend_once() -> None:
-    """torch.compile costs ~40 s per model on a small CPU: one tiny model, once."""
+def test_compile_backend_once(monkeypatch) -> None:
+    """torch.compile costs ~40 s per model on a small CPU: one tiny model, once. The set-up call must
+    compile in the timed calls' context, so nothing recompiles while timing."""
+    import torch._dynamo.config
+
+    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
     rec, = benchmark([LEANVIT], backend="compile", **FAST)
     _check_ok(rec, "compile")
     assert rec["setup_s"] > 0

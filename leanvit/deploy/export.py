@@ -261,6 +261,13 @@ def export_model(
                                         "kernels. Export fp32 ONNX, or use --format openvino / torchscript with bf16")
     if precision == "bf16" and format == "openvino":
         check_precision("bf16", "openvino")
+    if img_size is not None and img_size < 32:
+        raise ValueError(f"img_size must be >= 32 (the models downsample by 16 or more), got {img_size}")
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if format == "onnx" and dynamo and dynamic_batch and batch_size == 1:
+        raise ValueError("the dynamo exporter specialises a batch-1 trace to batch 1: trace with batch >= 2 "
+                         "(--batch-size 2, the default) for --dynamic-batch")
     if isinstance(model, str):
         spec = resolve_model(model)
         side = img_size or spec.img_size
@@ -270,12 +277,8 @@ def export_model(
             raise ValueError("pass checkpoint= only with a model name; load weights into a module yourself")
         module = model.eval()
         side = img_size or int(getattr(module, "pretrained_cfg", {}).get("input_size", (3, 224, 224))[-1])
-    if side < 32:
-        raise ValueError(f"img_size must be >= 32 (the models downsample by 16 or more), got {side}")
     if batch_size is None:
         batch_size = 2 if (dynamo and dynamic_batch) else 1
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     # One torch thread by default as well: on a busy small machine multi-threaded tracing of many
     # small ops can be orders of magnitude slower (OpenMP barriers wait for descheduled threads).
     with torch_threads(threads):

@@ -71,7 +71,9 @@ def _openvino_capabilities() -> set[str]:
     return set(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
 
 
-def check_precision(precision: str, backend: str, device: str = "cpu", allow_fallback: bool = False) -> tuple[str, str]:
+def check_precision(
+    precision: str, backend: str, device: str = "cpu", allow_fallback: bool = False,
+) -> tuple[str, str]:
     """Validate ``precision`` for ``backend`` on ``device``; returns ``(precision_to_use, note)``.
 
     Raises :class:`UnsupportedPrecisionError` naming the problem and the way out, unless
@@ -81,11 +83,15 @@ def check_precision(precision: str, backend: str, device: str = "cpu", allow_fal
         raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
     _require_backend(backend)
     cuda = device.startswith("cuda")
+    if backend == "openvino" and cuda:
+        raise ValueError("the openvino backend runs on CPU only here; use --device cpu")
     problem = ""
     if precision == "fp16" and not cuda:
         problem = "fp16 needs a CUDA GPU (AMP); on CPU use bf16 (native on AVX512-BF16/AMX CPUs) or fp32"
     elif precision == "bf16" and backend == "onnxruntime" and not cuda:
         problem = "onnxruntime's CPU provider has no bf16 kernels; use the openvino or a PyTorch backend for bf16"
+    elif precision != "fp32" and backend == "onnxruntime":
+        problem = "the onnxruntime backend runs the fp32 ONNX graph (no mixed precision here); use --precision fp32"
     elif precision == "bf16" and backend == "openvino" and "BF16" not in _openvino_capabilities():
         problem = "OpenVINO reports no BF16 support on this CPU (needs AVX512-BF16 or AMX)"
     elif precision == "bf16" and backend in ("eager", "jit", "compile"):
@@ -158,7 +164,8 @@ class Runtime:
 class TorchRuntime(Runtime):
     """PyTorch: ``mode`` 'eager', 'jit' (``torch.jit.trace``, the papers' protocol) or 'compile'.
 
-    bf16/fp16 use autocast (``bf16_mode='autocast'``, GPU AMP, CPU oneDNN/AMX); on CPU
+    ``channels_last`` runs in NHWC memory format. bf16/fp16 use autocast (``bf16_mode='autocast'``,
+    GPU AMP, CPU oneDNN/AMX); on CPU
     ``bf16_mode='convert'`` instead casts weights and inputs to bf16 (less casting, more rounding).
     Takes ownership of ``model``: it may be moved to ``device`` / cast in place.
     """
@@ -188,13 +195,16 @@ class TorchRuntime(Runtime):
         if self.convert:
             model = model.to(torch.bfloat16)
         x = self.prepare(example)
-        with quiet_deprecations(), torch.no_grad(), self._amp(), self._freezing(mode):
+        with quiet_deprecations(), self._freezing(mode):
             if mode == "jit":
-                model = torch.jit.trace(model, x, check_trace=False)
+                with torch.no_grad(), self._amp():
+                    model = torch.jit.trace(model, x, check_trace=False)
             elif mode == "compile":
                 model = torch.compile(model, mode=compile_mode)
-            model(x)  # compile / first-call work belongs to set-up, not to the timings
-        self.fn = model
+            self.fn = model
+            # First call in run()'s exact context (inference mode, autocast): compilation and graph
+            # optimisation happen here, in set-up; under another grad mode dynamo would recompile later.
+            self.run(x)
 
     @staticmethod
     def _freezing(mode: str) -> contextlib.AbstractContextManager:
@@ -347,7 +357,7 @@ def build_runtime(
             export_onnx(model.cpu(), example.cpu(), path)
             return OnnxRuntime(path, threads=threads, device=device)  # the session holds the graph
     if device.startswith("cuda"):
-        raise UnsupportedPrecisionError("the openvino backend runs on CPU only; use --device cpu")
+        raise ValueError("the openvino backend runs on CPU only here; use --device cpu")
     return OpenVinoRuntime(model, example=example, threads=threads, precision=precision)
 
 
