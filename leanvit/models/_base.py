@@ -2,11 +2,11 @@
 model contract (forward_features / forward_head / forward_intermediates / feature_info / ...).
 
 A family model subclasses :class:`LeanViTModel` and provides ``patch_embed``, ``stages`` and
-``_make_head(in_features, num_classes)``; optionally ``norm_pre_head`` (applied to the final map).
+``_make_head(in_features, num_classes)`` (conv-BN families build both through ``_build_conv_bn_backbone``).
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -60,6 +60,24 @@ class LeanViTModel(nn.Module):
 
     def _make_head(self, in_features: int, num_classes: int) -> nn.Module:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def _build_conv_bn_backbone(
+        self, in_chans: int, embed_dim: tuple[int, ...], make_blocks: Callable[[int, int], nn.Sequential]
+    ) -> None:
+        """Stem + stages of the conv-BN families (SHViT, EfficientViT-M): a stride-16 ConvStem, then per
+        stage a Subsample (from the second stage on) and ``make_blocks(stage_index, dim)``."""
+        from ..layers import ConvStem, Subsample
+
+        self.in_chans = in_chans
+        d0 = embed_dim[0]
+        self.patch_embed = ConvStem(in_chans, (d0 // 8, d0 // 4, d0 // 2, d0))
+        stages = []
+        self.feature_info = []
+        for i, dim in enumerate(embed_dim):
+            down = Subsample(embed_dim[i - 1], dim) if i > 0 else nn.Identity()
+            stages.append(Stage(down, make_blocks(i, dim)))
+            self.feature_info.append(dict(num_chs=dim, reduction=16 * 2 ** i, module=f"stages.{i}"))
+        self.stages = nn.Sequential(*stages)
 
     # --- timm contract -------------------------------------------------------------------------
     def get_classifier(self) -> nn.Module:

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..layers import ConvFFN, ConvNorm, ConvStem, NormLinear, Residual, Subsample, depthwise_residual
-from ._base import LeanViTModel, Stage
+from ..layers import ConvFFN, ConvNorm, NormLinear, Residual, depthwise_residual
+from ._base import LeanViTModel
 from ._registry import ModelConfig, register_model
 
 __all__ = ["EfficientViTM", "CascadedGroupAttention", "LocalWindowAttention", "resize_attention_biases"]
@@ -193,20 +193,12 @@ class EfficientViTM(LeanViTModel):
         drop_rate: float = 0.0,
     ) -> None:
         super().__init__()
-        self.in_chans = in_chans
         self.window_size = window_size
         self.img_size = img_size
-        d0 = embed_dim[0]
-        self.patch_embed = ConvStem(in_chans, (d0 // 8, d0 // 4, d0 // 2, d0))
-        stages = []
-        self.feature_info = []
-        for i, (dim, n, heads, res) in enumerate(zip(embed_dim, depth, num_heads, stage_resolutions(img_size))):
-            down = Subsample(embed_dim[i - 1], dim) if i > 0 else nn.Identity()
-            window = min(window_size, res)
-            blocks = nn.Sequential(*[EfficientViTBlock(dim, key_dim, heads, window, kernels) for _ in range(n)])
-            stages.append(Stage(down, blocks))
-            self.feature_info.append(dict(num_chs=dim, reduction=16 * 2 ** i, module=f"stages.{i}"))
-        self.stages = nn.Sequential(*stages)
+        res = stage_resolutions(img_size)
+        self._build_conv_bn_backbone(in_chans, embed_dim, lambda i, dim: nn.Sequential(*[
+            EfficientViTBlock(dim, key_dim, num_heads[i], min(window_size, res[i]), kernels) for _ in range(depth[i])
+        ]))
         self._init_heads(embed_dim[-1], num_classes, distillation, drop_rate)
 
     def _make_head(self, in_features: int, num_classes: int) -> nn.Module:

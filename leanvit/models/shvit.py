@@ -9,8 +9,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..layers import ConvFFN, ConvNorm, ConvStem, NormLinear, Residual, Subsample, depthwise_residual
-from ._base import LeanViTModel, Stage
+from ..layers import ConvFFN, ConvNorm, NormLinear, Residual, depthwise_residual
+from ._base import LeanViTModel
 from ._registry import ModelConfig, register_model
 
 __all__ = ["SHViT", "SingleHeadAttention"]
@@ -75,17 +75,9 @@ class SHViT(LeanViTModel):
         img_size: int | tuple[int, int] | None = None,
     ) -> None:
         super().__init__()
-        self.in_chans = in_chans
-        d0 = embed_dim[0]
-        self.patch_embed = ConvStem(in_chans, (d0 // 8, d0 // 4, d0 // 2, d0))
-        stages = []
-        self.feature_info = []
-        for i, (dim, n, pdim, kind) in enumerate(zip(embed_dim, depth, partial_dim, block_types)):
-            down = Subsample(embed_dim[i - 1], dim) if i > 0 else nn.Identity()
-            blocks = nn.Sequential(*[SHViTBlock(dim, qk_dim, pdim, kind == "s") for _ in range(n)])
-            stages.append(Stage(down, blocks))
-            self.feature_info.append(dict(num_chs=dim, reduction=16 * 2 ** i, module=f"stages.{i}"))
-        self.stages = nn.Sequential(*stages)
+        self._build_conv_bn_backbone(in_chans, embed_dim, lambda i, dim: nn.Sequential(*[
+            SHViTBlock(dim, qk_dim, partial_dim[i], block_types[i] == "s") for _ in range(depth[i])
+        ]))
         self._init_heads(embed_dim[-1], num_classes, distillation, drop_rate)
 
     def _make_head(self, in_features: int, num_classes: int) -> nn.Module:
