@@ -184,8 +184,8 @@ def _expected(model: nn.Module) -> dict[str, torch.Size]:
     return {k: v.shape for k, v in model.state_dict().items()}
 
 
-def _head_keys(model: nn.Module) -> tuple[str, ...]:
-    return getattr(model, "classifier_prefixes", ("head.", "head_dist."))
+# Classifier parameters of every leanvit model (the distillation head included).
+_HEAD_PREFIXES = ("head.", "head_dist.")
 
 
 def _diff(sd: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Size]) -> tuple[list, list, list]:
@@ -234,14 +234,14 @@ def _guess_variant(state_dict: Mapping[str, torch.Tensor]) -> tuple[str | None, 
     return best, best_score
 
 
-def _mismatch_error(model: nn.Module, sd: StateDict, raw: Mapping[str, torch.Tensor], missing: list,
-                    unexpected: list, mismatched: list, layout: str) -> CheckpointError:
+def _mismatch_error(model: nn.Module, sd: StateDict, raw: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Size],
+                    missing: list, unexpected: list, mismatched: list, layout: str) -> CheckpointError:
     target = model.leanvit_cfg.name
     guess, score = _guess_variant(raw)
     parts = []
     if mismatched:
         parts.append("shape mismatches: " + ", ".join(
-            f"{k} {tuple(sd[k].shape)} vs model {tuple(model.state_dict()[k].shape)}" for k in mismatched[:3]))
+            f"{k} {tuple(sd[k].shape)} vs model {tuple(expected[k])}" for k in mismatched[:3]))
     if missing:
         parts.append("missing keys: " + ", ".join(missing[:3]))
     if unexpected:
@@ -284,14 +284,14 @@ def load_checkpoint(
     for adapter in _ADAPTERS.get(family, []):
         sd = adapter(sd, model)
 
-    heads = _head_keys(model)
+    heads = _HEAD_PREFIXES
     if any(k.startswith("head_dist.") for k in expected) and not any(k.startswith("head_dist.") for k in sd):
         # A plain checkpoint into a distillation model: both heads start from the trained classifier.
         sd.update({"head_dist." + k[5:]: v for k, v in list(sd.items()) if k.startswith("head.")})
     missing, unexpected, mismatched = _diff(sd, expected)
     body_mismatch = [k for k in mismatched if not k.startswith(heads)]
     if body_mismatch:
-        raise _mismatch_error(model, sd, raw, missing, unexpected, mismatched, layout)
+        raise _mismatch_error(model, sd, raw, expected, missing, unexpected, mismatched, layout)
     dropped_head = False
     if (drop_head and any(k.startswith(heads) for k in mismatched)) or model.num_classes == 0:
         dropped_head = any(k.startswith(heads) for k in sd)
@@ -307,7 +307,7 @@ def load_checkpoint(
     if dropped_head:
         missing = [k for k in missing if not k.startswith(heads)]
     if strict and (missing or unexpected):
-        raise _mismatch_error(model, sd, raw, missing, unexpected, mismatched, layout)
+        raise _mismatch_error(model, sd, raw, expected, missing, unexpected, mismatched, layout)
     model.load_state_dict(sd, strict=False)
     return dict(layout=layout, missing=missing, unexpected=unexpected, dropped_head=dropped_head)
 
