@@ -5,6 +5,8 @@ import torch
 from torch import nn
 from timm.layers import trunc_normal_
 
+from .recompute import conv_norm_recomputable
+
 __all__ = ["ConvNorm", "NormLinear", "fuse_conv_bn", "fuse_bn_linear"]
 
 
@@ -63,7 +65,7 @@ class ConvNorm(nn.Module):
         nn.init.zeros_(self.bn.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.bn(self.conv(x))
+        return conv_norm_recomputable(self.conv, self.bn, x)
 
     def fuse(self) -> nn.Conv2d:
         """The equivalent single Conv2d (eval statistics)."""

@@ -6,6 +6,7 @@ A family model subclasses :class:`LeanViTModel` and provides ``patch_embed``, ``
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable
 
 import torch
@@ -44,9 +45,14 @@ class LeanViTModel(nn.Module):
     num_classes: int
     num_features: int
     distillation: bool
-    # Conv-dominated families run faster with NHWC weights on CPU (oneDNN); see leanvit.fuse.
+    # Conv-dominated families run faster NHWC on CPU (oneDNN): their CPU forward passes convert the
+    # input (activations follow) and leanvit.fuse stores their weights NHWC. Set False on an instance
+    # to keep NCHW activations.
     prefers_channels_last: bool = False
     # Feature maps are NCHW everywhere; families with a different internal layout convert in _stage_out.
+    # Training forward passes rebuild BN(+ReLU) outputs in backward instead of storing them
+    # (leanvit.layers.recompute); only the conv-BN families have such outputs.
+    recompute_norm_activations: bool = False
 
     def _init_heads(self, num_features: int, num_classes: int, distillation: bool, drop_rate: float = 0.0) -> None:
         self.num_features = self.head_hidden_size = num_features
@@ -78,6 +84,36 @@ class LeanViTModel(nn.Module):
             stages.append(Stage(down, make_blocks(i, dim)))
             self.feature_info.append(dict(num_chs=dim, reduction=16 * 2 ** i, module=f"stages.{i}"))
         self.stages = nn.Sequential(*stages)
+        self.recompute_norm_activations = True
+
+    def set_recompute_norm_activations(self, enable: bool = True) -> None:
+        """Training only: rebuild BatchNorm(+ReLU) outputs in backward from the BN inputs that are kept
+        anyway, instead of storing them (less activation memory, same gradients). On by default for
+        the conv-BN families; see ``leanvit.layers.recompute``."""
+        self.recompute_norm_activations = enable
+
+    def _preferred_layout(self, x: torch.Tensor) -> torch.Tensor:
+        """NHWC input on CPU for the conv families: measured 1.2-1.3x training and inference speed on
+        CPU (docs/training.md, benchmarks/NOTES.md); values are unchanged, feature maps come out
+        channels-last strided. Inputs under 128 px stay NCHW: their last maps are 1x1, where torch's
+        CPU bf16 channels-last depthwise convolution sporadically returns non-finite gradients."""
+        if self.prefers_channels_last and x.dim() == 4 and x.device.type == "cpu" and min(x.shape[-2:]) >= 128:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def _activation_scope(self) -> contextlib.AbstractContextManager:
+        if (
+            self.recompute_norm_activations
+            and self.training
+            and torch.is_grad_enabled()
+            and not torch.jit.is_scripting()
+            and not torch.jit.is_tracing()
+            and not torch.compiler.is_compiling()  # inductor's partitioner recomputes on its own
+        ):
+            from ..layers.recompute import RecomputeNormActivations
+
+            return RecomputeNormActivations()
+        return contextlib.nullcontext()
 
     # --- timm contract -------------------------------------------------------------------------
     def get_classifier(self) -> nn.Module:
@@ -132,7 +168,8 @@ class LeanViTModel(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Image -> last feature map (NCHW)."""
-        return self.stages(self.patch_embed(x))
+        with self._activation_scope():
+            return self.stages(self.patch_embed(self._preferred_layout(x)))
 
     def _pool(self, x: torch.Tensor) -> torch.Tensor:
         return x.mean((2, 3))
@@ -151,7 +188,8 @@ class LeanViTModel(nn.Module):
         return (logits + logits_dist) / 2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | DistilledLogits:
-        return self.forward_head(self.forward_features(x))
+        with self._activation_scope():
+            return self.forward_head(self.forward_features(x))
 
     def forward_intermediates(
         self,
@@ -172,12 +210,13 @@ class LeanViTModel(nn.Module):
 
         take, max_index = feature_take_indices(len(self.stages), indices)
         intermediates = []
-        x = self.patch_embed(x)
-        stages = self.stages if not stop_early else self.stages[: max_index + 1]
-        for i, stage in enumerate(stages):
-            x = stage(x)
-            if i in take:
-                intermediates.append(self._stage_out(x, i))
+        with self._activation_scope():
+            x = self.patch_embed(self._preferred_layout(x))
+            stages = self.stages if not stop_early else self.stages[: max_index + 1]
+            for i, stage in enumerate(stages):
+                x = stage(x)
+                if i in take:
+                    intermediates.append(self._stage_out(x, i))
         if intermediates_only:
             return intermediates
         return x, intermediates
