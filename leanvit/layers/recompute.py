@@ -33,6 +33,9 @@ __all__ = ["RecomputeNormActivations", "conv_norm_recomputable", "CHEAP_CONV_MAC
 # (batch 64, 224, CPU): 160 also rebuilds 1x1 convs of <= 160 channels and saves ~10% more peak
 # memory, but costs ~12% of efficientvit_m0's training throughput; 32 costs ~1-2%.
 CHEAP_CONV_MACS = 32
+# Smaller conv outputs are stored: rebuilding them costs a fixed per-call overhead for little memory
+# (efficientvit_m0's 24 per-head 5x5 depthwise q convs hold 5 MB in all at batch 64).
+MIN_REBUILT_CONV_VALUES = 1 << 18
 
 _ACTIVE: contextvars.ContextVar["RecomputeNormActivations | None"] = contextvars.ContextVar(
     "leanvit_recompute", default=None
@@ -196,7 +199,7 @@ def conv_norm_recomputable(conv: nn.Conv2d, bn: nn.Module, x: torch.Tensor) -> t
     ):
         return bn(conv(x))
     y = conv(x)
-    if _is_cheap(conv):
+    if _is_cheap(conv) and y.numel() >= MIN_REBUILT_CONV_VALUES:
         ctx.register_conv(y, x, conv)
     bn.num_batches_tracked.add_(1)
     momentum = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
