@@ -3,9 +3,11 @@
 Fused models, batch 16, 1 thread, native resolution, random weights with perturbed BatchNorms.
 
 1. PyTorch fp32: leanvit (best of eager / jit) vs timm fused + ``torch.jit.trace`` (the papers' protocol).
-2. Fastest shipped path: every leanvit backend x precision that ``leanvit bench`` offers, keeping those
-   whose max relative logit error vs fp32 eager is <= 2e-2; the fastest vs OpenVINO at its *default*
-   precision (bf16 on AMX CPUs) running timm's fused model.
+2. Fastest shipped path: every leanvit backend x precision that ``leanvit bench`` offers, each on the
+   model fused for its runtime as ``leanvit bench`` does (``fuse(target=target_for(backend))``: OpenVINO
+   runs EfficientViT-M's split-qkv attention), keeping those whose max relative logit error vs fp32
+   eager is <= 2e-2; the fastest vs OpenVINO at its *default* precision (bf16 on AMX CPUs) running
+   timm's fused model. ``--torch-form`` also times OpenVINO bf16 on the ``target="torch"`` graph.
 3. The single-core fp32 and bf16 matmul peaks, and the fraction of them each path reaches
    (MACs per image x images/s / peak MAC/s).
 
@@ -18,6 +20,7 @@ The machine is shared and noisy, so the paths of one model are timed in interlea
 
     python benchmarks/deploy_speed.py                        # shvit_s1 shvit_s4 efficientvit_m0 efficientvit_m5
     python benchmarks/deploy_speed.py efficientvit_m0 --rounds 3 --seconds 1 --json out.json --markdown out.md
+    python benchmarks/deploy_speed.py --rounds 3 --seconds 1.5 --torch-form   # + OpenVINO on the torch-target graph
 """
 from __future__ import annotations
 
@@ -37,6 +40,7 @@ from leanvit.bench.flops import count_macs
 from leanvit.bench.models import build_model, fuse_model, perturb_batchnorm_, resolve_model
 from leanvit.bench.timing import measure
 from leanvit.deploy.export import logit_errors
+from leanvit.deploy.fuse import TARGETS, target_for
 from leanvit.deploy.runtime import OpenVinoRuntime, Runtime, build_runtime, check_precision, torch_threads
 
 DEFAULT_MODELS = ["shvit_s1", "shvit_s4", "efficientvit_m0", "efficientvit_m5"]
@@ -80,75 +84,37 @@ def matmul_peak(dtype: torch.dtype, seconds: float = 1.0) -> float:
     return best
 
 
-def _cga_separate_qkv(model: torch.nn.Module) -> torch.nn.Module:
-    """PROTOTYPE of a proposed deploy form (NOTES.md entry 6b), not shipped: each EfficientViT-M head's
-    fused qkv conv + split becomes three 1x1 convs, with the attention scale folded into the q depthwise
-    conv. Same outputs; removes OpenVINO's reference-kernel VariadicSplits. Patches a deep copy."""
-    import types
+def _paths(name: str, batch: int, with_compile: bool, with_torch_form: bool) -> tuple[list[RunPath], float]:
+    """Runtimes for leanvit's paths and timm's two references; returns them and the MACs per image.
 
-    from leanvit.models.efficientvit_m import CascadedGroupAttention
-
-    def forward(self: CascadedGroupAttention, x: torch.Tensor) -> torch.Tensor:
-        B, C, H, W = x.shape
-        bias, d = self.attention_bias(), C // self.num_heads
-        outs, feat = [], x[:, :d]
-        for i in range(self.num_heads):
-            if i > 0:
-                feat = feat + x[:, i * d:(i + 1) * d]
-            q, k, v = self.dws[i](self.q_convs[i](feat)), self.k_convs[i](feat), self.v_convs[i](feat)
-            attn = q.flatten(2).transpose(1, 2) @ k.flatten(2) + bias[i]
-            feat = (v.flatten(2) @ attn.softmax(dim=-1).transpose(1, 2)).view(B, self.val_dim, H, W)
-            outs.append(feat)
-        return self.proj(torch.cat(outs, dim=1))
-
-    def conv_from_rows(conv: torch.nn.Conv2d, rows: slice) -> torch.nn.Conv2d:
-        w, b = conv.weight[rows], conv.bias[rows]
-        out = torch.nn.Conv2d(w.shape[1], w.shape[0], 1)
-        out.weight.data, out.bias.data = w.detach().clone(), b.detach().clone()
-        return out
-
-    model = copy.deepcopy(model)
-    for m in model.modules():
-        if isinstance(m, CascadedGroupAttention):
-            kd = m.key_dim
-            m.q_convs = torch.nn.ModuleList(conv_from_rows(c, slice(0, kd)) for c in m.qkvs)
-            m.k_convs = torch.nn.ModuleList(conv_from_rows(c, slice(kd, 2 * kd)) for c in m.qkvs)
-            m.v_convs = torch.nn.ModuleList(conv_from_rows(c, slice(2 * kd, None)) for c in m.qkvs)
-            with torch.no_grad():
-                for dw in m.dws:
-                    dw.weight.mul_(m.scale)
-                    dw.bias.mul_(m.scale)
-            m.forward = types.MethodType(forward, m)
-    return model
-
-
-def _paths(name: str, batch: int, with_compile: bool, with_proposals: bool) -> tuple[list[RunPath], float]:
-    """Runtimes for leanvit's paths and timm's two references; returns them and the MACs per image."""
+    Each leanvit path runs the model fused for its runtime, as ``leanvit bench`` does
+    (``fuse(target=target_for(backend))``: OpenVINO gets EfficientViT-M's split-qkv attention)."""
     out: list[RunPath] = []
     lean_spec, timm_spec = resolve_model(f"leanvit:{name}"), resolve_model(f"timm:{name}")
     side = lean_spec.img_size
     x = torch.randn(batch, 3, side, side, generator=torch.Generator().manual_seed(0))
-    lean = fuse_model(perturb_batchnorm_(build_model(lean_spec, side), 0))
-    macs = count_macs(lean, side, fuse_first=False)
+    raw = perturb_batchnorm_(build_model(lean_spec, side), 0)
+    lean = {target: fuse_model(raw, target=target) for target in TARGETS}
+    macs = count_macs(lean["torch"], side, fuse_first=False)
     with torch.inference_mode():
-        ref = lean(x).float()
-    paths = list(LEANVIT_PATHS) + (COMPILE_PATHS if with_compile else [])
-    for backend, precision, mode, channels_last in paths:
+        ref = lean["torch"](x).float()
+    paths = [(*p, target_for(p[0])) for p in LEANVIT_PATHS + (COMPILE_PATHS if with_compile else [])]
+    if with_torch_form:  # what the openvino backend ran before fuse(target="openvino"): not a shipped path
+        paths.append(("openvino", "bf16", None, False, "torch"))
+    for backend, precision, mode, channels_last, target in paths:
         try:
             check_precision(precision, backend)
         except (ValueError, RuntimeError) as e:
             print(f"  skip leanvit {backend} {precision}: {e}", file=sys.stderr)
             continue
         # A copy each: PyTorch runtimes may cast their module in place.
-        rt = build_runtime(copy.deepcopy(lean), backend, x, precision=precision, threads=1,
+        rt = build_runtime(copy.deepcopy(lean[target]), backend, x, precision=precision, threads=1,
                            bf16_mode=mode or "autocast", channels_last=channels_last)
         label = f"leanvit {backend} {precision}" + (" CL" if channels_last else "") + (f" {mode}" if mode else "")
-        p = RunPath(label, "leanvit", precision, rt, rt.prepare(x), batch)
-        p.rel_err = logit_errors(ref, rt.to_torch(rt.run(p.x)))[1]
-        out.append(p)
-    if with_proposals and name.startswith("efficientvit_m"):
-        rt = OpenVinoRuntime(_cga_separate_qkv(lean), example=x, threads=1, precision="bf16")
-        p = RunPath("proposal: CGA separate q/k/v, openvino bf16", "proposal", "bf16", rt, rt.prepare(x), batch)
+        shipped = target == target_for(backend)
+        if target == "openvino" or not shipped:
+            label += f" [fuse target={target}]"
+        p = RunPath(label, "leanvit" if shipped else "reference", precision, rt, rt.prepare(x), batch)
         p.rel_err = logit_errors(ref, rt.to_torch(rt.run(p.x)))[1]
         out.append(p)
     timm_fused = fuse_model(perturb_batchnorm_(build_model(timm_spec, side), 0))
@@ -172,6 +138,12 @@ def race(paths: list[RunPath], rounds: int, seconds: float) -> None:
             p.times.append(st.median_s)
 
 
+def _torch_form_cell(row: dict[str, Any] | None, timm_ov: dict[str, Any]) -> str:
+    if row is None:
+        return " - |"
+    return f" {row['throughput']:.1f} ({row['throughput'] / timm_ov['throughput']:.2f}x) |"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("models", nargs="*", default=DEFAULT_MODELS)
@@ -179,8 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
     ap.add_argument("--seconds", type=float, default=2.0, help="timed seconds per path per round")
     ap.add_argument("--compile", action="store_true", help="also race torch.compile (≈40 s set-up per precision)")
-    ap.add_argument("--proposals", action="store_true",
-                    help="also time prototypes of proposed model-level deploy forms (not counted as shipped)")
+    ap.add_argument("--torch-form", action="store_true",
+                    help="also time OpenVINO bf16 on the fuse(target='torch') graph (reference, not a shipped path)")
     ap.add_argument("--json", help="write all numbers here")
     ap.add_argument("--markdown", help="write the summary table here")
     args = ap.parse_args(argv)
@@ -192,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     results: list[dict[str, Any]] = []
     for name in args.models:
         t0 = time.perf_counter()
-        paths, macs = _paths(name, args.batch_size, args.compile, args.proposals)
+        paths, macs = _paths(name, args.batch_size, args.compile, args.torch_form)
         race(paths, args.rounds, args.seconds)
         rows = []
         for p in paths:
@@ -213,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
                                          ratio=lean_fp32["throughput"] / timm_jit["throughput"],
                                          ratio_same_tooling=lean_fp32["throughput"] / timm_jit_cl["throughput"]),
                        fastest=dict(leanvit=fastest, timm=timm_ov, ratio=fastest["throughput"] / timm_ov["throughput"]),
+                       torch_form=next((r for r in rows if r["lib"] == "reference"), None),
                        seconds=time.perf_counter() - t0)
         results.append(summary)
         print(f"{name}: PyTorch fp32 {summary['pytorch_fp32']['ratio']:.2f}x ({lean_fp32['path']} vs timm jit; "
@@ -221,8 +194,9 @@ def main(argv: list[str] | None = None) -> int:
 
     env = environment("cpu")
     head = ("| model | MMACs | leanvit best PyTorch fp32 | timm jit fp32 | ratio (target 1.15) | vs timm jit CL | "
-            "leanvit fastest (rel err) | timm OpenVINO default | ratio (target 1.25) | peak fraction (fastest / OV) |\n"
-            "|---|---|---|---|---|---|---|---|---|---|")
+            "leanvit fastest (rel err) | timm OpenVINO default | ratio (target 1.25) | peak fraction (fastest / OV) |"
+            + (" OV bf16, fuse target=torch (ratio) |" if args.torch_form else "") + "\n"
+            "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if args.torch_form else ""))
     lines = [head]
     for s in results:
         a, f = s["pytorch_fp32"], s["fastest"]
@@ -232,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{f['leanvit']['throughput']:.1f} "
             f"({f['leanvit']['path'][8:]}, {f['leanvit']['rel_err']:.1e}) | {f['timm']['throughput']:.1f} | "
             f"{f['ratio']:.2f}x | {100 * f['leanvit']['peak_fraction']:.1f}% / "
-            f"{100 * f['timm']['peak_fraction']:.1f}% |")
+            f"{100 * f['timm']['peak_fraction']:.1f}% |"
+            + (_torch_form_cell(s["torch_form"], f["timm"]) if args.torch_form else ""))
     md = (f"Images/s (CPU-time clock), batch {args.batch_size}, 1 thread, fused, {args.rounds} interleaved rounds x "
           f"{args.seconds:g} s; CL = channels-last. "
           f"{env['device']}; single-core matmul peak fp32 {peaks['fp32'] / 1e9:.0f} / bf16 {peaks['bf16'] / 1e9:.0f} "

@@ -137,3 +137,18 @@ def test_unknown_model_and_missing_runtime(tmp_path, monkeypatch, capsys) -> Non
     with pytest.raises(MissingBackendError, match=r"leanvit\[openvino\]"):
         export_model(_model(LEANVIT), "openvino", tmp_path / "m.xml", img_size=SIDE)
     assert not list(tmp_path.iterdir())
+
+
+def test_openvino_export_uses_split_qkv_form(tmp_path) -> None:
+    # leanvit's OpenVINO IR has no per-head q/k/v split (leanvit.fuse(target="openvino")) and still verifies.
+    ov = pytest.importorskip("openvino")
+    model = build_model(resolve_model(LEANVIT), SIDE)
+    perturb_batchnorm_(model, seed=3)
+    out = tmp_path / "m.xml"
+    side = SIDE + 8  # not a multiple of the windows: padded attention windows
+    result = export_model(model, "openvino", out, img_size=side)
+    assert result.verified and result.max_abs_diff <= 1e-4
+    ops = [op.get_type_name() for op in ov.Core().read_model(str(out)).get_ordered_ops()]
+    heads = [a.num_heads for a in model.modules() if type(a).__name__ == "CascadedGroupAttention"]
+    # The one-conv form needs a split per head (24 for efficientvit_m0) besides the per-layer input chunks.
+    assert sum("Split" in t for t in ops) < sum(heads)

@@ -51,3 +51,48 @@ def test_fuse_leaves_the_original_alone():
     n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
     leanvit.fuse(model)
     assert model.training and sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) == n_bn
+
+
+# --- per-runtime deploy forms ---------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def m0():
+    torch.manual_seed(0)
+    return randomize(leanvit.create_model("efficientvit_m0")).eval()
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 224, 224), (1, 3, 160, 225)])  # native; non-square, padded windows
+def test_openvino_target_splits_qkv_and_matches(m0, shape):
+    from leanvit.models.efficientvit_m import CascadedGroupAttention, _SplitQKVCascadedAttention
+
+    fused = leanvit.fuse(m0, target="openvino")
+    attns = [m for m in fused.modules() if isinstance(m, _SplitQKVCascadedAttention)]
+    assert fused.fuse_target == "openvino"
+    assert len(attns) == sum(isinstance(m, CascadedGroupAttention) for m in m0.modules()) == 6
+    assert not any(isinstance(m, CascadedGroupAttention) for m in fused.modules())
+    for a in attns:  # no qkv conv left to split: every conv yields q, k or v alone (or is the projection)
+        qkv = 2 * a.key_dim + a.val_dim
+        assert not any(isinstance(c, torch.nn.Conv2d) and c.out_channels == qkv for c in a.modules())
+    x = torch.randn(*shape)
+    with torch.no_grad():
+        ref = m0(x)
+        assert ref.abs().max() > 1e-2
+        assert (fused(x) - ref).abs().max().item() <= 1e-5
+        assert (torch.jit.trace(fused, x)(x) - ref).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("target", ["torch", "onnx"])
+def test_torch_and_onnx_targets_keep_one_qkv_conv(m0, target):
+    from leanvit.models.efficientvit_m import CascadedGroupAttention
+
+    fused = leanvit.fuse(m0, target=target)
+    assert sum(isinstance(m, CascadedGroupAttention) for m in fused.modules()) == 6
+    assert fused.fuse_target == target
+
+
+def test_bad_fuse_target(m0):
+    from leanvit.deploy.fuse import target_for
+
+    with pytest.raises(ValueError, match="'torch', 'openvino', 'onnx'"):
+        leanvit.fuse(m0, target="tensorrt")
+    assert [target_for(r) for r in ("openvino", "onnxruntime", "onnx", "jit", "torchscript")] == [
+        "openvino", "onnx", "onnx", "torch", "torch"]

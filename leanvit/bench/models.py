@@ -145,11 +145,13 @@ def build_model(spec: ModelSpec, img_size: int | None = None, checkpoint: str | 
     return model.eval()
 
 
-def fuse_model(model: nn.Module) -> nn.Module:
+def fuse_model(model: nn.Module, target: str = "torch") -> nn.Module:
     """Inference form: a deep copy with BatchNorms folded / branches reparameterized.
 
-    leanvit models use ``leanvit.fuse`` (when installed); everything else timm's
-    ``reparameterize_model`` (``fuse()`` / ``reparameterize()`` / ``switch_to_deploy()`` per module).
+    leanvit models use ``leanvit.fuse`` (when installed) with ``target`` (the runtime that will run it:
+    "torch", "openvino" or "onnx"; see :func:`leanvit.deploy.fuse.target_for`); everything else timm's
+    ``reparameterize_model`` (``fuse()`` / ``reparameterize()`` / ``switch_to_deploy()`` per module),
+    whatever the target.
     """
     from ..models._base import LeanViTModel
 
@@ -159,7 +161,7 @@ def fuse_model(model: nn.Module) -> nn.Module:
         except ImportError:  # fuse.py not present yet: timm's walker calls the same fuse() methods
             fuse = None
         if fuse is not None:
-            return fuse(model).eval()
+            return fuse(model, target=target).eval()
     from timm.utils import reparameterize_model
 
     return reparameterize_model(model.eval()).eval()  # deep-copies by default

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..deploy.export import logit_errors
+from ..deploy.fuse import target_for
 from ..deploy.runtime import (
     BACKENDS, PRECISIONS, build_runtime, check_precision, quiet_deprecations, torch_threads,
 )
@@ -216,7 +217,7 @@ def run_config(cfg: BenchConfig, spec: ModelSpec | None = None) -> dict[str, Any
         if cfg.mode == "train":
             return _run_train(cfg, spec, model, example, base_mb)
         if cfg.fuse:
-            model = fuse_model(model)
+            model = fuse_model(model, target=target_for(cfg.backend))  # e.g. OpenVINO's own deploy form
         params = count_params(model) / 1e6
         norms = count_unfused_norms(model)
         macs = count_macs(model, cfg.img_size, fuse_first=False) / 1e6 if cfg.count_macs else None

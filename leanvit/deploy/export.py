@@ -1,8 +1,10 @@
 """Export a fused model to ONNX, OpenVINO IR or TorchScript, then check the artifact against PyTorch.
 
-Always on the fused (BN-folded) model. The file is written next to ``output`` under a temporary
-name, run with its runtime (ONNX Runtime / OpenVINO / ``torch.jit.load``) on random input and
-compared with the fused PyTorch model in fp32:
+Always on the fused (BN-folded) model, in the form for the format's runtime (``leanvit.fuse(target=...)``
+via :func:`~leanvit.deploy.fuse.target_for`: an OpenVINO IR gets EfficientViT-M's split-qkv attention,
+ONNX and TorchScript the PyTorch graph; timm models are fused the same way for every format). The file
+is written next to ``output`` under a temporary name, run with its runtime (ONNX Runtime / OpenVINO /
+``torch.jit.load``) on random input and compared with that fused PyTorch model in fp32:
 
 * fp32: max abs difference <= :data:`FP32_ATOL` (1e-4);
 * bf16: max relative logit error (per image ``max|diff| / max|logit|``) <= :data:`BF16_RTOL` (2e-2).
@@ -28,6 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .fuse import target_for
 from .runtime import (
     UnsupportedPrecisionError, check_precision, load_artifact, quiet_deprecations, require, to_openvino, torch_threads,
 )
@@ -199,10 +202,11 @@ def _verify(result: ExportResult, fused: nn.Module, artifact: Path, batches: lis
 def _export_and_verify(module: nn.Module, fmt: str, output: Path, side: int, batch_size: int, dynamic_batch: bool,
                        precision: str, dynamo: bool, opset: int | None, verify: bool, threads: int | None,
                        seed: int) -> tuple[ExportResult, bool]:
-    """Fuse, write under a temporary name, verify, then move to ``output`` (or ``output.failed``)."""
+    """Fuse for the format's runtime, write under a temporary name, verify, then move to ``output``
+    (or ``output.failed``)."""
     from ..bench.models import fuse_model
 
-    fused = fuse_model(module).float().cpu().eval()
+    fused = fuse_model(module, target=target_for(fmt)).float().cpu().eval()
     example = torch.randn(batch_size, 3, side, side, generator=torch.Generator().manual_seed(seed))
 
     tmpdir = Path(tempfile.mkdtemp(prefix=".leanvit-export-", dir=output.parent))

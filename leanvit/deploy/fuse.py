@@ -1,4 +1,5 @@
-"""Inference fusion: fold every BatchNorm into its conv / linear and depthwise residuals into kernels."""
+"""Inference fusion: fold every BatchNorm into its conv / linear and depthwise residuals into kernels,
+then give each module the form that runs fastest on the target runtime."""
 from __future__ import annotations
 
 import copy
@@ -6,34 +7,67 @@ import copy
 import torch
 from torch import nn
 
-__all__ = ["fuse", "fuse_"]
+__all__ = ["TARGETS", "fuse", "fuse_", "target_for"]
+
+TARGETS = ("torch", "openvino", "onnx")
+# Bench backends and export formats -> fuse target (anything else runs in PyTorch).
+_RUNTIME_TARGETS = {"openvino": "openvino", "onnxruntime": "onnx", "onnx": "onnx"}
+
+
+def target_for(runtime: str) -> str:
+    """The ``fuse`` target for a ``leanvit bench`` backend or ``leanvit export`` format name."""
+    return _RUNTIME_TARGETS.get(runtime, "torch")
+
+
+def _replace_children_(module: nn.Module, hook: str, *args: object) -> nn.Module:
+    """Replace every child that has a callable ``hook`` by ``child.hook(*args)``, recursively; returns ``module``."""
+    for name, child in list(module.named_children()):
+        method = getattr(child, hook, None)
+        new = method(*args) if callable(method) else child
+        if new is not child:
+            setattr(module, name, new)
+        _replace_children_(new, hook, *args)
+    return module
 
 
 @torch.no_grad()
 def fuse_(module: nn.Module) -> nn.Module:
     """Fuse ``module`` in place (children exposing ``fuse()`` are replaced by its result); returns it."""
-    for name, child in list(module.named_children()):
-        fused = child.fuse() if hasattr(child, "fuse") and callable(child.fuse) else child
-        if fused is not child:
-            setattr(module, name, fused)
-        fuse_(fused)
-    return module
+    return _replace_children_(module, "fuse")
 
 
-def fuse(model: nn.Module, channels_last: bool | None = None) -> nn.Module:
+def fuse(model: nn.Module, channels_last: bool | None = None, *, target: str = "torch") -> nn.Module:
     """An eval-mode deep copy of ``model`` ready for inference: Conv2d+BN -> Conv2d, BN+Linear -> Linear,
     residual depthwise ConvNorm -> one conv with the identity in its centre tap. The input is untouched.
 
     ``channels_last`` (default: the model's ``prefers_channels_last``, True for the conv-BN families) stores
     conv weights NHWC: oneDNN then runs every conv without layout reorders (measured 1.2x eager on CPU,
     benchmarks/NOTES.md); activations follow the weights, callers need not convert inputs.
+
+    ``target`` ("torch", "openvino" or "onnx") is the runtime the result will run on. After BN folding,
+    modules with a ``deploy_form(target)`` hook are replaced by what it returns; the family decides (the
+    knowledge lives in the model files). Same outputs up to fp32 rounding, different graphs:
+
+    * "openvino": EfficientViT-M's cascaded group attention computes q, k and v with three convs instead
+      of one conv + split, with the attention scale folded into the q depthwise conv. OpenVINO's CPU
+      plugin runs those channel splits with a reference kernel; without them efficientvit_m0 / m5 run
+      17 % / 11 % faster in bf16 (benchmarks/NOTES.md entries 6 and 12).
+    * "torch" (default) and "onnx" keep the one-conv form: three small convs are slower in PyTorch jit
+      (fp32 channels-last: m0 361 -> 341, m5 86.2 -> 83.9 images/s), and ONNX Runtime gained at most
+      1-3 %, no more than two sessions of the same graph differ (NOTES.md entry 12).
+
     Models without anything to fold (SepViT) come back as an equivalent eval-mode copy.
     """
+    if target not in TARGETS:
+        raise ValueError(f"unknown fuse target {target!r}; choose from {', '.join(map(repr, TARGETS))}")
     fused = copy.deepcopy(model).eval()
     fuse_(fused)
+    with torch.no_grad():
+        _replace_children_(fused, "deploy_form", target)
     if channels_last is None:
         channels_last = getattr(model, "prefers_channels_last", False)
     if channels_last:
         fused = fused.to(memory_format=torch.channels_last)
     fused.fused = True
+    fused.fuse_target = target
     return fused

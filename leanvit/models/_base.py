@@ -97,6 +97,8 @@ class LeanViTModel(nn.Module):
         CPU (docs/training.md, benchmarks/NOTES.md); values are unchanged, feature maps come out
         channels-last strided. Inputs under 128 px stay NCHW: their last maps are 1x1, where torch's
         CPU bf16 channels-last depthwise convolution sporadically returns non-finite gradients."""
+        if torch.jit.is_tracing():  # exported graphs: layouts are the runtime's business (fuse sets weights)
+            return x
         if self.prefers_channels_last and x.dim() == 4 and x.device.type == "cpu" and min(x.shape[-2:]) >= 128:
             return x.contiguous(memory_format=torch.channels_last)
         return x

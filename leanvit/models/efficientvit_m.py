@@ -5,6 +5,7 @@ sandwich block live here; stem, subsample, FFN and heads are the shared ``leanvi
 """
 from __future__ import annotations
 
+import copy
 import itertools
 
 import torch
@@ -16,6 +17,9 @@ from ._base import LeanViTModel
 from ._registry import ModelConfig, register_model
 
 __all__ = ["EfficientViTM", "CascadedGroupAttention", "LocalWindowAttention", "resize_attention_biases"]
+
+# fuse(target=...) values for which CascadedGroupAttention.deploy_form returns the split-qkv form.
+SPLIT_QKV_TARGETS = ("openvino",)
 
 
 def _bias_index(window: int) -> torch.Tensor:
@@ -114,6 +118,83 @@ class CascadedGroupAttention(nn.Module):
             q, k, v = qkv(feat).split([self.key_dim, self.key_dim, self.val_dim], dim=1)
             q = dw(q)
             attn = (q.flatten(2).transpose(1, 2) * self.scale) @ k.flatten(2) + bias[i]
+            feat = (v.flatten(2) @ attn.softmax(dim=-1).transpose(1, 2)).view(B, self.val_dim, H, W)
+            outs.append(feat)
+        return self.proj(torch.cat(outs, dim=1))
+
+    def deploy_form(self, target: str) -> nn.Module:
+        """Hook of ``leanvit.fuse(target=...)``, called after BN folding: the module to run on ``target``.
+
+        OpenVINO gets :class:`_SplitQKVCascadedAttention` (benchmarks/NOTES.md entries 6 and 12): its CPU
+        plugin runs the q/k/v ``split`` of each head's qkv output (16-channel pieces of a 32-channel-blocked
+        bf16 layout) with a reference kernel, 18 % of efficientvit_m0's bf16 time; without them OV bf16 is
+        17 % (m0) / 11 % (m5) faster. PyTorch keeps this module (one conv per head is faster there: jit fp32
+        channels-last 6 % / 3 % slower with three), and so does ONNX Runtime (+1-3 %, no more than the
+        spread between two sessions of one graph). Unfused modules are returned unchanged.
+        """
+        if target not in SPLIT_QKV_TARGETS or not all(isinstance(c, nn.Conv2d) for c in (*self.qkvs, *self.dws)):
+            return self
+        return _SplitQKVCascadedAttention(self)
+
+
+def _conv_rows(conv: nn.Conv2d, start: int, stop: int, scale: float = 1.0) -> nn.Conv2d:
+    """A new conv computing output channels ``start:stop`` of ``conv`` (weight and bias times ``scale``)."""
+    rows = stop - start
+    if conv.groups not in (1, conv.out_channels):
+        raise ValueError(f"can only take output rows of a dense or depthwise conv, not groups={conv.groups}")
+    out = nn.Conv2d(conv.in_channels if conv.groups == 1 else rows, rows, conv.kernel_size, conv.stride,
+                    conv.padding, conv.dilation, groups=1 if conv.groups == 1 else rows,
+                    device=conv.weight.device, dtype=conv.weight.dtype)
+    with torch.no_grad():
+        out.weight.copy_(conv.weight[start:stop] * scale)
+        out.bias.copy_(conv.bias[start:stop] * scale if conv.bias is not None else torch.zeros_like(out.bias))
+    return out
+
+
+class _SplitQKVCascadedAttention(nn.Module):
+    """Inference-only ("deploy") form of a *fused* :class:`CascadedGroupAttention`, for OpenVINO.
+
+    Same function, different graph:
+
+    * each head's qkv conv + ``split`` becomes three 1x1 convs (q, k, v) built from the fused conv's
+      output rows: no channel split of the qkv output is left, which OpenVINO's CPU plugin runs with a
+      slow reference kernel (efficientvit_m0 bf16: +23 %, NOTES.md entry 6(b));
+    * ``scale`` is folded into the q depthwise conv (weight and bias times ``scale``), one multiply less;
+    * the (heads, N, N) attention bias is gathered once into a buffer: no index gather at run time.
+
+    Equal to the source module up to fp32 rounding (folding ``scale`` = 2^-2 for key_dim 16 is itself
+    exact). The window is fixed: set the input size before fusing.
+    """
+
+    def __init__(self, attn: CascadedGroupAttention) -> None:
+        super().__init__()
+        kd, vd = attn.key_dim, attn.val_dim
+        self.num_heads, self.key_dim, self.val_dim, self.window = attn.num_heads, kd, vd, attn.window
+        self.q_convs = nn.ModuleList(_conv_rows(c, 0, kd) for c in attn.qkvs)
+        self.k_convs = nn.ModuleList(_conv_rows(c, kd, 2 * kd) for c in attn.qkvs)
+        self.v_convs = nn.ModuleList(_conv_rows(c, 2 * kd, 2 * kd + vd) for c in attn.qkvs)
+        self.dws = nn.ModuleList(_conv_rows(dw, 0, kd, attn.scale) for dw in attn.dws)
+        self.proj = copy.deepcopy(attn.proj)
+        with torch.no_grad():
+            bias = attn.attention_biases[:, attn.attention_bias_idxs].detach().clone()
+        self.register_buffer("attention_bias", bias)
+
+    def set_window(self, window: int) -> None:
+        """The bias table was gathered for one window: refuse to change it."""
+        if window != self.window:
+            raise RuntimeError("the deploy form of CascadedGroupAttention has a fixed window: "
+                               "call set_input_size() before leanvit.fuse()")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, _, H, W = x.shape
+        splits = x.chunk(self.num_heads, dim=1)
+        outs = []
+        feat = splits[0]
+        for i, (q_conv, k_conv, v_conv, dw) in enumerate(zip(self.q_convs, self.k_convs, self.v_convs, self.dws)):
+            if i > 0:
+                feat = feat + splits[i]
+            q, k, v = dw(q_conv(feat)), k_conv(feat), v_conv(feat)  # q already carries the scale
+            attn = q.flatten(2).transpose(1, 2) @ k.flatten(2) + self.attention_bias[i]
             feat = (v.flatten(2) @ attn.softmax(dim=-1).transpose(1, 2)).view(B, self.val_dim, H, W)
             outs.append(feat)
         return self.proj(torch.cat(outs, dim=1))
