@@ -120,3 +120,12 @@ class ConvStem(nn.Sequential):
             self.add_module(f"conv{i + 1}", ConvNorm(chs[i], chs[i + 1], 3, 2, 1))
             if i < 3:
                 self.add_module(f"act{i + 1}", nn.ReLU())
+
+    def forward(self, x: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+        """``channels_last``: produce NHWC activations from the first conv on (the input is not copied)."""
+        first, *rest = self.children()
+        # a fused stem's first conv is a plain Conv2d whose weights leanvit.fuse already stored NHWC
+        x = first(x, channels_last=True) if channels_last and isinstance(first, ConvNorm) else first(x)
+        for module in rest:
+            x = module(x)
+        return x

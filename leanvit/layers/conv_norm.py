@@ -64,8 +64,10 @@ class ConvNorm(nn.Module):
         nn.init.constant_(self.bn.weight, bn_weight_init)
         nn.init.zeros_(self.bn.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return conv_norm_recomputable(self.conv, self.bn, x)
+    def forward(self, x: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+        """``channels_last``: run the conv with NHWC weights, so that the output is NHWC whatever the
+        input layout (oneDNN follows the weights), without copying the input."""
+        return conv_norm_recomputable(self.conv, self.bn, x, channels_last)
 
     def fuse(self) -> nn.Conv2d:
         """The equivalent single Conv2d (eval statistics)."""

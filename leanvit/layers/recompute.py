@@ -89,21 +89,29 @@ class _NormRecipe(_Recipe):
         return (out.relu_() if self.relu else out).to(self.dtype)
 
 
+def _conv(conv: nn.Conv2d, x: torch.Tensor, channels_last: bool, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``conv(x)``; NHWC weights when ``channels_last`` (the output follows them); weight and input
+    cast to ``dtype`` when given (autocast is off in backward: cast as it did in forward)."""
+    weight = conv.weight if dtype is None else conv.weight.to(dtype)
+    if channels_last:
+        weight = weight.contiguous(memory_format=torch.channels_last)
+    if dtype is not None:
+        x = x.to(dtype)
+    return conv._conv_forward(x, weight, conv.bias)
+
+
 class _ConvRecipe(_Recipe):
-    """``conv(x)`` (no bias) in the forward pass's dtype."""
+    """``conv(x)`` (no bias) in the forward pass's dtype and layout."""
 
-    __slots__ = ("source", "weight", "stride", "padding", "dilation", "groups", "dtype")
+    __slots__ = ("source", "conv", "channels_last", "dtype")
 
-    def __init__(self, source: Any, conv: nn.Conv2d, dtype: torch.dtype) -> None:
+    def __init__(self, source: Any, conv: nn.Conv2d, channels_last: bool, dtype: torch.dtype) -> None:
         super().__init__()
-        self.source, self.weight, self.dtype = source, conv.weight, dtype
-        self.stride, self.padding, self.dilation, self.groups = conv.stride, conv.padding, conv.dilation, conv.groups
+        self.source, self.conv, self.channels_last, self.dtype = source, conv, channels_last, dtype
 
     def compute(self) -> torch.Tensor:
-        # autocast is off in backward: cast as it did in forward
-        x = _unpack(self.source).to(self.dtype)
         with torch.no_grad():
-            return F.conv2d(x, self.weight.to(self.dtype), None, self.stride, self.padding, self.dilation, self.groups)
+            return _conv(self.conv, _unpack(self.source), self.channels_last, self.dtype)
 
 
 class RecomputeNormActivations:
@@ -111,22 +119,23 @@ class RecomputeNormActivations:
     Re-entrant uses are no-ops. Registries hold only what autograd keeps anyway (or recipes)."""
 
     def __init__(self) -> None:
-        self._norms: dict[Any, tuple[Any, torch.Tensor, torch.Tensor]] = {}
+        self._norms: dict[Any, tuple[Any, nn.BatchNorm2d, torch.Tensor, torch.Tensor]] = {}
         self._convs: dict[Any, _ConvRecipe] = {}
         self._recipes: dict[tuple[Any, bool], _Recipe] = {}
         self._hooks: Any = None
         self._token: contextvars.Token | None = None
 
-    def register_conv(self, y: torch.Tensor, x: torch.Tensor, conv: nn.Conv2d) -> None:
+    def register_conv(self, y: torch.Tensor, x: torch.Tensor, conv: nn.Conv2d, channels_last: bool) -> None:
         """``y == conv(x)`` (no bias); call before anything saves ``y``."""
         if y.grad_fn is not None:
-            self._convs[y.grad_fn] = _ConvRecipe(self._pack(x), conv, y.dtype)
+            self._convs[y.grad_fn] = _ConvRecipe(self._pack(x), conv, channels_last, y.dtype)
 
-    def register_norm(self, out: torch.Tensor, y: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) -> None:
-        """``out == y * alpha + beta`` per channel (alpha, beta detached)."""
+    def register_norm(self, out: torch.Tensor, y: torch.Tensor, bn: nn.BatchNorm2d, mean: torch.Tensor,
+                      invstd: torch.Tensor) -> None:
+        """``out == bn(y)`` in training mode with batch statistics ``mean`` / ``invstd``."""
         if out.grad_fn is not None:
             # not counted as a read here: each recipe made from this entry counts itself
-            self._norms[out.grad_fn] = (self._recipe_for(y) or y, alpha, beta)
+            self._norms[out.grad_fn] = (self._recipe_for(y) or y, bn, mean, invstd)
 
     def _recipe_for(self, t: torch.Tensor) -> _Recipe | None:
         fn = t.grad_fn
@@ -148,7 +157,8 @@ class RecomputeNormActivations:
         key = (fn, relu)
         recipe = self._recipes.get(key)
         if recipe is None:
-            source, alpha, beta = entry
+            source, bn, mean, invstd = entry
+            alpha, beta = _affine_terms(bn, mean, invstd)  # only for outputs that are saved
             if isinstance(source, _Recipe):
                 source.pending += 1  # one more reader of y's rebuild
             recipe = self._recipes[key] = _NormRecipe(source, alpha, beta, relu, t.dtype)
@@ -185,8 +195,8 @@ def _is_cheap(conv: nn.Conv2d) -> bool:
     return conv.bias is None and conv.in_channels // conv.groups * kh * kw <= CHEAP_CONV_MACS
 
 
-def conv_norm_recomputable(conv: nn.Conv2d, bn: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``bn(conv(x))``. Inside an active :class:`RecomputeNormActivations`, a training-mode plain
+def conv_norm_recomputable(conv: nn.Conv2d, bn: nn.Module, x: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+    """``bn(conv(x))`` (NHWC output when ``channels_last``). Inside an active :class:`RecomputeNormActivations`, a training-mode plain
     BatchNorm runs through ``torch.native_batch_norm`` (the kernel and running-statistics update of
     ``nn.BatchNorm2d``) so that its batch statistics are known, and its output (and a cheap conv's
     output) is registered for rebuilding."""
@@ -197,19 +207,23 @@ def conv_norm_recomputable(conv: nn.Conv2d, bn: nn.Module, x: torch.Tensor) -> t
         or not (bn.training and bn.track_running_stats and bn.affine)
         or not torch.is_grad_enabled()
     ):
-        return bn(conv(x))
-    y = conv(x)
+        return bn(_conv(conv, x, channels_last))
+    y = _conv(conv, x, channels_last)
     if _is_cheap(conv) and y.numel() >= MIN_REBUILT_CONV_VALUES:
-        ctx.register_conv(y, x, conv)
+        ctx.register_conv(y, x, conv, channels_last)
     bn.num_batches_tracked.add_(1)
     momentum = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
     out, mean, invstd = torch.native_batch_norm(
         y, bn.weight, bn.bias, bn.running_mean, bn.running_var, True, momentum, bn.eps
     )
-    with torch.no_grad():
-        # The kernel's per-channel terms: alpha = invstd * w, beta = fma(-mean, alpha, b) (a float64
-        # product is exact, so one rounding, as in the fused multiply-add).
-        alpha = invstd * bn.weight
-        beta = (bn.bias.double() - mean.double() * alpha.double()).to(alpha.dtype)
-    ctx.register_norm(out, y, alpha, beta)
+    ctx.register_norm(out, y, bn, mean, invstd)
     return out
+
+
+@torch.no_grad()
+def _affine_terms(bn: nn.BatchNorm2d, mean: torch.Tensor, invstd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The CPU kernel's per-channel terms: alpha = invstd * w, beta = fma(-mean, alpha, b) (a float64
+    product is exact, so one rounding, as in the fused multiply-add)."""
+    alpha = invstd * bn.weight
+    beta = (bn.bias.double() - mean.double() * alpha.double()).to(alpha.dtype)
+    return alpha, beta

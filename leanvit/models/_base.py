@@ -92,16 +92,22 @@ class LeanViTModel(nn.Module):
         the conv-BN families; see ``leanvit.layers.recompute``."""
         self.recompute_norm_activations = enable
 
-    def _preferred_layout(self, x: torch.Tensor) -> torch.Tensor:
-        """NHWC input on CPU for the conv families: measured 1.2-1.3x training and inference speed on
-        CPU (docs/training.md, benchmarks/NOTES.md); values are unchanged, feature maps come out
-        channels-last strided. Inputs under 128 px stay NCHW: their last maps are 1x1, where torch's
-        CPU bf16 channels-last depthwise convolution sporadically returns non-finite gradients."""
-        if torch.jit.is_tracing():  # exported graphs: layouts are the runtime's business (fuse sets weights)
-            return x
-        if self.prefers_channels_last and x.dim() == 4 and x.device.type == "cpu" and min(x.shape[-2:]) >= 128:
-            return x.contiguous(memory_format=torch.channels_last)
-        return x
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The stem. On CPU the conv families make NHWC activations from the first conv on (the input
+        is not copied): measured 1.2-1.3x training and inference speed (docs/training.md,
+        benchmarks/NOTES.md); values are unchanged, feature maps come out channels-last strided.
+        Inputs under 128 px stay NCHW: their last maps are 1x1, where torch's CPU bf16 channels-last
+        depthwise convolution sporadically returns non-finite gradients. Traced/exported graphs leave
+        layouts to the runtime (``leanvit.fuse`` stores the weights NHWC)."""
+        if (
+            self.prefers_channels_last
+            and not torch.jit.is_tracing()
+            and x.dim() == 4
+            and x.device.type == "cpu"
+            and min(x.shape[-2:]) >= 128
+        ):
+            return self.patch_embed(x, channels_last=True)
+        return self.patch_embed(x)
 
     def _activation_scope(self) -> contextlib.AbstractContextManager:
         if (
@@ -171,7 +177,7 @@ class LeanViTModel(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Image -> last feature map (NCHW)."""
         with self._activation_scope():
-            return self.stages(self.patch_embed(self._preferred_layout(x)))
+            return self.stages(self._embed(x))
 
     def _pool(self, x: torch.Tensor) -> torch.Tensor:
         return x.mean((2, 3))
@@ -213,7 +219,7 @@ class LeanViTModel(nn.Module):
         take, max_index = feature_take_indices(len(self.stages), indices)
         intermediates = []
         with self._activation_scope():
-            x = self.patch_embed(self._preferred_layout(x))
+            x = self._embed(x)
             stages = self.stages if not stop_early else self.stages[: max_index + 1]
             for i, stage in enumerate(stages):
                 x = stage(x)
