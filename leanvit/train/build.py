@@ -73,6 +73,8 @@ def build_student(cfg: TrainConfig, num_classes: int, img_size: int) -> nn.Modul
                  ", new classifier head" if report["dropped_head"] else "")
     if cfg.model.grad_checkpointing:
         model.set_grad_checkpointing(True)
+    if hasattr(model, "set_recompute_norm_activations"):
+        model.set_recompute_norm_activations(cfg.model.recompute_activations)
     return model
 
 

@@ -41,6 +41,9 @@ class ModelSection:
     compile: bool = False  # torch.compile the training model
     compile_mode: str | None = None
     grad_checkpointing: bool = False
+    # rebuild BN/ReLU and cheap conv outputs in backward instead of storing them (bit-identical
+    # gradients, less activation memory; leanvit.layers.recompute). Conv-BN families only.
+    recompute_activations: bool = True
     sync_bn: bool = False  # SyncBatchNorm; CUDA only (gloo/CPU cannot run it)
 
 
