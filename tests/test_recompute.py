@@ -126,3 +126,12 @@ def test_cpu_forward_is_channels_last_and_equal() -> None:
     assert all(t.is_contiguous(memory_format=torch.channels_last) for t in inter)
     assert all(t.is_contiguous() for t in ref_inter)
     assert x.is_contiguous()  # the caller's tensor is untouched
+
+
+def test_double_backward_is_refused_with_the_fix() -> None:
+    model, plain = _pair("shvit_s1", False)
+    x = torch.randn(2, 3, 64, 64, requires_grad=True)
+    with pytest.raises(RuntimeError, match="set_recompute_norm_activations"):
+        torch.autograd.grad(model(x).sum(), x, create_graph=True)
+    (g,) = torch.autograd.grad(plain(x).sum(), x, create_graph=True)  # the documented fix works
+    g.pow(2).sum().backward()

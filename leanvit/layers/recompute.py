@@ -43,7 +43,15 @@ _ACTIVE: contextvars.ContextVar["RecomputeNormActivations | None"] = contextvars
 
 
 def _unpack(packed: Any) -> torch.Tensor:
-    return packed.rebuild() if isinstance(packed, _Recipe) else packed
+    if not isinstance(packed, _Recipe):
+        return packed
+    if torch.is_grad_enabled():  # backward(create_graph=True): a rebuilt tensor has no history
+        raise RuntimeError(
+            "double backward (create_graph=True) through activations that leanvit rebuilds in backward is "
+            "not supported: call model.set_recompute_norm_activations(False) (or --set "
+            "model.recompute_activations=false) for higher-order gradients"
+        )
+    return packed.rebuild()
 
 
 class _Recipe:
