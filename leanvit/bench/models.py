@@ -156,12 +156,9 @@ def fuse_model(model: nn.Module, target: str = "torch") -> nn.Module:
     from ..models._base import LeanViTModel
 
     if isinstance(model, LeanViTModel):
-        try:
-            from ..deploy.fuse import fuse
-        except ImportError:  # fuse.py not present yet: timm's walker calls the same fuse() methods
-            fuse = None
-        if fuse is not None:
-            return fuse(model, target=target).eval()
+        from ..deploy.fuse import fuse
+
+        return fuse(model, target=target).eval()
     from timm.utils import reparameterize_model
 
     return reparameterize_model(model.eval()).eval()  # deep-copies by default

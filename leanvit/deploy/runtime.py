@@ -342,7 +342,9 @@ def build_runtime(
     compile_mode: str | None = None,
     channels_last: bool = False,
 ) -> Runtime:
-    """A ready runtime for an (already fused) eval ``model`` at the example's shape."""
+    """A ready runtime for an (already fused) eval ``model`` at the example's shape. Fuse leanvit models
+    for the runtime: ``leanvit.fuse(model, target=leanvit.deploy.fuse.target_for(backend))`` (OpenVINO
+    runs EfficientViT-M 9-18% faster in its own deploy form; NOTES.md entry 12)."""
     _require_backend(backend)
     if backend in ("eager", "jit", "compile"):
         return TorchRuntime(model, example, mode=backend, precision=precision, device=device,
