@@ -2,18 +2,22 @@
 
 Fused models, batch 16, 1 thread, native resolution, random weights with perturbed BatchNorms.
 
-1. PyTorch fp32: leanvit (best of eager / jit) vs timm fused + ``torch.jit.trace`` (the papers' protocol).
+1. PyTorch fp32: leanvit (best of eager / jit, jit with and without ``--jit-optimize``: ``torch.jit.freeze``
+   + ``optimize_for_inference``) vs timm fused + ``torch.jit.trace`` (the papers' protocol).
 2. Fastest shipped path: every leanvit backend x precision that ``leanvit bench`` offers, each on the
    model fused for its runtime as ``leanvit bench`` does (``fuse(target=target_for(backend))``: OpenVINO
    runs EfficientViT-M's split-qkv attention), keeping those whose max relative logit error vs fp32
    eager is <= 2e-2; the fastest vs OpenVINO at its *default* precision (bf16 on AMX CPUs) running
    timm's fused model. ``--torch-form`` also times OpenVINO bf16 on the ``target="torch"`` graph.
-3. The single-core fp32 and bf16 matmul peaks, and the fraction of them each path reaches
-   (MACs per image x images/s / peak MAC/s).
+3. The single-core fp32 and bf16 matmul peaks (best of torch.mm and OpenVINO MatMul), the fraction of
+   them each path reaches (MACs per image x images/s / peak MAC/s), and the roofline ceilings: the
+   largest ratio over timm's jit (fp32 peak) and over timm's OpenVINO (bf16 peak) that any path with
+   the model's MACs could reach. A target above its ceiling needs fewer MACs or cheaper arithmetic
+   (int8), not a better graph (NOTES.md entry 15).
 
 Calls are timed with the process CPU time (1 thread; see NOTES.md entry 2). timm's PyTorch number is
-the papers' protocol (NCHW trace); the same tooling as leanvit's best path (channels-last) is reported
-next to it.
+the papers' protocol (NCHW trace); next to it, leanvit's best is compared with the best of timm's four jit
+paths (trace / optimized, NCHW / channels-last: the same tooling leanvit's paths get; NOTES.md entry 15).
 
 The machine is shared and noisy, so the paths of one model are timed in interleaved rounds
 (A B C ... A B C ...) and each path reports the median of its per-round medians.
@@ -31,7 +35,7 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import torch
 
@@ -45,13 +49,38 @@ from leanvit.deploy.runtime import OpenVinoRuntime, Runtime, build_runtime, chec
 
 DEFAULT_MODELS = ["shvit_s1", "shvit_s4", "efficientvit_m0", "efficientvit_m5"]
 MAX_REL_ERR = 2e-2
-# leanvit paths that `leanvit bench` ships: (backend, precision, bf16_mode, channels_last)
+
+
+class PathSpec(NamedTuple):
+    """One way to run a model: the ``leanvit bench`` settings it uses."""
+
+    backend: str
+    precision: str
+    bf16_mode: str | None = None
+    channels_last: bool = False
+    jit_optimize: bool = False  # --jit-optimize: freeze + optimize_for_inference after the trace
+    target: str | None = None  # fuse target; None: target_for(backend), what `leanvit bench` ships
+
+    def label(self, lib: str = "leanvit") -> str:
+        """E.g. 'leanvit jit fp32 CL opt', 'timm jit fp32', 'leanvit jit bf16 CL convert'."""
+        return (f"{lib} {self.backend} {self.precision}" + (" CL" if self.channels_last else "")
+                + (" opt" if self.jit_optimize else "") + (f" {self.bf16_mode}" if self.bf16_mode else ""))
+
+
+# leanvit paths that `leanvit bench` ships
 LEANVIT_PATHS = [
-    ("eager", "fp32", None, False), ("jit", "fp32", None, False), ("eager", "fp32", None, True),
-    ("jit", "fp32", None, True), ("onnxruntime", "fp32", None, False), ("openvino", "fp32", None, False),
-    ("jit", "bf16", "autocast", True), ("jit", "bf16", "convert", True), ("openvino", "bf16", None, False),
+    PathSpec("eager", "fp32"), PathSpec("jit", "fp32"), PathSpec("jit", "fp32", jit_optimize=True),
+    PathSpec("eager", "fp32", channels_last=True), PathSpec("jit", "fp32", channels_last=True),
+    PathSpec("jit", "fp32", channels_last=True, jit_optimize=True),
+    PathSpec("onnxruntime", "fp32"), PathSpec("openvino", "fp32"),
+    PathSpec("jit", "bf16", "autocast", True), PathSpec("jit", "bf16", "convert", True), PathSpec("openvino", "bf16"),
 ]
-COMPILE_PATHS = [("compile", "fp32", None, True), ("compile", "bf16", "convert", True)]
+COMPILE_PATHS = [PathSpec("compile", "fp32", channels_last=True), PathSpec("compile", "bf16", "convert", True)]
+# timm's PyTorch references: the papers' protocol (NCHW trace) first, then the same tooling leanvit gets
+TIMM_JIT_PATHS = [
+    PathSpec("jit", "fp32"), PathSpec("jit", "fp32", channels_last=True), PathSpec("jit", "fp32", jit_optimize=True),
+    PathSpec("jit", "fp32", channels_last=True, jit_optimize=True),
+]
 CLOCK = time.process_time  # 1 thread on a shared machine: CPU time is steady, wall time is not (NOTES.md 2)
 
 
@@ -74,18 +103,41 @@ class RunPath:
 
 
 def matmul_peak(dtype: torch.dtype, seconds: float = 1.0) -> float:
-    """Single-thread matmul MAC/s (best over a few square sizes)."""
+    """Single-thread matmul MAC/s: the best of torch.mm and OpenVINO's MatMul over a few square sizes.
+
+    Both libraries are asked because the ceiling columns divide by this number: a peak that one
+    library's GEMM misses would make the ceilings look lower than the hardware allows."""
     best = 0.0
     with torch_threads(1), torch.inference_mode():
         for n in (512, 1024, 2048):
             a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
             st = measure(lambda: torch.mm(a, b), warmup_s=0.2, duration_s=seconds, clock=CLOCK)
             best = max(best, n**3 / st.median_s)
+    return max(best, _openvino_matmul_peak(dtype, seconds))
+
+
+def _openvino_matmul_peak(dtype: torch.dtype, seconds: float) -> float:
+    try:
+        import numpy as np
+        import openvino as ov
+        import openvino.opset13 as ops
+    except ImportError:
+        return 0.0
+    hint = {torch.float32: "f32", torch.bfloat16: "bf16"}[dtype]
+    best = 0.0
+    for n in (512, 1024, 2048):
+        a = ops.parameter([n, n], np.float32)
+        model = ov.Model([ops.matmul(a, ops.constant(np.random.randn(n, n).astype(np.float32)), False, False)], [a])
+        request = ov.Core().compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": 1, "PERFORMANCE_HINT": "LATENCY",
+                                                         "INFERENCE_PRECISION_HINT": hint}).create_infer_request()
+        x = np.random.randn(n, n).astype(np.float32)
+        st = measure(lambda: request.infer({0: x}, share_inputs=True), warmup_s=0.2, duration_s=seconds, clock=CLOCK)
+        best = max(best, n**3 / st.median_s)
     return best
 
 
 def _paths(name: str, batch: int, with_compile: bool, with_torch_form: bool) -> tuple[list[RunPath], float]:
-    """Runtimes for leanvit's paths and timm's two references; returns them and the MACs per image.
+    """Runtimes for leanvit's paths and timm's references; returns them and the MACs per image.
 
     Each leanvit path runs the model fused for its runtime, as ``leanvit bench`` does
     (``fuse(target=target_for(backend))``: OpenVINO gets EfficientViT-M's split-qkv attention)."""
@@ -98,34 +150,48 @@ def _paths(name: str, batch: int, with_compile: bool, with_torch_form: bool) -> 
     macs = count_macs(lean["torch"], side, fuse_first=False)
     with torch.inference_mode():
         ref = lean["torch"](x).float()
-    paths = [(*p, target_for(p[0])) for p in LEANVIT_PATHS + (COMPILE_PATHS if with_compile else [])]
+    paths = LEANVIT_PATHS + (COMPILE_PATHS if with_compile else [])
     if with_torch_form:  # what the openvino backend ran before fuse(target="openvino"): not a shipped path
-        paths.append(("openvino", "bf16", None, False, "torch"))
-    for backend, precision, mode, channels_last, target in paths:
+        paths.append(PathSpec("openvino", "bf16", target="torch"))
+    for lp in paths:
         try:
-            check_precision(precision, backend)
+            check_precision(lp.precision, lp.backend)
         except (ValueError, RuntimeError) as e:
-            print(f"  skip leanvit {backend} {precision}: {e}", file=sys.stderr)
+            print(f"  skip {lp.label()}: {e}", file=sys.stderr)
             continue
+        target = lp.target or target_for(lp.backend)
         # A copy each: PyTorch runtimes may cast their module in place.
-        rt = build_runtime(copy.deepcopy(lean[target]), backend, x, precision=precision, threads=1,
-                           bf16_mode=mode or "autocast", channels_last=channels_last)
-        label = f"leanvit {backend} {precision}" + (" CL" if channels_last else "") + (f" {mode}" if mode else "")
-        shipped = target == target_for(backend)
+        rt = build_runtime(copy.deepcopy(lean[target]), lp.backend, x, precision=lp.precision, threads=1,
+                           bf16_mode=lp.bf16_mode or "autocast", channels_last=lp.channels_last,
+                           jit_optimize=lp.jit_optimize)
+        label = lp.label()
+        shipped = target == target_for(lp.backend)
         if target == "openvino" or not shipped:
             label += f" [fuse target={target}]"
-        p = RunPath(label, "leanvit" if shipped else "reference", precision, rt, rt.prepare(x), batch)
+        p = RunPath(label, "leanvit" if shipped else "reference", lp.precision, rt, rt.prepare(x), batch)
         p.rel_err = logit_errors(ref, rt.to_torch(rt.run(p.x)))[1]
         out.append(p)
     timm_fused = fuse_model(perturb_batchnorm_(build_model(timm_spec, side), 0))
-    rt = build_runtime(copy.deepcopy(timm_fused), "jit", x, threads=1)
-    out.append(RunPath("timm jit fp32", "timm", "fp32", rt, rt.prepare(x), batch))  # the papers' protocol
-    rt = build_runtime(copy.deepcopy(timm_fused), "jit", x, threads=1, channels_last=True)
-    out.append(RunPath("timm jit fp32 CL", "timm", "fp32", rt, rt.prepare(x), batch))  # same tooling as leanvit
+    with torch.inference_mode():
+        timm_ref = timm_fused(x).float()  # timm's own random weights: its paths are checked against its eager
+    for tp in TIMM_JIT_PATHS:
+        rt = build_runtime(copy.deepcopy(timm_fused), tp.backend, x, threads=1, channels_last=tp.channels_last,
+                           jit_optimize=tp.jit_optimize)
+        p = RunPath(tp.label("timm"), "timm", tp.precision, rt, rt.prepare(x), batch)
+        p.rel_err = logit_errors(timm_ref, rt.to_torch(rt.run(p.x)))[1]
+        out.append(p)
     ov = OpenVinoRuntime(timm_fused, example=x, threads=1, precision=None)  # OpenVINO's own default
-    out.append(RunPath(f"timm openvino default ({ov.effective_precision})", "timm", ov.effective_precision, ov,
-                     ov.prepare(x), batch))
+    p = RunPath(f"timm openvino default ({ov.effective_precision})", "timm", ov.effective_precision, ov,
+                ov.prepare(x), batch)
+    p.rel_err = logit_errors(timm_ref, ov.to_torch(ov.run(p.x)))[1]
+    out.append(p)
     return out, macs
+
+
+def _ceiling(peak: float, macs: float, reference: dict[str, Any]) -> float:
+    """Roofline bound on any path's speed-up over ``reference`` at these MACs: every MAC of the model at
+    the matmul peak. A target ratio above it cannot be met at that precision by exact graph rewrites."""
+    return peak / (macs * reference["throughput"])
 
 
 def race(paths: list[RunPath], rounds: int, seconds: float) -> None:
@@ -175,38 +241,45 @@ def main(argv: list[str] | None = None) -> int:
                   f"{100 * frac:5.1f}% of peak", flush=True)
         lean_fp32 = max((r for r in rows if r["lib"] == "leanvit" and r["precision"] == "fp32"
                          and r["path"].split()[1] in ("eager", "jit")), key=lambda r: r["throughput"])
-        timm_jit = next(r for r in rows if r["path"] == "timm jit fp32")
-        timm_jit_cl = next(r for r in rows if r["path"] == "timm jit fp32 CL")
+        timm_jit = next(r for r in rows if r["path"] == "timm jit fp32")  # the papers' protocol
+        timm_best_jit = max((r for r in rows if r["lib"] == "timm" and r["path"].startswith("timm jit ")),
+                            key=lambda r: r["throughput"])  # same tooling: trace / optimized, NCHW / CL
         fastest = max((r for r in rows if r["lib"] == "leanvit" and r["rel_err"] <= MAX_REL_ERR),
                       key=lambda r: r["throughput"])
         timm_ov = next(r for r in rows if r["path"].startswith("timm openvino"))
         summary = dict(model=name, macs_m=macs / 1e6, rows=rows,
-                       pytorch_fp32=dict(leanvit=lean_fp32, timm=timm_jit,
+                       pytorch_fp32=dict(leanvit=lean_fp32, timm=timm_jit, timm_best_jit=timm_best_jit,
                                          ratio=lean_fp32["throughput"] / timm_jit["throughput"],
-                                         ratio_same_tooling=lean_fp32["throughput"] / timm_jit_cl["throughput"]),
-                       fastest=dict(leanvit=fastest, timm=timm_ov, ratio=fastest["throughput"] / timm_ov["throughput"]),
+                                         ratio_same_tooling=lean_fp32["throughput"] / timm_best_jit["throughput"],
+                                         ceiling=_ceiling(peaks["fp32"], macs, timm_jit)),
+                       fastest=dict(leanvit=fastest, timm=timm_ov, ratio=fastest["throughput"] / timm_ov["throughput"],
+                                    ceiling=_ceiling(peaks["bf16"], macs, timm_ov)),
                        torch_form=next((r for r in rows if r["lib"] == "reference"), None),
                        seconds=time.perf_counter() - t0)
         results.append(summary)
         print(f"{name}: PyTorch fp32 {summary['pytorch_fp32']['ratio']:.2f}x ({lean_fp32['path']} vs timm jit; "
-              f"{summary['pytorch_fp32']['ratio_same_tooling']:.2f}x vs timm jit CL); "
+              f"{summary['pytorch_fp32']['ratio_same_tooling']:.2f}x vs timm best jit, {timm_best_jit['path']}); "
               f"fastest {summary['fastest']['ratio']:.2f}x ({fastest['path']} vs {timm_ov['path']})", flush=True)
 
     env = environment("cpu")
-    head = ("| model | MMACs | leanvit best PyTorch fp32 | timm jit fp32 | ratio (target 1.15) | vs timm jit CL | "
-            "leanvit fastest (rel err) | timm OpenVINO default | ratio (target 1.25) | peak fraction (fastest / OV) |"
+    head = ("| model | MMACs | leanvit best PyTorch fp32 | timm jit fp32 | ratio (target 1.15) | "
+            "vs timm best jit (same tooling) | "
+            "leanvit fastest (rel err) | timm OpenVINO default | ratio (target 1.25) | peak fraction (fastest / OV) | "
+            "ceiling fp32 / bf16 |"
             + (" OV bf16, fuse target=torch (ratio) |" if args.torch_form else "") + "\n"
-            "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if args.torch_form else ""))
+            "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if args.torch_form else ""))
     lines = [head]
     for s in results:
         a, f = s["pytorch_fp32"], s["fastest"]
         lines.append(
             f"| {s['model']} | {s['macs_m']:.0f} | {a['leanvit']['throughput']:.1f} ({a['leanvit']['path'][8:]}) | "
-            f"{a['timm']['throughput']:.1f} | {a['ratio']:.2f}x | {a['ratio_same_tooling']:.2f}x | "
+            f"{a['timm']['throughput']:.1f} | {a['ratio']:.2f}x | "
+            f"{a['ratio_same_tooling']:.2f}x ({a['timm_best_jit']['path'][5:]} "
+            f"{a['timm_best_jit']['throughput']:.1f}) | "
             f"{f['leanvit']['throughput']:.1f} "
             f"({f['leanvit']['path'][8:]}, {f['leanvit']['rel_err']:.1e}) | {f['timm']['throughput']:.1f} | "
             f"{f['ratio']:.2f}x | {100 * f['leanvit']['peak_fraction']:.1f}% / "
-            f"{100 * f['timm']['peak_fraction']:.1f}% |"
+            f"{100 * f['timm']['peak_fraction']:.1f}% | {a['ceiling']:.2f}x / {f['ceiling']:.2f}x |"
             + (_torch_form_cell(s["torch_form"], f["timm"]) if args.torch_form else ""))
     md = (f"Images/s (CPU-time clock), batch {args.batch_size}, 1 thread, fused, {args.rounds} interleaved rounds x "
           f"{args.seconds:g} s; CL = channels-last. "

@@ -18,8 +18,8 @@ from leanvit.deploy.runtime import MissingBackendError, UnsupportedPrecisionErro
 
 LEANVIT, TIMM = "efficientvit_m0", "mobilenetv3_small_050"
 FAST = dict(img_size=64, batch_size=2, warmup=0.0, duration=0.05, progress=False)
-REQUIRED = ("model", "backend", "precision", "batch_size", "threads", "img_size", "throughput", "latency_ms",
-            "peak_memory_mb", "device", "versions")
+REQUIRED = ("model", "backend", "precision", "batch_size", "threads", "img_size", "jit_optimize", "throughput",
+            "latency_ms", "peak_memory_mb", "device", "versions")
 
 
 def _check_ok(rec: dict, backend: str, precision: str = "fp32") -> None:
@@ -75,6 +75,7 @@ def test_channels_last_with_cpu_clock() -> None:
     rec, = benchmark([LEANVIT], backend="jit", channels_last=True, clock="cpu", **FAST)
     _check_ok(rec, "jit")
     assert rec["channels_last"] is True and rec["clock"] == "cpu"
+    assert rec["jit_optimize"] is False  # plain trace unless --jit-optimize (tests/test_jit_optimize.py)
     assert rec["max_rel_err"] < 1e-5  # NHWC changes the kernels, not the result
 
 

@@ -38,6 +38,9 @@ def _add_run_options(p: argparse.ArgumentParser, default_warmup: float | None, d
                    help="CPU bf16 in PyTorch: autocast (default) or cast weights+inputs to bf16")
     p.add_argument("--compile-mode", default=None, help="torch.compile mode for --backend compile")
     p.add_argument("--channels-last", action="store_true", help="PyTorch backends in NHWC memory format")
+    p.add_argument("--jit-optimize", action="store_true",
+                   help="--backend jit on CPU only: torch.jit.freeze + optimize_for_inference after the trace "
+                        "(exact; faster or slower depending on model and layout, so measure)")
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                    help="time calls by wall clock (default) or process CPU time (steady on a busy machine; 1 thread)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
@@ -80,7 +83,8 @@ def _run(models: list[str], args: argparse.Namespace, **extra: Any) -> list[dict
         models, backend=args.backend, precision=args.precision, device=args.device, batch_size=args.batch_size,
         threads=args.threads, img_size=args.img_size, warmup=args.warmup, duration=args.duration, fuse=args.fuse,
         allow_fallback=args.allow_fallback, bf16_mode=args.bf16_mode, compile_mode=args.compile_mode,
-        clock=args.clock, channels_last=args.channels_last, progress=args.progress, **extra,
+        clock=args.clock, channels_last=args.channels_last, jit_optimize=args.jit_optimize, progress=args.progress,
+        **extra,
     )
 
 
@@ -122,7 +126,8 @@ def _demo(args: argparse.Namespace) -> int:
     first = records[0]
     header = (
         f"# leanvit demo: throughput on this machine\n\n"
-        f"- device: {first['device']}\n- settings: fused, backend {args.backend}, precision {first['precision']}, "
+        f"- device: {first['device']}\n- settings: fused, backend {args.backend}"
+        f"{' (frozen, optimize_for_inference)' if args.jit_optimize else ''}, precision {first['precision']}, "
         f"batch {first['batch_size']}, {args.threads} thread(s), warm-up {args.warmup} s, timed {args.duration} s "
         f"(short windows: compare within this run only)\n"
         f"- versions: {', '.join(f'{k} {v}' for k, v in first['versions'].items())}\n"

@@ -31,8 +31,14 @@ COLUMNS = (
 )
 
 
+def _backend_label(rec: dict[str, Any]) -> str:
+    """The backend with the PyTorch layout / TorchScript options that change its speed, e.g. 'jit+CL+opt'."""
+    return (str(rec.get("backend", "")) + ("+CL" if rec.get("channels_last") else "")
+            + ("+opt" if rec.get("jit_optimize") else ""))
+
+
 def _cell(rec: dict[str, Any], key: str, fmt: str) -> str:
-    value = rec.get(key)
+    value = _backend_label(rec) if key == "backend" else rec.get(key)
     if value is None:
         return "-"
     try:

@@ -22,7 +22,7 @@ from torch import nn
 from ..deploy.export import logit_errors
 from ..deploy.fuse import target_for
 from ..deploy.runtime import (
-    BACKENDS, PRECISIONS, build_runtime, check_precision, quiet_deprecations, torch_threads,
+    BACKENDS, PRECISIONS, build_runtime, check_jit_optimize, check_precision, quiet_deprecations, torch_threads,
 )
 from .env import environment
 from .flops import count_macs, count_params
@@ -57,6 +57,7 @@ class BenchConfig:
     perturb_bn: bool = True
     clock: str = "wall"
     channels_last: bool = False
+    jit_optimize: bool = False
     note: str = ""
     seed: int = 0
 
@@ -113,6 +114,7 @@ def benchmark(
     perturb_bn: bool = True,
     clock: str = "wall",
     channels_last: bool = False,
+    jit_optimize: bool = False,
     isolate: bool | None = None,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
@@ -121,7 +123,9 @@ def benchmark(
     ``backend`` / ``precision`` may be lists or comma-separated strings. ``None`` picks the protocol
     defaults (see :func:`_defaults`); ``warmup`` / ``duration`` default to 2 s / 10 s (the papers use
     10 s / 60 s). ``isolate`` runs each configuration in a fresh Python process (default: for
-    ``memory`` mode on CPU, where an RSS peak is only meaningful in a clean process).
+    ``memory`` mode on CPU, where an RSS peak is only meaningful in a clean process). ``jit_optimize``
+    freezes and ``optimize_for_inference``-s the jit trace (CPU, backend jit only; see
+    :class:`~leanvit.deploy.runtime.TorchRuntime`).
 
     All arguments are checked before anything runs: unknown models (KeyError with close names),
     missing backend packages (:class:`~leanvit.deploy.runtime.MissingBackendError`, naming the pip
@@ -151,13 +155,15 @@ def benchmark(
             raise ValueError(f"channels_last applies to the PyTorch backends, not {bk} (it picks its own layout)")
         if mode == "train" and bk != "eager":
             raise ValueError(f"train mode measures eager PyTorch training steps; got backend {bk!r}")
+        if jit_optimize:
+            check_jit_optimize(bk, device)  # refused before anything runs, not recorded as a per-run error
         used, note = check_precision(prec, bk, device, allow_fallback)
         configs.append((spec, BenchConfig(
             model=spec.label, mode=mode, backend=bk, precision=used, device=device,
             batch_size=batch_size or default_batch, threads=threads, img_size=img_size or spec.img_size,
             warmup_s=2.0 if warmup is None else warmup, duration_s=10.0 if duration is None else duration,
             fuse=fuse and mode != "train", bf16_mode=bf16_mode, compile_mode=compile_mode, count_macs=count_macs,
-            perturb_bn=perturb_bn, clock=clock, channels_last=channels_last, note=note,
+            perturb_bn=perturb_bn, clock=clock, channels_last=channels_last, jit_optimize=jit_optimize, note=note,
         )))
     if isolate is None:
         isolate = mode == "memory" and device == "cpu"
@@ -185,6 +191,7 @@ def _record(cfg: BenchConfig, spec: ModelSpec, **values: Any) -> dict[str, Any]:
         model=cfg.model, source=spec.source, family=spec.family, top1=spec.top1, mode=cfg.mode,
         backend=cfg.backend, precision=cfg.precision, device=cfg.device, batch_size=cfg.batch_size,
         threads=cfg.threads, img_size=cfg.img_size, fused=cfg.fuse, channels_last=cfg.channels_last,
+        jit_optimize=cfg.jit_optimize,
         throughput=None, latency_ms=None, latency_p90_ms=None, latency_p99_ms=None, spread_pct=None,
         iterations=None, clock=cfg.clock, peak_memory_mb=None, setup_memory_mb=None, memory_method=None,
         max_abs_diff=None, max_rel_err=None, params_m=None, macs_m=None, unfused_norms=None, setup_s=None,
@@ -227,7 +234,7 @@ def run_config(cfg: BenchConfig, spec: ModelSpec | None = None) -> dict[str, Any
             torch.backends.cudnn.benchmark = True
         runtime = build_runtime(model, cfg.backend, example, precision=cfg.precision, device=cfg.device,
                                 threads=cfg.threads, bf16_mode=cfg.bf16_mode, compile_mode=cfg.compile_mode,
-                                channels_last=cfg.channels_last)
+                                channels_last=cfg.channels_last, jit_optimize=cfg.jit_optimize)
         del model
         setup_s = time.perf_counter() - t0
         release_freed_memory()

@@ -4,6 +4,9 @@ Every runtime has the same three steps so that timing loops measure only the run
 ``prepare(x)`` turns a torch tensor into the runtime's input once, ``run(prepared)`` executes,
 ``to_torch(out)`` turns the output back into a float torch tensor. ``runtime(x)`` does all three.
 
+``TorchRuntime(mode="jit", jit_optimize=True)`` adds ``torch.jit.freeze`` + ``torch.jit.optimize_for_inference``
+after the trace (CPU only; model-dependent gain, see :func:`check_jit_optimize`).
+
 Threads are explicit per runtime: PyTorch's are process-global (:func:`torch_threads`), ONNX Runtime
 gets ``intra_op_num_threads`` / ``inter_op_num_threads`` and OpenVINO ``INFERENCE_NUM_THREADS`` when
 their sessions are created (``torch.set_num_threads`` does not reach either of them).
@@ -23,8 +26,8 @@ from torch import nn
 
 __all__ = [
     "BACKENDS", "PRECISIONS", "MissingBackendError", "UnsupportedPrecisionError", "require", "check_precision",
-    "torch_threads", "quiet_deprecations", "Runtime", "TorchRuntime", "OnnxRuntime", "OpenVinoRuntime",
-    "to_openvino", "build_runtime", "load_artifact",
+    "check_jit_optimize", "torch_threads", "quiet_deprecations", "Runtime", "TorchRuntime", "OnnxRuntime",
+    "OpenVinoRuntime", "to_openvino", "build_runtime", "load_artifact",
 ]
 
 BACKENDS = ("eager", "jit", "compile", "onnxruntime", "openvino")
@@ -107,6 +110,25 @@ def check_precision(
                                     "Pass --allow-fallback (allow_fallback=True) to run fp32 instead.")
 
 
+def check_jit_optimize(backend: str, device: str = "cpu") -> None:
+    """Raise ``ValueError`` unless ``jit_optimize`` can apply to ``backend`` on ``device``.
+
+    ``jit_optimize`` rewrites a TorchScript trace (``torch.jit.freeze`` then
+    ``torch.jit.optimize_for_inference``), so it needs the ``jit`` backend. It is CPU-only because its
+    gain comes from oneDNN: frozen fp32 convolutions become ``prim::mkldnn_convolution`` with
+    pre-packed weights (benchmarks/NOTES.md entry 15); on CUDA nothing of that applies and it was never
+    measured. fp32 stays exact (float rounding, < 1e-6 relative); bf16 (autocast or ``bf16_mode='convert'``)
+    also works and keeps the plain trace's error (4e-3 to 8e-3 relative vs fp32 here, within the 2e-2
+    limit): freezing folds the weight casts into bf16 constants, and bf16 convolutions stay aten ops.
+    """
+    if backend != "jit":
+        raise ValueError(f"jit_optimize (--jit-optimize) rewrites a TorchScript trace, so it applies to the jit "
+                         f"backend only, not {backend!r}: use backend jit, or drop jit_optimize for {backend}")
+    if device.startswith("cuda"):
+        raise ValueError(f"jit_optimize (--jit-optimize) is CPU-only: optimize_for_inference's gain here is oneDNN "
+                         f"weight pre-packing, unmeasured on {device}; drop it on CUDA (plain jit, or compile)")
+
+
 @contextlib.contextmanager
 def torch_threads(threads: int | None) -> Iterator[None]:
     """Run the block with ``torch.set_num_threads(threads)``, restoring the old value after."""
@@ -167,6 +189,11 @@ class TorchRuntime(Runtime):
     ``channels_last`` runs in NHWC memory format. bf16/fp16 use autocast (``bf16_mode='autocast'``,
     GPU AMP, CPU oneDNN/AMX); on CPU
     ``bf16_mode='convert'`` instead casts weights and inputs to bf16 (less casting, more rounding).
+    ``jit_optimize`` (mode 'jit', CPU) freezes the trace and runs ``torch.jit.optimize_for_inference`` on
+    it: weights become constants and fp32 convolutions run oneDNN with pre-packed weights. Not the
+    default: it is exact, but whether it is faster depends on the model and the memory layout (every
+    converted convolution pays a dense <-> oneDNN reorder, which EfficientViT-M0's many small ones do
+    not earn back; benchmarks/NOTES.md entry 15). Refusals: :func:`check_jit_optimize`.
     Takes ownership of ``model``: it may be moved to ``device`` / cast in place.
     """
 
@@ -181,12 +208,16 @@ class TorchRuntime(Runtime):
         bf16_mode: str = "autocast",
         compile_mode: str | None = None,
         channels_last: bool = False,
+        jit_optimize: bool = False,
     ) -> None:
         if mode not in ("eager", "jit", "compile"):
             raise ValueError(f"unknown PyTorch mode {mode!r}; choose eager, jit or compile")
+        if jit_optimize:
+            check_jit_optimize(mode, device)  # before the model moves anywhere
         if bf16_mode not in ("autocast", "convert"):
             raise ValueError(f"bf16_mode must be 'autocast' or 'convert', got {bf16_mode!r}")
         self.backend, self.precision, self.device = mode, precision, device
+        self.jit_optimize = jit_optimize
         self.convert = precision == "bf16" and bf16_mode == "convert" and not device.startswith("cuda")
         self.autocast = precision != "fp32" and not self.convert
         # NHWC lets oneDNN / cuDNN run convolutions without layout reorders around every call.
@@ -199,6 +230,12 @@ class TorchRuntime(Runtime):
             if mode == "jit":
                 with torch.no_grad(), self._amp():
                     model = torch.jit.trace(model, x, check_trace=False)
+                if jit_optimize:
+                    # Outside autocast: the trace already holds its casts as graph ops. Freezing's constant
+                    # folding executes ops on the weights (e.g. their bf16 casts) and must compute exactly
+                    # what the graph says, not what an active autocast would re-cast.
+                    with torch.no_grad():
+                        model = torch.jit.optimize_for_inference(torch.jit.freeze(model))
             elif mode == "compile":
                 model = torch.compile(model, mode=compile_mode)
             self.fn = model
@@ -341,14 +378,19 @@ def build_runtime(
     bf16_mode: str = "autocast",
     compile_mode: str | None = None,
     channels_last: bool = False,
+    jit_optimize: bool = False,
 ) -> Runtime:
     """A ready runtime for an (already fused) eval ``model`` at the example's shape. Fuse leanvit models
     for the runtime: ``leanvit.fuse(model, target=leanvit.deploy.fuse.target_for(backend))`` (OpenVINO
-    runs EfficientViT-M 9-18% faster in its own deploy form; NOTES.md entry 12)."""
+    runs EfficientViT-M 9-18% faster in its own deploy form; NOTES.md entry 12). ``jit_optimize``:
+    freeze + ``optimize_for_inference`` the jit trace (CPU; :class:`TorchRuntime`)."""
     _require_backend(backend)
+    if jit_optimize:
+        check_jit_optimize(backend, device)  # also refuses onnxruntime / openvino, which never see a trace
     if backend in ("eager", "jit", "compile"):
         return TorchRuntime(model, example, mode=backend, precision=precision, device=device,
-                            bf16_mode=bf16_mode, compile_mode=compile_mode, channels_last=channels_last)
+                            bf16_mode=bf16_mode, compile_mode=compile_mode, channels_last=channels_last,
+                            jit_optimize=jit_optimize)
     if backend == "onnxruntime":
         if precision != "fp32":
             raise UnsupportedPrecisionError(f"onnxruntime runs fp32 models here, not {precision}")

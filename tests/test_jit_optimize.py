@@ -1,0 +1,106 @@
+"""``jit_optimize``: torch.jit.freeze + optimize_for_inference after the trace (benchmarks/NOTES.md entry 15).
+
+Exactness vs fp32 eager on one leanvit and one timm model, bf16 within the benchmarks' 2e-2 limit, the
+bench record field through the CLI, and the refusals. Small and fast: 64-pixel inputs, batch 2.
+"""
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+
+from leanvit.bench.models import build_model, fuse_model, perturb_batchnorm_, resolve_model
+from leanvit.bench.runner import benchmark
+from leanvit.cli import main
+from leanvit.deploy.export import logit_errors
+from leanvit.deploy.runtime import TorchRuntime, _cpu_bf16, build_runtime
+
+LEANVIT, TIMM = "efficientvit_m0", "mobilenetv3_small_050"
+SIDE, BATCH = 64, 2
+
+
+def _fused(name: str) -> torch.nn.Module:
+    """The fused eval model `leanvit bench` times, with perturbed BatchNorms (so folding is not trivial)."""
+    return fuse_model(perturb_batchnorm_(build_model(resolve_model(name), SIDE), 0))
+
+
+def _example() -> torch.Tensor:
+    return torch.randn(BATCH, 3, SIDE, SIDE, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
+@pytest.mark.parametrize("name", [LEANVIT, f"timm:{TIMM}"])
+def test_optimized_jit_equals_eager_fp32(name: str, channels_last: bool) -> None:
+    model, x = _fused(name), _example()
+    with torch.inference_mode():
+        ref = model(x)
+    rt = TorchRuntime(copy.deepcopy(model), x, mode="jit", jit_optimize=True, channels_last=channels_last)
+    out = rt(x)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-4)
+    # The passes really ran (a flag that was silently dropped would also pass the check above).
+    assert rt.jit_optimize and isinstance(rt.fn, torch.jit.ScriptModule)
+    if torch.backends.mkldnn.is_available():
+        assert "prim::mkldnn_convolution" in str(rt.fn.graph)
+
+
+@pytest.mark.skipif(not _cpu_bf16(), reason="CPU without native bf16")
+@pytest.mark.parametrize("bf16_mode", ["autocast", "convert"])
+def test_optimized_jit_bf16_within_limit(bf16_mode: str) -> None:
+    """bf16 works too: freezing folds the weight casts, the error stays the plain trace's (<< 2e-2)."""
+    model, x = _fused(LEANVIT), _example()
+    with torch.inference_mode():
+        ref = model(x)
+    plain = TorchRuntime(copy.deepcopy(model), x, mode="jit", precision="bf16", bf16_mode=bf16_mode)
+    opt = TorchRuntime(copy.deepcopy(model), x, mode="jit", precision="bf16", bf16_mode=bf16_mode, jit_optimize=True)
+    rel_plain, rel_opt = logit_errors(ref, plain(x))[1], logit_errors(ref, opt(x))[1]
+    assert rel_opt <= 2e-2
+    assert rel_opt <= 2 * rel_plain + 1e-3
+
+
+def test_cli_bench_records_jit_optimize(tmp_path) -> None:
+    out = tmp_path / "res.json"
+    rc = main(["bench", LEANVIT, "--backend", "jit", "--jit-optimize", "--img-size", str(SIDE), "--batch-size",
+               str(BATCH), "--warmup", "0", "--duration", "0.05", "--clock", "cpu", "--no-progress", "--out", str(out)])
+    assert rc == 0
+    rec, = json.loads(out.read_text())
+    assert rec["error"] is None, rec["error"]
+    assert rec["jit_optimize"] is True and rec["backend"] == "jit" and rec["throughput"] > 0
+    assert rec["max_rel_err"] < 1e-5  # vs fp32 eager on the same input
+
+
+# --- refusals ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", ["eager", "compile"])
+def test_runtime_refuses_other_modes(mode: str) -> None:
+    with pytest.raises(ValueError, match=f"applies to the jit backend only, not '{mode}'"):
+        TorchRuntime(torch.nn.Identity(), _example(), mode=mode, jit_optimize=True)
+
+
+def test_runtime_refuses_cuda_before_touching_the_device() -> None:
+    # Raised before the model moves: the message is the same with or without a GPU.
+    with pytest.raises(ValueError, match="CPU-only.*drop it on CUDA"):
+        TorchRuntime(torch.nn.Identity(), _example(), mode="jit", device="cuda", jit_optimize=True)
+
+
+def test_build_runtime_refuses_non_torch_backends() -> None:
+    pytest.importorskip("onnxruntime")
+    with pytest.raises(ValueError, match="not 'onnxruntime'"):
+        build_runtime(_fused(LEANVIT), "onnxruntime", _example(), jit_optimize=True)
+
+
+def test_bench_refuses_before_running(capsys) -> None:
+    with pytest.raises(ValueError, match="applies to the jit backend only, not 'eager'"):
+        benchmark([LEANVIT], backend="jit,eager", jit_optimize=True, progress=False)
+    assert main(["bench", LEANVIT, "--backend", "eager", "--jit-optimize"]) == 1
+    assert "use backend jit, or drop jit_optimize" in capsys.readouterr().err
+
+
+def test_tables_tell_optimized_and_channels_last_runs_apart() -> None:
+    from leanvit.bench.report import format_table, to_markdown
+
+    base = dict(model=LEANVIT, backend="jit", precision="fp32", batch_size=16, threads=1, img_size=224,
+                throughput=100.0)
+    records = [dict(base), dict(base, jit_optimize=True), dict(base, channels_last=True, jit_optimize=True)]
+    for text in (format_table(records), to_markdown(records)):
+        assert "jit+opt" in text and "jit+CL+opt" in text
