@@ -1,17 +1,24 @@
 """leanvit vs timm, same variant, side by side in one run: the papers' CPU protocol.
 
-Fused (BN folded) models, ``torch.set_num_threads(1)``, batch 16, native resolution, warm-up then the
-median over a timed window (>= 5 s by default). For each variant both libraries run eager and
-``torch.jit.trace``; the ratio compares leanvit's best path with timm's best path and with timm traced
-(the official speed_test.py protocol).
+Fused (BN folded) models, ``torch.set_num_threads(1)``, batch 16, native resolution. For each variant both
+libraries run eager and ``torch.jit.trace`` + ``torch.jit.freeze``; the ratio compares leanvit's best path
+with timm's best path and with timm traced (the official speed_test.py protocol).
+
+The four paths of a variant are timed in interleaved rounds (A B C D A B C D ...), each reporting the
+median of its per-round medians, and with one thread by the process CPU time: on a shared 2-core machine
+wall-clock windows taken one after another picked up other jobs' load (a 0.91x for shvit_s1 in one such
+run read 1.07x interleaved on the CPU clock; benchmarks/NOTES.md entries 2 and 15).
 
     python benchmarks/cpu_throughput.py                 # all 10 SHViT / EfficientViT-M variants
-    python benchmarks/cpu_throughput.py shvit_s1 --seconds 2 --markdown out.md
+    python benchmarks/cpu_throughput.py shvit_s1 --seconds 2 --rounds 5 --markdown out.md
 """
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
+import time
+from typing import Callable
 
 import timm
 import torch
@@ -24,12 +31,33 @@ from leanvit.bench.timing import measure
 DEFAULT_MODELS = [f"shvit_s{i}" for i in range(1, 5)] + [f"efficientvit_m{i}" for i in range(6)]
 
 
-def throughput(model: torch.nn.Module, x: torch.Tensor, backend: str, seconds: float) -> float:
-    """Median images/s of ``model`` on ``x`` with ``backend`` in {'eager', 'jit'}."""
-    with torch.inference_mode() if backend == "eager" else torch.no_grad():
-        run = torch.jit.freeze(torch.jit.trace(model, x)) if backend == "jit" else model
-        stats = measure(lambda: run(x), warmup_s=min(2.0, seconds / 2), duration_s=seconds)
-    return x.shape[0] / stats.median_s
+def runner(model: torch.nn.Module, x: torch.Tensor, backend: str) -> Callable[[], torch.Tensor]:
+    """A call of ``model`` on ``x`` with ``backend`` in {'eager', 'jit'} (jit: trace + freeze)."""
+    if backend == "jit":
+        with torch.no_grad():
+            frozen = torch.jit.freeze(torch.jit.trace(model, x))
+
+        def run_jit() -> torch.Tensor:
+            with torch.no_grad():
+                return frozen(x)
+        return run_jit
+
+    def run_eager() -> torch.Tensor:
+        with torch.inference_mode():
+            return model(x)
+    return run_eager
+
+
+def race(runs: dict[str, Callable[[], torch.Tensor]], rounds: int, seconds: float,
+         clock: Callable[[], float]) -> dict[str, float]:
+    """Median over interleaved rounds of each run's median call time (seconds)."""
+    for run in runs.values():
+        measure(run, warmup_s=min(2.0, seconds), duration_s=0.2, clock=clock)
+    medians: dict[str, list[float]] = {k: [] for k in runs}
+    for _ in range(rounds):
+        for key, run in runs.items():
+            medians[key].append(measure(run, warmup_s=0.1, duration_s=seconds, min_iters=3, clock=clock).median_s)
+    return {k: statistics.median(v) for k, v in medians.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,11 +65,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("models", nargs="*", default=DEFAULT_MODELS)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--seconds", type=float, default=5.0, help="timed window per measurement")
+    p.add_argument("--seconds", type=float, default=2.0, help="timed window per path per round")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds")
     p.add_argument("--markdown", help="also write the table as markdown to this file")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    # CPU time is steady under other jobs' load but only equals wall time for one thread
+    clock = time.process_time if args.threads == 1 else time.perf_counter
 
     rows = []
     for name in args.models:
@@ -49,10 +80,10 @@ def main(argv: list[str] | None = None) -> int:
         x = torch.randn(args.batch_size, 3, size, size)
         ours = leanvit.fuse(leanvit.create_model(name))
         theirs = reparameterize_model(timm.create_model(name).eval())
-        r = {"model": name, "img_size": size}
-        for lib, model in (("leanvit", ours), ("timm", theirs)):
-            for backend in ("eager", "jit"):
-                r[f"{lib}_{backend}"] = throughput(model, x, backend, args.seconds)
+        runs = {f"{lib}_{backend}": runner(model, x, backend)
+                for lib, model in (("leanvit", ours), ("timm", theirs)) for backend in ("eager", "jit")}
+        r: dict = {"model": name, "img_size": size}
+        r.update({k: args.batch_size / t for k, t in race(runs, args.rounds, args.seconds, clock).items()})
         r["ratio_best"] = max(r["leanvit_eager"], r["leanvit_jit"]) / max(r["timm_eager"], r["timm_jit"])
         r["ratio_vs_timm_jit"] = max(r["leanvit_eager"], r["leanvit_jit"]) / r["timm_jit"]
         rows.append(r)
@@ -65,8 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         f"| {r['model']} | {r['img_size']} | {r['leanvit_eager']:.1f} | {r['leanvit_jit']:.1f} | {r['timm_eager']:.1f} "
         f"| {r['timm_jit']:.1f} | {r['ratio_best']:.2f}x | {r['ratio_vs_timm_jit']:.2f}x |" for r in rows
     ]
-    md = (f"Images/s, fused, batch {args.batch_size}, {args.threads} thread(s), fp32, median of a {args.seconds:.0f} s "
-          f"window. CPU: {env['device']}; versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items())
+    md = (f"Images/s, fused, batch {args.batch_size}, {args.threads} thread(s), fp32, {args.rounds} interleaved rounds x "
+          f"{args.seconds:g} s ({'CPU' if args.threads == 1 else 'wall'} clock). CPU: {env['device']}; versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items())
           + "\n\n" + "\n".join(lines) + "\n")
     print("\n" + md)
     if args.markdown:

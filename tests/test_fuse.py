@@ -60,12 +60,17 @@ def m0():
     return randomize(leanvit.create_model("efficientvit_m0")).eval()
 
 
-@pytest.mark.parametrize("shape", [(2, 3, 224, 224), (1, 3, 160, 225)])  # native; non-square, padded windows
+# native (2x2 windows in stage 1, sliced); non-square, padded windows; 6x6 windows (the permute fallback)
+@pytest.mark.parametrize("shape", [(2, 3, 224, 224), (1, 3, 160, 225), (1, 3, 672, 672)])
 def test_openvino_target_splits_qkv_and_matches(m0, shape):
-    from leanvit.models.efficientvit_m import CascadedGroupAttention, _SplitQKVCascadedAttention
+    from leanvit.models.efficientvit_m import (
+        CascadedGroupAttention, LocalWindowAttention, _SlicedWindowAttention, _SplitQKVCascadedAttention,
+    )
 
     fused = leanvit.fuse(m0, target="openvino")
     attns = [m for m in fused.modules() if isinstance(m, _SplitQKVCascadedAttention)]
+    windows = [m for m in fused.modules() if isinstance(m, LocalWindowAttention)]
+    assert len(windows) == 6 and all(isinstance(w, _SlicedWindowAttention) for w in windows)
     assert fused.fuse_target == "openvino"
     assert len(attns) == sum(isinstance(m, CascadedGroupAttention) for m in m0.modules()) == 6
     assert not any(isinstance(m, CascadedGroupAttention) for m in fused.modules())
@@ -82,10 +87,11 @@ def test_openvino_target_splits_qkv_and_matches(m0, shape):
 
 @pytest.mark.parametrize("target", ["torch", "onnx"])
 def test_torch_and_onnx_targets_keep_one_qkv_conv(m0, target):
-    from leanvit.models.efficientvit_m import CascadedGroupAttention
+    from leanvit.models.efficientvit_m import CascadedGroupAttention, _SlicedWindowAttention
 
     fused = leanvit.fuse(m0, target=target)
     assert sum(isinstance(m, CascadedGroupAttention) for m in fused.modules()) == 6
+    assert not any(isinstance(m, _SlicedWindowAttention) for m in fused.modules())
     assert fused.fuse_target == target
 
 

@@ -18,8 +18,10 @@ from ._registry import ModelConfig, register_model
 
 __all__ = ["EfficientViTM", "CascadedGroupAttention", "LocalWindowAttention", "resize_attention_biases"]
 
-# fuse(target=...) values for which CascadedGroupAttention.deploy_form returns the split-qkv form.
+# fuse(target=...) values for which CascadedGroupAttention.deploy_form returns the split-qkv form,
+# and LocalWindowAttention.deploy_form the sliced-window form.
 SPLIT_QKV_TARGETS = ("openvino",)
+SLICED_WINDOW_TARGETS = ("openvino",)
 
 
 def _bias_index(window: int) -> torch.Tensor:
@@ -217,13 +219,54 @@ class LocalWindowAttention(nn.Module):
         if pad_b or pad_r:
             x = F.pad(x, (0, pad_r, 0, pad_b))
         nh, nw = (H + pad_b) // ws, (W + pad_r) // ws
-        # (B, C, nh*ws, nw*ws) -> (B*nh*nw, C, ws, ws)
-        x = x.view(B, C, nh, ws, nw, ws).permute(0, 2, 4, 1, 3, 5).reshape(B * nh * nw, C, ws, ws)
-        x = self.attn(x)
-        x = x.view(B, nh, nw, C, ws, ws).permute(0, 3, 1, 4, 2, 5).reshape(B, C, nh * ws, nw * ws)
+        x = self._merge_windows(self.attn(self._split_windows(x, nh, nw)), nh, nw)
         if pad_b or pad_r:
             x = x[:, :, :H, :W].contiguous()
         return x
+
+    def _split_windows(self, x: torch.Tensor, nh: int, nw: int) -> torch.Tensor:
+        """(B, C, nh*ws, nw*ws) -> (B*nh*nw, C, ws, ws)."""
+        B, C, ws = x.shape[0], x.shape[1], self.attn.window
+        return x.view(B, C, nh, ws, nw, ws).permute(0, 2, 4, 1, 3, 5).reshape(B * nh * nw, C, ws, ws)
+
+    def _merge_windows(self, x: torch.Tensor, nh: int, nw: int) -> torch.Tensor:
+        """Inverse of :meth:`_split_windows`."""
+        C, ws = x.shape[1], self.attn.window
+        B = x.shape[0] // (nh * nw)
+        return x.view(B, nh, nw, C, ws, ws).permute(0, 3, 1, 4, 2, 5).reshape(B, C, nh * ws, nw * ws)
+
+    def deploy_form(self, target: str) -> nn.Module:
+        """Hook of ``leanvit.fuse(target=...)``: OpenVINO gets :class:`_SlicedWindowAttention`."""
+        return _SlicedWindowAttention(self.attn) if target in SLICED_WINDOW_TARGETS else self
+
+
+class _SlicedWindowAttention(LocalWindowAttention):
+    """Deploy form of :class:`LocalWindowAttention` for OpenVINO: up to ``MAX_SLICED_WINDOWS`` windows are
+    cut out by slicing and stacked on the batch axis (and put back by concatenation) instead of the 6-D
+    permute, which OpenVINO's CPU plugin runs as a slow generic Transpose. Same values, windows in
+    another batch order (each is attended on alone). OpenVINO bf16, batch 16: efficientvit_m0 +2 %,
+    m5 +1.3 % (benchmarks/NOTES.md entry 15). More windows (large inputs) keep the permute: untimed."""
+
+    MAX_SLICED_WINDOWS = 4
+
+    def __init__(self, attn: nn.Module) -> None:
+        nn.Module.__init__(self)
+        self.attn = attn
+
+    def _split_windows(self, x: torch.Tensor, nh: int, nw: int) -> torch.Tensor:
+        if nh * nw > self.MAX_SLICED_WINDOWS:
+            return super()._split_windows(x, nh, nw)
+        ws = self.attn.window
+        return torch.cat([x[:, :, i * ws:(i + 1) * ws, j * ws:(j + 1) * ws] for i in range(nh) for j in range(nw)])
+
+    def _merge_windows(self, x: torch.Tensor, nh: int, nw: int) -> torch.Tensor:
+        if nh * nw > self.MAX_SLICED_WINDOWS:
+            return super()._merge_windows(x, nh, nw)
+        windows = x.chunk(nh * nw)  # window-major: window k of every image is the k-th chunk
+        return torch.cat([torch.cat(windows[i * nw:(i + 1) * nw], dim=3) for i in range(nh)], dim=2)
+
+    def deploy_form(self, target: str) -> nn.Module:
+        return self
 
 
 class EfficientViTBlock(nn.Module):
