@@ -51,9 +51,10 @@ def fuse(model: nn.Module, channels_last: bool | None = None, *, target: str = "
     * "openvino": EfficientViT-M's cascaded group attention computes q, k and v with three convs instead
       of one conv + split, with the attention scale folded into the q depthwise conv. OpenVINO's CPU
       plugin runs those channel splits with a reference kernel; without them efficientvit_m0 / m5 run
-      17 % / 11 % faster in bf16 (benchmarks/NOTES.md entries 6 and 12). Its local windows (up to 4)
-      are cut out by slicing instead of a 6-D permute, which OpenVINO runs as a generic Transpose
-      (+1-2 % more, entry 15).
+      17 % / 11 % faster in bf16 (benchmarks/NOTES.md entries 6 and 12). Since entry 15 the cascade
+      also runs token-major with the q / k / v projections as Linear layers, and its local windows (up
+      to 4) are cut out by slicing instead of a 6-D permute: no planar reorders or generic Transposes
+      left for OpenVINO (m0 +5.6 %, m5 +2.5 % more on the AMD machine).
     * "torch" (default) and "onnx" keep the one-conv form: three small convs are slower in PyTorch jit
       (fp32 channels-last: m0 361 -> 341, m5 86.2 -> 83.9 images/s), and ONNX Runtime gained at most
       1-3 %, no more than two sessions of the same graph differ (NOTES.md entry 12).

@@ -153,16 +153,31 @@ def _conv_rows(conv: nn.Conv2d, start: int, stop: int, scale: float = 1.0) -> nn
     return out
 
 
+def _linear_rows(conv: nn.Conv2d, start: int, stop: int) -> nn.Linear:
+    """A Linear computing output channels ``start:stop`` of a dense 1x1 ``conv`` on (..., C) tokens."""
+    if conv.kernel_size != (1, 1) or conv.groups != 1:
+        raise ValueError(f"only a dense 1x1 conv is a Linear on tokens, not {conv}")
+    out = nn.Linear(conv.in_channels, stop - start, device=conv.weight.device, dtype=conv.weight.dtype)
+    with torch.no_grad():
+        out.weight.copy_(conv.weight[start:stop].flatten(1))
+        out.bias.copy_(conv.bias[start:stop] if conv.bias is not None else torch.zeros_like(out.bias))
+    return out
+
+
 class _SplitQKVCascadedAttention(nn.Module):
     """Inference-only ("deploy") form of a *fused* :class:`CascadedGroupAttention`, for OpenVINO.
 
     Same function, different graph:
 
-    * each head's qkv conv + ``split`` becomes three 1x1 convs (q, k, v) built from the fused conv's
+    * each head's qkv conv + ``split`` becomes three projections (q, k, v) built from the fused conv's
       output rows: no channel split of the qkv output is left, which OpenVINO's CPU plugin runs with a
       slow reference kernel (efficientvit_m0 bf16: +23 %, NOTES.md entry 6(b));
     * ``scale`` is folded into the q depthwise conv (weight and bias times ``scale``), one multiply less;
-    * the (heads, N, N) attention bias is gathered once into a buffer: no index gather at run time.
+    * the (heads, N, N) attention bias is gathered once into a buffer: no index gather at run time;
+    * the cascade runs token-major, (B, N, C), with the projections as Linear layers: that is the
+      layout of OpenVINO's NHWC activations, so the q / k / v reorders to planar and the transposes
+      around each head's attention disappear (OpenVINO bf16 m0 +3.5 %, m5 +1.2 %, NOTES.md entry 15);
+      only q goes back to a (B, C, H, W) map, for its depthwise conv.
 
     Equal to the source module up to fp32 rounding (folding ``scale`` = 2^-2 for key_dim 16 is itself
     exact). The window is fixed: set the input size before fusing.
@@ -172,9 +187,9 @@ class _SplitQKVCascadedAttention(nn.Module):
         super().__init__()
         kd, vd = attn.key_dim, attn.val_dim
         self.num_heads, self.key_dim, self.val_dim, self.window = attn.num_heads, kd, vd, attn.window
-        self.q_convs = nn.ModuleList(_conv_rows(c, 0, kd) for c in attn.qkvs)
-        self.k_convs = nn.ModuleList(_conv_rows(c, kd, 2 * kd) for c in attn.qkvs)
-        self.v_convs = nn.ModuleList(_conv_rows(c, 2 * kd, 2 * kd + vd) for c in attn.qkvs)
+        self.q_linears = nn.ModuleList(_linear_rows(c, 0, kd) for c in attn.qkvs)
+        self.k_linears = nn.ModuleList(_linear_rows(c, kd, 2 * kd) for c in attn.qkvs)
+        self.v_linears = nn.ModuleList(_linear_rows(c, 2 * kd, 2 * kd + vd) for c in attn.qkvs)
         self.dws = nn.ModuleList(_conv_rows(dw, 0, kd, attn.scale) for dw in attn.dws)
         self.proj = copy.deepcopy(attn.proj)
         with torch.no_grad():
@@ -189,17 +204,29 @@ class _SplitQKVCascadedAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, _, H, W = x.shape
-        splits = x.chunk(self.num_heads, dim=1)
+        splits = self._tokens(x).chunk(self.num_heads, dim=2)
         outs = []
         feat = splits[0]
-        for i, (q_conv, k_conv, v_conv, dw) in enumerate(zip(self.q_convs, self.k_convs, self.v_convs, self.dws)):
+        for i, (q_lin, k_lin, v_lin, dw) in enumerate(zip(self.q_linears, self.k_linears, self.v_linears, self.dws)):
             if i > 0:
                 feat = feat + splits[i]
-            q, k, v = dw(q_conv(feat)), k_conv(feat), v_conv(feat)  # q already carries the scale
-            attn = q.flatten(2).transpose(1, 2) @ k.flatten(2) + self.attention_bias[i]
-            feat = (v.flatten(2) @ attn.softmax(dim=-1).transpose(1, 2)).view(B, self.val_dim, H, W)
+            q = self._tokens(dw(self._map(q_lin(feat), H, W)))  # q already carries the scale
+            attn = (q @ k_lin(feat).transpose(1, 2) + self.attention_bias[i]).softmax(dim=-1)
+            # No reshape straight after attn @ v: under a dynamic batch, OpenVINO 2026.4's SDPAReshapeFusion
+            # turns that into an invalid SDPA and the export fails (NOTES.md entry 15).
+            feat = attn @ v_lin(feat)
             outs.append(feat)
-        return self.proj(torch.cat(outs, dim=1))
+        return self.proj(self._map(torch.cat(outs, dim=2), H, W))
+
+    @staticmethod
+    def _tokens(x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, H*W, C)."""
+        return x.permute(0, 2, 3, 1).flatten(1, 2)
+
+    @staticmethod
+    def _map(tokens: torch.Tensor, H: int, W: int) -> torch.Tensor:
+        """(B, H*W, C) -> (B, C, H, W)."""
+        return tokens.reshape(tokens.shape[0], H, W, tokens.shape[2]).permute(0, 3, 1, 2)
 
 
 class LocalWindowAttention(nn.Module):
