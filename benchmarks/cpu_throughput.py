@@ -26,7 +26,7 @@ from timm.utils import reparameterize_model
 
 import leanvit
 from leanvit.bench.env import environment
-from leanvit.bench.timing import measure
+from leanvit.bench.timing import interleaved_medians
 
 DEFAULT_MODELS = [f"shvit_s{i}" for i in range(1, 5)] + [f"efficientvit_m{i}" for i in range(6)]
 
@@ -46,18 +46,6 @@ def runner(model: torch.nn.Module, x: torch.Tensor, backend: str) -> Callable[[]
         with torch.inference_mode():
             return model(x)
     return run_eager
-
-
-def race(runs: dict[str, Callable[[], torch.Tensor]], rounds: int, seconds: float,
-         clock: Callable[[], float]) -> dict[str, float]:
-    """Median over interleaved rounds of each run's median call time (seconds)."""
-    for run in runs.values():
-        measure(run, warmup_s=min(2.0, seconds), duration_s=0.2, clock=clock)
-    medians: dict[str, list[float]] = {k: [] for k in runs}
-    for _ in range(rounds):
-        for key, run in runs.items():
-            medians[key].append(measure(run, warmup_s=0.1, duration_s=seconds, min_iters=3, clock=clock).median_s)
-    return {k: statistics.median(v) for k, v in medians.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,7 +71,9 @@ def main(argv: list[str] | None = None) -> int:
         runs = {f"{lib}_{backend}": runner(model, x, backend)
                 for lib, model in (("leanvit", ours), ("timm", theirs)) for backend in ("eager", "jit")}
         r: dict = {"model": name, "img_size": size}
-        r.update({k: args.batch_size / t for k, t in race(runs, args.rounds, args.seconds, clock).items()})
+        medians = interleaved_medians(runs, rounds=args.rounds, duration_s=args.seconds,
+                                      warmup_s=min(2.0, args.seconds), clock=clock)
+        r.update({k: args.batch_size / statistics.median(t) for k, t in medians.items()})
         r["ratio_best"] = max(r["leanvit_eager"], r["leanvit_jit"]) / max(r["timm_eager"], r["timm_jit"])
         r["ratio_vs_timm_jit"] = max(r["leanvit_eager"], r["leanvit_jit"]) / r["timm_jit"]
         rows.append(r)

@@ -42,7 +42,7 @@ import torch
 from leanvit.bench.env import environment
 from leanvit.bench.flops import count_macs
 from leanvit.bench.models import build_model, fuse_model, perturb_batchnorm_, resolve_model
-from leanvit.bench.timing import measure
+from leanvit.bench.timing import interleaved_medians, measure
 from leanvit.deploy.export import logit_errors
 from leanvit.deploy.fuse import TARGETS, target_for
 from leanvit.deploy.runtime import OpenVinoRuntime, Runtime, build_runtime, check_precision, torch_threads
@@ -196,12 +196,10 @@ def _ceiling(peak: float, macs: float, reference: dict[str, Any]) -> float:
 
 def race(paths: list[RunPath], rounds: int, seconds: float) -> None:
     """Interleaved rounds; each path keeps its per-round median call time."""
-    for p in paths:  # warm-up once, outside the rounds
-        measure(lambda: p.runtime.run(p.x), warmup_s=1.0, duration_s=0.2, clock=CLOCK)
-    for _ in range(rounds):
-        for p in paths:
-            st = measure(lambda: p.runtime.run(p.x), warmup_s=0.1, duration_s=seconds, min_iters=3, clock=CLOCK)
-            p.times.append(st.median_s)
+    calls = {str(i): (lambda p=p: p.runtime.run(p.x)) for i, p in enumerate(paths)}
+    medians = interleaved_medians(calls, rounds=rounds, duration_s=seconds, warmup_s=1.0, clock=CLOCK)
+    for i, p in enumerate(paths):
+        p.times.extend(medians[str(i)])
 
 
 def _torch_form_cell(row: dict[str, Any] | None, timm_ov: dict[str, Any]) -> str:

@@ -217,3 +217,14 @@ def test_cuda_requested_without_gpu() -> None:
         pytest.skip("a GPU is present")
     with pytest.raises(ValueError, match="no CUDA GPU"):
         benchmark([LEANVIT], device="cuda", progress=False)
+
+
+def test_interleaved_medians_alternates_calls() -> None:
+    from leanvit.bench.timing import interleaved_medians
+
+    order: list[str] = []
+    calls = {k: (lambda k=k: order.append(k)) for k in ("a", "b")}
+    medians = interleaved_medians(calls, rounds=3, duration_s=1e-4, warmup_s=0.0)
+    assert set(medians) == {"a", "b"} and all(len(v) == 3 and min(v) >= 0 for v in medians.values())
+    runs = [k for i, k in enumerate(order) if i == 0 or order[i - 1] != k]  # collapse consecutive calls
+    assert runs[-6:] == ["a", "b"] * 3  # timed rounds alternate A B A B A B after the warm-ups

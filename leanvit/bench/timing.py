@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
-__all__ = ["TimingStats", "measure"]
+__all__ = ["TimingStats", "measure", "interleaved_medians"]
 
 
 @dataclass(frozen=True)
@@ -79,3 +79,25 @@ def measure(
         if max_iters is not None and len(times) >= max_iters:
             break
     return TimingStats.from_times(times, warm)
+
+
+def interleaved_medians(
+    calls: Mapping[str, Callable[[], Any]],
+    *,
+    rounds: int,
+    duration_s: float,
+    warmup_s: float = 1.0,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[str, list[float]]:
+    """Race ``calls`` in interleaved rounds (A B C ... A B C ...): each is warmed up once for ``warmup_s``,
+    then timed for ``duration_s`` per round; returns each call's per-round median call times (seconds).
+
+    On a shared machine, load that comes and goes then hits every call alike instead of whichever
+    happened to be timed at that moment (benchmarks/NOTES.md entries 2 and 15)."""
+    for fn in calls.values():
+        measure(fn, warmup_s=warmup_s, duration_s=0.2, clock=clock)
+    medians: dict[str, list[float]] = {key: [] for key in calls}
+    for _ in range(rounds):
+        for key, fn in calls.items():
+            medians[key].append(measure(fn, warmup_s=0.1, duration_s=duration_s, min_iters=3, clock=clock).median_s)
+    return medians

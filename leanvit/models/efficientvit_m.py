@@ -139,13 +139,12 @@ class CascadedGroupAttention(nn.Module):
         return _SplitQKVCascadedAttention(self)
 
 
-def _conv_rows(conv: nn.Conv2d, start: int, stop: int, scale: float = 1.0) -> nn.Conv2d:
-    """A new conv computing output channels ``start:stop`` of ``conv`` (weight and bias times ``scale``)."""
+def _depthwise_rows(conv: nn.Conv2d, start: int, stop: int, scale: float = 1.0) -> nn.Conv2d:
+    """A new depthwise conv computing channels ``start:stop`` of depthwise ``conv`` (weight and bias times ``scale``)."""
+    if conv.groups != conv.out_channels:
+        raise ValueError(f"expected a depthwise conv, got groups={conv.groups} for {conv.out_channels} channels")
     rows = stop - start
-    if conv.groups not in (1, conv.out_channels):
-        raise ValueError(f"can only take output rows of a dense or depthwise conv, not groups={conv.groups}")
-    out = nn.Conv2d(conv.in_channels if conv.groups == 1 else rows, rows, conv.kernel_size, conv.stride,
-                    conv.padding, conv.dilation, groups=1 if conv.groups == 1 else rows,
+    out = nn.Conv2d(rows, rows, conv.kernel_size, conv.stride, conv.padding, conv.dilation, groups=rows,
                     device=conv.weight.device, dtype=conv.weight.dtype)
     with torch.no_grad():
         out.weight.copy_(conv.weight[start:stop] * scale)
@@ -190,7 +189,7 @@ class _SplitQKVCascadedAttention(nn.Module):
         self.q_linears = nn.ModuleList(_linear_rows(c, 0, kd) for c in attn.qkvs)
         self.k_linears = nn.ModuleList(_linear_rows(c, kd, 2 * kd) for c in attn.qkvs)
         self.v_linears = nn.ModuleList(_linear_rows(c, 2 * kd, 2 * kd + vd) for c in attn.qkvs)
-        self.dws = nn.ModuleList(_conv_rows(dw, 0, kd, attn.scale) for dw in attn.dws)
+        self.dws = nn.ModuleList(_depthwise_rows(dw, 0, kd, attn.scale) for dw in attn.dws)
         self.proj = copy.deepcopy(attn.proj)
         with torch.no_grad():
             bias = attn.attention_biases[:, attn.attention_bias_idxs].detach().clone()
