@@ -41,7 +41,7 @@ import torch
 
 from leanvit.bench.env import environment
 from leanvit.bench.flops import count_macs
-from leanvit.bench.models import build_model, fuse_model, perturb_batchnorm_, resolve_model
+from leanvit.zoo import build_model, fuse_model, perturb_batchnorm_, resolve_model
 from leanvit.bench.timing import interleaved_medians, measure
 from leanvit.deploy.export import logit_errors
 from leanvit.deploy.fuse import TARGETS, target_for

@@ -17,7 +17,7 @@ import timm
 import torch
 
 import leanvit
-from leanvit.checkpoint import atomic_write
+from leanvit._io import atomic_write
 
 
 def cpu_name() -> str:

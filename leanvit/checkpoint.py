@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,9 +17,11 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
+from ._io import atomic_write
+
 __all__ = [
     "CheckpointError", "Layout", "register_layout", "register_adapter", "read_state_dict", "load_checkpoint",
-    "save_checkpoint", "convert_state_dict", "atomic_write", "unwrap_state_dict",
+    "save_checkpoint", "convert_state_dict", "unwrap_state_dict",
 ]
 
 StateDict = dict[str, torch.Tensor]
@@ -313,24 +314,6 @@ def load_checkpoint(
 
 
 # --------------------------------------------------------------------------------------------- saving
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp_path)`` then atomically rename to ``path``: readers never see a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
 def save_checkpoint(model: nn.Module, path: str | os.PathLike, layout: str = "leanvit") -> Path:
     """Write ``model``'s weights in ``layout`` ("leanvit": safetensors with metadata; "timm"; "official": torch
     file ``{'model': state_dict}`` as the official repositories write). Written atomically."""

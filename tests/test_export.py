@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import leanvit.deploy.export as export_mod
-from leanvit.bench.models import build_model, fuse_model, perturb_batchnorm_, resolve_model
+from leanvit.zoo import build_model, fuse_model, perturb_batchnorm_, resolve_model
 from leanvit.cli import main
 from leanvit.deploy.export import ExportVerificationError, export_model, logit_errors
 from leanvit.deploy.runtime import MissingBackendError, UnsupportedPrecisionError, _cpu_bf16, load_artifact

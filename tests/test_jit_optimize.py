@@ -11,7 +11,7 @@ import json
 import pytest
 import torch
 
-from leanvit.bench.models import build_model, fuse_model, perturb_batchnorm_, resolve_model
+from leanvit.zoo import build_model, fuse_model, perturb_batchnorm_, resolve_model
 from leanvit.bench.runner import benchmark
 from leanvit.cli import main
 from leanvit.deploy.export import logit_errors

@@ -4,12 +4,12 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["COLUMNS", "format_table", "to_markdown", "write_results", "plot_speed_accuracy", "atomic_write_bytes"]
+from .._io import atomic_write_bytes
+
+__all__ = ["COLUMNS", "format_table", "to_markdown", "write_results", "plot_speed_accuracy"]
 
 # (record key, header, format) shown in tables; files carry every field.
 COLUMNS = (
@@ -78,20 +78,6 @@ def to_markdown(records: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write via a temporary file in the same directory and ``os.replace`` (no half-written files)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_results(records: Sequence[dict[str, Any]], path: str | Path) -> Path:
     """Write records as ``.json`` (a list of records) or ``.csv`` (``versions`` flattened to ``a=1;b=2``)."""
     path = Path(path)
@@ -119,7 +105,7 @@ def write_results(records: Sequence[dict[str, Any]], path: str | Path) -> Path:
 def plot_speed_accuracy(records: Sequence[dict[str, Any]], path: str | Path, title: str | None = None) -> Path:
     """Figure-1-style scatter: measured throughput (x) vs ImageNet top-1 (y), one colour per family.
 
-    Models without a known top-1 are left out (see ``leanvit.bench.models.TIMM_TOP1``).
+    Models without a known top-1 are left out (see ``leanvit.zoo.TIMM_TOP1``).
     """
     import matplotlib
 

@@ -27,7 +27,7 @@ from ..deploy.runtime import (
 from .env import environment
 from .flops import count_macs, count_params
 from .memory import PeakMemory, release_freed_memory, rss_mb
-from .models import ModelSpec, build_model, count_unfused_norms, fuse_model, perturb_batchnorm_, resolve_model
+from ..zoo import ModelSpec, build_model, count_unfused_norms, fuse_model, perturb_batchnorm_, resolve_model
 from .timing import TimingStats, measure
 
 __all__ = ["MODES", "BenchConfig", "benchmark", "run_config"]

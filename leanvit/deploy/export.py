@@ -204,7 +204,7 @@ def _export_and_verify(module: nn.Module, fmt: str, output: Path, side: int, bat
                        seed: int) -> tuple[ExportResult, bool]:
     """Fuse for the format's runtime, write under a temporary name, verify, then move to ``output``
     (or ``output.failed``)."""
-    from ..bench.models import fuse_model
+    from ..zoo import fuse_model
 
     fused = fuse_model(module, target=target_for(fmt)).float().cpu().eval()
     example = torch.randn(batch_size, 3, side, side, generator=torch.Generator().manual_seed(seed))
@@ -253,7 +253,7 @@ def export_model(
     Raises :class:`ExportVerificationError` (file kept as ``output.failed``) when the artifact does not
     match, and ValueError / :class:`UnsupportedPrecisionError` on bad arguments.
     """
-    from ..bench.models import build_model, resolve_model
+    from ..zoo import build_model, resolve_model
 
     output = Path(output)
     _check_output(format, output)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from .._io import atomic_write
 
 __all__ = [
     "TrainConfig", "ConfigError", "load_config", "load_recipe", "list_recipes", "recipe_dirs",
@@ -454,7 +455,6 @@ def load_config(recipe: str | None = None, overrides: list[str] | dict[str, Any]
 
 def save_config(cfg: TrainConfig, path: str | os.PathLike, extra: dict | None = None) -> None:
     """Write the resolved config (plus ``extra``: derived values such as the effective lr) atomically."""
-    from ..checkpoint import atomic_write
 
     data = config_to_dict(cfg)
     if extra:

@@ -21,6 +21,7 @@ from .data import AugmentedDataset, ShardSampler, collate, eval_transform, open_
 from .distributed import cleanup, init_distributed
 from .engine import amp_dtype, evaluate_model
 from .state import is_training_checkpoint
+from .._io import atomic_write
 
 __all__ = ["evaluate"]
 
@@ -135,7 +136,6 @@ def evaluate(
     if skipped:
         log.warning("skipped %d unreadable image(s), e.g. %s", len(skipped), skipped[0])
     if out is not None and info.is_main:
-        from ..checkpoint import atomic_write
 
         text = json.dumps(result, indent=2)
         atomic_write(out, lambda tmp: Path(tmp).write_text(text))

@@ -6,6 +6,7 @@ import json
 import logging
 from pathlib import Path
 from typing import Any
+from .._io import atomic_write
 
 __all__ = ["RunLogger", "CSV_FIELDS"]
 
@@ -72,7 +73,6 @@ class RunLogger:
         """Print the end-of-run summary and write ``summary.json``."""
         if not self.active:
             return
-        from ..checkpoint import atomic_write
 
         text = json.dumps(summary, indent=2)
         atomic_write(output / "summary.json", lambda tmp: Path(tmp).write_text(text))

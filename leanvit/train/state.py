@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from .._io import atomic_write
 
 __all__ = [
     "FORMAT", "CheckpointWriteError", "capture_rng", "restore_rng", "write_checkpoint", "read_checkpoint",
@@ -67,7 +68,6 @@ def _write(obj: dict[str, Any], tmp_path: str) -> None:
 
 def write_checkpoint(obj: dict[str, Any], path: str | Path) -> Path:
     """Write ``obj`` to ``path`` atomically (temp file, fsync, rename). On failure the old file stays."""
-    from ..checkpoint import atomic_write
 
     path = Path(path)
     try:
@@ -93,7 +93,6 @@ def link_or_copy(src: Path, dst: Path) -> None:
     import os
     import shutil
 
-    from ..checkpoint import atomic_write
 
     def put(tmp: str) -> None:
         os.unlink(tmp)

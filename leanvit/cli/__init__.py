@@ -11,10 +11,10 @@ import sys
 
 # Modules that add sub-commands; each defines register(subparsers) and sets ``func`` on its parsers.
 COMMAND_MODULES = (
-    "leanvit.models.cli",  # models, flops, convert
-    "leanvit.bench.cli",  # bench, demo
-    "leanvit.deploy.cli",  # export
-    "leanvit.train.cli",  # train, eval
+    "leanvit.cli.models",  # models, flops, convert
+    "leanvit.cli.bench",  # bench, demo
+    "leanvit.cli.deploy",  # export
+    "leanvit.cli.train",  # train, eval
 )
 
 
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.version:
-        from . import __version__
+        from .. import __version__
 
         print(__version__)
         return 0

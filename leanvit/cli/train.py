@@ -74,7 +74,7 @@ def _setup_logging() -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .config import apply_overrides, config_from_dict, list_recipes, load_recipe
+    from ..train.config import apply_overrides, config_from_dict, list_recipes, load_recipe
 
     if args.list_recipes:
         print("\n".join(list_recipes()))
@@ -83,7 +83,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.recipe:
         data = load_recipe(args.recipe)
     elif args.resume:
-        from .state import read_checkpoint
+        from ..train.state import read_checkpoint
 
         data = read_checkpoint(args.resume)["config"]  # continue with the run's own settings
         data.pop("resume", None)
@@ -96,11 +96,11 @@ def _train(args: argparse.Namespace) -> int:
     if args.print_config:
         import yaml
 
-        from .config import config_to_dict
+        from ..train.config import config_to_dict
 
         print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
         return 0
-    from .trainer import train
+    from ..train.trainer import train
 
     try:
         summary = train(cfg)
@@ -117,7 +117,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate
+    from ..train.evaluate import evaluate
 
     _setup_logging()
     result = evaluate(

@@ -74,7 +74,7 @@ class ModelSpec:
     @property
     def label(self) -> str:
         """Name as shown in tables: timm models that shadow a leanvit name keep their prefix."""
-        from .. import is_model
+        from . import is_model
 
         return f"timm:{self.name}" if self.source == "timm" and is_model(self.name) else self.name
 
@@ -86,7 +86,7 @@ def _timm_names() -> list[str]:
 
 
 def _unknown(name: str) -> KeyError:
-    from .. import list_models
+    from . import list_models
 
     candidates = list(dict.fromkeys(list_models() + _timm_names()))  # shared names once
     close = difflib.get_close_matches(name.split(":", 1)[-1], candidates, n=5, cutoff=0.6)
@@ -99,7 +99,7 @@ def _unknown(name: str) -> KeyError:
 
 def resolve_model(name: str) -> ModelSpec:
     """Look ``name`` up (``leanvit:`` / ``timm:`` prefixes force a registry). Raises KeyError with suggestions."""
-    from .. import get_config, is_model
+    from . import get_config, is_model
 
     source, _, bare = name.rpartition(":")
     if source not in ("", "leanvit", "timm"):
@@ -121,7 +121,7 @@ def build_model(spec: ModelSpec, img_size: int | None = None, checkpoint: str | 
     """Random-weight eval model (or ``checkpoint`` loaded) at ``img_size`` (native when None)."""
     side = img_size or spec.img_size
     if spec.source == "leanvit":
-        from .. import create_model
+        from . import create_model
 
         model = create_model(spec.name, img_size=side, checkpoint=checkpoint)
     else:
@@ -153,10 +153,10 @@ def fuse_model(model: nn.Module, target: str = "torch") -> nn.Module:
     ``reparameterize_model`` (``fuse()`` / ``reparameterize()`` / ``switch_to_deploy()`` per module),
     whatever the target.
     """
-    from ..models._base import LeanViTModel
+    from .models._base import LeanViTModel
 
     if isinstance(model, LeanViTModel):
-        from ..deploy.fuse import fuse
+        from .deploy.fuse import fuse
 
         return fuse(model, target=target).eval()
     from timm.utils import reparameterize_model

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..deploy.runtime import BACKENDS, PRECISIONS
-from .runner import MODES, benchmark
+from ..bench.runner import MODES, benchmark
 
 __all__ = ["register", "DEMO_BASELINES"]
 
@@ -89,7 +89,7 @@ def _run(models: list[str], args: argparse.Namespace, **extra: Any) -> list[dict
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from .report import format_table, plot_speed_accuracy, write_results
+    from ..bench.report import format_table, plot_speed_accuracy, write_results
 
     if args.out is not None and args.out.suffix.lower() not in (".json", ".csv"):
         raise ValueError(f"--out must end in .json or .csv, got {args.out.name!r}")
@@ -116,7 +116,8 @@ def _demo_models() -> list[str]:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .report import atomic_write_bytes, format_table, plot_speed_accuracy, to_markdown, write_results
+    from .._io import atomic_write_bytes
+    from ..bench.report import format_table, plot_speed_accuracy, to_markdown, write_results
 
     models = list(args.models) if args.models is not None else _demo_models()
     models += [f"timm:{b}" for b in args.baselines]

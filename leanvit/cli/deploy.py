@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .export import FORMATS, ExportVerificationError, export_model
+from ..deploy.export import FORMATS, ExportVerificationError, export_model
 
 __all__ = ["register"]
 
