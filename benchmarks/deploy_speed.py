@@ -40,11 +40,12 @@ from typing import Any, Callable, NamedTuple
 import torch
 
 from leanvit.bench.env import environment
-from leanvit.bench.flops import count_macs
+from leanvit.models import count_macs
 from leanvit.zoo import build_model, fuse_model, perturb_batchnorm_, resolve_model
 from leanvit.bench.timing import interleaved_medians, measure
 from leanvit.deploy.export import logit_errors
-from leanvit.deploy.fuse import TARGETS, target_for
+from leanvit.models.fusion import TARGETS
+from leanvit.zoo import target_for
 from leanvit.deploy.runtime import OpenVinoRuntime, Runtime, build_runtime, check_precision, torch_threads
 
 DEFAULT_MODELS = ["shvit_s1", "shvit_s4", "efficientvit_m0", "efficientvit_m5"]

@@ -2,15 +2,45 @@
 
 Paper-exact models that load official and timm checkpoints, fold into fast inference graphs,
 export to ONNX / OpenVINO / TorchScript, and train from one CPU to many GPUs.
+
+The names below are imported on first use (PEP 562), so ``import leanvit`` and the command line's
+``--help`` stay fast and importing leanvit has no side effects.
 """
-from .bench.flops import count_macs, count_params
-from .checkpoint import CheckpointError, convert_state_dict, load_checkpoint, save_checkpoint
-from .deploy.fuse import fuse
-from .models import ModelConfig, create_model, get_config, is_model, list_models, register_with_timm
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "__version__", "ModelConfig", "create_model", "get_config", "is_model", "list_models", "register_with_timm",
-    "load_checkpoint", "save_checkpoint", "convert_state_dict", "CheckpointError", "fuse", "count_params", "count_macs",
-]
+# public name -> module that defines it
+_EXPORTS = {
+    "ModelConfig": "leanvit.models",
+    "get_config": "leanvit.models",
+    "is_model": "leanvit.models",
+    "list_models": "leanvit.models",
+    "count_macs": "leanvit.models",
+    "count_params": "leanvit.models",
+    "fuse": "leanvit.models",
+    "create_model": "leanvit.weights",
+    "load_checkpoint": "leanvit.checkpoint",
+    "save_checkpoint": "leanvit.checkpoint",
+    "convert_state_dict": "leanvit.checkpoint",
+    "read_state_dict": "leanvit.checkpoint",
+    "CheckpointError": "leanvit.checkpoint",
+    "register_with_timm": "leanvit.timm_bridge",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value  # later lookups skip __getattr__
+        return value
+    raise AttributeError(f"module 'leanvit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -9,61 +9,26 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 from ._io import atomic_write
+from .models import create_model, family_class, get_config, list_models
+from .models._layouts import Layout, StateDict
 
 __all__ = [
-    "CheckpointError", "Layout", "register_layout", "register_adapter", "read_state_dict", "load_checkpoint",
-    "save_checkpoint", "convert_state_dict", "unwrap_state_dict",
+    "CheckpointError", "read_state_dict", "load_checkpoint", "save_checkpoint", "convert_state_dict", "detect_layout",
+    "unwrap_state_dict", "layouts_of", "load_weights",
 ]
-
-StateDict = dict[str, torch.Tensor]
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded into the given model; the message says why and what to do."""
-
-
-@dataclass(frozen=True)
-class Layout:
-    """A foreign key layout of one family and its lossless conversions to and from leanvit's."""
-
-    family: str
-    name: str
-    detect: Callable[[Mapping[str, torch.Tensor]], bool]
-    to_leanvit: Callable[[StateDict], StateDict]
-    from_leanvit: Callable[[StateDict], StateDict]
-
-
-_LAYOUTS: list[Layout] = []
-_ADAPTERS: dict[str, list[Callable[[StateDict, nn.Module], StateDict]]] = {}
-
-
-def register_layout(
-    family: str,
-    name: str,
-    detect: Callable[[Mapping[str, torch.Tensor]], bool],
-    to_leanvit: Callable[[StateDict], StateDict],
-    from_leanvit: Callable[[StateDict], StateDict],
-) -> None:
-    """Teach the loader a foreign layout (``name``, e.g. "official" or "timm") of ``family``."""
-    _LAYOUTS[:] = [lay for lay in _LAYOUTS if (lay.family, lay.name) != (family, name)]
-    _LAYOUTS.append(Layout(family, name, detect, to_leanvit, from_leanvit))
-
-
-def register_adapter(family: str, fn: Callable[[StateDict, nn.Module], StateDict]) -> None:
-    """Register ``fn(state_dict, model) -> state_dict``, run after conversion to adapt resolution-dependent
-    tensors (bias tables, token grids) to the target model."""
-    _ADAPTERS.setdefault(family, [])
-    if fn not in _ADAPTERS[family]:
-        _ADAPTERS[family].append(fn)
 
 
 def _family_of(model: nn.Module) -> str:
@@ -73,6 +38,11 @@ def _family_of(model: nn.Module) -> str:
             f"{type(model).__name__} is not a leanvit model (no leanvit_cfg); build it with leanvit.create_model"
         )
     return cfg.family
+
+
+def layouts_of(family: str) -> dict[str, Layout]:
+    """The foreign layouts ``family`` declares (its class's ``checkpoint_layouts``), by name."""
+    return {lay.name: lay for lay in family_class(family).checkpoint_layouts}
 
 
 # --------------------------------------------------------------------------------------------- reading
@@ -95,8 +65,6 @@ def read_state_dict(
     if not head:
         raise CheckpointError(f"checkpoint file {path} is empty")
     if _looks_like_safetensors(head):
-        from safetensors import safe_open
-
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = dict(f.metadata() or {})
@@ -145,9 +113,8 @@ def unwrap_state_dict(obj: Mapping[str, Any], prefer_ema: bool = False) -> State
 # --------------------------------------------------------------------------------------------- conversion
 def detect_layout(state_dict: Mapping[str, torch.Tensor], family: str) -> str:
     """Name of the layout of ``state_dict`` for ``family`` ("leanvit" when no foreign layout matches)."""
-    _ensure_layouts()
-    for lay in _LAYOUTS:
-        if lay.family == family and lay.detect(state_dict):
+    for lay in family_class(family).checkpoint_layouts:
+        if lay.detect(state_dict):
             return lay.name
     return "leanvit"
 
@@ -155,12 +122,11 @@ def detect_layout(state_dict: Mapping[str, torch.Tensor], family: str) -> str:
 def convert_state_dict(state_dict: Mapping[str, torch.Tensor], family: str, src: str | None = None,
                        dst: str = "leanvit") -> StateDict:
     """Convert between layouts of one family (``src`` auto-detected when None)."""
-    _ensure_layouts()
     sd = dict(state_dict)
     src = src or detect_layout(sd, family)
     if src == dst:
         return sd
-    layouts = {lay.name: lay for lay in _LAYOUTS if lay.family == family}
+    layouts = layouts_of(family)
     for name in (src, dst):
         if name != "leanvit" and name not in layouts:
             raise CheckpointError(
@@ -171,13 +137,6 @@ def convert_state_dict(state_dict: Mapping[str, torch.Tensor], family: str, src:
     if dst != "leanvit":
         sd = layouts[dst].from_leanvit(sd)
     return sd
-
-
-def _ensure_layouts() -> None:
-    from .models import _registry
-
-    _registry._ensure_loaded()
-    from .models import _convert  # noqa: F401  (registers the conv-family layouts)
 
 
 # --------------------------------------------------------------------------------------------- loading
@@ -207,8 +166,6 @@ def _fix_2d_conv_weights(sd: StateDict, expected: Mapping[str, torch.Size]) -> S
 
 def _shapes_of(name: str) -> dict[str, torch.Size]:
     """State-dict shapes of a registered variant, built on the meta device (no memory, no init cost)."""
-    from .models._registry import create_model
-
     try:
         with torch.device("meta"):
             return _expected(create_model(name))
@@ -218,8 +175,6 @@ def _shapes_of(name: str) -> dict[str, torch.Size]:
 
 def _guess_variant(state_dict: Mapping[str, torch.Tensor]) -> tuple[str | None, float]:
     """The registered variant whose keys and shapes best match ``state_dict`` (any layout)."""
-    from .models._registry import get_config, list_models
-
     best, best_score = None, 0.0
     for name in list_models():
         family = get_config(name).family
@@ -282,7 +237,7 @@ def load_checkpoint(
     sd = convert_state_dict(raw, family, src=layout)
     expected = _expected(model)
     sd = _fix_2d_conv_weights(sd, expected)
-    for adapter in _ADAPTERS.get(family, []):
+    for adapter in family_class(family).checkpoint_adapters:
         sd = adapter(sd, model)
 
     heads = _HEAD_PREFIXES
@@ -322,8 +277,6 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, layout: str = "le
     sd = convert_state_dict(sd, family, src="leanvit", dst=layout)
     cfg = model.leanvit_cfg
     if layout == "leanvit" or str(path).endswith(".safetensors"):
-        from safetensors.torch import save_file
-
         meta = {"format": "pt", "leanvit_layout": layout, "leanvit_model": cfg.name,
                 "num_classes": str(model.num_classes), "config": json.dumps({"img_size": getattr(model, "img_size", None)})}
         # safetensors refuses tensors that share storage; clone makes each one independent.
@@ -331,3 +284,17 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, layout: str = "le
         return atomic_write(path, lambda tmp: save_file(sd, tmp, metadata=meta))
     payload = {"model": sd} if layout == "official" else sd
     return atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def load_weights(model: nn.Module, source: str | os.PathLike | Mapping[str, Any]) -> dict[str, Any]:
+    """Load ``source`` into any model: leanvit models through :func:`load_checkpoint` (every layout), other
+    (timm) models strictly in their own layout, read safely (weights only) either way."""
+    if getattr(model, "leanvit_cfg", None) is not None:
+        return load_checkpoint(model, source)
+    sd, _ = read_state_dict(source)
+    try:
+        model.load_state_dict(sd)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[-1].strip()
+        raise CheckpointError(f"checkpoint does not fit {type(model).__name__}: {first}") from e
+    return dict(layout="native", missing=[], unexpected=[], dropped_head=False)

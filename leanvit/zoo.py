@@ -8,14 +8,28 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any, Sequence
 
+import timm
 import torch
+from timm.models import get_pretrained_cfg
+from timm.utils import reparameterize_model
 from torch import nn
 
+from .models import LeanViTModel, count_macs, count_params, create_model, fuse, get_config, is_model, list_models
+
 __all__ = [
-    "ModelSpec", "resolve_model", "build_model", "fuse_model", "count_unfused_norms", "perturb_batchnorm_", "TIMM_TOP1",
+    "ModelSpec", "resolve_model", "build_model", "fuse_model", "target_for", "count_unfused_norms", "perturb_batchnorm_",
+    "TIMM_TOP1", "zoo_table",
 ]
+
+# Bench backends and export formats -> fuse target (anything else runs in PyTorch).
+_RUNTIME_TARGETS = {"openvino": "openvino", "onnxruntime": "onnx", "onnx": "onnx"}
+
+
+def target_for(runtime: str) -> str:
+    """The ``leanvit.fuse`` target for a ``leanvit bench`` backend or ``leanvit export`` format name."""
+    return _RUNTIME_TARGETS.get(runtime, "torch")
 
 # ImageNet-1k top-1 of timm baselines (best in1k-only tag at the native resolution), from the
 # project spec (ecosystem.md section 9, timm results/). name -> (family label, top-1).
@@ -74,20 +88,14 @@ class ModelSpec:
     @property
     def label(self) -> str:
         """Name as shown in tables: timm models that shadow a leanvit name keep their prefix."""
-        from . import is_model
-
         return f"timm:{self.name}" if self.source == "timm" and is_model(self.name) else self.name
 
 
 def _timm_names() -> list[str]:
-    import timm
-
     return timm.list_models()
 
 
 def _unknown(name: str) -> KeyError:
-    from . import list_models
-
     candidates = list(dict.fromkeys(list_models() + _timm_names()))  # shared names once
     close = difflib.get_close_matches(name.split(":", 1)[-1], candidates, n=5, cutoff=0.6)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
@@ -99,8 +107,6 @@ def _unknown(name: str) -> KeyError:
 
 def resolve_model(name: str) -> ModelSpec:
     """Look ``name`` up (``leanvit:`` / ``timm:`` prefixes force a registry). Raises KeyError with suggestions."""
-    from . import get_config, is_model
-
     source, _, bare = name.rpartition(":")
     if source not in ("", "leanvit", "timm"):
         raise KeyError(f"unknown registry prefix {source!r} in {name!r}: use 'leanvit:NAME' or 'timm:NAME'")
@@ -108,8 +114,6 @@ def resolve_model(name: str) -> ModelSpec:
         cfg = get_config(bare)
         return ModelSpec(bare, "leanvit", _LEANVIT_FAMILY_LABEL.get(cfg.family, cfg.family), cfg.img_size, cfg.top1)
     if source in ("", "timm") and bare in _timm_names():
-        from timm.models import get_pretrained_cfg
-
         pcfg = get_pretrained_cfg(bare)
         side = int(pcfg.input_size[-1]) if pcfg is not None and pcfg.input_size else 224
         family, top1 = TIMM_TOP1.get(bare, (bare.split("_")[0], None))
@@ -117,17 +121,13 @@ def resolve_model(name: str) -> ModelSpec:
     raise _unknown(name)
 
 
-def build_model(spec: ModelSpec, img_size: int | None = None, checkpoint: str | Path | None = None) -> nn.Module:
-    """Random-weight eval model (or ``checkpoint`` loaded) at ``img_size`` (native when None)."""
+def build_model(spec: ModelSpec, img_size: int | None = None) -> nn.Module:
+    """Random-weight eval model at ``img_size`` (native when None); ``leanvit.checkpoint.load_weights`` loads
+    a checkpoint into it."""
     side = img_size or spec.img_size
     if spec.source == "leanvit":
-        from . import create_model
-
-        model = create_model(spec.name, img_size=side, checkpoint=checkpoint)
+        model = create_model(spec.name, img_size=side)
     else:
-        import timm
-        from timm.models import get_pretrained_cfg
-
         kwargs = {}
         pcfg = get_pretrained_cfg(spec.name)
         # Fixed-size timm models (LeViT, EfficientFormerV2, EfficientViT-M) bake the size into
@@ -138,29 +138,19 @@ def build_model(spec: ModelSpec, img_size: int | None = None, checkpoint: str | 
             model = timm.create_model(spec.name, pretrained=False, **kwargs)
         except TypeError as e:
             raise ValueError(f"timm model {spec.name} cannot be built for img_size={side}: {e}") from e
-        if checkpoint is not None:
-            from timm.models import load_checkpoint
-
-            load_checkpoint(model, str(checkpoint))
     return model.eval()
 
 
 def fuse_model(model: nn.Module, target: str = "torch") -> nn.Module:
     """Inference form: a deep copy with BatchNorms folded / branches reparameterized.
 
-    leanvit models use ``leanvit.fuse`` (when installed) with ``target`` (the runtime that will run it:
-    "torch", "openvino" or "onnx"; see :func:`leanvit.deploy.fuse.target_for`); everything else timm's
+    leanvit models use ``leanvit.fuse`` with ``target`` (the runtime that will run it:
+    "torch", "openvino" or "onnx"; see :func:`target_for`); everything else timm's
     ``reparameterize_model`` (``fuse()`` / ``reparameterize()`` / ``switch_to_deploy()`` per module),
     whatever the target.
     """
-    from .models._base import LeanViTModel
-
     if isinstance(model, LeanViTModel):
-        from .deploy.fuse import fuse
-
         return fuse(model, target=target).eval()
-    from timm.utils import reparameterize_model
-
     return reparameterize_model(model.eval()).eval()  # deep-copies by default
 
 
@@ -186,3 +176,26 @@ def perturb_batchnorm_(model: nn.Module, seed: int = 0) -> nn.Module:
                     m.weight.copy_(torch.rand(n, generator=g) * 0.5 + 0.5)
                     m.bias.copy_(torch.randn(n, generator=g) * 0.1)
     return model
+
+
+def zoo_table(names: Sequence[str] | None = None, img_size: int | None = None,
+              measure: bool = False) -> list[dict[str, Any]]:
+    """One row per variant: params (unfused / fused), MACs, resolution, paper MACs and top-1.
+
+    At the native resolution the counts recorded in the registry are used (the tests check them against
+    a fresh count); ``measure=True``, or another ``img_size``, builds each model and counts.
+    """
+    rows = []
+    for name in names or list_models():
+        cfg = get_config(name)
+        size = img_size or cfg.img_size
+        row = dict(model=name, family=cfg.family, img_size=size, native=size == cfg.img_size,
+                   paper_macs_m=cfg.macs_m, top1=cfg.top1, measured=measure or size != cfg.img_size)
+        if row["measured"]:
+            model = create_model(name).eval()
+            row.update(params_m=count_params(model) / 1e6, params_fused_m=count_params(fuse(model)) / 1e6,
+                       macs_m=count_macs(model, size) / 1e6)
+        else:
+            row.update(params_m=cfg.params / 1e6, params_fused_m=cfg.params_fused / 1e6, macs_m=cfg.macs / 1e6)
+        rows.append(row)
+    return rows

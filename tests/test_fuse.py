@@ -96,7 +96,7 @@ def test_torch_and_onnx_targets_keep_one_qkv_conv(m0, target):
 
 
 def test_bad_fuse_target(m0):
-    from leanvit.deploy.fuse import target_for
+    from leanvit.zoo import target_for
 
     with pytest.raises(ValueError, match="'torch', 'openvino', 'onnx'"):
         leanvit.fuse(m0, target="tensorrt")

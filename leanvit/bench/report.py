@@ -8,26 +8,27 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .._io import atomic_write_bytes
+from .._text import format_cell, text_table
 
 __all__ = ["COLUMNS", "format_table", "to_markdown", "write_results", "plot_speed_accuracy"]
 
 # (record key, header, format) shown in tables; files carry every field.
 COLUMNS = (
-    ("model", "model", "{}"),
-    ("backend", "backend", "{}"),
-    ("precision", "prec", "{}"),
-    ("batch_size", "batch", "{}"),
-    ("threads", "thr", "{}"),
-    ("img_size", "img", "{}"),
-    ("throughput", "img/s", "{:.1f}"),
-    ("latency_ms", "ms (p50)", "{:.2f}"),
-    ("latency_p90_ms", "ms (p90)", "{:.2f}"),
-    ("spread_pct", "spread %", "{:.1f}"),
-    ("peak_memory_mb", "peak MB", "{:.1f}"),
-    ("max_rel_err", "rel err", "{:.1e}"),
-    ("params_m", "params M", "{:.2f}"),
-    ("macs_m", "MMACs", "{:.0f}"),
-    ("top1", "top-1", "{:.1f}"),
+    ("model", "model", ""),
+    ("backend", "backend", ""),
+    ("precision", "prec", ""),
+    ("batch_size", "batch", ""),
+    ("threads", "thr", ""),
+    ("img_size", "img", ""),
+    ("throughput", "img/s", ".1f"),
+    ("latency_ms", "ms (p50)", ".2f"),
+    ("latency_p90_ms", "ms (p90)", ".2f"),
+    ("spread_pct", "spread %", ".1f"),
+    ("peak_memory_mb", "peak MB", ".1f"),
+    ("max_rel_err", "rel err", ".1e"),
+    ("params_m", "params M", ".2f"),
+    ("macs_m", "MMACs", ".0f"),
+    ("top1", "top-1", ".1f"),
 )
 
 
@@ -38,13 +39,7 @@ def _backend_label(rec: dict[str, Any]) -> str:
 
 
 def _cell(rec: dict[str, Any], key: str, fmt: str) -> str:
-    value = _backend_label(rec) if key == "backend" else rec.get(key)
-    if value is None:
-        return "-"
-    try:
-        return fmt.format(value)
-    except (ValueError, TypeError):
-        return str(value)
+    return format_cell(_backend_label(rec) if key == "backend" else rec.get(key), fmt)
 
 
 def _rows(records: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
@@ -59,10 +54,7 @@ def format_table(records: Sequence[dict[str, Any]]) -> str:
     if not records:
         return "(no results)"
     headers, rows = _rows(records)
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths))
-    out = [line, "-" * len(line)]
-    out += ["  ".join(c.rjust(w) if i >= 3 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+    out = [text_table(headers, rows, left_columns=3)]
     out += [f"! {r['model']} ({r['backend']}): {r['error']}" for r in records if r.get("error")]
     out += [f"note: {r['model']} ({r['backend']}): {r['note']}" for r in records if r.get("note")]
     return "\n".join(out)
@@ -107,16 +99,16 @@ def plot_speed_accuracy(records: Sequence[dict[str, Any]], path: str | Path, tit
 
     Models without a known top-1 are left out (see ``leanvit.zoo.TIMM_TOP1``).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, never a window
-    import matplotlib.pyplot as plt
+    # A bare Figure (no pyplot): no global backend switch, no figure registry, safe in notebooks.
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
 
     path = Path(path)
     if path.suffix.lower() not in (".png", ".svg", ".pdf"):
         raise ValueError(f"plot file must end in .png, .svg or .pdf, got {path.name!r}")
     points = [r for r in records if r.get("throughput") and r.get("top1") is not None and not r.get("error")]
-    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
+    fig = Figure(figsize=(8, 5.5), dpi=120)
+    ax = fig.subplots()
     families: dict[str, list[dict[str, Any]]] = {}
     settings = {(r["backend"], r["precision"]) for r in points}
     for r in points:  # one line per family, and per backend/precision when several were run
@@ -124,7 +116,7 @@ def plot_speed_accuracy(records: Sequence[dict[str, Any]], path: str | Path, tit
         if len(settings) > 1:
             key = f"{key} [{r['backend']}, {r['precision']}]"
         families.setdefault(key, []).append(r)
-    colours = plt.get_cmap("tab10" if len(families) <= 10 else "tab20")
+    colours = colormaps["tab10" if len(families) <= 10 else "tab20"]
     for i, (family, rows) in enumerate(sorted(families.items())):
         rows = sorted(rows, key=lambda r: r["throughput"])
         xs, ys = [r["throughput"] for r in rows], [r["top1"] for r in rows]
@@ -148,6 +140,5 @@ def plot_speed_accuracy(records: Sequence[dict[str, Any]], path: str | Path, tit
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format=path.suffix.lstrip(".").lower())
-    plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
     return path

@@ -7,6 +7,7 @@ a timed window. Each configuration yields one flat record (dict) with the settin
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -14,25 +15,26 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from ..deploy.export import logit_errors
-from ..deploy.fuse import target_for
 from ..deploy.runtime import (
     BACKENDS, PRECISIONS, build_runtime, check_jit_optimize, check_precision, quiet_deprecations, torch_threads,
 )
+from ..models import count_macs, count_params
+from ..zoo import (ModelSpec, build_model, count_unfused_norms, fuse_model, perturb_batchnorm_, resolve_model,
+                   target_for)
 from .env import environment
-from .flops import count_macs, count_params
 from .memory import PeakMemory, release_freed_memory, rss_mb
-from ..zoo import ModelSpec, build_model, count_unfused_norms, fuse_model, perturb_batchnorm_, resolve_model
+from .options import MODES, BenchOptions
 from .timing import TimingStats, measure
 
-__all__ = ["MODES", "BenchConfig", "benchmark", "run_config"]
+__all__ = ["MODES", "BenchOptions", "BenchConfig", "benchmark", "run_config"]
 
-MODES = ("throughput", "latency", "memory", "train")
 _CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
@@ -94,32 +96,11 @@ def _validate(mode: str, device: str, batch_size: int | None, threads: int | Non
         raise ValueError(f"duration must be > 0 seconds, got {duration}")
 
 
-def benchmark(
-    models: str | Sequence[str],
-    *,
-    mode: str = "throughput",
-    backend: str | Sequence[str] = "jit",
-    precision: str | Sequence[str] | None = None,
-    device: str = "cpu",
-    batch_size: int | None = None,
-    threads: int | None = 1,
-    img_size: int | None = None,
-    warmup: float | None = None,
-    duration: float | None = None,
-    fuse: bool = True,
-    allow_fallback: bool = False,
-    bf16_mode: str = "autocast",
-    compile_mode: str | None = None,
-    count_macs: bool = False,
-    perturb_bn: bool = True,
-    clock: str = "wall",
-    channels_last: bool = False,
-    jit_optimize: bool = False,
-    isolate: bool | None = None,
-    progress: bool = True,
-) -> list[dict[str, Any]]:
+def benchmark(models: str | Sequence[str], options: BenchOptions | None = None, **changes: Any) -> list[dict[str, Any]]:
     """Measure every (model, backend, precision) combination; returns one record per combination.
 
+    ``options`` (:class:`~leanvit.bench.options.BenchOptions`, default: the protocol's) with ``changes``
+    applied, e.g. ``benchmark(["shvit_s1"], backend="onnxruntime,openvino", threads=1)``.
     ``backend`` / ``precision`` may be lists or comma-separated strings. ``None`` picks the protocol
     defaults (see :func:`_defaults`); ``warmup`` / ``duration`` default to 2 s / 10 s (the papers use
     10 s / 60 s). ``isolate`` runs each configuration in a fresh Python process (default: for
@@ -133,6 +114,9 @@ def benchmark(
     unless ``allow_fallback``). Failures while running one configuration are recorded in its
     ``error`` field and the others still run.
     """
+    o = (options or BenchOptions()).replace(**changes)
+    mode, device, batch_size, threads, img_size = o.mode, o.device, o.batch_size, o.threads, o.img_size
+    warmup, duration, clock, channels_last, jit_optimize = o.warmup, o.duration, o.clock, o.channels_last, o.jit_optimize
     names = [models] if isinstance(models, str) else list(models)
     if not names:
         raise ValueError("no models given")
@@ -145,7 +129,7 @@ def benchmark(
     default_batch, default_precision = _defaults(mode, device)
     specs = [resolve_model(n) for n in names]  # fails fast on unknown names
     configs: list[tuple[ModelSpec, BenchConfig]] = []
-    for spec, bk, prec in itertools.product(specs, _as_list(backend), _as_list(precision)):
+    for spec, bk, prec in itertools.product(specs, _as_list(o.backend), _as_list(o.precision)):
         if bk not in BACKENDS:
             raise ValueError(f"unknown backend {bk!r}; choose from {', '.join(BACKENDS)}")
         prec = prec or default_precision
@@ -157,21 +141,18 @@ def benchmark(
             raise ValueError(f"train mode measures eager PyTorch training steps; got backend {bk!r}")
         if jit_optimize:
             check_jit_optimize(bk, device)  # refused before anything runs, not recorded as a per-run error
-        used, note = check_precision(prec, bk, device, allow_fallback)
+        used, note = check_precision(prec, bk, device, o.allow_fallback)
         configs.append((spec, BenchConfig(
             model=spec.label, mode=mode, backend=bk, precision=used, device=device,
             batch_size=batch_size or default_batch, threads=threads, img_size=img_size or spec.img_size,
             warmup_s=2.0 if warmup is None else warmup, duration_s=10.0 if duration is None else duration,
-            fuse=fuse and mode != "train", bf16_mode=bf16_mode, compile_mode=compile_mode, count_macs=count_macs,
-            perturb_bn=perturb_bn, clock=clock, channels_last=channels_last, jit_optimize=jit_optimize, note=note,
+            fuse=o.fuse and mode != "train", bf16_mode=o.bf16_mode, compile_mode=o.compile_mode,
+            count_macs=o.count_macs, perturb_bn=o.perturb_bn, clock=clock, channels_last=channels_last, jit_optimize=jit_optimize, note=note,
         )))
-    if isolate is None:
-        isolate = mode == "memory" and device == "cpu"
+    isolate = o.isolate if o.isolate is not None else mode == "memory" and device == "cpu"
     env = environment(device)
     records = []
-    from tqdm.auto import tqdm
-
-    bar = tqdm(configs, desc=f"bench {mode}", unit="run", disable=not progress, file=sys.stderr)
+    bar = tqdm(configs, desc=f"bench {mode}", unit="run", disable=not o.progress, file=sys.stderr)
     for spec, cfg in bar:
         bar.set_postfix_str(f"{cfg.model} {cfg.backend} {cfg.precision}")
         try:
@@ -208,6 +189,17 @@ def _timing_fields(stats: TimingStats, batch: int) -> dict[str, Any]:
     )
 
 
+@contextlib.contextmanager
+def _cudnn_benchmark(enabled: bool) -> Iterator[None]:
+    """cuDNN autotuning (the papers' GPU protocol) for one run; the process's setting is restored after."""
+    saved = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = enabled or saved
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = saved
+
+
 def run_config(cfg: BenchConfig, spec: ModelSpec | None = None) -> dict[str, Any]:
     """Run one configuration in this process and return its record."""
     spec = spec or resolve_model(cfg.model)
@@ -215,7 +207,7 @@ def run_config(cfg: BenchConfig, spec: ModelSpec | None = None) -> dict[str, Any
     torch.manual_seed(cfg.seed)
     release_freed_memory()
     base_mb = None if cuda else rss_mb()  # CPU memory is counted from before the model exists
-    with torch_threads(None if cuda else cfg.threads), quiet_deprecations():
+    with torch_threads(None if cuda else cfg.threads), quiet_deprecations(), _cudnn_benchmark(cuda):
         t0 = time.perf_counter()
         model = build_model(spec, cfg.img_size)
         if cfg.perturb_bn:
@@ -230,8 +222,6 @@ def run_config(cfg: BenchConfig, spec: ModelSpec | None = None) -> dict[str, Any
         macs = count_macs(model, cfg.img_size, fuse_first=False) / 1e6 if cfg.count_macs else None
         with torch.inference_mode():
             reference = model(example).float()  # fp32 eager: what every backend/precision is compared with
-        if cuda:
-            torch.backends.cudnn.benchmark = True
         runtime = build_runtime(model, cfg.backend, example, precision=cfg.precision, device=cfg.device,
                                 threads=cfg.threads, bf16_mode=cfg.bf16_mode, compile_mode=cfg.compile_mode,
                                 channels_last=cfg.channels_last, jit_optimize=cfg.jit_optimize)

@@ -1,7 +1,8 @@
 """The ``leanvit`` command: a thin argument parser over the library API.
 
-Each area contributes its sub-commands through a ``register(subparsers)`` function in its own
-``cli`` module, so this file stays small and knows nothing about the work itself.
+Each command group is a module here with a ``register(subparsers)`` function. Only the module of the
+command being run is imported (and it imports the library only when its command runs), so
+``leanvit --help`` and ``leanvit CMD --help`` return at once.
 """
 from __future__ import annotations
 
@@ -9,43 +10,57 @@ import argparse
 import importlib
 import sys
 
-# Modules that add sub-commands; each defines register(subparsers) and sets ``func`` on its parsers.
-COMMAND_MODULES = (
-    "leanvit.cli.models",  # models, flops, convert
-    "leanvit.cli.bench",  # bench, demo
-    "leanvit.cli.deploy",  # export
-    "leanvit.cli.train",  # train, eval
-)
+# command -> (module that registers it, one-line help for the top-level listing)
+COMMANDS = {
+    "models": ("leanvit.cli.models", "table of variants: params, MACs, resolution, paper top-1"),
+    "flops": ("leanvit.cli.models", "measured MACs vs the papers"),
+    "convert": ("leanvit.cli.models", "convert a checkpoint between leanvit / timm / official layouts"),
+    "bench": ("leanvit.cli.bench", "measure throughput / latency / memory / training speed"),
+    "demo": ("leanvit.cli.bench", "benchmark the leanvit zoo and baselines on this machine"),
+    "export": ("leanvit.cli.deploy", "export a fused model to ONNX / OpenVINO / TorchScript, verified"),
+    "train": ("leanvit.cli.train", "train a model (recipes, DDP, resume)"),
+    "eval": ("leanvit.cli.train", "evaluate a checkpoint on a labelled folder"),
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full ``leanvit`` argument parser."""
+def _top_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
     parser = argparse.ArgumentParser(prog="leanvit", description="Memory-efficient vision transformers.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:  # an area not installed/built yet: skip only that module
-            if e.name != name:
-                raise
-            continue
-        module.register(sub)
+    return parser, parser.add_subparsers(dest="command", metavar="COMMAND")
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``leanvit`` parser: with ``command``, that command's group fully; else every group (imports all)."""
+    parser, sub = _top_parser()
+    modules = [COMMANDS[command][0]] if command in COMMANDS else dict.fromkeys(m for m, _ in COMMANDS.values())
+    for name in modules:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def _listing_parser() -> argparse.ArgumentParser:
+    """Top-level help without importing any command module."""
+    parser, sub = _top_parser()
+    for name, (_, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.version:
-        from .. import __version__
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command not in COMMANDS:
+        parser = _listing_parser()
+        args = parser.parse_args(argv)  # --help / --version / an unknown command's error
+        if args.version:
+            from .. import __version__
 
-        print(__version__)
-        return 0
-    if not getattr(args, "func", None):
+            print(__version__)
+            return 0
         parser.print_help()
         return 2
+    args = build_parser(command).parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except (KeyError, ValueError, FileNotFoundError, RuntimeError) as e:

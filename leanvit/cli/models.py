@@ -2,66 +2,50 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
-__all__ = ["register", "zoo_table"]
+from .._text import format_cell, text_table
 
+__all__ = ["register"]
 
-def zoo_table(names: list[str] | None = None, img_size: int | None = None) -> list[dict[str, Any]]:
-    """One row per variant: params (unfused/fused), measured MACs, resolution, paper MACs and top-1."""
-    from .. import count_macs, count_params, create_model, fuse, get_config, list_models
-
-    rows = []
-    for name in names or list_models():
-        cfg = get_config(name)
-        model = create_model(name).eval()
-        size = img_size or cfg.img_size
-        rows.append(dict(
-            model=name, family=cfg.family, img_size=size, native=size == cfg.img_size, params_m=count_params(model) / 1e6,
-            params_fused_m=count_params(fuse(model)) / 1e6, macs_m=count_macs(model, size) / 1e6,
-            paper_macs_m=cfg.macs_m, top1=cfg.top1,
-        ))
-    return rows
+_MODEL_COLUMNS = [
+    ("model", "model", ""), ("family", "family", ""), ("img_size", "res", "d"), ("params_m", "params(M)", ".2f"),
+    ("params_fused_m", "fused(M)", ".2f"), ("macs_m", "MACs(M)", ".1f"), ("top1", "paper top-1", ".1f"),
+]
+_FLOPS_COLUMNS = [
+    ("model", "model", ""), ("img_size", "res", "d"), ("macs_m", "measured MACs(M)", ".1f"),
+    ("paper_macs_m", "paper(M)", ".0f"), ("delta", "diff %", "+.2f"), ("params_fused_m", "fused params(M)", ".3f"),
+]
 
 
-def format_table(rows: list[dict[str, Any]], columns: list[tuple[str, str, str]]) -> str:
-    """Fixed-width text table; ``columns`` = (key, header, format spec)."""
-    def cell(v: Any, fmt: str) -> str:
-        return "-" if v is None else format(v, fmt)
-
-    body = [[cell(r.get(k), f) for k, _, f in columns] for r in rows]
-    heads = [h for _, h, _ in columns]
-    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(heads)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(heads, widths))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(b, widths))) for b in body]
-    return "\n".join(lines)
+def _print_rows(rows: list[dict], columns: list[tuple[str, str, str]]) -> None:
+    print(text_table([h for _, h, _ in columns], [[format_cell(r.get(k), f) for k, _, f in columns] for r in rows],
+                     left_columns=2))
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    rows = zoo_table(args.models or None)
-    print(format_table(rows, [
-        ("model", "model", "s"), ("family", "family", "s"), ("img_size", "res", "d"), ("params_m", "params(M)", ".2f"),
-        ("params_fused_m", "fused(M)", ".2f"), ("macs_m", "MACs(M)", ".1f"), ("top1", "paper top-1", ".1f"),
-    ]))
+    from ..zoo import zoo_table
+
+    _print_rows(zoo_table(args.models or None, measure=args.measure), _MODEL_COLUMNS)
+    if not args.measure:
+        print("counts recorded in the registry (verified by the tests); --measure recounts")
     return 0
 
 
 def _cmd_flops(args: argparse.Namespace) -> int:
-    rows = zoo_table(args.models or None, args.img_size)
+    from ..zoo import zoo_table
+
+    rows = zoo_table(args.models or None, args.img_size, measure=True)
     for r in rows:
         paper = r["paper_macs_m"]
         r["delta"] = (r["macs_m"] - paper) / paper * 100 if paper and r["native"] else None
-    print(format_table(rows, [
-        ("model", "model", "s"), ("img_size", "res", "d"), ("macs_m", "measured MACs(M)", ".1f"),
-        ("paper_macs_m", "paper(M)", ".0f"), ("delta", "diff %", "+.2f"), ("params_fused_m", "fused params(M)", ".3f"),
-    ]))
+    _print_rows(rows, _FLOPS_COLUMNS)
     print("MACs: fused eval model, batch 1, torch.utils.flop_counter FLOPs / 2 (norms and softmax excluded).")
     return 0
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from .. import create_model, load_checkpoint, save_checkpoint
+    from ..checkpoint import load_checkpoint, save_checkpoint
+    from ..models import create_model
 
     model = create_model(args.model, num_classes=args.num_classes, img_size=args.img_size)
     report = load_checkpoint(model, args.src)
@@ -74,6 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add the model sub-commands to the ``leanvit`` parser."""
     p = sub.add_parser("models", help="table of variants: params, MACs, resolution, paper top-1")
     p.add_argument("models", nargs="*", help="subset of model names (default: all)")
+    p.add_argument("--measure", action="store_true", help="build every model and count (default: recorded counts)")
     p.set_defaults(func=_cmd_models)
 
     p = sub.add_parser("flops", help="measured MACs vs the papers")

@@ -1,7 +1,7 @@
 """Export a fused model to ONNX, OpenVINO IR or TorchScript, then check the artifact against PyTorch.
 
 Always on the fused (BN-folded) model, in the form for the format's runtime (``leanvit.fuse(target=...)``
-via :func:`~leanvit.deploy.fuse.target_for`: an OpenVINO IR gets EfficientViT-M's split-qkv attention,
+via :func:`~leanvit.zoo.target_for`: an OpenVINO IR gets EfficientViT-M's split-qkv attention,
 ONNX and TorchScript the PyTorch graph; timm models are fused the same way for every format). The file
 is written next to ``output`` under a temporary name, run with its runtime (ONNX Runtime / OpenVINO /
 ``torch.jit.load``) on random input and compared with that fused PyTorch model in fp32:
@@ -30,7 +30,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .fuse import target_for
+from ..checkpoint import load_weights
+from ..zoo import build_model, fuse_model, resolve_model, target_for
 from .runtime import (
     UnsupportedPrecisionError, check_precision, load_artifact, quiet_deprecations, require, to_openvino, torch_threads,
 )
@@ -49,7 +50,6 @@ LEGACY_OPSET = 17
 @dataclass
 class ExportResult:
     """What was written and how well it matches PyTorch."""
-
     path: str
     format: str
     precision: str
@@ -80,7 +80,6 @@ class ExportResult:
 
 class ExportVerificationError(RuntimeError):
     """The exported artifact does not reproduce the PyTorch model; ``result`` has the numbers."""
-
     def __init__(self, message: str, result: ExportResult) -> None:
         super().__init__(message)
         self.result = result
@@ -98,7 +97,6 @@ def logit_errors(ref: torch.Tensor, out: torch.Tensor) -> tuple[float, float]:
 
 class _CastTo(nn.Module):
     """Float32 in and out around a model whose weights were cast to ``dtype`` (portable bf16)."""
-
     def __init__(self, model: nn.Module, dtype: torch.dtype) -> None:
         super().__init__()
         self.model = copy.deepcopy(model).to(dtype)  # never cast the caller's module
@@ -204,8 +202,6 @@ def _export_and_verify(module: nn.Module, fmt: str, output: Path, side: int, bat
                        seed: int) -> tuple[ExportResult, bool]:
     """Fuse for the format's runtime, write under a temporary name, verify, then move to ``output``
     (or ``output.failed``)."""
-    from ..zoo import fuse_model
-
     fused = fuse_model(module, target=target_for(fmt)).float().cpu().eval()
     example = torch.randn(batch_size, 3, side, side, generator=torch.Generator().manual_seed(seed))
 
@@ -253,8 +249,6 @@ def export_model(
     Raises :class:`ExportVerificationError` (file kept as ``output.failed``) when the artifact does not
     match, and ValueError / :class:`UnsupportedPrecisionError` on bad arguments.
     """
-    from ..zoo import build_model, resolve_model
-
     output = Path(output)
     _check_output(format, output)
     if precision not in ("fp32", "bf16"):
@@ -275,7 +269,9 @@ def export_model(
     if isinstance(model, str):
         spec = resolve_model(model)
         side = img_size or spec.img_size
-        module = build_model(spec, side, checkpoint=checkpoint)
+        module = build_model(spec, side)
+        if checkpoint is not None:
+            load_weights(module, checkpoint)
     else:
         if checkpoint is not None:
             raise ValueError("pass checkpoint= only with a model name; load weights into a module yourself")

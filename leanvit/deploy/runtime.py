@@ -24,14 +24,14 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from .names import BACKENDS, PRECISIONS
+
 __all__ = [
     "BACKENDS", "PRECISIONS", "MissingBackendError", "UnsupportedPrecisionError", "require", "check_precision",
     "check_jit_optimize", "torch_threads", "quiet_deprecations", "Runtime", "TorchRuntime", "OnnxRuntime",
     "OpenVinoRuntime", "to_openvino", "build_runtime", "load_artifact",
 ]
 
-BACKENDS = ("eager", "jit", "compile", "onnxruntime", "openvino")
-PRECISIONS = ("fp32", "bf16", "fp16")
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # OpenVINO's names for INFERENCE_PRECISION_HINT
 _OV_HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
@@ -381,7 +381,7 @@ def build_runtime(
     jit_optimize: bool = False,
 ) -> Runtime:
     """A ready runtime for an (already fused) eval ``model`` at the example's shape. Fuse leanvit models
-    for the runtime: ``leanvit.fuse(model, target=leanvit.deploy.fuse.target_for(backend))`` (OpenVINO
+    for the runtime: ``leanvit.fuse(model, target=leanvit.zoo.target_for(backend))`` (OpenVINO
     runs EfficientViT-M 9-18% faster in its own deploy form; NOTES.md entry 12). ``jit_optimize``:
     freeze + ``optimize_for_inference`` the jit trace (CPU; :class:`TorchRuntime`)."""
     _require_backend(backend)

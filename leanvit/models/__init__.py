@@ -1,4 +1,17 @@
-"""Model families and the registry."""
-from ._registry import ModelConfig, create_model, get_config, is_model, list_models, register_with_timm
+"""Model families, their registry, fusion and counting.
 
-__all__ = ["ModelConfig", "create_model", "get_config", "is_model", "list_models", "register_with_timm"]
+Importing this package registers every variant (the family modules declare them); each variant is
+also an importable builder, e.g. ``from leanvit.models.shvit import shvit_s1``.
+"""
+from . import efficientvit_m, sepvit, shvit
+from ._base import LeanViTModel
+from ._layouts import Layout
+from ._registry import ModelConfig, create_model, family_class, get_config, is_model, list_models
+from .counting import count_macs, count_params
+from .fusion import fuse
+
+__all__ = [
+    "LeanViTModel", "Layout", "ModelConfig", "create_model", "family_class", "get_config", "is_model", "list_models",
+    "count_macs", "count_params", "fuse",
+    "shvit", "efficientvit_m", "sepvit",
+]

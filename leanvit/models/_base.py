@@ -10,7 +10,13 @@ import contextlib
 from typing import Any, Callable
 
 import torch
+from timm.models._features import feature_take_indices
 from torch import nn
+from torch.utils.checkpoint import checkpoint_sequential
+
+from ..layers import ConvStem, Subsample
+from ..layers.recompute import RecomputeNormActivations
+from ._layouts import Adapter, Layout
 
 __all__ = ["LeanViTModel", "Stage", "DistilledLogits"]
 
@@ -27,13 +33,16 @@ class Stage(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.downsample(x)
         if self.grad_checkpointing and self.training and not torch.jit.is_scripting():
-            from torch.utils.checkpoint import checkpoint_sequential
-
             return checkpoint_sequential(self.blocks, max(1, len(self.blocks)), x, use_reentrant=False)
         return self.blocks(x)
 
 
 DistilledLogits = tuple[torch.Tensor, torch.Tensor]
+
+# Smallest input side that runs NHWC under the "auto" memory-format policy. Below it the last maps
+# are 1x1, where torch's CPU channels-last depthwise convolution under bf16 autocast sporadically
+# returns non-finite weight gradients (seen with torch 2.4-2.14 in tests/test_train_*.py); NCHW is exact.
+CHANNELS_LAST_MIN_SIDE = 128
 
 
 class LeanViTModel(nn.Module):
@@ -45,10 +54,14 @@ class LeanViTModel(nn.Module):
     num_classes: int
     num_features: int
     distillation: bool
-    # Conv-dominated families run faster NHWC on CPU (oneDNN): their CPU forward passes convert the
-    # input (activations follow) and leanvit.fuse stores their weights NHWC. Set False on an instance
-    # to keep NCHW activations.
+    # Conv-dominated families run faster NHWC on CPU (oneDNN, measured 1.2-1.3x): under the "auto"
+    # memory-format policy their CPU forward passes make NHWC activations, and leanvit.fuse stores
+    # their weights NHWC. See set_channels_last.
     prefers_channels_last: bool = False
+    channels_last: bool | str = "auto"
+    # Foreign checkpoint layouts and resolution adapters of the family (leanvit.checkpoint reads them).
+    checkpoint_layouts: tuple[Layout, ...] = ()
+    checkpoint_adapters: tuple[Adapter, ...] = ()
     # Feature maps are NCHW everywhere; families with a different internal layout convert in _stage_out.
     # Training forward passes rebuild BN(+ReLU) outputs in backward instead of storing them
     # (leanvit.layers.recompute); only the conv-BN families have such outputs.
@@ -72,8 +85,6 @@ class LeanViTModel(nn.Module):
     ) -> None:
         """Stem + stages of the conv-BN families (SHViT, EfficientViT-M): a stride-16 ConvStem, then per
         stage a Subsample (from the second stage on) and ``make_blocks(stage_index, dim)``."""
-        from ..layers import ConvStem, Subsample
-
         self.in_chans = in_chans
         d0 = embed_dim[0]
         self.patch_embed = ConvStem(in_chans, (d0 // 8, d0 // 4, d0 // 2, d0))
@@ -92,20 +103,34 @@ class LeanViTModel(nn.Module):
         the conv-BN families; see ``leanvit.layers.recompute``."""
         self.recompute_norm_activations = enable
 
+    def set_channels_last(self, mode: bool | str = "auto") -> None:
+        """The memory-format policy of the activations, the same in eager mode and in traced graphs.
+
+        - ``"auto"`` (default): NHWC on CPU for the families that prefer it (SHViT, EfficientViT-M: the
+          first conv writes NHWC without copying the input; measured 1.2-1.3x training and inference
+          speed, docs/training.md), for inputs of at least ``CHANNELS_LAST_MIN_SIDE`` px; NCHW otherwise.
+        - ``True``: NHWC on every device and size (for a family that has NHWC stems); ``False``: NCHW.
+
+        Values are the same either way (only sums are reordered). Feature maps returned by
+        ``forward_features`` / ``forward_intermediates`` are contiguous in the format the policy chose:
+        ``x.is_contiguous(memory_format=torch.channels_last)`` when NHWC, plain contiguous when NCHW.
+        ``.reshape`` always works; call ``.contiguous()`` before a ``.view`` that needs NCHW order.
+        """
+        if mode not in ("auto", True, False):
+            raise ValueError(f"channels_last must be 'auto', True or False, got {mode!r}")
+        self.channels_last = mode
+
+    def uses_channels_last(self, x: torch.Tensor) -> bool:
+        """Whether this forward pass on ``x`` runs NHWC under the model's memory-format policy."""
+        if not self.prefers_channels_last or x.dim() != 4:
+            return False
+        if self.channels_last == "auto":
+            return x.device.type == "cpu" and min(x.shape[-2:]) >= CHANNELS_LAST_MIN_SIDE
+        return bool(self.channels_last)
+
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
-        """The stem. On CPU the conv families make NHWC activations from the first conv on (the input
-        is not copied): measured 1.2-1.3x training and inference speed (docs/training.md,
-        benchmarks/NOTES.md); values are unchanged, feature maps come out channels-last strided.
-        Inputs under 128 px stay NCHW: their last maps are 1x1, where torch's CPU bf16 channels-last
-        depthwise convolution sporadically returns non-finite gradients. Traced/exported graphs leave
-        layouts to the runtime (``leanvit.fuse`` stores the weights NHWC)."""
-        if (
-            self.prefers_channels_last
-            and not torch.jit.is_tracing()
-            and x.dim() == 4
-            and x.device.type == "cpu"
-            and min(x.shape[-2:]) >= 128
-        ):
+        """The stem, in the memory format of :meth:`set_channels_last`'s policy."""
+        if self.uses_channels_last(x):
             return self.patch_embed(x, channels_last=True)
         return self.patch_embed(x)
 
@@ -118,8 +143,6 @@ class LeanViTModel(nn.Module):
             and not torch.jit.is_tracing()
             and not torch.compiler.is_compiling()  # inductor's partitioner recomputes on its own
         ):
-            from ..layers.recompute import RecomputeNormActivations
-
             return RecomputeNormActivations()
         return contextlib.nullcontext()
 
@@ -175,7 +198,7 @@ class LeanViTModel(nn.Module):
         return x
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Image -> last feature map (NCHW)."""
+        """Image -> last feature map (NCHW-shaped, memory format per :meth:`set_channels_last`)."""
         with self._activation_scope():
             return self.stages(self._embed(x))
 
@@ -208,14 +231,13 @@ class LeanViTModel(nn.Module):
         output_fmt: str = "NCHW",
         intermediates_only: bool = False,
     ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
-        """timm-style: the stage outputs selected by ``indices`` (all by default), NCHW.
+        """timm-style: the stage outputs selected by ``indices`` (all by default), NCHW-shaped, in the
+        memory format of the model's policy (see :meth:`set_channels_last`).
 
         ``indices`` may be an int n (the last n stages) or a list of stage indices (negative allowed).
         """
         if output_fmt != "NCHW":
             raise ValueError(f"only output_fmt='NCHW' is supported, got {output_fmt!r}")
-        from timm.models._features import feature_take_indices
-
         take, max_index = feature_take_indices(len(self.stages), indices)
         intermediates = []
         with self._activation_scope():
@@ -233,8 +255,6 @@ class LeanViTModel(nn.Module):
         self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
     ) -> list[int]:
         """Drop stages (and the head) not needed to produce ``indices``; returns the kept indices."""
-        from timm.models._features import feature_take_indices
-
         take, max_index = feature_take_indices(len(self.stages), indices)
         self.stages = self.stages[: max_index + 1]
         if prune_head:

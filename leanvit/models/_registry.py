@@ -1,17 +1,21 @@
-"""Model registry: names, default configs and ``create_model``.
+"""Model registry: each variant is a named, importable builder with a typed config.
 
-leanvit keeps its own registry so that importing it never touches timm's (timm already registers
-``shvit_s*`` / ``efficientvit_m*``); :func:`register_with_timm` is the opt-in bridge.
+A family module declares its variants with :func:`register_variant`, which returns the builder
+(``from leanvit.models.shvit import shvit_s1``). leanvit keeps its own registry, so importing it never
+touches timm's (timm already registers ``shvit_s*`` / ``efficientvit_m*``); ``leanvit.timm_bridge``
+is the opt-in bridge.
 """
 from __future__ import annotations
 
 import difflib
+import fnmatch
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 from torch import nn
 
-__all__ = ["ModelConfig", "register_model", "list_models", "get_config", "create_model", "register_with_timm"]
+__all__ = ["ModelConfig", "register_variant", "list_models", "get_config", "is_model", "create_model",
+           "family_class", "IMAGENET_MEAN", "IMAGENET_STD"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -19,10 +23,17 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Everything a user or tool needs to know about a registered variant."""
+    """Everything a user or tool needs to know about a registered variant.
+
+    ``arch`` is the family's typed architecture config (e.g. ``SHViTArch``): its fields are the
+    constructor arguments that define the variant. ``params``, ``params_fused`` and ``macs`` (at
+    ``img_size``, batch 1, fused) are counts recorded for the variant and verified against a fresh count
+    by the tests, so tables print without building anything; ``macs_m`` is the paper's MACs (millions).
+    """
 
     name: str
     family: str
+    arch: Any = None
     img_size: int = 224
     crop_pct: float = 0.875
     interpolation: str = "bicubic"
@@ -32,7 +43,9 @@ class ModelConfig:
     top1: float | None = None
     paper: str = ""
     params: int | None = None
+    params_fused: int | None = None
     macs_m: float | None = None
+    macs: int | None = None
     timm_name: str | None = None
     fixed_input_size: bool = False
     first_conv: str = ""
@@ -41,7 +54,7 @@ class ModelConfig:
 
     def to_pretrained_cfg(self) -> dict[str, Any]:
         """timm-style ``pretrained_cfg`` dict (what timm's data helpers read)."""
-        cfg = asdict(self)
+        cfg = {k: v for k, v in asdict(self).items() if k != "arch"}
         cfg.update(
             input_size=(3, self.img_size, self.img_size),
             architecture=self.name,
@@ -50,39 +63,44 @@ class ModelConfig:
         return cfg
 
 
-_REGISTRY: dict[str, tuple[Callable[..., nn.Module], ModelConfig]] = {}
+@dataclass(frozen=True)
+class _Entry:
+    cls: type[nn.Module]
+    cfg: ModelConfig
 
 
-def register_model(cfg: ModelConfig) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator: register ``fn(**kwargs) -> nn.Module`` under ``cfg.name``."""
-
-    def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if cfg.name in _REGISTRY:
-            raise ValueError(f"model name {cfg.name!r} is registered twice")
-        _REGISTRY[cfg.name] = (fn, cfg)
-        return fn
-
-    return wrap
+_REGISTRY: dict[str, _Entry] = {}
+_FAMILIES: dict[str, type[nn.Module]] = {}
 
 
-def _ensure_loaded() -> None:
-    # Importing the family modules runs their @register_model decorators.
-    from . import efficientvit_m, shvit  # noqa: F401
+def register_variant(cls: type[nn.Module], cfg: ModelConfig) -> Callable[..., nn.Module]:
+    """Register ``cfg.name`` as ``cls(**asdict(cfg.arch), **kwargs)``; returns its named builder.
 
-    try:
-        from . import sepvit  # noqa: F401
-    except ImportError:  # pragma: no cover - SepViT lands separately
-        pass
+    The builder is what :func:`create_model` calls: ``shvit_s1(num_classes=10)`` ==
+    ``create_model("shvit_s1", num_classes=10)``.
+    """
+    if cfg.name in _REGISTRY:
+        raise ValueError(f"model name {cfg.name!r} is registered twice")
+    if _FAMILIES.setdefault(cfg.family, cls) is not cls:
+        raise ValueError(f"family {cfg.family!r} is already implemented by {_FAMILIES[cfg.family].__name__}")
+    _REGISTRY[cfg.name] = _Entry(cls, cfg)
+
+    def build(**kwargs: Any) -> nn.Module:
+        return create_model(cfg.name, **kwargs)
+
+    build.__name__ = build.__qualname__ = cfg.name
+    build.__module__ = cls.__module__
+    top1 = f", {cfg.top1} % ImageNet-1k top-1 in the paper" if cfg.top1 is not None else ""
+    build.__doc__ = (f"{cfg.name}: {cls.__name__}({cfg.arch}) at {cfg.img_size} px{top1}. "
+                     f"Keyword arguments go to {cls.__name__} (num_classes, img_size, distillation, ...).")
+    return build
 
 
 def list_models(pattern: str = "*", family: str | None = None) -> list[str]:
     """Registered model names, optionally filtered by a glob ``pattern`` or ``family``."""
-    import fnmatch
-
-    _ensure_loaded()
     return sorted(
-        n for n, (_, c) in _REGISTRY.items()
-        if fnmatch.fnmatch(n, pattern) and (family is None or c.family == family)
+        n for n, e in _REGISTRY.items()
+        if fnmatch.fnmatch(n, pattern) and (family is None or e.cfg.family == family)
     )
 
 
@@ -94,16 +112,21 @@ def _unknown(name: str) -> KeyError:
 
 def is_model(name: str) -> bool:
     """True when ``name`` is a registered leanvit model."""
-    _ensure_loaded()
     return name in _REGISTRY
 
 
 def get_config(name: str) -> ModelConfig:
-    """Default config (resolution, crop, mean/std, paper numbers) of a registered model."""
-    _ensure_loaded()
+    """Default config (architecture, resolution, crop, mean/std, paper numbers) of a registered model."""
     if name not in _REGISTRY:
         raise _unknown(name)
-    return _REGISTRY[name][1]
+    return _REGISTRY[name].cfg
+
+
+def family_class(family: str) -> type[nn.Module]:
+    """The model class that implements ``family`` (its checkpoint layouts are class attributes)."""
+    if family not in _FAMILIES:
+        raise KeyError(f"unknown model family {family!r}; known: {', '.join(sorted(_FAMILIES))}")
+    return _FAMILIES[family]
 
 
 def create_model(
@@ -112,89 +135,25 @@ def create_model(
     num_classes: int = 1000,
     img_size: int | tuple[int, int] | None = None,
     distillation: bool = False,
-    checkpoint: Any = None,
+    channels_last: bool | str = "auto",
     **kwargs: Any,
 ) -> nn.Module:
-    """Build a registered model; optionally load ``checkpoint`` (path or state dict, any known layout).
+    """Build a registered model with random weights (``leanvit.create_model`` adds checkpoint loading).
 
     ``img_size`` defaults to the variant's native resolution; it only matters for models whose
     parameters depend on it (EfficientViT-M window clamp and biases, SepViT per-window tokens).
+    ``channels_last`` is the memory-format policy (see ``LeanViTModel.set_channels_last``).
     """
-    _ensure_loaded()
     if name not in _REGISTRY:
         raise _unknown(name)
     if not isinstance(num_classes, int) or num_classes < 0:
         raise ValueError(f"num_classes must be an int >= 0 (0 removes the head), got {num_classes!r}")
-    fn, cfg = _REGISTRY[name]
-    model = fn(num_classes=num_classes, img_size=img_size or cfg.img_size, distillation=distillation, **kwargs)
+    entry = _REGISTRY[name]
+    cfg = entry.cfg
+    model = entry.cls(**asdict(cfg.arch), num_classes=num_classes, img_size=img_size or cfg.img_size,
+                      distillation=distillation, **kwargs)
+    model.set_channels_last(channels_last)
     model.leanvit_cfg = cfg
     model.pretrained_cfg = cfg.to_pretrained_cfg()
     model.default_cfg = model.pretrained_cfg
-    if checkpoint is not None:
-        from ..checkpoint import load_checkpoint
-
-        load_checkpoint(model, checkpoint)
     return model
-
-
-def register_with_timm(prefix: str = "leanvit_") -> list[str]:
-    """Opt-in: register every leanvit model in timm's registry as ``<prefix><name>``.
-
-    After this, ``timm.create_model('leanvit_shvit_s1')`` and timm's scripts work on leanvit models.
-    Returns the registered timm names. Calling it twice is harmless.
-    """
-    import sys
-    import types
-
-    import timm.models._registry as timm_registry
-
-    done = []
-    module = sys.modules.get("leanvit.timm_models")
-    if module is None:
-        module = types.ModuleType("leanvit.timm_models")
-        module.default_cfgs = {}
-        sys.modules["leanvit.timm_models"] = module
-    for name in list_models():
-        tname = prefix + name
-        done.append(tname)
-        if tname in timm_registry._model_entrypoints:
-            continue
-        cfg = get_config(name)
-
-        def entry(pretrained: bool = False, _name: str = name, **kw: Any) -> nn.Module:
-            if pretrained:
-                raise ValueError("leanvit has no hosted weights; pass checkpoint=PATH or use leanvit.load_checkpoint")
-            for k in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
-                kw.pop(k, None)
-            features_only = kw.pop("features_only", False)
-            feature_cls = kw.pop("feature_cls", "getter")
-            out_indices = kw.pop("out_indices", None)
-            model = create_model(_name, **kw)
-            if not features_only:
-                return model
-            if feature_cls not in ("getter", None):
-                raise ValueError(f"leanvit models support feature_cls='getter' only, got {feature_cls!r}")
-            from timm.models._features import FeatureGetterNet
-
-            indices = out_indices if out_indices is not None else tuple(range(len(model.feature_info)))
-            return FeatureGetterNet(model, out_indices=indices)
-
-        entry.__name__ = tname
-        entry.__module__ = "leanvit.timm_models"
-        setattr(module, tname, entry)
-        tcfg = {k: v for k, v in cfg.to_pretrained_cfg().items() if k in _TIMM_CFG_KEYS}
-        module.default_cfgs[tname] = _timm_default_cfg(tname, tcfg)
-        timm_registry.register_model(entry)
-    return done
-
-
-_TIMM_CFG_KEYS = {
-    "input_size", "test_input_size", "crop_pct", "interpolation", "mean", "std", "num_classes",
-    "first_conv", "classifier", "fixed_input_size",
-}
-
-
-def _timm_default_cfg(name: str, cfg: dict[str, Any]) -> Any:
-    from timm.models._registry import generate_default_cfgs
-
-    return generate_default_cfgs({name: cfg})[name]

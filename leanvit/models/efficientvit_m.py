@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import copy
 import itertools
+from dataclasses import dataclass
+from typing import Mapping
 
 import torch
 from torch import nn
@@ -14,9 +16,14 @@ from torch.nn import functional as F
 
 from ..layers import ConvFFN, ConvNorm, NormLinear, Residual, depthwise_residual
 from ._base import LeanViTModel
-from ._registry import ModelConfig, register_model
+from ._layouts import (Layout, StateDict, conv_bn_leanvit_to_official, conv_bn_official_to_leanvit, identity_layout,
+                       is_conv_bn_official)
+from ._registry import ModelConfig, register_variant
 
-__all__ = ["EfficientViTM", "CascadedGroupAttention", "LocalWindowAttention", "resize_attention_biases"]
+__all__ = [
+    "EfficientViTM", "EfficientViTMArch", "CascadedGroupAttention", "LocalWindowAttention", "resize_attention_biases",
+    "efficientvit_m0", "efficientvit_m1", "efficientvit_m2", "efficientvit_m3", "efficientvit_m4", "efficientvit_m5",
+]
 
 # fuse(target=...) values for which CascadedGroupAttention.deploy_form returns the split-qkv form,
 # and LocalWindowAttention.deploy_form the sliced-window form.
@@ -319,6 +326,27 @@ def stage_resolutions(img_size: int | tuple[int, int], num_stages: int = 3) -> l
     return res
 
 
+def _leanvit_to_official(sd: Mapping[str, torch.Tensor]) -> StateDict:
+    """leanvit -> official layout, adding the persistent ``attention_bias_idxs`` the official code saves."""
+    out = conv_bn_leanvit_to_official(sd)
+    for k, v in list(out.items()):
+        if k.endswith("attention_biases"):
+            window = int(round(v.shape[1] ** 0.5))
+            out[k[: -len("attention_biases")] + "attention_bias_idxs"] = _bias_index(window)
+    return out
+
+
+def adapt_attention_biases(sd: StateDict, model: nn.Module) -> StateDict:
+    """Resize attention-bias tables trained at another resolution (bicubic, as the official dense code
+    and timm do)."""
+    expected = model.state_dict()
+    for k, v in sd.items():
+        if k.endswith("attention_biases") and k in expected and v.shape != expected[k].shape:
+            if v.shape[0] == expected[k].shape[0]:
+                sd[k] = resize_attention_biases(v, int(round(expected[k].shape[1] ** 0.5)))
+    return sd
+
+
 class EfficientViTM(LeanViTModel):
     """EfficientViT-M backbone + BN-Linear head.
 
@@ -327,6 +355,11 @@ class EfficientViTM(LeanViTModel):
     """
 
     prefers_channels_last = True
+    checkpoint_layouts = (
+        Layout("official", is_conv_bn_official, conv_bn_official_to_leanvit, _leanvit_to_official),
+        identity_layout("timm"),  # timm's EfficientViT-M layout is leanvit's own
+    )
+    checkpoint_adapters = (adapt_attention_biases,)
 
     def __init__(
         self,
@@ -365,30 +398,44 @@ class EfficientViTM(LeanViTModel):
 _PAPER = "EfficientViT (MSRA), arXiv 2305.07027 (CVPR 2023)"
 _K7 = (7, 5, 3, 3)
 _K5 = (5, 5, 5, 5)
-_EFFVIT = {
-    # name: (embed_dim, depth, num_heads, kernels, top1, params, macs_m)
-    "efficientvit_m0": ((64, 128, 192), (1, 2, 3), (4, 4, 4), _K5, 63.2, 2_349_436, 79),
-    "efficientvit_m1": ((128, 144, 192), (1, 2, 3), (2, 3, 3), _K7, 68.4, 2_980_560, 167),
-    "efficientvit_m2": ((128, 192, 224), (1, 2, 3), (4, 3, 2), _K7, 70.8, 4_187_554, 201),
-    "efficientvit_m3": ((128, 240, 320), (1, 2, 3), (4, 3, 4), _K5, 73.4, 6_900_722, 263),
-    "efficientvit_m4": ((128, 256, 384), (1, 2, 3), (4, 4, 4), _K7, 74.3, 8_804_228, 299),
-    "efficientvit_m5": ((192, 288, 384), (1, 3, 4), (3, 3, 4), _K7, 77.1, 12_473_772, 522),
-}
 
 
-def _register(name: str) -> None:
-    embed_dim, depth, heads, kernels, top1, params, macs = _EFFVIT[name]
-    cfg = ModelConfig(
-        name=name, family="efficientvit_m", img_size=224, top1=top1, paper=_PAPER, params=params,
-        macs_m=macs, timm_name=name, first_conv="patch_embed.conv1.conv", classifier="head.linear",
+@dataclass(frozen=True)
+class EfficientViTMArch:
+    """What defines an EfficientViT-M variant: widths, depths, heads per stage and the per-head q kernels."""
+
+    embed_dim: tuple[int, int, int]
+    depth: tuple[int, int, int]
+    num_heads: tuple[int, int, int]
+    kernels: tuple[int, ...]
+    key_dim: int = 16
+    window_size: int = 7
+
+
+def _variant(name: str, arch: EfficientViTMArch, top1: float, params: int, params_fused: int,
+             macs_m: float, macs: int) -> ModelConfig:
+    return ModelConfig(
+        name=name, family="efficientvit_m", arch=arch, img_size=224, top1=top1, paper=_PAPER, params=params,
+        params_fused=params_fused, macs_m=macs_m, macs=macs, timm_name=name, first_conv="patch_embed.conv1.conv",
+        classifier="head.linear",
     )
 
-    @register_model(cfg)
-    def build(**kwargs: object) -> EfficientViTM:
-        return EfficientViTM(embed_dim=embed_dim, depth=depth, num_heads=heads, kernels=kernels, **kwargs)  # type: ignore[arg-type]
 
-    build.__name__ = name
-
-
-for _name in _EFFVIT:
-    _register(_name)
+efficientvit_m0 = register_variant(EfficientViTM, _variant(
+    "efficientvit_m0", EfficientViTMArch((64, 128, 192), (1, 2, 3), (4, 4, 4), _K5),
+    top1=63.2, params=2_349_436, params_fused=2_334_916, macs_m=79, macs=79_193_600))
+efficientvit_m1 = register_variant(EfficientViTM, _variant(
+    "efficientvit_m1", EfficientViTMArch((128, 144, 192), (1, 2, 3), (2, 3, 3), _K7),
+    top1=68.4, params=2_980_560, params_fused=2_964_256, macs_m=167, macs=167_051_840))
+efficientvit_m2 = register_variant(EfficientViTM, _variant(
+    "efficientvit_m2", EfficientViTMArch((128, 192, 224), (1, 2, 3), (4, 3, 2), _K7),
+    top1=70.8, params=4_187_554, params_fused=4_168_338, macs_m=201, macs=201_035_712))
+efficientvit_m3 = register_variant(EfficientViTM, _variant(
+    "efficientvit_m3", EfficientViTMArch((128, 240, 320), (1, 2, 3), (4, 3, 4), _K5),
+    top1=73.4, params=6_900_722, params_fused=6_875_890, macs_m=263, macs=262_662_208))
+efficientvit_m4 = register_variant(EfficientViTM, _variant(
+    "efficientvit_m4", EfficientViTMArch((128, 256, 384), (1, 2, 3), (4, 4, 4), _K7),
+    top1=74.3, params=8_804_228, params_fused=8_776_340, macs_m=299, macs=299_308_544))
+efficientvit_m5 = register_variant(EfficientViTM, _variant(
+    "efficientvit_m5", EfficientViTMArch((192, 288, 384), (1, 3, 4), (3, 3, 4), _K7),
+    top1=77.1, params=12_473_772, params_fused=12_436_260, macs_m=522, macs=521_583_104))

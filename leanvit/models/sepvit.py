@@ -30,15 +30,18 @@ import logging
 import math
 import re
 import warnings
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
 from timm.layers import DropPath, Mlp, trunc_normal_
 
 from ._base import LeanViTModel
-from ._registry import ModelConfig, register_model
+from ._layouts import Layout
+from ._registry import ModelConfig, register_variant
 
 __all__ = [
     "SepViT", "SepViTBlock", "SeparableAttention", "WINDOW_TOKEN_MODES", "default_window_sizes",
@@ -239,8 +242,6 @@ class SepViTStage(nn.Module):
         ckpt = self.grad_checkpointing and self.training and not torch.jit.is_scripting()
         for i, block in enumerate(self.blocks):
             if ckpt:
-                from torch.utils.checkpoint import checkpoint
-
                 x = checkpoint(block, x, use_reentrant=False)
             else:
                 x = block(x)
@@ -544,41 +545,42 @@ def adapt_window_tokens(sd: dict[str, torch.Tensor], model: nn.Module) -> dict[s
     return sd
 
 
-try:  # the shared checkpoint registry (leanvit.checkpoint) may not exist in stripped-down installs
-    from ..checkpoint import register_adapter, register_layout
-except ImportError:  # pragma: no cover
-    pass
-else:
-    register_layout(family="sepvit", name="official", detect=looks_like_official_sepvit,
-                    to_leanvit=sepvit_official_to_leanvit, from_leanvit=sepvit_leanvit_to_official)
-    register_adapter(family="sepvit", fn=adapt_window_tokens)
+SepViT.checkpoint_layouts = (
+    Layout("official", looks_like_official_sepvit, sepvit_official_to_leanvit, sepvit_leanvit_to_official),
+)
+SepViT.checkpoint_adapters = (adapt_window_tokens,)
 
 
 # ------------------------------------------------------------------------------------------ registry
 _PAPER = "SepViT, arXiv 2203.15380 (v4, 2023)"
-_SEPVIT = {
-    # name: (embed_dims, num_heads, depths, top1, params, macs_m)
-    "sepvit_lite": ((32, 64, 128, 256), (1, 2, 4, 8), (1, 2, 6, 2), 72.3, 3_661_128, 570),
-    "sepvit_t": ((96, 192, 384, 768), (3, 6, 12, 24), (1, 2, 6, 2), 82.7, 31_182_856, 4520),
-    "sepvit_s": ((96, 192, 384, 768), (3, 6, 12, 24), (1, 2, 14, 2), 83.6, 46_570_504, 7460),
-    "sepvit_b": ((128, 256, 512, 1024), (4, 8, 16, 32), (1, 2, 14, 2), 84.2, 82_377_064, 13050),
-}
 
 
-def _register(name: str) -> None:
-    dims, heads, depths, top1, params, macs = _SEPVIT[name]
-    cfg = ModelConfig(
-        name=name, family="sepvit", img_size=224, top1=top1, paper=_PAPER, params=params, macs_m=macs,
-        fixed_input_size=True, first_conv="patch_embed.proj", classifier="head",
+@dataclass(frozen=True)
+class SepViTArch:
+    """What defines a SepViT variant: widths, heads and depths per stage (windows follow the depths)."""
+
+    embed_dims: tuple[int, int, int, int]
+    num_heads: tuple[int, int, int, int]
+    depths: tuple[int, int, int, int]
+
+
+def _variant(name: str, arch: SepViTArch, top1: float, params: int, macs_m: float, macs: int) -> ModelConfig:
+    return ModelConfig(
+        name=name, family="sepvit", arch=arch, img_size=224, top1=top1, paper=_PAPER, params=params,
+        params_fused=params, macs_m=macs_m, macs=macs, fixed_input_size=True, first_conv="patch_embed.proj", classifier="head",
         extra=dict(window_token="per_window", window_token_modes=WINDOW_TOKEN_MODES),
     )
 
-    @register_model(cfg)
-    def build(**kwargs: Any) -> SepViT:
-        return SepViT(embed_dims=dims, num_heads=heads, depths=depths, **kwargs)
 
-    build.__name__ = name
-
-
-for _name in _SEPVIT:
-    _register(_name)
+sepvit_lite = register_variant(SepViT, _variant(
+    "sepvit_lite", SepViTArch((32, 64, 128, 256), (1, 2, 4, 8), (1, 2, 6, 2)),
+    top1=72.3, params=3_661_128, macs_m=570, macs=568_414_464))
+sepvit_t = register_variant(SepViT, _variant(
+    "sepvit_t", SepViTArch((96, 192, 384, 768), (3, 6, 12, 24), (1, 2, 6, 2)),
+    top1=82.7, params=31_182_856, macs_m=4520, macs=4_518_998_784))
+sepvit_s = register_variant(SepViT, _variant(
+    "sepvit_s", SepViTArch((96, 192, 384, 768), (3, 6, 12, 24), (1, 2, 14, 2)),
+    top1=83.6, params=46_570_504, macs_m=7460, macs=7_455_290_112))
+sepvit_b = register_variant(SepViT, _variant(
+    "sepvit_b", SepViTArch((128, 256, 512, 1024), (4, 8, 16, 32), (1, 2, 14, 2)),
+    top1=84.2, params=82_377_064, macs_m=13050, macs=13_054_592_000))

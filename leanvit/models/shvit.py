@@ -5,15 +5,21 @@ Only what is specific to SHViT lives here: the single-head attention on a partia
 """
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
+from typing import Mapping
+
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from ..layers import ConvFFN, ConvNorm, NormLinear, Residual, depthwise_residual
 from ._base import LeanViTModel
-from ._registry import ModelConfig, register_model
+from ._layouts import (Layout, StateDict, conv_bn_leanvit_to_official, conv_bn_official_to_leanvit, is_conv_bn_official,
+                       rename_keys, short_conv_names_from_leanvit, short_conv_names_to_leanvit)
+from ._registry import ModelConfig, register_variant
 
-__all__ = ["SHViT", "SingleHeadAttention"]
+__all__ = ["SHViT", "SHViTArch", "SingleHeadAttention", "shvit_s1", "shvit_s2", "shvit_s3", "shvit_s4"]
 
 
 class SingleHeadAttention(nn.Module):
@@ -56,10 +62,44 @@ class SHViTBlock(nn.Module):
         return self.ffn(self.mixer(self.conv(x)))
 
 
+# timm's SHViT keeps the five subsample modules in one flat Sequential.
+_TIMM_DOWNSAMPLE = {"0": "res1.0", "1": "res1.1", "2": "patchmerge", "3": "res2.0", "4": "res2.1"}
+_TIMM_DOWNSAMPLE_INV = {v: k for k, v in _TIMM_DOWNSAMPLE.items()}
+
+
+def _timm_to_leanvit(sd: Mapping[str, torch.Tensor]) -> StateDict:
+    """timm ``shvit.py`` layout -> leanvit."""
+
+    def fn(k: str) -> str:
+        k = re.sub(r"^(stages\.\d\.downsample)\.(\d)\.", lambda m: f"{m[1]}.{_TIMM_DOWNSAMPLE[m[2]]}.", k)
+        return short_conv_names_to_leanvit(k)
+
+    return rename_keys(sd, fn)
+
+
+def _leanvit_to_timm(sd: Mapping[str, torch.Tensor]) -> StateDict:
+    """leanvit -> timm ``shvit.py`` layout."""
+
+    def fn(k: str) -> str:
+        k = re.sub(r"^(stages\.\d\.downsample)\.(res1\.[01]|patchmerge|res2\.[01])\.",
+                   lambda m: f"{m[1]}.{_TIMM_DOWNSAMPLE_INV[m[2]]}.", k)
+        return short_conv_names_from_leanvit(k)
+
+    return rename_keys(sd, fn)
+
+
+def _is_timm(sd: Mapping[str, torch.Tensor]) -> bool:
+    return any(k.startswith("stages.") for k in sd) and any(k.endswith(".c.weight") for k in sd)
+
+
 class SHViT(LeanViTModel):
     """SHViT backbone + BN-Linear head. Runs at any input size (no position or bias tables)."""
 
     prefers_channels_last = True
+    checkpoint_layouts = (
+        Layout("official", is_conv_bn_official, conv_bn_official_to_leanvit, conv_bn_leanvit_to_official),
+        Layout("timm", _is_timm, _timm_to_leanvit, _leanvit_to_timm),
+    )
 
     def __init__(
         self,
@@ -85,28 +125,37 @@ class SHViT(LeanViTModel):
 
 
 _PAPER = "SHViT, arXiv 2401.16456 (CVPR 2024)"
-_SHVIT = {
-    # name: (embed_dim, depth, partial_dim, img_size, top1, params, macs_m)
-    "shvit_s1": ((128, 224, 320), (2, 4, 5), (32, 48, 68), 224, 72.8, 6_330_808, 241),
-    "shvit_s2": ((128, 308, 448), (2, 4, 5), (32, 66, 96), 224, 75.2, 11_483_072, 366),
-    "shvit_s3": ((192, 352, 448), (3, 5, 5), (48, 75, 96), 224, 77.4, 14_245_273, 601),
-    "shvit_s4": ((224, 336, 448), (4, 7, 6), (48, 72, 96), 256, 79.4, 16_588_484, 986),
-}
 
 
-def _register(name: str) -> None:
-    embed_dim, depth, pdim, res, top1, params, macs = _SHVIT[name]
-    cfg = ModelConfig(
-        name=name, family="shvit", img_size=res, top1=top1, paper=_PAPER, params=params, macs_m=macs,
-        timm_name=name, first_conv="patch_embed.conv1.conv", classifier="head.linear",
+@dataclass(frozen=True)
+class SHViTArch:
+    """What defines an SHViT variant: widths, depths and attention slice widths per stage."""
+
+    embed_dim: tuple[int, int, int]
+    depth: tuple[int, int, int]
+    partial_dim: tuple[int, int, int]
+    qk_dim: int = 16
+    block_types: tuple[str, str, str] = ("i", "s", "s")
+
+
+def _variant(name: str, arch: SHViTArch, img_size: int, top1: float, params: int, params_fused: int,
+             macs_m: float, macs: int) -> ModelConfig:
+    return ModelConfig(
+        name=name, family="shvit", arch=arch, img_size=img_size, top1=top1, paper=_PAPER, params=params,
+        params_fused=params_fused, macs_m=macs_m, macs=macs, timm_name=name, first_conv="patch_embed.conv1.conv",
+        classifier="head.linear",
     )
 
-    @register_model(cfg)
-    def build(**kwargs: object) -> SHViT:
-        return SHViT(embed_dim=embed_dim, depth=depth, partial_dim=pdim, **kwargs)  # type: ignore[arg-type]
 
-    build.__name__ = name
-
-
-for _name in _SHVIT:
-    _register(_name)
+shvit_s1 = register_variant(SHViT, _variant(
+    "shvit_s1", SHViTArch((128, 224, 320), (2, 4, 5), (32, 48, 68)),
+    img_size=224, top1=72.8, params=6_330_808, params_fused=6_308_660, macs_m=241, macs=241_320_768))
+shvit_s2 = register_variant(SHViT, _variant(
+    "shvit_s2", SHViTArch((128, 308, 448), (2, 4, 5), (32, 66, 96)),
+    img_size=224, top1=75.2, params=11_483_072, params_fused=11_453_508, macs_m=366, macs=365_394_896))
+shvit_s3 = register_variant(SHViT, _variant(
+    "shvit_s3", SHViTArch((192, 352, 448), (3, 5, 5), (48, 75, 96)),
+    img_size=224, top1=77.4, params=14_245_273, params_fused=14_210_010, macs_m=601, macs=600_570_164))
+shvit_s4 = register_variant(SHViT, _variant(
+    "shvit_s4", SHViTArch((224, 336, 448), (4, 7, 6), (48, 72, 96)),
+    img_size=256, top1=79.4, params=16_588_484, params_fused=16_546_248, macs_m=986, macs=986_216_960))

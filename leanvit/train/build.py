@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..checkpoint import load_checkpoint
+from ..models import create_model, get_config, is_model
 from .config import TrainConfig
 
 __all__ = ["ModelSpec", "model_spec", "build_student", "freeze_early_stages", "build_teacher", "build_optimizer",
@@ -35,8 +37,6 @@ class ModelSpec:
 
 def model_spec(cfg: TrainConfig) -> ModelSpec:
     """Image size, crop and mean/std from the config, falling back to the variant's defaults."""
-    from ..models import get_config
-
     mc = get_config(cfg.model.name)
     return ModelSpec(
         name=mc.name, family=mc.family, img_size=cfg.model.img_size or mc.img_size,
@@ -46,8 +46,6 @@ def model_spec(cfg: TrainConfig) -> ModelSpec:
 
 def build_student(cfg: TrainConfig, num_classes: int, img_size: int) -> nn.Module:
     """``create_model`` with the config's options; loads ``finetune.checkpoint`` when set."""
-    from ..models import create_model
-
     kwargs: dict[str, Any] = dict(cfg.model.kwargs)
     if cfg.model.drop_path > 0:
         kwargs["drop_path_rate"] = cfg.model.drop_path
@@ -58,8 +56,6 @@ def build_student(cfg: TrainConfig, num_classes: int, img_size: int) -> nn.Modul
         raise ValueError(f"{cfg.model.name} does not accept {sorted(kwargs)} ({e}); "
                          "remove model.drop_path / model.kwargs for this family") from e
     if cfg.finetune.checkpoint:
-        from ..checkpoint import load_checkpoint
-
         # drop_head=True keeps a fitting head and re-initialises one with another class count; a
         # distillation head present on one side only is the one mismatch allowed (strict=False + check).
         report = load_checkpoint(model, cfg.finetune.checkpoint, strict=False, drop_head=True,
@@ -94,12 +90,8 @@ def freeze_early_stages(model: nn.Module, n: int) -> list[nn.Module]:
 
 def build_teacher(cfg: TrainConfig, num_classes: int, img_size: int) -> nn.Module:
     """The distillation teacher: a leanvit or timm model with local weights, frozen, in eval mode."""
-    from ..models import create_model, is_model
-
     d = cfg.distill
     if is_model(d.teacher):
-        from ..checkpoint import load_checkpoint
-
         teacher = create_model(d.teacher, num_classes=num_classes, img_size=img_size)
         load_checkpoint(teacher, d.teacher_checkpoint, prefer_ema=True)
     else:

@@ -16,12 +16,15 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from .._io import atomic_write
+from ..checkpoint import convert_state_dict, load_checkpoint, read_state_dict
+from ..models import create_model, get_config
+from ..models import fuse as fuse_model
 from .config import TrainConfig, config_from_dict
 from .data import AugmentedDataset, ShardSampler, collate, eval_transform, open_source
 from .distributed import cleanup, init_distributed
 from .engine import amp_dtype, evaluate_model
 from .state import is_training_checkpoint
-from .._io import atomic_write
 
 __all__ = ["evaluate"]
 
@@ -30,9 +33,6 @@ log = logging.getLogger("leanvit.train")
 
 def _read_weights(model_name: str, checkpoint: str | os.PathLike, ema: bool) -> tuple[dict[str, torch.Tensor], dict]:
     """(leanvit-layout state dict, facts from a training checkpoint or {})."""
-    from ..checkpoint import convert_state_dict, read_state_dict
-    from ..models import get_config
-
     path = Path(checkpoint)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint file not found: {path}")
@@ -82,8 +82,6 @@ def evaluate(
     Returns (and writes to ``out`` as JSON) top1, top5 (percent), loss, images, images_per_s (model
     forward only) and the settings used.
     """
-    from ..models import create_model, get_config
-
     mc = get_config(model_name)
     sd, facts = _read_weights(model_name, checkpoint, ema)
     num_classes = num_classes or facts.get("num_classes") or _head_classes(sd)
@@ -95,12 +93,8 @@ def evaluate(
     try:
         model = create_model(model_name, num_classes=num_classes, img_size=img_size,
                              distillation=any(k.startswith("head_dist.") for k in sd))
-        from ..checkpoint import load_checkpoint
-
         load_checkpoint(model, sd)
         if fuse:
-            from ..deploy.fuse import fuse as fuse_model
-
             model = fuse_model(model)
         model.to(info.device).eval()
         if channels_last:

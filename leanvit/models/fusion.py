@@ -7,16 +7,9 @@ import copy
 import torch
 from torch import nn
 
-__all__ = ["TARGETS", "fuse", "fuse_", "target_for"]
+__all__ = ["TARGETS", "fuse", "fuse_"]
 
 TARGETS = ("torch", "openvino", "onnx")
-# Bench backends and export formats -> fuse target (anything else runs in PyTorch).
-_RUNTIME_TARGETS = {"openvino": "openvino", "onnxruntime": "onnx", "onnx": "onnx"}
-
-
-def target_for(runtime: str) -> str:
-    """The ``fuse`` target for a ``leanvit bench`` backend or ``leanvit export`` format name."""
-    return _RUNTIME_TARGETS.get(runtime, "torch")
 
 
 def _replace_children_(module: nn.Module, hook: str, *args: object) -> nn.Module:

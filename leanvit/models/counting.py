@@ -7,25 +7,26 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["count_params", "count_macs"]
+from .fusion import fuse
+
+__all__ = ["count_params", "count_macs", "flop_formulas"]
 
 
-def _register_cpu_sdpa() -> None:
-    # On CPU, SDPA dispatches to a fused kernel FlopCounterMode does not know; count it like SDPA.
-    from torch.utils import flop_counter
+def _cpu_sdpa_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:  # type: ignore[no-untyped-def]
+    return flop_counter.sdpa_flop_count(query, key, value)  # shapes: FlopCounterMode passes shapes, not tensors
 
+
+def flop_formulas() -> dict:
+    """Formulas ``FlopCounterMode(custom_mapping=...)`` needs beyond torch's own: on CPU, SDPA dispatches
+    to a fused kernel the counter does not know, counted like SDPA. Passed per count, never registered
+    globally (importing leanvit leaves torch's flop registry alone)."""
     op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
     if op is None or op in flop_counter.flop_registry:
-        return
-
-    @flop_counter.register_flop_formula(op)
-    def _cpu_sdpa_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:  # type: ignore[no-untyped-def]
-        return flop_counter.sdpa_flop_count(query, key, value)  # shapes, not tensors
-
-
-_register_cpu_sdpa()
+        return {}
+    return {op: _cpu_sdpa_flops}
 
 
 def count_params(model: nn.Module, trainable_only: bool = False) -> int:
@@ -49,15 +50,13 @@ def count_macs(model: nn.Module, img_size: int | tuple[int, int] | None = None, 
         cfg = getattr(model, "leanvit_cfg", None)
         img_size = cfg.img_size if cfg is not None else 224
     if fuse_first:
-        from ..deploy.fuse import fuse
-
         model = fuse(model)
     was_training = model.training
     model.eval()
     h, w = _img_hw(img_size)
     param = next(model.parameters())
     x = torch.zeros(1, getattr(model, "in_chans", 3), h, w, device=param.device, dtype=param.dtype)
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounterMode(display=False, custom_mapping=flop_formulas())
     with counter:
         model(x)
     model.train(was_training)

@@ -1,0 +1,26 @@
+"""Plain-text tables for the command line (one formatter for every table leanvit prints)."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+__all__ = ["text_table", "format_cell"]
+
+
+def format_cell(value: Any, fmt: str) -> str:
+    """``value`` through ``fmt`` (a format spec such as ``.2f``); ``-`` for None, ``str`` when it does not apply."""
+    if value is None:
+        return "-"
+    try:
+        return format(value, fmt)
+    except (ValueError, TypeError):
+        return str(value)
+
+
+def text_table(headers: Sequence[str], rows: Sequence[Sequence[str]], left_columns: int = 1) -> str:
+    """Fixed-width table: the first ``left_columns`` columns left-aligned, the others right-aligned."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) if i < left_columns else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+              for r in rows]
+    return "\n".join(lines)

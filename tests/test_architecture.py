@@ -1,0 +1,176 @@
+"""The package's layering contract (docs/architecture.md), checked on the source with the AST.
+
+- Imports of leanvit's own modules run one way, down the layer list; a violation names the file,
+  line and the two layers.
+- No function-local imports of leanvit's own modules, except in ``leanvit/cli`` (command modules import
+  the library when their command runs, so that ``--help`` is instant).
+- No import cycles between modules.
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "leanvit"
+
+# Lower index = lower layer. A module may import only from its own layer or lower ones.
+LAYERS = [
+    ("_io", "_text", "layers"),
+    ("models",),
+    ("zoo",),
+    ("checkpoint",),
+    ("weights", "timm_bridge"),
+    ("deploy",),
+    ("bench",),
+    ("train",),
+    ("dense", "analysis"),
+    ("cli", "__main__"),
+]
+# Sibling areas of one layer that must not import each other.
+SIBLINGS_INDEPENDENT = {("dense", "analysis"), ("analysis", "dense")}
+
+
+def _layer_of(area: str) -> int:
+    for i, names in enumerate(LAYERS):
+        if area in names:
+            return i
+    raise AssertionError(f"leanvit/{area} is not in the layer list of tests/test_architecture.py: add it")
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(PACKAGE.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def _imports(path: Path) -> list[tuple[str, int, bool]]:
+    """(imported leanvit module, line, inside a function) for every import of leanvit in ``path``."""
+    tree = ast.parse(path.read_text(), str(path))
+    module = _module_name(path)
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found = []
+
+    def visit(node: ast.AST, in_function: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            inner = in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+            if isinstance(child, ast.Import):
+                found.extend((a.name, child.lineno, in_function) for a in child.names if a.name.split(".")[0] == "leanvit")
+            elif isinstance(child, ast.ImportFrom):
+                if child.level:
+                    base = package.split(".")
+                    base = base[: len(base) - (child.level - 1)]
+                    target = ".".join(base + ([child.module] if child.module else []))
+                else:
+                    target = child.module or ""
+                if target.split(".")[0] == "leanvit":
+                    if child.module is None or target == "leanvit":
+                        # ``from leanvit import x``: module leanvit.x when it is one, else the package itself
+                        found.extend((_submodule(target, a.name), child.lineno, in_function) for a in child.names)
+                    else:
+                        found.append((target, child.lineno, in_function))
+            visit(child, inner)
+
+    visit(tree, False)
+    return found
+
+
+def _submodule(package: str, name: str) -> str:
+    folder = PACKAGE.parent.joinpath(*package.split("."))
+    return f"{package}.{name}" if (folder / f"{name}.py").exists() or (folder / name).is_dir() else package
+
+
+def _area(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else None
+
+
+def _sources() -> list[Path]:
+    return sorted(PACKAGE.rglob("*.py"))
+
+
+def test_imports_run_down_the_layers():
+    problems = []
+    for path in _sources():
+        src_area = _area(_module_name(path))
+        if src_area is None:
+            continue  # leanvit/__init__.py re-exports lazily by name
+        for target, line, _ in _imports(path):
+            dst_area = _area(target)
+            if dst_area is None or dst_area == src_area:
+                continue
+            if _layer_of(dst_area) > _layer_of(src_area) or (src_area, dst_area) in SIBLINGS_INDEPENDENT:
+                problems.append(f"{path.relative_to(PACKAGE.parent)}:{line} imports {target} "
+                                f"({dst_area} is not below {src_area})")
+    assert not problems, "imports against the layering:\n" + "\n".join(problems)
+
+
+def test_no_function_local_imports_of_leanvit():
+    problems = [
+        f"{path.relative_to(PACKAGE.parent)}:{line} imports {target} inside a function"
+        for path in _sources() if _area(_module_name(path)) != "cli"
+        for target, line, local in _imports(path) if local
+    ]
+    assert not problems, "move these imports to the top of their module:\n" + "\n".join(problems)
+
+
+def test_no_import_cycles():
+    modules = {_module_name(p): p for p in _sources()}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        deps = set()
+        for target, _, local in _imports(path):
+            if local:
+                continue
+            while target and target not in modules:
+                target = target.rpartition(".")[0]
+            if target and target != name and not name.startswith(target + "."):
+                deps.add(target)
+        graph[name] = deps
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def dfs(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for dep in sorted(graph.get(node, ())):
+            if state.get(dep) == 1:
+                return stack[stack.index(dep):] + [dep]
+            if dep not in state:
+                cycle = dfs(dep)
+                if cycle:
+                    return cycle
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state:
+            cycle = dfs(node)
+            assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_the_contract_catches_an_upward_import(tmp_path, monkeypatch):
+    # The checker itself must be able to fail: a models module importing bench is reported.
+    fake = tmp_path / "leanvit"
+    (fake / "models").mkdir(parents=True)
+    (fake / "bench").mkdir()
+    (fake / "__init__.py").write_text("")
+    (fake / "models" / "__init__.py").write_text("")
+    (fake / "bench" / "__init__.py").write_text("")
+    (fake / "zoo.py").write_text("")
+    (fake / "models" / "bad.py").write_text("from ..bench import runner\n\ndef f():\n    from .. import zoo\n")
+    monkeypatch.setattr(__import__(__name__), "PACKAGE", fake)
+    try:
+        test_imports_run_down_the_layers()
+    except AssertionError as e:
+        assert "leanvit/models/bad.py:1 imports leanvit.bench" in str(e)
+    else:
+        raise AssertionError("the layering test did not catch models -> bench")
+    try:
+        test_no_function_local_imports_of_leanvit()
+    except AssertionError as e:
+        assert "bad.py:4 imports leanvit.zoo inside a function" in str(e)
+    else:
+        raise AssertionError("the local-import test did not catch an import inside a function")
