@@ -13,11 +13,16 @@ import os
 import types
 import typing
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+
 from .._io import atomic_write
+
+if TYPE_CHECKING:  # importlib.resources.abc is Python >= 3.11; annotations only
+    from importlib.resources.abc import Traversable
 
 __all__ = [
     "TrainConfig", "ConfigError", "load_config", "load_recipe", "list_recipes", "recipe_dirs",
@@ -353,32 +358,37 @@ def _validate(cfg: TrainConfig) -> None:
 
 
 # --------------------------------------------------------------------------------------------- recipes
-def recipe_dirs() -> list[Path]:
-    """Where recipe names are looked up: $LEANVIT_RECIPES (os.pathsep-separated), then the bundled recipes."""
-    dirs = [Path(p) for p in os.environ.get("LEANVIT_RECIPES", "").split(os.pathsep) if p]
-    # The repository's recipes/ (editable installs and checkouts); a wheel may ship them in leanvit/train/recipes.
-    dirs += [Path(__file__).resolve().parents[2] / "recipes", Path(__file__).resolve().parent / "recipes"]
+def recipe_dirs() -> list[Traversable]:
+    """Where recipe names are looked up, first match wins: each directory in ``$LEANVIT_RECIPES``
+    (``os.pathsep``-separated), then the recipes shipped inside the package (``leanvit/train/recipes``)."""
+    dirs: list[Traversable] = [Path(p) for p in os.environ.get("LEANVIT_RECIPES", "").split(os.pathsep) if p]
+    # Package data through importlib.resources: the same lookup in a checkout, an editable install and a wheel.
+    dirs.append(resources.files(__package__).joinpath("recipes"))
     return dirs
+
+
+def _recipe_files(directory: Traversable) -> list[Traversable]:
+    if not directory.is_dir():
+        return []
+    return [p for p in directory.iterdir() if p.name.endswith(".yaml") and p.is_file()]
 
 
 def list_recipes() -> list[str]:
     """Names of the recipes found in :func:`recipe_dirs` (files starting with ``_`` are building blocks)."""
-    names = set()
-    for d in recipe_dirs():
-        if d.is_dir():
-            names.update(p.stem for p in d.glob("*.yaml") if not p.stem.startswith("_"))
-    return sorted(names)
+    names = {p.name[: -len(".yaml")] for d in recipe_dirs() for p in _recipe_files(d)}
+    return sorted(n for n in names if not n.startswith("_"))
 
 
-def _find_recipe(name: str, relative_to: Path | None) -> Path:
+def _find_recipe(name: str, relative_to: Traversable | None) -> Traversable:
     cand = Path(name)
     if cand.suffix in (".yaml", ".yml"):
-        for p in ([relative_to / cand] if relative_to and not cand.is_absolute() else []) + [cand]:
+        near = [relative_to.joinpath(name)] if relative_to is not None and not cand.is_absolute() else []
+        for p in near + [cand]:
             if p.is_file():
                 return p
         raise ConfigError(f"recipe file {name} not found")
     for d in recipe_dirs():
-        p = d / f"{name}.yaml"
+        p = d.joinpath(f"{name}.yaml")
         if p.is_file():
             return p
     known = list_recipes()
@@ -387,23 +397,36 @@ def _find_recipe(name: str, relative_to: Path | None) -> Path:
     raise ConfigError(f"unknown recipe {name!r}.{hint} Known recipes: {', '.join(known)} (or pass a .yaml path)")
 
 
-def load_recipe(spec: str, _seen: tuple[str, ...] = ()) -> dict:
-    """Resolve a recipe spec (``name``, ``path.yaml``, or ``a+b`` composition) to a merged nested dict."""
+def load_recipe(spec: str, _seen: tuple[Traversable, ...] = ()) -> dict:
+    """Resolve a recipe spec (``name``, ``path.yaml``, or ``a+b`` composition) to a merged nested dict.
+
+    A ``base:`` that names a ``.yaml`` file is looked up beside the recipe that names it first."""
     merged: dict = {}
     for part in [p for p in spec.split("+") if p]:
-        path = _find_recipe(part, Path(_seen[-1]).parent if _seen else None)
-        key = str(path.resolve())
-        if key in _seen:
-            raise ConfigError(f"recipe {path} extends itself (chain: {' -> '.join(_seen + (key,))})")
+        path = _find_recipe(part, _parent(_seen[-1]) if _seen else None)
+        if any(_same_file(path, s) for s in _seen):
+            chain = " -> ".join(str(s) for s in _seen + (path,))
+            raise ConfigError(f"recipe {path} extends itself (chain: {chain})")
         data = yaml.safe_load(path.read_text()) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"recipe {path} must be a YAML mapping of sections")
         data.pop("resolved", None)  # a saved run's config.yaml can serve as a recipe
         bases = data.pop("base", None) or []
         for b in [bases] if isinstance(bases, str) else bases:
-            merged = _merge(merged, load_recipe(b, _seen + (key,)))
+            merged = _merge(merged, load_recipe(b, _seen + (path,)))
         merged = _merge(merged, data)
     return merged
+
+
+def _parent(path: Traversable) -> Traversable | None:
+    # Files on disk (Paths, and the package's own recipes) know their directory; a zipped resource may not.
+    return getattr(path, "parent", None)
+
+
+def _same_file(a: Traversable, b: Traversable) -> bool:
+    if isinstance(a, Path) and isinstance(b, Path):
+        return a.resolve() == b.resolve()
+    return str(a) == str(b)
 
 
 def _key_error(key: str) -> ConfigError:
