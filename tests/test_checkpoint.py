@@ -10,7 +10,8 @@ import torch
 
 import leanvit
 from leanvit.checkpoint import CheckpointError
-from conftest import CONV_FAMILY_MODELS, randomize
+from conftest import CONV_FAMILY_MODELS
+from leanvit.models.signal import signal_weights_
 
 # --- an independent timm -> official rewrite, straight from the spec tables (shvit.md §6, efficientvit_m.md §6).
 _DOWN_SHVIT = {"0": "0.0", "1": "0.1", "2": "1", "3": "2.0", "4": "2.1"}
@@ -61,7 +62,7 @@ def _logits(model, x):
 @pytest.mark.parametrize("name", CONV_FAMILY_MODELS)
 def test_timm_and_official_weights_reproduce_timm_logits(name):
     torch.manual_seed(0)
-    ref = randomize(timm.create_model(name)).eval()
+    ref = signal_weights_(timm.create_model(name)).eval()
     size = leanvit.get_config(name).img_size
     x = torch.randn(2, 3, size, size)
     expected = _logits(ref, x)
@@ -80,7 +81,7 @@ def test_timm_and_official_weights_reproduce_timm_logits(name):
 
 @pytest.mark.parametrize("name", ["shvit_s1", "efficientvit_m0"])
 def test_round_trips_are_exact(name, tmp_path):
-    model = randomize(leanvit.create_model(name))
+    model = signal_weights_(leanvit.create_model(name))
     sd = model.state_dict()
     for layout in ("timm", "official"):
         foreign = leanvit.convert_state_dict(sd, _family(name), "leanvit", layout)
@@ -96,7 +97,7 @@ def test_round_trips_are_exact(name, tmp_path):
 
 
 def test_timm_layout_file_loads_in_timm(tmp_path):
-    model = randomize(leanvit.create_model("shvit_s1"))
+    model = signal_weights_(leanvit.create_model("shvit_s1"))
     path = leanvit.save_checkpoint(model, tmp_path / "s1.pth", layout="timm")
     ref = timm.create_model("shvit_s1")
     ref.load_state_dict(torch.load(path, weights_only=True))
@@ -112,7 +113,7 @@ def test_official_entry_counts():
 
 
 def test_official_2d_conv_weights_are_reshaped():
-    model = randomize(leanvit.create_model("efficientvit_m0"))
+    model = signal_weights_(leanvit.create_model("efficientvit_m0"))
     official = leanvit.convert_state_dict(model.state_dict(), "efficientvit_m", "leanvit", "official")
     flattened = 0
     for k, v in list(official.items()):
@@ -127,7 +128,7 @@ def test_official_2d_conv_weights_are_reshaped():
 
 
 def test_attention_biases_resized_for_other_resolution():
-    src = randomize(leanvit.create_model("efficientvit_m0"))
+    src = signal_weights_(leanvit.create_model("efficientvit_m0"))
     dst = leanvit.create_model("efficientvit_m0", img_size=160)  # windows 7/5/3 instead of 7/7/4
     leanvit.load_checkpoint(dst, src.state_dict())
     assert tuple(dst.stages[1].blocks[0].mixer.m.attn.attention_biases.shape) == (4, 25)
@@ -137,7 +138,7 @@ def test_attention_biases_resized_for_other_resolution():
 
 
 def test_drop_head_adapts_num_classes():
-    src = randomize(leanvit.create_model("shvit_s1"))
+    src = signal_weights_(leanvit.create_model("shvit_s1"))
     dst = leanvit.create_model("shvit_s1", num_classes=10)
     before = dst.head.linear.weight.clone()
     with pytest.raises(CheckpointError, match="drop_head=True"):
@@ -232,7 +233,7 @@ def test_non_strict_reports_missing():
 
 
 def test_create_model_with_checkpoint_and_module_prefix(tmp_path):
-    src = randomize(leanvit.create_model("efficientvit_m1"))
+    src = signal_weights_(leanvit.create_model("efficientvit_m1"))
     wrapped = {"model": {"module." + k: v for k, v in src.state_dict().items()}, "epoch": 3}
     path = tmp_path / "ddp.pth"
     torch.save(wrapped, path)

@@ -12,7 +12,7 @@ from PIL import Image
 from torchvision import transforms as T
 
 import leanvit
-from conftest import randomize
+from leanvit.models.signal import signal_weights_
 from leanvit.cli import main
 from leanvit.train import load_config, read_checkpoint, train
 from test_train_fixtures import make_image_folder, one_thread  # noqa: F401  (fixture)
@@ -42,7 +42,7 @@ def _independent_metrics(model: torch.nn.Module, root: Path, img_size: int) -> d
 
 def test_eval_weights_file_matches_independent_accuracy(tmp_path: Path) -> None:
     root = make_image_folder(tmp_path / "data", CLASSES, splits=("val",))
-    model = randomize(leanvit.create_model("efficientvit_m0", num_classes=len(CLASSES), img_size=32), seed=3)
+    model = signal_weights_(leanvit.create_model("efficientvit_m0", num_classes=len(CLASSES), img_size=32), seed=3)
     with torch.no_grad():  # spread the predictions so that accuracy is not one class's share
         model.head.linear.bias.copy_(torch.randn(len(CLASSES), generator=torch.Generator().manual_seed(0)))
     weights = tmp_path / "w.safetensors"
@@ -70,7 +70,7 @@ def test_eval_timm_weights_file(tmp_path: Path) -> None:
     import timm
 
     root = make_image_folder(tmp_path / "data", CLASSES, splits=("val",))
-    ref = randomize(timm.create_model("efficientvit_m0", num_classes=len(CLASSES)), seed=5)
+    ref = signal_weights_(timm.create_model("efficientvit_m0", num_classes=len(CLASSES)), seed=5)
     torch.save(ref.state_dict(), tmp_path / "timm.pth")
     ref.leanvit_cfg = leanvit.get_config("efficientvit_m0")  # mean/std/crop for the independent transform
     want = _independent_metrics(ref, root, 224)

@@ -5,45 +5,45 @@ import pytest
 import torch
 
 import leanvit
-from conftest import CONV_FAMILY_MODELS, randomize
+from leanvit.models.signal import signal_images, signal_weights_
+from conftest import CONV_FAMILY_MODELS, assert_logits_close
 
 
 @pytest.mark.parametrize("name", CONV_FAMILY_MODELS)
 def test_fused_matches_unfused_and_exports(name):
-    torch.manual_seed(0)
-    model = randomize(leanvit.create_model(name)).eval()
+    model = signal_weights_(leanvit.create_model(name)).eval()
     size = leanvit.get_config(name).img_size
-    x = torch.randn(2, 3, size, size)
+    x = signal_images(4, size, seed=1)
     fused = leanvit.fuse(model)
     assert model.training is False and any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
     assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in fused.modules())
     with torch.no_grad():
         ref = model(x)
-        out = fused(x)
-        assert (out - ref).abs().max().item() <= 1e-4
+        # measured: 1.6e-5 (shvit_s1) to 6.8e-5 (efficientvit_m5) of the spread, float32 rounding
+        assert_logits_close(ref, fused(x), rel=3e-4)
         traced = torch.jit.trace(fused, x)
-        assert (traced(x) - ref).abs().max().item() <= 1e-4
+        assert_logits_close(ref, traced(x), rel=3e-4)
 
 
 @pytest.mark.parametrize("name", ["shvit_s1", "efficientvit_m1"])
 def test_fused_torch_export(name):
     # torch.export costs ~10 s a model on 2 cores: one per family (the code paths are shared within a family).
-    model = randomize(leanvit.create_model(name)).eval()
+    model = signal_weights_(leanvit.create_model(name)).eval()
     fused = leanvit.fuse(model)
-    x = torch.randn(2, 3, 224, 224)
+    x = signal_images(2, 224, seed=2)
     exported = torch.export.export(fused, (x,))
     with torch.no_grad():
-        assert (exported.module()(x) - model(x)).abs().max().item() <= 1e-4
+        assert_logits_close(model(x), exported.module()(x), rel=3e-4)
 
 
 def test_shvit_depthwise_residuals_fold_into_kernels():
-    model = randomize(leanvit.create_model("shvit_s1")).eval()
+    model = signal_weights_(leanvit.create_model("shvit_s1")).eval()
     fused = leanvit.fuse(model)
     # the block's residual depthwise conv became a single conv (no Residual wrapper, no add)
     assert isinstance(fused.stages[0].blocks[0].conv, torch.nn.Conv2d)
-    x = torch.randn(1, 128, 14, 14)
+    x = torch.randn(4, 128, 14, 14)
     with torch.no_grad():
-        assert torch.allclose(fused.stages[0].blocks[0].conv(x), model.stages[0].blocks[0].conv(x), atol=1e-5)
+        assert_logits_close(model.stages[0].blocks[0].conv(x), fused.stages[0].blocks[0].conv(x), rel=1e-4)
 
 
 def test_fuse_leaves_the_original_alone():
@@ -56,12 +56,11 @@ def test_fuse_leaves_the_original_alone():
 # --- per-runtime deploy forms ---------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def m0():
-    torch.manual_seed(0)
-    return randomize(leanvit.create_model("efficientvit_m0")).eval()
+    return signal_weights_(leanvit.create_model("efficientvit_m0")).eval()
 
 
 # native (2x2 windows in stage 1, sliced); non-square, padded windows; 6x6 windows (the permute fallback)
-@pytest.mark.parametrize("shape", [(2, 3, 224, 224), (1, 3, 160, 225), (1, 3, 672, 672)])
+@pytest.mark.parametrize("shape", [(2, 3, 224, 224), (2, 3, 160, 225), (2, 3, 672, 672)])
 def test_openvino_target_splits_qkv_and_matches(m0, shape):
     from leanvit.models.efficientvit_m import (
         CascadedGroupAttention, LocalWindowAttention, _SlicedWindowAttention, _SplitQKVCascadedAttention,
@@ -77,12 +76,11 @@ def test_openvino_target_splits_qkv_and_matches(m0, shape):
     for a in attns:  # no qkv conv left to split: every conv yields q, k or v alone (or is the projection)
         qkv = 2 * a.key_dim + a.val_dim
         assert not any(isinstance(c, torch.nn.Conv2d) and c.out_channels == qkv for c in a.modules())
-    x = torch.randn(*shape)
+    x = signal_images(shape[0], shape[2:], seed=3)
     with torch.no_grad():
         ref = m0(x)
-        assert ref.abs().max() > 1e-2
-        assert (fused(x) - ref).abs().max().item() <= 1e-5
-        assert (torch.jit.trace(fused, x)(x) - ref).abs().max().item() <= 1e-5
+        assert_logits_close(ref, fused(x), rel=3e-4)
+        assert_logits_close(ref, torch.jit.trace(fused, x)(x), rel=3e-4)
 
 
 @pytest.mark.parametrize("target", ["torch", "onnx"])

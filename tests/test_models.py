@@ -6,7 +6,8 @@ import timm
 import torch
 
 import leanvit
-from conftest import CONV_FAMILY_MODELS, paper_tables, randomize
+from conftest import CONV_FAMILY_MODELS, paper_tables
+from leanvit.models.signal import signal_weights_
 
 
 def test_registry_names():
@@ -61,7 +62,7 @@ def test_se_rounding_shvit_s2():
 @pytest.mark.parametrize("name", CONV_FAMILY_MODELS)
 def test_any_input_size_matches_timm(name):
     torch.manual_seed(0)
-    timm_model = randomize(timm.create_model(name)).eval()
+    timm_model = signal_weights_(timm.create_model(name)).eval()
     model = leanvit.create_model(name)
     leanvit.load_checkpoint(model, timm_model.state_dict())
     model.eval()
@@ -158,7 +159,7 @@ def test_bias_cache_never_stale():
     x = torch.randn(1, 3, 128, 128)  # two 7x7 windows per side in stage 1: the padded window path too
     with torch.no_grad():
         m(x)  # fills the cache
-        other = randomize(leanvit.create_model("efficientvit_m0"), seed=7)
+        other = signal_weights_(leanvit.create_model("efficientvit_m0"), seed=7)
         m.load_state_dict(other.state_dict())
         assert torch.equal(m(x), other.eval()(x))
         # in-place edit, dtype change and mode switches also refresh the bias

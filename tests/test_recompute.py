@@ -9,7 +9,7 @@ import torch
 import leanvit
 from leanvit.layers import recompute
 
-from conftest import randomize
+from leanvit.models.signal import signal_weights_
 
 
 def _step(model: torch.nn.Module, x: torch.Tensor, amp: bool = False) -> tuple[torch.Tensor, dict, dict]:
@@ -23,7 +23,7 @@ def _step(model: torch.nn.Module, x: torch.Tensor, amp: bool = False) -> tuple[t
 
 def _pair(name: str, channels_last: bool) -> tuple[torch.nn.Module, torch.nn.Module]:
     torch.manual_seed(0)
-    model = randomize(leanvit.create_model(name, num_classes=7)).train()
+    model = signal_weights_(leanvit.create_model(name, num_classes=7)).train()
     model.prefers_channels_last = channels_last
     plain = copy.deepcopy(model)
     plain.set_recompute_norm_activations(False)
@@ -113,7 +113,7 @@ def test_recompute_with_retain_graph_grad_checkpointing_and_intermediates() -> N
 
 def test_cpu_forward_is_channels_last_and_equal() -> None:
     torch.manual_seed(0)
-    model = randomize(leanvit.create_model("shvit_s1")).eval()
+    model = signal_weights_(leanvit.create_model("shvit_s1")).eval()
     x = torch.randn(2, 3, 128, 160)
     with torch.no_grad():
         assert model.forward_features(torch.randn(1, 3, 64, 64)).is_contiguous()  # tiny inputs stay NCHW
