@@ -10,8 +10,8 @@ import torch
 
 import leanvit
 from leanvit.checkpoint import CheckpointError
-from conftest import CONV_FAMILY_MODELS
-from leanvit.models.signal import signal_weights_
+from leanvit.models.signal import signal_images, signal_weights_
+from conftest import CONV_FAMILY_MODELS, assert_logits_close
 
 # --- an independent timm -> official rewrite, straight from the spec tables (shvit.md §6, efficientvit_m.md §6).
 _DOWN_SHVIT = {"0": "0.0", "1": "0.1", "2": "1", "3": "2.0", "4": "2.1"}
@@ -61,22 +61,23 @@ def _logits(model, x):
 
 @pytest.mark.parametrize("name", CONV_FAMILY_MODELS)
 def test_timm_and_official_weights_reproduce_timm_logits(name):
-    torch.manual_seed(0)
     ref = signal_weights_(timm.create_model(name)).eval()
     size = leanvit.get_config(name).img_size
-    x = torch.randn(2, 3, size, size)
+    x = signal_images(2, size, seed=1)
     expected = _logits(ref, x)
 
     model = leanvit.create_model(name)
     report = leanvit.load_checkpoint(model, ref.state_dict())
     assert report["layout"] in ("timm", "leanvit")
-    assert (_logits(model, x) - expected).abs().max().item() <= 1e-5
+    assert (_logits(model, x) - expected).abs().max().item() <= 1e-5  # logits of magnitude ~1
+    assert_logits_close(expected, _logits(model, x), rel=1e-5)
 
     official = {"model": timm_to_official(ref.state_dict(), _family(name))}
     assert all(k.startswith(("patch_embed.", "blocks", "head.")) for k in official["model"])
     model2 = leanvit.create_model(name)
     assert leanvit.load_checkpoint(model2, official)["layout"] == "official"
     assert (_logits(model2, x) - expected).abs().max().item() <= 1e-5
+    assert_logits_close(expected, _logits(model2, x), rel=1e-5)
 
 
 @pytest.mark.parametrize("name", ["shvit_s1", "efficientvit_m0"])
@@ -101,8 +102,9 @@ def test_timm_layout_file_loads_in_timm(tmp_path):
     path = leanvit.save_checkpoint(model, tmp_path / "s1.pth", layout="timm")
     ref = timm.create_model("shvit_s1")
     ref.load_state_dict(torch.load(path, weights_only=True))
-    x = torch.randn(1, 3, 224, 224)
+    x = signal_images(2, 224, seed=2)
     assert (_logits(ref, x) - _logits(model, x)).abs().max() <= 1e-5
+    assert_logits_close(_logits(model, x), _logits(ref, x), rel=1e-5)
 
 
 def test_official_entry_counts():

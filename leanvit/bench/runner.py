@@ -26,8 +26,8 @@ from ..deploy.runtime import (
     BACKENDS, PRECISIONS, build_runtime, check_jit_optimize, check_precision, quiet_deprecations, torch_threads,
 )
 from ..models import count_macs, count_params
-from ..zoo import (ModelSpec, build_model, count_unfused_norms, fuse_model, perturb_batchnorm_, resolve_model,
-                   target_for)
+from ..models.signal import signal_weights_
+from ..zoo import ModelSpec, build_model, count_unfused_norms, fuse_model, resolve_model, target_for
 from .env import environment
 from .memory import PeakMemory, release_freed_memory, rss_mb
 from .options import MODES, BenchOptions
@@ -211,7 +211,7 @@ def run_config(cfg: BenchConfig, spec: ModelSpec | None = None) -> dict[str, Any
         t0 = time.perf_counter()
         model = build_model(spec, cfg.img_size)
         if cfg.perturb_bn:
-            perturb_batchnorm_(model, cfg.seed)
+            signal_weights_(model, seed=cfg.seed, img_size=cfg.img_size)  # logits that depend on the input
         example = torch.randn(cfg.batch_size, 3, cfg.img_size, cfg.img_size)
         if cfg.mode == "train":
             return _run_train(cfg, spec, model, example, base_mb)
