@@ -9,9 +9,10 @@ from ._layouts import Layout
 from ._registry import ModelConfig, create_model, family_class, get_config, is_model, list_models
 from .counting import count_macs, count_params
 from .fusion import fuse
+from .signal import logit_agreement, signal_images, signal_weights_
 
 __all__ = [
     "LeanViTModel", "Layout", "ModelConfig", "create_model", "family_class", "get_config", "is_model", "list_models",
-    "count_macs", "count_params", "fuse",
+    "count_macs", "count_params", "fuse", "signal_weights_", "signal_images", "logit_agreement",
     "shvit", "efficientvit_m", "sepvit",
 ]
