@@ -59,6 +59,17 @@ def _logits(model, x):
         return model.eval()(x)
 
 
+def _assert_same_as_timm(model, expected, x):
+    """Bit-equal to timm on the NCHW path; the CPU's channels-last kernels round differently (measured
+    1.5e-5 of the spread for shvit_s1)."""
+    assert_logits_close(expected, _logits(model, x), rel=1e-4)
+    model.set_channels_last(False)
+    try:
+        assert torch.equal(_logits(model, x), expected)
+    finally:
+        model.set_channels_last("auto")
+
+
 @pytest.mark.parametrize("name", CONV_FAMILY_MODELS)
 def test_timm_and_official_weights_reproduce_timm_logits(name):
     ref = signal_weights_(timm.create_model(name)).eval()
@@ -69,15 +80,13 @@ def test_timm_and_official_weights_reproduce_timm_logits(name):
     model = leanvit.create_model(name)
     report = leanvit.load_checkpoint(model, ref.state_dict())
     assert report["layout"] in ("timm", "leanvit")
-    assert (_logits(model, x) - expected).abs().max().item() <= 1e-5  # logits of magnitude ~1
-    assert_logits_close(expected, _logits(model, x), rel=1e-5)
+    _assert_same_as_timm(model, expected, x)
 
     official = {"model": timm_to_official(ref.state_dict(), _family(name))}
     assert all(k.startswith(("patch_embed.", "blocks", "head.")) for k in official["model"])
     model2 = leanvit.create_model(name)
     assert leanvit.load_checkpoint(model2, official)["layout"] == "official"
-    assert (_logits(model2, x) - expected).abs().max().item() <= 1e-5
-    assert_logits_close(expected, _logits(model2, x), rel=1e-5)
+    _assert_same_as_timm(model2, expected, x)
 
 
 @pytest.mark.parametrize("name", ["shvit_s1", "efficientvit_m0"])
@@ -103,8 +112,7 @@ def test_timm_layout_file_loads_in_timm(tmp_path):
     ref = timm.create_model("shvit_s1")
     ref.load_state_dict(torch.load(path, weights_only=True))
     x = signal_images(2, 224, seed=2)
-    assert (_logits(ref, x) - _logits(model, x)).abs().max() <= 1e-5
-    assert_logits_close(_logits(model, x), _logits(ref, x), rel=1e-5)
+    _assert_same_as_timm(model, _logits(ref, x), x)
 
 
 def test_official_entry_counts():

@@ -1,7 +1,7 @@
-"""The engine learns: a few steps on a fixed batch reduce the loss for every family; digits reach >= 90%."""
+"""The engine learns: a few steps on a fixed batch reduce the loss for every family; digits reach >= 90%
+in three epochs."""
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -32,15 +32,12 @@ def test_fixed_batch_loss_decreases(name: str, tmp_path: Path) -> None:
             assert id(p) in no_decay, n
 
 
-def test_digits_reach_90_percent_quickly(tmp_path: Path) -> None:
+def test_digits_reach_90_percent_in_three_epochs(tmp_path: Path) -> None:
     # The default `leanvit train` recipe on scikit-learn's real handwritten digits (1437 train / 360 val).
     cfg = load_config("quick", {"output": str(tmp_path / "run"), "train.epochs": 3,
                                 "log.progress": False, "log.tensorboard": False})
-    start = time.perf_counter()
     summary = train(cfg)
-    elapsed = time.perf_counter() - start
     assert summary["best_top1"] >= 90.0, summary
-    assert elapsed < 180, f"digits training took {elapsed:.0f}s"
     for f in ("last.ckpt", "best.ckpt", "config.yaml", "metrics.csv", "summary.json"):
         assert (tmp_path / "run" / f).is_file(), f
 

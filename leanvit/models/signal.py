@@ -127,12 +127,12 @@ def signal_weights_(
     (LayerNorm throughout, no BatchNorm to calibrate) reaches 0.15-0.24: its logits keep a larger constant.
     Cost: 0.3-3.5 s of CPU per model (one thread), most of it the calibration forwards.
     """
-    g = torch.Generator().manual_seed(seed)
-    _redraw_(model, g)
-    side = img_size or _native_size(model)
-    device = next(model.parameters()).device
-    images = signal_images(batches * batch_size, side, seed=seed + 1).to(device)
-    _calibrate_batchnorm_(model, images, batches)
+    first = next(model.parameters(), None)
+    if first is None:
+        return model
+    _redraw_(model, torch.Generator().manual_seed(seed))
+    images = signal_images(batches * batch_size, img_size or _native_size(model), seed=seed + 1)
+    _calibrate_batchnorm_(model, images.to(first.device, first.dtype), batches)
     return model
 
 
