@@ -22,7 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "train", help="train a model (single process, or distributed under torchrun / SLURM)",
         description="Train with a recipe (recipes/*.yaml; 'a+b' composes) and overrides. Writes OUTPUT/last.ckpt, "
                     "best.ckpt, config.yaml, metrics.csv, summary.json. Distributed: torchrun --nproc_per_node=K "
-                    "-m leanvit train ...",
+                    "-m leanvit train ... Run again with the same arguments, an interrupted run continues from its "
+                    "checkpoint. SIGTERM/SIGUSR1/SIGINT: finish the update, write a checkpoint, exit with code 75.",
     )
     p.add_argument("--model", help="model name (default: the recipe's)")
     p.add_argument("--recipe", help="recipe name or YAML path, 'a+b' to compose (default: quick, or the "
@@ -33,7 +34,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--output", help="output directory")
     p.add_argument("--max-steps", type=int, help="stop after this many optimizer updates")
     p.add_argument("--seed", type=int)
-    p.add_argument("--resume", help="training checkpoint to continue exactly (e.g. OUTPUT/last.ckpt)")
+    resume = p.add_mutually_exclusive_group()
+    resume.add_argument("--resume", help="training checkpoint to continue exactly (e.g. OUTPUT/last.ckpt), with its "
+                                         "own config; flags and --set change it. Default: continue the run in OUTPUT "
+                                         "if there is one and its config matches")
+    resume.add_argument("--no-resume", action="store_true", help="never continue a run: an OUTPUT that holds one "
+                                                                 "is refused")
     p.add_argument("--finetune", help="weights to start from (leanvit, timm or official file); new head if the "
                                       "class count differs")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -83,13 +89,15 @@ def _train(args: argparse.Namespace) -> int:
     if args.recipe:
         data = load_recipe(args.recipe)
     elif args.resume:
-        from ..train.state import read_checkpoint
+        from ..train.recovery import open_resume_checkpoint
 
-        data = read_checkpoint(args.resume)["config"]  # continue with the run's own settings
+        data = open_resume_checkpoint(args.resume).state["config"]  # continue with the run's own settings
         data.pop("resume", None)
     else:
         data = load_recipe("quick")
     flags = {key: getattr(args, name) for name, key in _FLAG_KEYS.items() if getattr(args, name) is not None}
+    if not args.resume:
+        flags["resume"] = None if args.no_resume else "auto"
     data = apply_overrides(apply_overrides(data, flags), args.overrides)
     cfg = config_from_dict(data)
     cfg.recipe = [p for p in (args.recipe or "").split("+") if p] or cfg.recipe or ["quick"]
@@ -100,6 +108,7 @@ def _train(args: argparse.Namespace) -> int:
 
         print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
         return 0
+    from ..train.preemption import PREEMPTED_EXIT_CODE, TrainingPreempted
     from ..train.trainer import train
 
     try:
@@ -107,6 +116,9 @@ def _train(args: argparse.Namespace) -> int:
     except FileExistsError as err:
         print(f"leanvit train: error: {err}", file=sys.stderr)
         return 1
+    except TrainingPreempted as stop:
+        print(f"leanvit train: {stop}", file=sys.stderr)
+        return PREEMPTED_EXIT_CODE
     except KeyboardInterrupt:
         print("leanvit train: interrupted; continue with --resume OUTPUT/last.ckpt", file=sys.stderr)
         return 130

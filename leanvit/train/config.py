@@ -138,6 +138,7 @@ class LoopSection:
     deterministic: bool = False
     eval_every: int = 1  # epochs between evaluations (the last epoch is always evaluated)
     dist_bn: str = "reduce"  # reduce | broadcast | none: BN statistics across processes at epoch end
+    dist_timeout_s: int = 1800  # a collective waiting this long for a hung peer fails, naming the rank
     log_interval: int = 20
 
 
@@ -205,7 +206,7 @@ class TrainConfig:
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
     log: LogSection = field(default_factory=LogSection)
     output: str = "runs/train"
-    resume: str | None = None
+    resume: str | None = None  # a checkpoint to continue, "auto" (the run in output, if any) or None (recovery.py)
     recipe: list[str] = field(default_factory=list)  # the recipes this config was built from (informational)
 
 
@@ -220,7 +221,7 @@ _CHOICES = {
     "aug.mixup_mode": ("batch", "pair", "elem"),
     "aug.remode": ("pixel", "rand", "const"),
 }
-_POSITIVE = ("train.epochs", "train.batch_size", "train.accum_steps", "data.ra_repeats", "optim.lr_base_size")
+_POSITIVE = ("train.epochs", "train.batch_size", "train.accum_steps", "train.dist_timeout_s", "data.ra_repeats", "optim.lr_base_size")
 
 
 # --------------------------------------------------------------------------------------------- coercion

@@ -3,20 +3,24 @@
 torchrun (any number of nodes, via ``--nnodes`` / ``--rdzv-endpoint``) sets RANK, WORLD_SIZE,
 LOCAL_RANK, MASTER_ADDR and MASTER_PORT. Under ``srun`` without torchrun the SLURM variables are
 translated (SLURM_PROCID -> RANK, ...); the rendezvous host is the first node of the allocation.
-Backend: nccl on CUDA, gloo on CPU.
+Backend: nccl on CUDA, gloo on CPU. A collective that fails (a peer died) or times out
+(``train.dist_timeout_s``: a peer hangs) raises :class:`CollectiveError` naming this process's rank.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import subprocess
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init_distributed", "cleanup", "all_reduce_sum", "gather_objects", "barrier"]
+__all__ = ["DistInfo", "CollectiveError", "init_distributed", "cleanup", "all_reduce_sum", "gather_objects",
+           "broadcast_object", "barrier", "name_collective_failures"]
 
 
 @dataclass
@@ -28,6 +32,7 @@ class DistInfo:
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
     initialized_here: bool = False
+    timeout_s: int = 1800
 
     @property
     def distributed(self) -> bool:
@@ -73,7 +78,7 @@ def init_distributed(device: str = "auto", timeout_s: int = 1800) -> DistInfo:
         dev = torch.device("cuda", torch.cuda.current_device())
     else:
         dev = torch.device("cpu")
-    info = DistInfo(rank, world, local_rank, dev)
+    info = DistInfo(rank, world, local_rank, dev, timeout_s=timeout_s)
     if world > 1:
         if dist.is_initialized():
             info.rank, info.world_size = dist.get_rank(), dist.get_world_size()
@@ -115,3 +120,47 @@ def gather_objects(obj: Any, info: DistInfo) -> list[Any]:
     out: list[Any] = [None] * info.world_size
     dist.all_gather_object(out, obj)
     return out
+
+
+def broadcast_object(obj: Any, info: DistInfo) -> Any:
+    """Rank 0's ``obj`` on every process (``obj`` of the other ranks is ignored)."""
+    if not info.distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+class CollectiveError(RuntimeError):
+    """A collective operation failed or timed out: another process died or hangs."""
+
+
+# Backend failures arrive as plain RuntimeErrors (gloo) or DistErrors; these mark them apart from model errors.
+_BACKEND_MARKERS = ("gloo/", "Timed out waiting", "Connection closed by peer", "Connection reset by peer", "NCCL")
+
+
+def _is_backend_failure(error: BaseException) -> bool:
+    if isinstance(error, dist.DistError):
+        return True
+    return isinstance(error, RuntimeError) and any(m in str(error) for m in _BACKEND_MARKERS)
+
+
+@contextlib.contextmanager
+def name_collective_failures(info: DistInfo, resume_hint: str = "") -> Iterator[None]:
+    """Turn a failed or timed-out collective into a :class:`CollectiveError` that names this rank.
+
+    Without this, each process of a job whose peer died prints the backend's bare message (gloo does not
+    say which process is reporting), and a hung peer shows nothing at all for ``dist_timeout_s``.
+    """
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001 - re-raised unchanged unless it is a backend failure
+        if not info.distributed or isinstance(e, CollectiveError) or not _is_backend_failure(e):
+            raise
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise CollectiveError(
+            f"rank {info.rank} of {info.world_size} (host {socket.gethostname()}, pid {os.getpid()}): a collective "
+            f"operation with the other processes failed or timed out (train.dist_timeout_s={info.timeout_s}): "
+            f"{first}. Another process probably died or hangs; its own log has the first error. "
+            f"{resume_hint}".rstrip()
+        ) from e

@@ -21,11 +21,13 @@ from torch import nn
 from . import build
 from .config import TrainConfig, config_to_dict, save_config
 from .data import build_loaders, build_transforms, open_source
-from .distributed import DistInfo, all_reduce_sum, cleanup, gather_objects, init_distributed
+from .distributed import DistInfo, all_reduce_sum, cleanup, gather_objects, init_distributed, name_collective_failures
 from .engine import DistillationLoss, NonFiniteLossError, amp_dtype, autocast, build_criterion, evaluate_model
 from .metrics import RunLogger
-from .state import (FORMAT, CheckpointWriteError, capture_rng, link_or_copy, prune_epoch_checkpoints,
-                    read_checkpoint, restore_rng, write_checkpoint)
+from .preemption import PreemptionGuard, TrainingPreempted
+from .recovery import select_resume
+from .state import (FORMAT, CheckpointWriteError, capture_rng, link_or_copy, prune_epoch_checkpoints, restore_rng,
+                    write_checkpoint)
 
 __all__ = ["Trainer", "train"]
 
@@ -47,19 +49,18 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, callbacks: list[Callback] | None = None, info: DistInfo | None = None) -> None:
         self.cfg = cfg
         self.callbacks = list(callbacks or [])
-        self.info: DistInfo = info or init_distributed(cfg.train.device)
+        self.info: DistInfo = info or init_distributed(cfg.train.device, cfg.train.dist_timeout_s)
         self.out = Path(cfg.output)
         self.device = self.info.device
         if not self.info.is_main:
             logging.getLogger("leanvit.train").setLevel(logging.WARNING)
-        resume = read_checkpoint(cfg.resume) if cfg.resume else None
+        # cfg.resume: a checkpoint, "auto" or None; afterwards the chosen file or None (see recovery.py)
+        cfg, point = select_resume(cfg, self.info)
+        self.cfg = cfg
+        resume = point.state if point is not None else None
         if resume is not None:
             self._check_resume_model(resume)
-        elif self.info.is_main and (self.out / "last.ckpt").exists():
-            raise FileExistsError(
-                f"{self.out} already holds a run (last.ckpt); continue it with --resume {self.out / 'last.ckpt'}, "
-                "or choose another --output"
-            )
+        self.preemption = PreemptionGuard()
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         if cfg.train.deterministic:
@@ -322,6 +323,8 @@ class Trainer:
                 self._emit("step_end")
                 if self._stop_requested():
                     break
+                if self.preemption.agreed(self.info):  # every rank stops after this same update
+                    break
                 every = cfg.checkpoint.every_steps
                 if every and self.global_step % every == 0 and self.batches_done < total:
                     self.save(epoch_complete=False)
@@ -361,10 +364,13 @@ class Trainer:
                  cfg.model.name, self.bundle.description, len(self.bundle.train), len(self.bundle.val),
                  self.num_classes, self.info.world_size, self.global_batch, self.lr)
         start = time.perf_counter()
+        self.preemption.install()
         try:
             while self.epoch < cfg.train.epochs and not self._stop_requested():
                 stats = self.train_epoch()
                 complete = self.batches_done >= self.batches_per_epoch
+                if self.preemption.stopping and not complete:
+                    self._stop_preempted(save=True)
                 last = self.epoch + 1 == cfg.train.epochs or self._stop_requested()
                 row: dict[str, Any] = dict(epoch=self.epoch, global_step=self.global_step, **stats)
                 is_best = False
@@ -382,11 +388,20 @@ class Trainer:
                 self._emit("epoch_end")
                 if complete:
                     self.epoch, self.batches_done = self.epoch + 1, 0
+                if self.preemption.agreed(self.info) and self.epoch < cfg.train.epochs and not self._stop_requested():
+                    self._stop_preempted(save=False)  # the epoch's checkpoint holds this step
             summary = self._summary(time.perf_counter() - start)
             self.logger.summary(self.out, summary)
             return summary
         finally:
+            self.preemption.uninstall()
             self.logger.close()
+
+    def _stop_preempted(self, save: bool) -> None:
+        """After a preemption signal: write this step's checkpoint (rank 0) and leave :meth:`fit`."""
+        if save:
+            self.save(epoch_complete=False)
+        raise TrainingPreempted(self.preemption.signal_name, self.out / "last.ckpt", self.global_step)
 
     def _summary(self, wall: float) -> dict[str, Any]:
         skipped = sorted(set().union(*gather_objects(sorted(self.skipped), self.info)))
@@ -448,13 +463,15 @@ class Trainer:
 
 def train(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> dict[str, Any]:
     """Train according to ``cfg``; returns the summary (best top-1, time, images/s, skipped files)."""
-    info = init_distributed(cfg.train.device)
+    info = init_distributed(cfg.train.device, cfg.train.dist_timeout_s)
     # Process-wide settings a run may change (threads, determinism) are restored afterwards, so that
     # calling train() from a notebook or a test session leaves the process as it was.
     saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
              torch.is_deterministic_algorithms_warn_only_enabled(), torch.backends.cudnn.benchmark)
+    restart_hint = f"Under torchrun --max-restarts=N the job restarts by itself and continues from {cfg.output}."
     try:
-        return Trainer(cfg, callbacks, info).fit()
+        with name_collective_failures(info, restart_hint):
+            return Trainer(cfg, callbacks, info).fit()
     finally:
         torch.set_num_threads(saved[0])
         torch.use_deterministic_algorithms(saved[1], warn_only=saved[2])
