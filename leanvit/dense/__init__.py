@@ -1,0 +1,8 @@
+"""Dense prediction on leanvit backbones: COCO detection / instance segmentation and semantic segmentation.
+
+Built on torchvision's detectors with the official (mmdet 2.x / mmseg 0.x) configurations; see
+docs/detection.md and the project spec dense.md.
+"""
+from .backbone import DenseBackbone, create_backbone, dense_model_kwargs
+
+__all__ = ["DenseBackbone", "create_backbone", "dense_model_kwargs"]
