@@ -4,5 +4,10 @@ Built on torchvision's detectors with the official (mmdet 2.x / mmseg 0.x) confi
 docs/detection.md and the project spec dense.md.
 """
 from .backbone import DenseBackbone, create_backbone, dense_model_kwargs
+from .detectors import DetectionBackbone, create_detector, label_offset
+from .necks import DenseFPN, fpn_preset
 
-__all__ = ["DenseBackbone", "create_backbone", "dense_model_kwargs"]
+__all__ = [
+    "DenseBackbone", "create_backbone", "dense_model_kwargs", "DenseFPN", "fpn_preset", "DetectionBackbone",
+    "create_detector", "label_offset",
+]
