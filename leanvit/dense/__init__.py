@@ -6,8 +6,12 @@ docs/detection.md and the project spec dense.md.
 from .backbone import DenseBackbone, create_backbone, dense_model_kwargs
 from .detectors import DetectionBackbone, create_detector, label_offset
 from .necks import DenseFPN, fpn_preset
+from .seg_metrics import SegConfusion
+from .segmentation_task import SegmentationTask
+from .segmentors import Segmentor, create_segmentor, segment
 
 __all__ = [
     "DenseBackbone", "create_backbone", "dense_model_kwargs", "DenseFPN", "fpn_preset", "DetectionBackbone",
     "create_detector", "label_offset",
+    "Segmentor", "create_segmentor", "segment", "SegConfusion", "SegmentationTask",
 ]
