@@ -5,6 +5,7 @@ docs/detection.md and the project spec dense.md.
 """
 from .backbone import DenseBackbone, create_backbone, dense_model_kwargs
 from .detectors import DetectionBackbone, create_detector, label_offset
+from .mmdet import load_mmdet_checkpoint, torchvision_to_mmdet
 from .necks import DenseFPN, fpn_preset
 from .seg_metrics import SegConfusion
 from .segmentation_task import SegmentationTask
