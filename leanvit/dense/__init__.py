@@ -13,6 +13,6 @@ from .segmentors import Segmentor, create_segmentor, segment
 
 __all__ = [
     "DenseBackbone", "create_backbone", "dense_model_kwargs", "DenseFPN", "fpn_preset", "DetectionBackbone",
-    "create_detector", "label_offset",
+    "create_detector", "label_offset", "load_mmdet_checkpoint", "torchvision_to_mmdet",
     "Segmentor", "create_segmentor", "segment", "SegConfusion", "SegmentationTask",
 ]
