@@ -5,8 +5,9 @@ import argparse
 import json
 import logging
 import sys
+from typing import Any
 
-__all__ = ["register"]
+__all__ = ["register", "config_from_args"]
 
 # Command-line flags -> config keys (applied after the recipe, before --set).
 _FLAG_KEYS = {
@@ -73,13 +74,10 @@ def _setup_logging() -> None:
         logger.propagate = False
 
 
-def _train(args: argparse.Namespace) -> int:
-    from ..train.config import apply_overrides, config_from_dict, list_recipes, load_recipe
+def config_from_args(args: argparse.Namespace, flag_keys: dict[str, str], default_recipe: str) -> Any:
+    """The TrainConfig of a training command: recipe (or the resumed run's own config), flags, then --set."""
+    from ..train.config import apply_overrides, config_from_dict, load_recipe
 
-    if args.list_recipes:
-        print("\n".join(list_recipes()))
-        return 0
-    _setup_logging()
     if args.recipe:
         data = load_recipe(args.recipe)
     elif args.resume:
@@ -88,11 +86,22 @@ def _train(args: argparse.Namespace) -> int:
         data = read_checkpoint(args.resume)["config"]  # continue with the run's own settings
         data.pop("resume", None)
     else:
-        data = load_recipe("quick")
-    flags = {key: getattr(args, name) for name, key in _FLAG_KEYS.items() if getattr(args, name) is not None}
+        data = load_recipe(default_recipe)
+    flags = {key: getattr(args, name) for name, key in flag_keys.items() if getattr(args, name) is not None}
     data = apply_overrides(apply_overrides(data, flags), args.overrides)
     cfg = config_from_dict(data)
-    cfg.recipe = [p for p in (args.recipe or "").split("+") if p] or cfg.recipe or ["quick"]
+    cfg.recipe = [p for p in (args.recipe or "").split("+") if p] or cfg.recipe or [default_recipe]
+    return cfg
+
+
+def _train(args: argparse.Namespace) -> int:
+    from ..train.config import list_recipes
+
+    if args.list_recipes:
+        print("\n".join(list_recipes()))
+        return 0
+    _setup_logging()
+    cfg = config_from_args(args, _FLAG_KEYS, "quick")
     if args.print_config:
         import yaml
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from .._io import atomic_write, atomic_write_text
 
@@ -140,8 +141,6 @@ def write_shapes_coco(root: str | Path, train_images: int = 64, val_images: int 
 
     ``train2017`` renders scenes of ``seed``, ``val2017`` those of ``seed + SPLIT_SEED_OFFSET['val']``.
     """
-    from PIL import Image
-
     root = Path(root)
     for split, n in (("train", train_images), ("val", val_images)):
         ann_path = root / "annotations" / f"instances_{split}2017.json"
