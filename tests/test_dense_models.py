@@ -204,3 +204,14 @@ def test_aligned_roi_pool_matches_mmdet_level_rule() -> None:
         ref = roi_align(feats[str(level)], rois[i:i + 1], 7, spatial_scale=1 / 4 / 2 ** level, sampling_ratio=0,
                         aligned=True)
         torch.testing.assert_close(out[i:i + 1], ref)
+
+
+def test_backbone_loads_imagenet_weights() -> None:
+    classifier = leanvit.create_model("sepvit_lite")  # a 224 classifier: no level norms, fewer pointwise blocks
+    body = create_backbone("sepvit_lite", checkpoint=classifier.state_dict()).model
+    shared = {k: v for k, v in classifier.state_dict().items() if k in body.state_dict()}
+    fresh = [k for k in body.state_dict() if k not in shared]
+    assert fresh and all(k.startswith("feature_norms.") or ".attn.pw_qk." in k or ".attn.token_norm." in k for k in fresh)
+    assert all(torch.equal(v, body.state_dict()[k]) for k, v in shared.items())
+    with pytest.raises(leanvit.CheckpointError, match="shvit_s2"):
+        create_backbone("shvit_s1", checkpoint=leanvit.create_model("shvit_s2").state_dict())
