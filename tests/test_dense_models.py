@@ -215,3 +215,15 @@ def test_backbone_loads_imagenet_weights() -> None:
     assert all(torch.equal(v, body.state_dict()[k]) for k, v in shared.items())
     with pytest.raises(leanvit.CheckpointError, match="shvit_s2"):
         create_backbone("shvit_s1", checkpoint=leanvit.create_model("shvit_s2").state_dict())
+
+
+def test_backbone_latency_rows() -> None:
+    from leanvit.dense.speed import backbone_latency, speed_tables
+
+    threads = torch.get_num_threads()
+    rows = backbone_latency(["shvit_s1"], img_size=64, batch=2, baseline=None, threads=1, rounds=1,
+                            duration_s=0.01, warmup_s=0.01)
+    assert torch.get_num_threads() == threads, "the thread count is restored"
+    assert [r["model"] for r in rows] == ["shvit_s1", "timm:shvit_s1"]
+    assert rows[0]["ms_per_image"] > 0 and rows[0]["vs_timm"] > 0 and rows[0]["batch"] == 2
+    assert "| shvit_s1 |" in speed_tables(rows)
