@@ -297,9 +297,11 @@ def build_seg_loaders(train: SegmentationSource | None, val: SegmentationSource,
                       drop_last: bool = True, pin_memory: bool = False) -> tuple[DataLoader | None, DataLoader, Any]:
     """(train loader, val loader, resumable sampler); the val loader yields lists (full-size images differ)."""
     common: dict[str, Any] = dict(num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0)
+    # Own generators: a loader without one draws its base seed from the global RNG at every iteration,
+    # which would shift the RNG streams of a resumed run (dropout, drop path).
     val_ds = SegSamples(val, eval_transform)
     val_loader = DataLoader(val_ds, batch_size=eval_batch_size, sampler=ShardSampler(len(val_ds), rank, world),
-                            collate_fn=_eval_collate, **common)
+                            collate_fn=_eval_collate, generator=torch.Generator().manual_seed(seed), **common)
     if train is None:
         return None, val_loader, None
     train_ds = SegSamples(train, train_transform, seed)
@@ -309,7 +311,7 @@ def build_seg_loaders(train: SegmentationSource | None, val: SegmentationSource,
     sampler = ResumableSampler(DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=seed,
                                                   drop_last=drop_last), rank)
     train_loader = DataLoader(train_ds, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
-                              collate_fn=_train_collate, **common)
+                              collate_fn=_train_collate, generator=torch.Generator().manual_seed(seed), **common)
     return train_loader, val_loader, sampler
 
 

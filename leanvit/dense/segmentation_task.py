@@ -14,6 +14,7 @@ maps, written under ``OUTPUT/shapes``). ``cfg.task.backbone_checkpoint``: ImageN
 - ``norm_eval`` (true), ``segmentor``: further ``create_segmentor`` overrides (``channels``, ``aux_weight``...);
 - ``shapes``: ``{train, val, size, seed}`` of the synthetic set.
 
+The ``aug`` section (timm's classification augmentations, Mixup) does not apply: the pipeline is set here.
 Evaluation: mIoU / mAcc / aAcc (percent) from one confusion matrix summed over all processes.
 """
 from __future__ import annotations
@@ -120,8 +121,6 @@ class SegmentationTask(Task):
         self.inference = {**EVAL_DEFAULTS, **(self.options["eval"] or {})}
         if cfg.distill.type != "none":
             raise ConfigError("distillation is a classification feature; set distill.type=none for segmentation")
-        if cfg.aug.mixup > 0 or cfg.aug.cutmix > 0:
-            raise ConfigError("Mixup / CutMix are classification augmentations; set aug.mixup=0 and aug.cutmix=0")
         self.need_train = need_train
 
     @property
