@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "leanvit.cli.deploy",  # export
     "leanvit.cli.train",  # train, eval
     "leanvit.cli.detect",  # detect train / eval / predict
+    "leanvit.cli.segment",  # segment train / eval / predict / export
 )
 
 
