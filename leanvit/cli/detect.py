@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
-from .train import _setup_logging, config_from_args
+from .train import _setup_logging, train_task_command
 
 __all__ = ["register"]
 
@@ -41,7 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--seed", type=int)
     t.add_argument("--resume", help="training checkpoint to continue exactly (e.g. OUTPUT/last.ckpt)")
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config key, e.g. --set task.options.min_size=640 (repeatable)")
+                   help="override any config key, e.g. --set optim.lr=2e-4 or --set 'task.options={min_size: 640, "
+                        "max_size: 1066}' (replaces the mapping; repeatable)")
     t.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     t.set_defaults(func=_train)
 
@@ -85,36 +85,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from ..dense.detection_task import DetectionTask
-    from ..train.trainer import train
 
-    _setup_logging()
-    if not args.recipe and not args.resume:
-        print("leanvit detect train: error: pass --recipe (e.g. retinanet_shvit_s4_1x) or --resume", file=sys.stderr)
-        return 2
-    cfg = config_from_args(args, _FLAG_KEYS, "retinanet_shvit_s4_1x")
-    if cfg.task.name != "detection":
-        print(f"leanvit detect train: error: recipe {args.recipe} is a {cfg.task.name} recipe, not detection",
-              file=sys.stderr)
-        return 2
-    if args.print_config:
-        import yaml
-
-        from ..train.config import config_to_dict
-
-        print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
-        return 0
-    try:
-        summary = train(cfg, task=DetectionTask(cfg))
-    except FileExistsError as err:
-        print(f"leanvit detect train: error: {err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("leanvit detect train: interrupted; continue with --resume OUTPUT/last.ckpt", file=sys.stderr)
-        return 130
-    if summary.get("best") is not None:
-        print(f"best {summary['best_metric']} {summary['best']:.4f} (epoch {summary['best_epoch'] + 1}); "
-              f"outputs in {summary['output']}")
-    return 0
+    return train_task_command(args, _FLAG_KEYS, command="detect", task_name="detection", task_factory=DetectionTask,
+                              example_recipe="retinanet_shvit_s4_1x")
 
 
 def _eval(args: argparse.Namespace) -> int:

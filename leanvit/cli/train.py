@@ -7,7 +7,7 @@ import logging
 import sys
 from typing import Any
 
-__all__ = ["register", "config_from_args"]
+__all__ = ["register", "config_from_args", "train_task_command"]
 
 # Command-line flags -> config keys (applied after the recipe, before --set).
 _FLAG_KEYS = {
@@ -92,6 +92,42 @@ def config_from_args(args: argparse.Namespace, flag_keys: dict[str, str], defaul
     cfg = config_from_dict(data)
     cfg.recipe = [p for p in (args.recipe or "").split("+") if p] or cfg.recipe or [default_recipe]
     return cfg
+
+
+def train_task_command(args: argparse.Namespace, flag_keys: dict[str, str], *, command: str, task_name: str,
+                       task_factory: Any, example_recipe: str) -> int:
+    """``leanvit <command> train`` for a task other than classification: config from the arguments, checks,
+    ``--print-config``, then :func:`leanvit.train.train` with ``task_factory(cfg)``; returns the exit code."""
+    from ..train.trainer import train
+
+    _setup_logging()
+    if not args.recipe and not args.resume:
+        print(f"leanvit {command} train: error: pass --recipe (e.g. {example_recipe}) or --resume", file=sys.stderr)
+        return 2
+    cfg = config_from_args(args, flag_keys, example_recipe)
+    if cfg.task.name != task_name:
+        print(f"leanvit {command} train: error: recipe {args.recipe} is a {cfg.task.name} recipe, not {task_name}",
+              file=sys.stderr)
+        return 2
+    if args.print_config:
+        import yaml
+
+        from ..train.config import config_to_dict
+
+        print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
+        return 0
+    try:
+        summary = train(cfg, task=task_factory(cfg))
+    except FileExistsError as err:
+        print(f"leanvit {command} train: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"leanvit {command} train: interrupted; continue with --resume OUTPUT/last.ckpt", file=sys.stderr)
+        return 130
+    if summary.get("best") is not None:
+        print(f"best {summary['best_metric']} {summary['best']:.4g} (epoch {summary['best_epoch'] + 1}); "
+              f"outputs in {summary['output']}")
+    return 0
 
 
 def _train(args: argparse.Namespace) -> int:
