@@ -20,6 +20,8 @@ COMMANDS = {
     "export": ("leanvit.cli.deploy", "export a fused model to ONNX / OpenVINO / TorchScript, verified"),
     "train": ("leanvit.cli.train", "train a model (recipes, DDP, resume)"),
     "eval": ("leanvit.cli.train", "evaluate a checkpoint on a labelled folder"),
+    "detect": ("leanvit.cli.detect", "COCO detection / instance segmentation: train, eval, predict, bench"),
+    "segment": ("leanvit.cli.segment", "semantic segmentation (ADE20K): train, eval, predict, export"),
 }
 
 

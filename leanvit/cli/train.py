@@ -5,8 +5,9 @@ import argparse
 import json
 import logging
 import sys
+from typing import Any
 
-__all__ = ["register"]
+__all__ = ["register", "config_from_args", "train_task_command"]
 
 # Command-line flags -> config keys (applied after the recipe, before --set).
 _FLAG_KEYS = {
@@ -79,13 +80,10 @@ def _setup_logging() -> None:
         logger.propagate = False
 
 
-def _train(args: argparse.Namespace) -> int:
-    from ..train.config import apply_overrides, config_from_dict, list_recipes, load_recipe
+def config_from_args(args: argparse.Namespace, flag_keys: dict[str, str], default_recipe: str) -> Any:
+    """The TrainConfig of a training command: recipe (or the resumed run's own config), flags, then --set."""
+    from ..train.config import apply_overrides, config_from_dict, load_recipe
 
-    if args.list_recipes:
-        print("\n".join(list_recipes()))
-        return 0
-    _setup_logging()
     if args.recipe:
         data = load_recipe(args.recipe)
     elif args.resume:
@@ -94,13 +92,60 @@ def _train(args: argparse.Namespace) -> int:
         data = open_resume_checkpoint(args.resume).state["config"]  # continue with the run's own settings
         data.pop("resume", None)
     else:
-        data = load_recipe("quick")
-    flags = {key: getattr(args, name) for name, key in _FLAG_KEYS.items() if getattr(args, name) is not None}
+        data = load_recipe(default_recipe)
+    flags = {key: getattr(args, name) for name, key in flag_keys.items() if getattr(args, name) is not None}
     if not args.resume:
-        flags["resume"] = None if args.no_resume else "auto"
+        flags["resume"] = None if getattr(args, "no_resume", False) else "auto"
     data = apply_overrides(apply_overrides(data, flags), args.overrides)
     cfg = config_from_dict(data)
-    cfg.recipe = [p for p in (args.recipe or "").split("+") if p] or cfg.recipe or ["quick"]
+    cfg.recipe = [p for p in (args.recipe or "").split("+") if p] or cfg.recipe or [default_recipe]
+    return cfg
+
+
+def train_task_command(args: argparse.Namespace, flag_keys: dict[str, str], *, command: str, task_name: str,
+                       task_factory: Any, example_recipe: str) -> int:
+    """``leanvit <command> train`` for a task other than classification: config from the arguments, checks,
+    ``--print-config``, then :func:`leanvit.train.train` with ``task_factory(cfg)``; returns the exit code."""
+    from ..train.trainer import train
+
+    _setup_logging()
+    if not args.recipe and not args.resume:
+        print(f"leanvit {command} train: error: pass --recipe (e.g. {example_recipe}) or --resume", file=sys.stderr)
+        return 2
+    cfg = config_from_args(args, flag_keys, example_recipe)
+    if cfg.task.name != task_name:
+        print(f"leanvit {command} train: error: recipe {args.recipe} is a {cfg.task.name} recipe, not {task_name}",
+              file=sys.stderr)
+        return 2
+    if args.print_config:
+        import yaml
+
+        from ..train.config import config_to_dict
+
+        print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
+        return 0
+    try:
+        summary = train(cfg, task=task_factory(cfg))
+    except FileExistsError as err:
+        print(f"leanvit {command} train: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"leanvit {command} train: interrupted; continue with --resume OUTPUT/last.ckpt", file=sys.stderr)
+        return 130
+    if summary.get("best") is not None:
+        print(f"best {summary['best_metric']} {summary['best']:.4g} (epoch {summary['best_epoch'] + 1}); "
+              f"outputs in {summary['output']}")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from ..train.config import list_recipes
+
+    if args.list_recipes:
+        print("\n".join(list_recipes()))
+        return 0
+    _setup_logging()
+    cfg = config_from_args(args, _FLAG_KEYS, "quick")
     if args.print_config:
         import yaml
 

@@ -17,7 +17,7 @@ from ..checkpoint import load_checkpoint
 from ..models import create_model, get_config, is_model
 from .config import TrainConfig
 
-__all__ = ["ModelSpec", "model_spec", "build_student", "freeze_early_stages", "build_teacher", "build_optimizer",
+__all__ = ["ModelSpec", "model_spec", "build_student", "freeze_early_stages", "build_teacher", "build_optimizer", "name_rule_param_groups",
            "effective_lr", "build_scheduler", "build_mixup", "updates_per_epoch"]
 
 log = logging.getLogger("leanvit.train")
@@ -112,8 +112,19 @@ def effective_lr(cfg: TrainConfig, global_batch: int) -> float:
     return o.lr if o.lr is not None else o.lr_base * global_batch / o.lr_base_size
 
 
+def name_rule_param_groups(model: nn.Module, weight_decay: float, no_decay_names: list[str]) -> list[dict[str, Any]]:
+    """Two groups: parameters whose name contains one of ``no_decay_names`` get no weight decay, all others
+    (norms and biases included) get ``weight_decay`` -- mmcv's paramwise ``custom_keys`` rule (dense.md §3.9)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if any(k in name for k in no_decay_names) else decay).append(p)
+    return [dict(params=decay, weight_decay=weight_decay), dict(params=no_decay, weight_decay=0.0)]
+
+
 def build_optimizer(cfg: TrainConfig, model: nn.Module, lr: float) -> torch.optim.Optimizer:
-    """timm's optimizer factory: no weight decay on 1-D tensors and on ``model.no_weight_decay()``."""
+    """timm's optimizer factory: no weight decay on 1-D tensors and on ``model.no_weight_decay()``, or, with
+    ``optim.no_decay_names``, on the parameters those names match (:func:`name_rule_param_groups`)."""
     from timm.optim import create_optimizer_v2
 
     o = cfg.optim
@@ -122,18 +133,39 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module, lr: float) -> torch.opti
         extra["eps"] = o.eps
         if o.betas:
             extra["betas"] = tuple(o.betas)
+    if o.no_decay_names is not None:
+        if o.layer_decay is not None:
+            raise ValueError("optim.no_decay_names and optim.layer_decay cannot be combined; unset one of them")
+        groups = name_rule_param_groups(model, o.weight_decay, o.no_decay_names)
+        return create_optimizer_v2(groups, opt=o.opt, lr=lr, weight_decay=o.weight_decay, momentum=o.momentum,
+                                   **extra)
     return create_optimizer_v2(model, opt=o.opt, lr=lr, weight_decay=o.weight_decay, momentum=o.momentum,
                                layer_decay=o.layer_decay, **extra)
 
 
-def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, updates_per_epoch: int) -> Any:
-    """Warm-up + cosine (or any timm schedule), per epoch (papers) or per update."""
+def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, updates_per_epoch: int,
+                    lr: float | None = None) -> Any:
+    """Warm-up + cosine (or any timm schedule, e.g. the dense 1x ``multistep``), per epoch or per update.
+
+    ``sched.warmup_steps`` gives the warm-up in updates and ``sched.warmup_ratio`` its start as a fraction
+    of ``lr`` (mmdet's linear warm-up: 500 updates from 0.001 x lr).
+    """
     from timm.scheduler import create_scheduler_v2
 
     s = cfg.sched
+    warmup_epochs: float = s.warmup_epochs
+    if s.warmup_steps is not None:
+        if s.step_on != "update":
+            raise ValueError("sched.warmup_steps counts optimizer updates: it needs sched.step_on=update")
+        warmup_epochs = s.warmup_steps / updates_per_epoch
+    warmup_lr = s.warmup_lr if s.warmup_ratio is None or lr is None else s.warmup_ratio * lr
+    # timm's multistep applies milestone m one schedule index early (t == m - 1); shift by one index so that
+    # "decay after epoch 8" decays exactly from the first update of epoch 9, as mmdet's step policy does.
+    one_index = 1.0 if s.step_on == "epoch" else 1.0 / updates_per_epoch
     sched, _ = create_scheduler_v2(
-        optimizer, sched=s.sched, num_epochs=cfg.train.epochs, warmup_epochs=s.warmup_epochs, warmup_lr=s.warmup_lr,
+        optimizer, sched=s.sched, num_epochs=cfg.train.epochs, warmup_epochs=warmup_epochs, warmup_lr=warmup_lr,
         min_lr=s.min_lr, step_on_epochs=s.step_on == "epoch", updates_per_epoch=updates_per_epoch,
+        decay_milestones=[m + one_index for m in s.decay_milestones], decay_rate=s.decay_rate,
     )
     return sched
 

@@ -110,6 +110,9 @@ class OptimSection:
     clip_grad: float | None = None
     clip_mode: str = "norm"  # norm | agc | value
     layer_decay: float | None = None
+    # None: no decay on 1-D tensors and model.no_weight_decay() (timm). A list: decay every parameter except
+    # those whose name contains one of these substrings (mmdet's paramwise custom_keys, the dense recipes).
+    no_decay_names: list[str] | None = None
 
 
 @dataclass
@@ -121,6 +124,10 @@ class SchedSection:
     warmup_lr: float = 1e-6
     min_lr: float = 1e-5
     step_on: str = "epoch"  # epoch (the papers) | update (smoother for short runs)
+    warmup_steps: int | None = None  # warm-up length in optimizer updates (replaces warmup_epochs; step_on=update)
+    warmup_ratio: float | None = None  # warm-up start as a fraction of the lr (replaces warmup_lr; mmdet style)
+    decay_milestones: list[int] = field(default_factory=lambda: [8, 11])  # sched=multistep: epochs to decay at
+    decay_rate: float = 0.1  # sched=multistep / step: lr factor at each milestone
 
 
 @dataclass
@@ -178,7 +185,7 @@ class CheckpointSection:
 
     every_steps: int = 0  # also save last.ckpt every N optimizer updates (0: per epoch only)
     keep_last: int = 2  # epoch checkpoints kept besides last.ckpt and best.ckpt
-    best_metric: str = "top1"  # top1 | ema_top1
+    best_metric: str | None = None  # None: the task's (top1); classification: top1 | ema_top1; detection: bbox_AP, ...
 
 
 @dataclass
@@ -188,6 +195,16 @@ class LogSection:
     progress: bool = True
     tensorboard: bool = True
     csv: bool = True
+
+
+@dataclass
+class TaskSection:
+    """What is trained: the task (leanvit.train.task) and its own settings."""
+
+    name: str = "classification"  # classification | detection | segmentation
+    arch: str | None = None  # dense tasks: the detector / segmentor (retinanet, mask_rcnn, faster_rcnn, ...)
+    backbone_checkpoint: str | None = None  # dense tasks: ImageNet weights for the backbone (any layout)
+    options: dict = field(default_factory=dict)  # task-specific settings, validated by the task
 
 
 @dataclass
@@ -205,6 +222,7 @@ class TrainConfig:
     finetune: FinetuneSection = field(default_factory=FinetuneSection)
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
     log: LogSection = field(default_factory=LogSection)
+    task: TaskSection = field(default_factory=TaskSection)
     output: str = "runs/train"
     resume: str | None = None  # a checkpoint to continue, "auto" (the run in output, if any) or None (recovery.py)
     recipe: list[str] = field(default_factory=list)  # the recipes this config was built from (informational)
@@ -217,7 +235,6 @@ _CHOICES = {
     "train.device": ("auto", "cpu", "cuda"),
     "train.dist_bn": ("reduce", "broadcast", "none"),
     "distill.type": ("none", "soft", "hard"),
-    "checkpoint.best_metric": ("top1", "ema_top1"),
     "aug.mixup_mode": ("batch", "pair", "elem"),
     "aug.remode": ("pixel", "rand", "const"),
 }

@@ -22,8 +22,9 @@ class RunLogger:
     """CSV (``metrics.csv``) and TensorBoard (``tb/``) writers; inactive on ranks other than 0."""
 
     def __init__(self, output: Path, active: bool, csv_on: bool = True, tensorboard: bool = True,
-                 resume_epoch: int | None = None) -> None:
+                 resume_epoch: int | None = None, fields: list[str] | None = None) -> None:
         self.active = active
+        self.fields = list(fields or CSV_FIELDS)
         self.csv_path = output / "metrics.csv" if active and csv_on else None
         self.tb = None
         if self.csv_path is not None:
@@ -40,13 +41,13 @@ class RunLogger:
         assert self.csv_path is not None
         if resume_epoch is None or not self.csv_path.exists():
             with open(self.csv_path, "w", newline="") as f:
-                csv.DictWriter(f, CSV_FIELDS).writeheader()
+                csv.DictWriter(f, self.fields).writeheader()
             return
         # Resuming: keep rows up to the checkpoint's epoch; later rows belong to the abandoned run.
         with open(self.csv_path, newline="") as f:
             rows = [r for r in csv.DictReader(f) if r.get("epoch", "").isdigit() and int(r["epoch"]) <= resume_epoch]
         with open(self.csv_path, "w", newline="") as f:
-            w = csv.DictWriter(f, CSV_FIELDS, extrasaction="ignore")
+            w = csv.DictWriter(f, self.fields, extrasaction="ignore")
             w.writeheader()
             w.writerows(rows)
 
@@ -61,7 +62,7 @@ class RunLogger:
             return
         if self.csv_path is not None:
             with open(self.csv_path, "a", newline="") as f:
-                csv.DictWriter(f, CSV_FIELDS, extrasaction="ignore").writerow(
+                csv.DictWriter(f, self.fields, extrasaction="ignore").writerow(
                     {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
         for k, v in row.items():
             if isinstance(v, (int, float)) and v is not None and k not in ("epoch", "global_step"):

@@ -1,7 +1,10 @@
 """The training loop: :func:`train` runs a :class:`TrainConfig` from one CPU to many GPUs.
 
-Per update: (Mixup) -> forward under autocast -> loss (+ DeiT distillation) -> NaN/inf check (agreed
-by all processes) -> backward (grad scaler for fp16; no DDP sync inside accumulation) -> clipping
+The loop is task-generic: data, model, loss and evaluation come from a :class:`~leanvit.train.task.Task`
+(classification by default; detection and segmentation in ``leanvit.dense``).
+
+Per update: forward + the task's loss under autocast (classification: Mixup, DeiT distillation) -> NaN/inf
+check (agreed by all processes) -> backward (grad scaler for fp16; no DDP sync inside accumulation) -> clipping
 (AGC / norm / value) -> optimizer -> EMA -> schedule. Per epoch: BN statistics across processes,
 evaluation (raw and EMA weights), CSV/TensorBoard row, checkpoints (rank 0, atomic).
 """
@@ -19,15 +22,16 @@ import torch
 from torch import nn
 
 from . import build
+from .classification import ClassificationTask
 from .config import TrainConfig, config_to_dict, save_config
-from .data import build_loaders, build_transforms, open_source
 from .distributed import DistInfo, all_reduce_sum, cleanup, gather_objects, init_distributed, name_collective_failures
-from .engine import DistillationLoss, NonFiniteLossError, amp_dtype, autocast, build_criterion, evaluate_model
+from .engine import NonFiniteLossError, amp_dtype, autocast
 from .metrics import RunLogger
 from .preemption import PreemptionGuard, TrainingPreempted
 from .recovery import select_resume
 from .state import (FORMAT, CheckpointWriteError, capture_rng, link_or_copy, prune_epoch_checkpoints, restore_rng,
                     write_checkpoint)
+from .task import TRAINER_CSV_FIELDS, Task, create_task
 
 __all__ = ["Trainer", "train"]
 
@@ -44,10 +48,12 @@ def _seed_all(seed: int) -> None:
 
 
 class Trainer:
-    """Holds everything of one run; :meth:`fit` trains. Built from a config, optionally resuming."""
+    """Holds everything of one run; :meth:`fit` trains. Built from a config (and a task), optionally resuming."""
 
-    def __init__(self, cfg: TrainConfig, callbacks: list[Callback] | None = None, info: DistInfo | None = None) -> None:
+    def __init__(self, cfg: TrainConfig, callbacks: list[Callback] | None = None, info: DistInfo | None = None,
+                 task: Task | None = None) -> None:
         self.cfg = cfg
+        self.task = task or (ClassificationTask(cfg) if cfg.task.name == "classification" else create_task(cfg))
         self.callbacks = list(callbacks or [])
         self.info: DistInfo = info or init_distributed(cfg.train.device, cfg.train.dist_timeout_s)
         self.out = Path(cfg.output)
@@ -59,7 +65,7 @@ class Trainer:
         self.cfg = cfg
         resume = point.state if point is not None else None
         if resume is not None:
-            self._check_resume_model(resume)
+            self.task.check_resume(resume)
         self.preemption = PreemptionGuard()
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
@@ -69,18 +75,14 @@ class Trainer:
         _seed_all(cfg.train.seed)  # identical initial weights on every process
 
         # --- data and model
-        self.spec = build.model_spec(cfg)
-        self.bundle = open_source(cfg.data.path, cfg, self.spec.img_size)
-        self.num_classes = cfg.model.num_classes or len(self.bundle.classes)
-        if self.num_classes < len(self.bundle.classes):
-            raise ValueError(f"model.num_classes={self.num_classes} but {self.bundle.description} has "
-                             f"{len(self.bundle.classes)} classes; leave model.num_classes unset to use the data's")
-        model = build.build_student(cfg, self.num_classes, self.spec.img_size)
+        self.task.open_data(self.info)
+        self.num_classes = self.task.num_classes
+        model = self.task.build_model(self.info)
         if cfg.model.sync_bn and self.info.distributed:
             if self.device.type != "cuda":
                 raise ValueError("model.sync_bn needs CUDA (SyncBatchNorm cannot run on CPU/gloo); turn it off")
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        self.frozen = build.freeze_early_stages(model, cfg.finetune.freeze_stages)
+        self.frozen = self.task.frozen_modules(model)
         model.to(self.device)
         if cfg.model.channels_last:
             model.to(memory_format=torch.channels_last)
@@ -92,9 +94,7 @@ class Trainer:
 
             self.ema = ModelEmaV3(model, decay=cfg.ema.decay, use_warmup=cfg.ema.warmup)
 
-        train_tf, eval_tf = build_transforms(cfg, self.spec.img_size, self.spec.mean, self.spec.std, self.spec.crop_pct)
-        self.train_loader, self.val_loader, self.sampler = build_loaders(
-            cfg, self.bundle, train_tf, eval_tf, self.info.rank, self.info.world_size, self.device.type == "cuda")
+        self.train_loader, self.val_loader, self.sampler = self.task.build_loaders(self.info)
         self.sampler.set_epoch(0)
         self.batches_per_epoch = len(self.train_loader)
         self.updates_per_epoch = build.updates_per_epoch(self.batches_per_epoch, cfg.train.accum_steps)
@@ -102,17 +102,10 @@ class Trainer:
         # --- optimisation
         self.global_batch = cfg.train.batch_size * self.info.world_size * cfg.train.accum_steps
         self.lr = build.effective_lr(cfg, self.global_batch)
-        self.optimizer = build.build_optimizer(cfg, model, self.lr)
-        self.scheduler = build.build_scheduler(cfg, self.optimizer, self.updates_per_epoch)
+        self.optimizer = self.task.build_optimizer(model, self.lr)
+        self.scheduler = build.build_scheduler(cfg, self.optimizer, self.updates_per_epoch, self.lr)
         self.scaler = torch.amp.GradScaler("cuda") if self.dtype == torch.float16 else None
-        self.mixup = build.build_mixup(cfg, self.num_classes)
-        self.criterion: nn.Module = build_criterion(self.mixup is not None, cfg.aug.smoothing)
-        if cfg.distill.type != "none":
-            teacher = build.build_teacher(cfg, self.num_classes, self.spec.img_size).to(self.device)
-            if cfg.model.channels_last:
-                teacher.to(memory_format=torch.channels_last)
-            self.criterion = DistillationLoss(self.criterion, teacher, cfg.distill.type, cfg.distill.alpha,
-                                              cfg.distill.tau)
+        self.task.build_loss(self.device)
         self.train_model: nn.Module = model
         if cfg.model.compile:
             self.train_model = torch.compile(model, mode=cfg.model.compile_mode)
@@ -135,19 +128,21 @@ class Trainer:
         if self.info.is_main:
             self._prepare_output()
         self.logger = RunLogger(self.out, self.info.is_main, cfg.log.csv, cfg.log.tensorboard,
-                                resume_epoch=self._last_complete_epoch() if resume is not None else None)
+                                resume_epoch=self._last_complete_epoch() if resume is not None else None,
+                                fields=TRAINER_CSV_FIELDS + self.task.csv_fields)
         if resume is None:
             # Per-process training randomness (mixup, drop path) differs across ranks, as in DeiT.
             _seed_all(cfg.train.seed + self.info.rank)
 
     # ----------------------------------------------------------------------------------------- set-up
-    def _check_resume_model(self, ckpt: dict[str, Any]) -> None:
-        saved = ckpt.get("model_name")
-        if saved != self.cfg.model.name:
-            raise ValueError(
-                f"cannot resume: {self.cfg.resume} is a checkpoint of {saved}, but this run builds "
-                f"{self.cfg.model.name}. Resume with --model {saved}, or start from its weights with --finetune"
-            )
+    @property
+    def criterion(self) -> Any:
+        """The task's loss module (classification), replaceable for fault-injection tests."""
+        return self.task.criterion
+
+    @criterion.setter
+    def criterion(self, value: Any) -> None:
+        self.task.criterion = value
 
     def _prepare_output(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
@@ -158,11 +153,8 @@ class Trainer:
     def resolved(self) -> dict[str, Any]:
         """Values derived at run time (saved beside the config)."""
         return dict(
-            world_size=self.info.world_size, global_batch=self.global_batch, lr=self.lr,
-            num_classes=self.num_classes, img_size=self.spec.img_size, crop_pct=self.spec.crop_pct,
-            classes=list(self.bundle.classes), data=self.bundle.description,
-            train_images=len(self.bundle.train), val_images=len(self.bundle.val),
-            batches_per_epoch=self.batches_per_epoch, updates_per_epoch=self.updates_per_epoch,
+            task=self.task.name, world_size=self.info.world_size, global_batch=self.global_batch, lr=self.lr,
+            **self.task.resolved(), batches_per_epoch=self.batches_per_epoch, updates_per_epoch=self.updates_per_epoch,
             device=str(self.device), amp=str(self.dtype).replace("torch.", "") if self.dtype else "fp32",
         )
 
@@ -175,7 +167,7 @@ class Trainer:
         except RuntimeError as e:
             first = str(e).strip().splitlines()[-1].strip()
             raise ValueError(f"cannot resume from {self.cfg.resume}: its weights do not fit this "
-                             f"{self.cfg.model.name} ({first}); was it trained with other model options?") from e
+                             f"{self.task.model_name} ({first}); was it trained with other model options?") from e
         if self.ema is not None:
             if ck.get("ema") is None:
                 log.warning("the checkpoint has no EMA weights; EMA restarts from the current weights")
@@ -222,25 +214,16 @@ class Trainer:
             value /= self.info.world_size
         return value.item()
 
-    def train_step(self, images: torch.Tensor, targets: torch.Tensor, update: bool) -> float:
-        """One micro-batch: forward, loss, backward; ``update`` also steps the optimizer. Returns the loss."""
+    def train_step(self, inputs: Any, targets: Any, update: bool) -> float:
+        """One micro-batch (on the device): forward, loss, backward; ``update`` also steps the optimizer.
+        Returns the loss."""
         cfg = self.cfg
-        if self.mixup is not None:
-            images, targets = self.mixup(images, targets)
-        if cfg.model.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
         sync = contextlib.nullcontext()
         if self.info.distributed and not update:
             sync = self.train_model.no_sync()
         with sync:
             with autocast(self.device, self.dtype):
-                outputs = self.train_model(images)
-                if isinstance(self.criterion, DistillationLoss):
-                    loss = self.criterion(images, outputs, targets)
-                else:
-                    if isinstance(outputs, (tuple, list)):
-                        outputs = outputs[0]
-                    loss = self.criterion(outputs, targets)
+                loss = self.task.loss(self.train_model, inputs, targets)
             value = self._reduced_loss(loss)
             if not math.isfinite(value):
                 raise NonFiniteLossError(
@@ -299,14 +282,13 @@ class Trainer:
         loss_sum, n_loss, images, t0 = 0.0, 0, 0, time.perf_counter()
         for images_b, targets_b, bad in self.train_loader:
             self._note_skipped(bad)
-            images_b = images_b.to(self.device, non_blocking=True)
-            targets_b = targets_b.to(self.device, non_blocking=True)
+            images_b, targets_b = self.task.to_device(images_b, targets_b, self.device)
             i = self.batches_done
             update = (i + 1) % accum == 0 or i + 1 == total
             loss = self.train_step(images_b, targets_b, update)
             self.batches_done += 1
             loss_sum, n_loss = loss_sum + loss, n_loss + 1
-            images += images_b.shape[0] * self.info.world_size
+            images += self.task.batch_size(images_b) * self.info.world_size
             elapsed = time.perf_counter() - t0
             lr = self.optimizer.param_groups[0]["lr"]
             bar.update(1)
@@ -348,21 +330,20 @@ class Trainer:
 
             distribute_bn(self.model, self.info.world_size, reduce=self.cfg.train.dist_bn == "reduce")
         ev = dict(dtype=self.dtype, channels_last=self.cfg.model.channels_last, progress=self.cfg.log.progress)
-        m = evaluate_model(self.model, self.val_loader, self.info, desc="val", **ev)
-        self._note_skipped(m.pop("skipped"))
-        out = dict(val_loss=m["loss"], top1=m["top1"], top5=m["top5"])
+        out, skipped = self.task.evaluate(self.model, self.val_loader, self.info, **ev)
+        self._note_skipped(skipped)
         if self.ema is not None and self.cfg.ema.evaluate:
-            e = evaluate_model(self.ema.module, self.val_loader, self.info, desc="val ema", **ev)
-            out.update(ema_top1=e["top1"], ema_top5=e["top5"])
+            e, _ = self.task.evaluate(self.ema.module, self.val_loader, self.info, ema=True, **ev)
+            out.update(e)
         self._set_train_mode()
         return out
 
     def fit(self) -> dict[str, Any]:
         """Train until ``train.epochs`` (or ``train.max_steps``); returns the summary."""
         cfg = self.cfg
+        t = self.task
         log.info("training %s on %s: %d train / %d val images, %d classes, %d process(es), global batch %d, lr %.3g",
-                 cfg.model.name, self.bundle.description, len(self.bundle.train), len(self.bundle.val),
-                 self.num_classes, self.info.world_size, self.global_batch, self.lr)
+                 t.model_name, t.description, t.train_size, t.val_size, self.num_classes, self.info.world_size, self.global_batch, self.lr)
         start = time.perf_counter()
         self.preemption.install()
         try:
@@ -376,9 +357,10 @@ class Trainer:
                 is_best = False
                 if last or (self.epoch + 1) % max(cfg.train.eval_every, 1) == 0:
                     row.update(self.evaluate())
-                    metric = row.get(cfg.checkpoint.best_metric, row["top1"])
+                    main = self.task.default_metric
+                    metric = row.get(self.task.best_metric, row[main])
                     if self.best["metric"] is None or metric > self.best["metric"]:
-                        self.best = {"metric": metric, "epoch": self.epoch, "top1": row["top1"]}
+                        self.best = {"metric": metric, "epoch": self.epoch, main: row[main]}
                         is_best = True
                 row["skipped_files"] = len(self.skipped)
                 self.logger.epoch_row(row)
@@ -406,9 +388,9 @@ class Trainer:
     def _summary(self, wall: float) -> dict[str, Any]:
         skipped = sorted(set().union(*gather_objects(sorted(self.skipped), self.info)))
         return dict(
-            model=self.cfg.model.name, output=str(self.out), epochs=self.epoch, global_step=self.global_step,
-            best_metric=self.cfg.checkpoint.best_metric, best=self.best["metric"], best_epoch=self.best["epoch"],
-            best_top1=self.best.get("top1"), wall_time_s=round(wall, 2), train_time_s=round(self.train_time, 2),
+            model=self.task.model_name, output=str(self.out), epochs=self.epoch, global_step=self.global_step,
+            best_metric=self.task.best_metric, best=self.best["metric"], best_epoch=self.best["epoch"],
+            **{f"best_{self.task.default_metric}": self.best.get(self.task.default_metric)}, wall_time_s=round(wall, 2), train_time_s=round(self.train_time, 2),
             train_images_per_s=round(self.images_seen / max(self.train_time, 1e-9), 1),
             skipped_files=len(skipped), skipped_paths=skipped[:50],
         )
@@ -418,11 +400,7 @@ class Trainer:
         """The checkpoint dict (tensors and plain containers only)."""
         return {
             "format": FORMAT,
-            "model_name": self.cfg.model.name,
-            "family": self.spec.family,
-            "num_classes": self.num_classes,
-            "img_size": self.spec.img_size,
-            "classes": list(self.bundle.classes),
+            **self.task.checkpoint_meta(),
             "model": self.model.state_dict(),
             "ema": self.ema.module.state_dict() if self.ema is not None else None,
             "optimizer": self.optimizer.state_dict(),
@@ -461,8 +439,9 @@ class Trainer:
         self._emit("checkpoint")
 
 
-def train(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> dict[str, Any]:
-    """Train according to ``cfg``; returns the summary (best top-1, time, images/s, skipped files)."""
+def train(cfg: TrainConfig, callbacks: list[Callback] | None = None, task: Task | None = None) -> dict[str, Any]:
+    """Train ``task`` (default: the one ``cfg.task.name`` names) according to ``cfg``; returns the summary
+    (best metric, time, images/s, skipped files)."""
     info = init_distributed(cfg.train.device, cfg.train.dist_timeout_s)
     # Process-wide settings a run may change (threads, determinism) are restored afterwards, so that
     # calling train() from a notebook or a test session leaves the process as it was.
@@ -471,7 +450,7 @@ def train(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> dict[str
     restart_hint = f"Under torchrun --max-restarts=N the job restarts by itself and continues from {cfg.output}."
     try:
         with name_collective_failures(info, restart_hint):
-            return Trainer(cfg, callbacks, info).fit()
+            return Trainer(cfg, callbacks, info, task).fit()
     finally:
         torch.set_num_threads(saved[0])
         torch.use_deterministic_algorithms(saved[1], warn_only=saved[2])

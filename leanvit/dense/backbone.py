@@ -1,0 +1,156 @@
+"""Backbone adapter: any leanvit classifier as a multi-level feature extractor for detection and segmentation.
+
+``create_backbone(name)`` builds the variant the way the official dense code does (dense.md §3.1):
+
+- SHViT: unchanged (it runs at any input size);
+- EfficientViT-M: built for 448 px, so every stage has a 7x7 window as in the official detectors (the
+  ImageNet stage-3 bias table is resized 16 -> 49 on load, as the official ``init_weights`` does);
+- SepViT: zero window tokens, pointwise attention wherever a 448 px input sees more than one window,
+  a learnable LayerNorm per output level, and the official drop-path rates (T 0.2, S 0.3, B 0.5).
+
+``DenseBackbone.train()`` keeps every BatchNorm of the body in eval mode when ``norm_eval`` is set (the
+official "norm_eval": running statistics stay the ImageNet ones, the affine terms still train).
+"""
+from __future__ import annotations
+
+import os
+import re
+from collections import OrderedDict
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from ..checkpoint import CheckpointError, load_checkpoint, read_state_dict
+from ..models import create_model, get_config
+
+__all__ = ["DenseBackbone", "create_backbone", "dense_model_kwargs", "backbone_state_dict", "DENSE_IMG_SIZE"]
+
+# EfficientViT-M's windows are clamped to the stage side at build time; 448 px gives 28/14/7 -> 7/7/7.
+DENSE_IMG_SIZE = 448
+# Official SepViT dense backbones hard-code these (dense.md §1.5). sepvit_lite has no dense code: leanvit's choice.
+_SEPVIT_DROP_PATH = {"sepvit_lite": 0.1, "sepvit_t": 0.2, "sepvit_s": 0.3, "sepvit_b": 0.5}
+
+
+def dense_model_kwargs(name: str) -> dict[str, Any]:
+    """The ``create_model`` keyword arguments of the official dense backbone of ``name`` (dense.md §3.1)."""
+    family = get_config(name).family
+    if family == "efficientvit_m":
+        return dict(img_size=DENSE_IMG_SIZE)
+    if family == "sepvit":
+        return dict(window_token="zero", pointwise_ref_size=DENSE_IMG_SIZE, feature_norms=True,
+                    drop_path_rate=_SEPVIT_DROP_PATH.get(name, 0.1))
+    return {}
+
+
+def backbone_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The backbone part of a dense checkpoint, prefix stripped; a classification state dict is returned as is.
+
+    Understands mmdet/mmseg checkpoints (``backbone.*``) and leanvit detectors (``backbone.body.model.*``).
+    """
+    for prefix in ("backbone.body.model.", "backbone."):
+        if any(k.startswith(prefix) for k in state_dict):
+            return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    return dict(state_dict)
+
+
+class DenseBackbone(nn.Module):
+    """A leanvit model's stage outputs as ``OrderedDict`` ``{"0": finest, "1": ..., ...}`` of contiguous NCHW maps.
+
+    Attributes: ``model`` (the leanvit body, no classifier), ``out_indices``, ``out_channels`` and ``strides``
+    (one per output). ``frozen_stages``: -1 freezes nothing, 0 the stem, k the stem and the first k stages
+    (mmdet's convention): frozen parts get ``requires_grad=False`` and stay in eval mode.
+    """
+
+    def __init__(self, model: nn.Module, out_indices: list[int] | tuple[int, ...] | None = None,
+                 norm_eval: bool = True, frozen_stages: int = -1) -> None:
+        super().__init__()
+        num_stages = len(model.feature_info)
+        indices = list(range(num_stages)) if out_indices is None else [int(i) for i in out_indices]
+        bad = [i for i in indices if not -num_stages <= i < num_stages]
+        if bad or not indices:
+            raise ValueError(f"out_indices {out_indices!r} must be non-empty stage indices in [0, {num_stages - 1}]")
+        indices = sorted({i % num_stages for i in indices})
+        if not -1 <= frozen_stages <= num_stages:
+            raise ValueError(f"frozen_stages must be in [-1, {num_stages}] (-1 = nothing frozen), got {frozen_stages}")
+        self.model = model
+        self.out_indices = indices
+        self.out_channels = [int(model.feature_info[i]["num_chs"]) for i in indices]
+        self.strides = [int(model.feature_info[i]["reduction"]) for i in indices]
+        self.norm_eval = norm_eval
+        self.frozen_stages = frozen_stages
+        for module in self._frozen_modules():
+            for p in module.parameters():
+                p.requires_grad_(False)
+
+    def _frozen_modules(self) -> list[nn.Module]:
+        if self.frozen_stages < 0:
+            return []
+        modules: list[nn.Module] = [self.model.patch_embed]
+        modules += list(self.model.stages[: self.frozen_stages])
+        norms = getattr(self.model, "feature_norms", None)
+        if norms is not None:
+            modules += list(norms[: self.frozen_stages])
+        return modules
+
+    def train(self, mode: bool = True) -> "DenseBackbone":
+        """Train mode, except frozen stages and (with ``norm_eval``) every BatchNorm of the body."""
+        super().train(mode)
+        if mode:
+            for module in self._frozen_modules():
+                module.eval()
+            if self.norm_eval:
+                for module in self.model.modules():
+                    if isinstance(module, _BatchNorm):
+                        module.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+        """Images (B, 3, H, W) -> the selected stage maps, finest first."""
+        maps = self.model.forward_intermediates(x, indices=self.out_indices, intermediates_only=True)
+        return OrderedDict((str(i), m.contiguous()) for i, m in enumerate(maps))
+
+
+# Parameters the dense settings add to a classifier (SepViT: per-level norms; pointwise attention in blocks that
+# see one window at 224 but several at 448). ImageNet checkpoints lack them: they start fresh, as in the
+# official dense code (mmdet loads backbone weights non-strictly).
+_DENSE_ONLY = re.compile(r"^feature_norms\.|\.attn\.(pw_qk|token_norm)\.")
+
+
+def _load_backbone_weights(model: nn.Module, checkpoint: str | os.PathLike | Mapping[str, Any]) -> None:
+    raw, _ = read_state_dict(checkpoint)
+    sd = backbone_state_dict(raw)
+    may_be_fresh = any(_DENSE_ONLY.search(k) for k in model.state_dict())
+    report = load_checkpoint(model, sd, strict=not may_be_fresh)
+    wrong = [k for k in report["missing"] if not _DENSE_ONLY.search(k)] + list(report["unexpected"])
+    if wrong:
+        raise CheckpointError(
+            f"the checkpoint does not fit {model.leanvit_cfg.name}: {', '.join(wrong[:4])} ...; pass a checkpoint "
+            "of the same variant (ImageNet classification or a dense checkpoint with 'backbone.' keys)"
+        )
+
+
+def create_backbone(
+    name: str,
+    *,
+    out_indices: list[int] | tuple[int, ...] | None = None,
+    norm_eval: bool = True,
+    frozen_stages: int = -1,
+    checkpoint: str | os.PathLike | Mapping[str, Any] | None = None,
+    **model_kwargs: Any,
+) -> DenseBackbone:
+    """The official dense backbone of leanvit variant ``name`` (see the module docstring).
+
+    ``checkpoint``: ImageNet weights in any layout ``leanvit.load_checkpoint`` reads, or a dense checkpoint
+    (mmdet ``backbone.*`` keys, or a leanvit detector) of which only the backbone is loaded.
+    ``model_kwargs`` override the dense settings (e.g. ``drop_path_rate``). Turn ``norm_eval`` off for
+    randomly initialised backbones: frozen default statistics (mean 0, var 1) normalise nothing.
+    """
+    kwargs = {**dense_model_kwargs(name), **model_kwargs}
+    model = create_model(name, num_classes=0, **kwargs)
+    if checkpoint is not None:
+        _load_backbone_weights(model, checkpoint)
+    if get_config(name).family == "sepvit":
+        model.norm = nn.Identity()  # the classifier's final norm feeds no dense output (unused under DDP)
+    return DenseBackbone(model, out_indices=out_indices, norm_eval=norm_eval, frozen_stages=frozen_stages)

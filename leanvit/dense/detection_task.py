@@ -1,0 +1,208 @@
+"""Detection / instance segmentation as a :class:`leanvit.train.task.Task`, trained by leanvit's one loop.
+
+``cfg.task.arch`` is the detector (retinanet | mask_rcnn | faster_rcnn), ``cfg.model.name`` the leanvit
+backbone, ``cfg.data.path`` a COCO-layout root or ``shapes`` (the synthetic set, written under
+``OUTPUT/shapes``), ``cfg.task.backbone_checkpoint`` ImageNet weights for the backbone (any layout
+``leanvit.load_checkpoint`` reads, or a dense checkpoint's ``backbone.*``). ``cfg.task.options``:
+
+- ``min_size`` / ``max_size``: the detector's resize (800 / 1333, official); ``flip_prob`` (0.5);
+- ``norm_eval`` (true): backbone BatchNorm statistics frozen, as the official dense backbones;
+- ``detector``: further ``create_detector`` overrides (``rpn_post_nms_top_n_train``, ``fpn_channels``, ...);
+- ``shapes``: ``{train, val, size, seed}`` of the synthetic set;
+- ``train_json`` / ``train_images`` / ``val_json`` / ``val_images``: a custom COCO json and its image folder.
+
+Evaluation: COCO box AP (and mask AP for Mask R-CNN) over all processes' detections.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from ..train.config import ConfigError, TrainConfig
+from ..train.distributed import DistInfo, barrier, gather_objects
+from ..train.engine import autocast
+from ..train.state import read_checkpoint
+from ..train.task import Task, register_task
+from .coco import CocoDetection, CocoSplit, build_detection_loaders, coco_split
+from .coco_eval import STAT_NAMES, coco_evaluate, detections_to_coco, format_table
+from .detectors import create_detector, label_offset
+from .shapes import write_shapes_coco
+
+__all__ = ["DetectionTask", "DETECTION_OPTIONS", "evaluate_detections"]
+
+log = logging.getLogger("leanvit.train")
+
+DETECTION_OPTIONS = {
+    "min_size": 800, "max_size": 1333, "flip_prob": 0.5, "norm_eval": True, "detector": {},
+    "shapes": {}, "train_json": None, "train_images": None, "val_json": None, "val_images": None,
+}
+_SHAPES_DEFAULTS = dict(train=64, val=16, size=160, seed=0)
+_METRICS = tuple(f"{t}_{n}" for t in ("bbox", "segm") for n in STAT_NAMES)
+
+
+@torch.no_grad()
+def evaluate_detections(model: nn.Module, loader: Iterable, dataset: CocoDetection, info: DistInfo, *,
+                        dtype: torch.dtype | None = None, progress: bool = False,
+                        desc: str = "val") -> tuple[dict[str, float], list[str]]:
+    """COCO AP of ``model`` on ``dataset`` (its loader sharded over processes); every process gets the metrics."""
+    was_training = model.training
+    model.eval()
+    masks = getattr(model, "roi_heads", None) is not None and model.roi_heads.has_mask()
+    results: list[dict[str, Any]] = []
+    skipped: list[str] = []
+    bar = tqdm(loader, desc=desc, disable=None if progress and info.is_main else True, leave=False, dynamic_ncols=True)
+    for images, targets, bad in bar:
+        skipped += bad
+        with autocast(info.device, dtype):
+            outputs = model([im.to(info.device) for im in images])
+        results += detections_to_coco(outputs, [t["image_id"] for t in targets], dataset.category_ids,
+                                      dataset.label_offset)
+    model.train(was_training)
+    gathered = gather_objects((results, skipped), info)
+    metrics: dict[str, float] = {}
+    if info.is_main:
+        all_results = [r for res, _ in gathered for r in res]
+        metrics = coco_evaluate(dataset.coco, all_results, ("bbox", "segm") if masks else ("bbox",),
+                                image_ids=dataset.image_ids)
+        log.info("COCO AP on %d images (%d detections):\n%s", len(dataset), len(all_results), format_table(metrics))
+    metrics = gather_objects(metrics, info)[0]  # rank 0's result, everywhere
+    return metrics, [p for _, s in gathered for p in s]
+
+
+class DetectionTask(Task):
+    """COCO-format detection and instance segmentation on a leanvit backbone (see the module docstring)."""
+
+    name = "detection"
+    metric_names = _METRICS + tuple(f"ema_{m}" for m in _METRICS)
+    default_metric = "bbox_AP"
+    csv_fields = list(_METRICS) + [f"ema_{m}" for m in _METRICS] + ["skipped_files"]
+
+    def __init__(self, cfg: TrainConfig, need_train: bool = True) -> None:
+        super().__init__(cfg)
+        arch = cfg.task.arch
+        if arch is None:
+            raise ConfigError("task.name=detection needs task.arch: retinanet, mask_rcnn or faster_rcnn")
+        self.offset = label_offset(arch)
+        unknown = sorted(set(cfg.task.options) - set(DETECTION_OPTIONS))
+        if unknown:
+            raise ConfigError(f"unknown task.options {unknown} for detection; valid: {', '.join(DETECTION_OPTIONS)}")
+        self.options = {**DETECTION_OPTIONS, **cfg.task.options}
+        if cfg.distill.type != "none":
+            raise ConfigError("distillation is a classification feature; set distill.type=none for detection")
+        self.need_train = need_train
+        self.category_ids: list[int] = []
+
+    @property
+    def arch(self) -> str:
+        return str(self.cfg.task.arch)
+
+    # --- data
+    def _splits(self, info: DistInfo) -> tuple[CocoSplit | None, CocoSplit]:
+        o, path = self.options, self.cfg.data.path
+        if o["val_json"] or o["train_json"]:
+            missing = [k for k in ("val_json", "val_images") + (("train_json", "train_images") if self.need_train
+                                                                else ()) if not o[k]]
+            if missing:
+                raise ConfigError(f"a custom COCO json needs task.options {', '.join(missing)} as well")
+            val = CocoSplit(Path(o["val_json"]), Path(o["val_images"]))
+            train = CocoSplit(Path(o["train_json"]), Path(o["train_images"])) if self.need_train else None
+            return train, val
+        if path == "shapes":
+            s = {**_SHAPES_DEFAULTS, **(o["shapes"] or {})}
+            root = Path(self.cfg.output) / "shapes"
+            if info.is_main:
+                write_shapes_coco(root, s["train"], s["val"], seed=s["seed"], size=s["size"])
+            barrier(info)
+            path = str(root)
+        return (coco_split(path, "train") if self.need_train else None), coco_split(path, "val")
+
+    def open_data(self, info: DistInfo) -> None:
+        train_split, val_split = self._splits(info)
+        masks = self.arch == "mask_rcnn"
+        self.val_set = CocoDetection(val_split, train=False, masks=masks, label_offset=self.offset)
+        self.train_set = (CocoDetection(train_split, train=True, masks=masks, label_offset=self.offset)
+                          if train_split is not None else None)
+        ref = self.train_set or self.val_set
+        if self.train_set is not None and self.train_set.category_ids != self.val_set.category_ids:
+            raise ValueError(f"{train_split.annotations} and {val_split.annotations} define different categories; "
+                             "both splits need the same category ids")
+        self.classes, self.category_ids = list(ref.classes), list(ref.category_ids)
+        self.num_classes = self.cfg.model.num_classes or len(self.classes)
+        if self.num_classes < len(self.classes):
+            raise ValueError(f"model.num_classes={self.num_classes} but the data has {len(self.classes)} categories")
+        self.description = str(self.cfg.data.path)
+        self.train_size = len(self.train_set) if self.train_set is not None else 0
+        self.val_size = len(self.val_set)
+
+    # --- model
+    def detector_kwargs(self) -> dict[str, Any]:
+        """The ``create_detector`` overrides this run uses (also stored in checkpoints)."""
+        o, m = self.options, self.cfg.model
+        kwargs: dict[str, Any] = dict(min_size=int(o["min_size"]), max_size=int(o["max_size"]),
+                                      norm_eval=bool(o["norm_eval"]), **dict(m.kwargs), **dict(o["detector"] or {}))
+        if m.drop_path > 0:
+            kwargs["drop_path_rate"] = m.drop_path
+        return kwargs
+
+    def build_model(self, info: DistInfo) -> nn.Module:
+        kwargs = self.detector_kwargs()
+        if self.cfg.task.backbone_checkpoint:
+            kwargs["checkpoint"] = self.cfg.task.backbone_checkpoint
+            log.info("backbone weights from %s", self.cfg.task.backbone_checkpoint)
+        model = create_detector(self.arch, self.cfg.model.name, num_classes=self.num_classes, **kwargs)
+        if self.cfg.finetune.checkpoint:
+            ck = read_checkpoint(self.cfg.finetune.checkpoint)
+            model.load_state_dict(ck["ema" if self.cfg.finetune.use_ema and ck.get("ema") else "model"])
+            log.info("detector weights from %s", self.cfg.finetune.checkpoint)
+        return model
+
+    def build_loaders(self, info: DistInfo) -> tuple[Iterable, Iterable, Any]:
+        cfg = self.cfg
+        bs = cfg.train.batch_size
+        return build_detection_loaders(
+            self.train_set, self.val_set, batch_size=bs, eval_batch_size=cfg.data.eval_batch_size or bs,
+            workers=cfg.data.workers, seed=cfg.train.seed, rank=info.rank, world=info.world_size,
+            flip_prob=float(self.options["flip_prob"]), drop_last=cfg.data.drop_last,
+            pin_memory=info.device.type == "cuda")
+
+    # --- per batch
+    def to_device(self, inputs: Any, targets: Any, device: torch.device) -> tuple[Any, Any]:
+        images = [im.to(device, non_blocking=True) for im in inputs]
+        moved = [{k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in t.items()}
+                 for t in targets]
+        return images, moved
+
+    def loss(self, model: nn.Module, images: Any, targets: Any) -> torch.Tensor:
+        losses = model(images, targets)
+        return sum(losses.values())
+
+    def evaluate(self, model: nn.Module, loader: Iterable, info: DistInfo, *, ema: bool = False,
+                 dtype: torch.dtype | None = None, channels_last: bool = False,
+                 progress: bool = False) -> tuple[dict[str, float], list[str]]:
+        metrics, skipped = evaluate_detections(model, loader, self.val_set, info, dtype=dtype, progress=progress,
+                                               desc="val ema" if ema else "val")
+        return ({f"ema_{k}": v for k, v in metrics.items()} if ema else metrics), skipped
+
+    # --- bookkeeping
+    def checkpoint_meta(self) -> dict[str, Any]:
+        return dict(super().checkpoint_meta(), arch=self.arch, category_ids=list(self.category_ids),
+                    label_offset=self.offset, detector_kwargs=self.detector_kwargs())
+
+    def check_resume(self, checkpoint: dict[str, Any]) -> None:
+        super().check_resume(checkpoint)
+        if checkpoint.get("arch") != self.arch:
+            raise ValueError(f"cannot resume: {self.cfg.resume} is a {checkpoint.get('arch')} checkpoint, but this "
+                             f"run trains {self.arch}")
+
+    def resolved(self) -> dict[str, Any]:
+        return dict(super().resolved(), arch=self.arch, category_ids=list(self.category_ids),
+                    skipped_annotations=dict(self.val_set.skipped) if self.train_set is None
+                    else dict(self.train_set.skipped))
+
+
+register_task(DetectionTask.name, DetectionTask)

@@ -1,0 +1,217 @@
+"""Semantic segmentation as a :class:`leanvit.train.task.Task`, trained by leanvit's one loop.
+
+``cfg.task.arch`` is the segmentor (semantic_fpn | upernet), ``cfg.model.name`` the leanvit backbone,
+``cfg.data.path`` an ADE20K root (``ADEChallengeData2016`` inside or the folder itself), any
+``images/`` + ``annotations/`` folder with ``classes.txt``, or ``shapes`` (the synthetic scenes as class
+maps, written under ``OUTPUT/shapes``). ``cfg.task.backbone_checkpoint``: ImageNet weights for the backbone.
+``cfg.task.options`` (defaults = the official ADE20K pipeline, dense.md §4.4):
+
+- ``crop_size`` 512, ``scale`` [2048, 512], ``ratio_range`` [0.5, 2.0], ``cat_max_ratio`` 0.75, ``flip`` 0.5,
+  ``photometric`` true: training pipeline; ``eval_scale`` [2048, 512]: test resize;
+- ``eval``: ``{mode: whole | slide, crop: 512, stride: 341, scales: [1.0], flip: false}``;
+- ``reduce_zero_label`` (ADE20K: always; folders: false), ``classes`` (a class-list file), ``strict`` (false:
+  bad pairs are skipped and counted; true: they are errors);
+- ``norm_eval`` (true), ``segmentor``: further ``create_segmentor`` overrides (``channels``, ``aux_weight``...);
+- ``shapes``: ``{train, val, size, seed}`` of the synthetic set.
+
+The ``aug`` section (timm's classification augmentations, Mixup) does not apply: the pipeline is set here.
+Evaluation: mIoU / mAcc / aAcc (percent) from one confusion matrix summed over all processes.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from ..train.config import ConfigError, TrainConfig
+from ..train.distributed import DistInfo, barrier, gather_objects
+from ..train.engine import autocast
+from ..train.state import read_checkpoint
+from ..train.task import Task, register_task
+from .ade20k import (SegEvalTransform, SegmentationSource, SegTrainTransform, build_seg_loaders, open_ade20k,
+                     open_folder, write_shapes_segmentation)
+from .seg_metrics import SegConfusion
+from .segmentors import ARCHS, create_segmentor, segment
+
+__all__ = ["SegmentationTask", "SEGMENTATION_OPTIONS", "prepare_data_path", "open_segmentation_split",
+           "evaluate_segmentation"]
+
+log = logging.getLogger("leanvit.train")
+
+SEGMENTATION_OPTIONS: dict[str, Any] = {
+    "crop_size": 512, "scale": [2048, 512], "ratio_range": [0.5, 2.0], "cat_max_ratio": 0.75, "flip": 0.5,
+    "photometric": True, "eval_scale": [2048, 512], "eval": {}, "reduce_zero_label": None, "classes": None,
+    "strict": False, "norm_eval": True, "segmentor": {}, "shapes": {},
+}
+EVAL_DEFAULTS: dict[str, Any] = {"mode": "whole", "crop": 512, "stride": 341, "scales": [1.0], "flip": False}
+_SHAPES_DEFAULTS = dict(train=64, val=16, size=160, seed=0)
+_METRICS = ("mIoU", "mAcc", "aAcc")
+
+
+def prepare_data_path(path: str, options: dict[str, Any], shapes_root: Path, info: DistInfo) -> str:
+    """``path`` itself, or for ``shapes`` the folder the synthetic set is written to (by rank 0)."""
+    if path != "shapes":
+        return path
+    s = {**_SHAPES_DEFAULTS, **(options.get("shapes") or {})}
+    if info.is_main:
+        write_shapes_segmentation(shapes_root, s["train"], s["val"], seed=s["seed"], size=s["size"])
+    barrier(info)
+    return str(shapes_root)
+
+
+def open_segmentation_split(path: str, split: str, options: dict[str, Any]) -> SegmentationSource:
+    """One split of an ADE20K root or a labelled folder (see the module docstring)."""
+    root = Path(path).expanduser()
+    if not root.exists():
+        raise FileNotFoundError(f"segmentation data {root} does not exist; pass an ADE20K root, a folder with "
+                                "images/<split>/ + annotations/<split>/ + classes.txt, or 'shapes'")
+    strict = bool(options.get("strict", False))
+    ade_split = {"train": "training", "val": "validation"}.get(split, split)
+    if (root / "ADEChallengeData2016").is_dir() or root.name == "ADEChallengeData2016":
+        return open_ade20k(root, ade_split, strict=strict)
+    return open_folder(root, split, options.get("classes"), reduce_zero_label=bool(options.get("reduce_zero_label")),
+                       strict=strict)
+
+
+@torch.no_grad()
+def evaluate_segmentation(model: nn.Module, loader: Iterable, num_classes: int, info: DistInfo, *,
+                          classes: list[str] | None = None, ignore_index: int = 255, dtype: torch.dtype | None = None,
+                          progress: bool = False, desc: str = "val", **inference: Any) -> tuple[dict[str, Any], list[str]]:
+    """Dataset-level mIoU / mAcc / aAcc (fractions) over all processes; ``inference``: :func:`segment` options."""
+    was_training = model.training
+    model.eval()
+    confusion = SegConfusion(num_classes, ignore_index)
+    skipped: list[str] = []
+    bar = tqdm(loader, desc=desc, disable=None if progress and info.is_main else True, leave=False, dynamic_ncols=True)
+    for images, labels, bad in bar:
+        skipped += bad
+        for image, label in zip(images, labels):
+            with autocast(info.device, dtype):
+                probs = segment(model, image[None].to(info.device), label.shape[-2:], **inference)
+            confusion.update(probs.argmax(1).cpu(), label[None])
+    model.train(was_training)
+    confusion.all_reduce()
+    scores = confusion.compute(classes)
+    return scores, [p for part in gather_objects(skipped, info) for p in part]
+
+
+class SegmentationTask(Task):
+    """Semantic segmentation with Semantic FPN / UperNet on a leanvit backbone (see the module docstring)."""
+
+    name = "segmentation"
+    metric_names = _METRICS + tuple(f"ema_{m}" for m in _METRICS)
+    default_metric = "mIoU"
+    csv_fields = list(_METRICS) + [f"ema_{m}" for m in _METRICS] + ["skipped_files"]
+
+    def __init__(self, cfg: TrainConfig, need_train: bool = True) -> None:
+        super().__init__(cfg)
+        if cfg.task.arch not in ARCHS:
+            raise ConfigError(f"task.name=segmentation needs task.arch: {' or '.join(ARCHS)} (got {cfg.task.arch!r})")
+        unknown = sorted(set(cfg.task.options) - set(SEGMENTATION_OPTIONS))
+        if unknown:
+            raise ConfigError(f"unknown task.options {unknown} for segmentation; valid: {', '.join(SEGMENTATION_OPTIONS)}")
+        self.options = {**SEGMENTATION_OPTIONS, **cfg.task.options}
+        bad_eval = sorted(set(self.options["eval"] or {}) - set(EVAL_DEFAULTS))
+        if bad_eval:
+            raise ConfigError(f"unknown task.options.eval keys {bad_eval}; valid: {', '.join(EVAL_DEFAULTS)}")
+        self.inference = {**EVAL_DEFAULTS, **(self.options["eval"] or {})}
+        if cfg.distill.type != "none":
+            raise ConfigError("distillation is a classification feature; set distill.type=none for segmentation")
+        self.need_train = need_train
+
+    @property
+    def arch(self) -> str:
+        return str(self.cfg.task.arch)
+
+    # --- data
+    def open_data(self, info: DistInfo) -> None:
+        cfg, o = self.cfg, self.options
+        path = prepare_data_path(cfg.data.path, o, Path(cfg.output) / "shapes", info)
+        self.train_set = open_segmentation_split(path, cfg.data.train_split, o) if self.need_train else None
+        self.val_set = open_segmentation_split(path, cfg.data.val_split or "val", o)
+        if self.train_set is not None and self.train_set.classes != self.val_set.classes:
+            raise ValueError("the training and validation splits list different classes")
+        self.classes = list(self.val_set.classes)
+        self.num_classes = cfg.model.num_classes or len(self.classes)
+        if self.num_classes < len(self.classes):
+            raise ValueError(f"model.num_classes={self.num_classes} but the data has {len(self.classes)} classes")
+        self.description = self.val_set.description.rsplit(" ", 1)[0]
+        self.train_size = len(self.train_set) if self.train_set is not None else 0
+        self.val_size = len(self.val_set)
+        for source in (self.train_set, self.val_set):
+            for reason, paths in (source.skipped if source is not None else {}).items():
+                log.warning("%s: skipped %d image(s) (%s), e.g. %s", source.description, len(paths), reason, paths[0])
+
+    # --- model
+    def segmentor_kwargs(self) -> dict[str, Any]:
+        """The ``create_segmentor`` overrides this run uses (also stored in checkpoints)."""
+        m = self.cfg.model
+        kwargs: dict[str, Any] = dict(norm_eval=bool(self.options["norm_eval"]), **dict(m.kwargs),
+                                      **dict(self.options["segmentor"] or {}))
+        if m.drop_path > 0:
+            kwargs["drop_path_rate"] = m.drop_path
+        return kwargs
+
+    def build_model(self, info: DistInfo) -> nn.Module:
+        kwargs = self.segmentor_kwargs()
+        if self.cfg.task.backbone_checkpoint:
+            kwargs["checkpoint"] = self.cfg.task.backbone_checkpoint
+            log.info("backbone weights from %s", self.cfg.task.backbone_checkpoint)
+        model = create_segmentor(self.arch, self.cfg.model.name, num_classes=self.num_classes, **kwargs)
+        if self.cfg.finetune.checkpoint:
+            ck = read_checkpoint(self.cfg.finetune.checkpoint)
+            model.load_state_dict(ck["ema" if self.cfg.finetune.use_ema and ck.get("ema") else "model"])
+            log.info("segmentor weights from %s", self.cfg.finetune.checkpoint)
+        return model
+
+    def build_loaders(self, info: DistInfo) -> tuple[Iterable, Iterable, Any]:
+        cfg, o = self.cfg, self.options
+        train_tf = SegTrainTransform(o["crop_size"], tuple(o["scale"]), tuple(o["ratio_range"]), o["cat_max_ratio"],
+                                     o["flip"], bool(o["photometric"]))
+        bs = cfg.train.batch_size
+        return build_seg_loaders(
+            self.train_set, self.val_set, train_tf, SegEvalTransform(tuple(o["eval_scale"])), batch_size=bs,
+            eval_batch_size=cfg.data.eval_batch_size or bs, workers=cfg.data.workers, seed=cfg.train.seed,
+            rank=info.rank, world=info.world_size, drop_last=cfg.data.drop_last, pin_memory=info.device.type == "cuda")
+
+    # --- per batch
+    def loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.cfg.model.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return sum(model(images, labels).values())
+
+    def evaluate(self, model: nn.Module, loader: Iterable, info: DistInfo, *, ema: bool = False,
+                 dtype: torch.dtype | None = None, channels_last: bool = False,
+                 progress: bool = False) -> tuple[dict[str, float], list[str]]:
+        scores, skipped = evaluate_segmentation(model, loader, self.num_classes, info, classes=self.classes,
+                                                dtype=dtype, progress=progress, desc="val ema" if ema else "val",
+                                                **self.inference)
+        if info.is_main and not ema:
+            worst = sorted((v, k) for k, v in scores["IoU"].items() if v == v)[:5]
+            log.info("mIoU %.2f, mAcc %.2f, aAcc %.2f on %d pixels; lowest IoU: %s", 100 * scores["mIoU"],
+                     100 * scores["mAcc"], 100 * scores["aAcc"], scores["pixels"],
+                     ", ".join(f"{k} {100 * v:.1f}" for v, k in worst))
+        metrics = {k: 100.0 * scores[k] for k in _METRICS}
+        return ({f"ema_{k}": v for k, v in metrics.items()} if ema else metrics), skipped
+
+    # --- bookkeeping
+    def checkpoint_meta(self) -> dict[str, Any]:
+        return dict(super().checkpoint_meta(), arch=self.arch, segmentor_kwargs=self.segmentor_kwargs(),
+                    inference=dict(self.inference))
+
+    def check_resume(self, checkpoint: dict[str, Any]) -> None:
+        super().check_resume(checkpoint)
+        if checkpoint.get("arch") != self.arch:
+            raise ValueError(f"cannot resume: {self.cfg.resume} is a {checkpoint.get('arch')} checkpoint, but this "
+                             f"run trains {self.arch}")
+
+    def resolved(self) -> dict[str, Any]:
+        source = self.train_set or self.val_set
+        return dict(super().resolved(), arch=self.arch, skipped_while_scanning={k: len(v) for k, v in source.skipped.items()})
+
+
+register_task(SegmentationTask.name, SegmentationTask)
