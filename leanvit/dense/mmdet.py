@@ -166,6 +166,15 @@ def _what_it_is(keys: list[str]) -> str:
     return "unknown"
 
 
+def _num_classes(sd: Mapping[str, torch.Tensor]) -> int | None:
+    """Object classes of an mmdet detector state dict (R-CNN: fc_cls rows - background; RetinaNet: 9 anchors)."""
+    if "roi_head.bbox_head.fc_cls.weight" in sd:
+        return sd["roi_head.bbox_head.fc_cls.weight"].shape[0] - 1
+    if "bbox_head.retina_cls.weight" in sd:
+        return sd["bbox_head.retina_cls.weight"].shape[0] // 9
+    return None
+
+
 def load_mmdet_checkpoint(model: nn.Module, source: str | os.PathLike | Mapping[str, Any], *,
                           backbone_only: bool = False) -> dict[str, Any]:
     """Load an official mmdet 2.x COCO checkpoint (path or dict) into a detector from ``create_detector``.
@@ -190,7 +199,7 @@ def load_mmdet_checkpoint(model: nn.Module, source: str | os.PathLike | Mapping[
         sd, unmapped = mmdet_to_torchvision(raw, family)
     except CheckpointError:
         raise
-    except Exception as e:  # noqa: BLE001 - a backbone that fails to convert is a wrong checkpoint
+    except (KeyError, ValueError, RuntimeError) as e:  # a backbone that fails to convert: a wrong checkpoint
         raise CheckpointError(f"the checkpoint's backbone does not convert to a leanvit {family} model: {e}") from e
     expected = {k: v.shape for k, v in model.state_dict().items()}
     if backbone_only:
@@ -210,12 +219,8 @@ def load_mmdet_checkpoint(model: nn.Module, source: str | os.PathLike | Mapping[
         problems.append("checkpoint tensors the model has no place for: " + ", ".join(unexpected[:3]))
     if problems:
         name = getattr(model, "leanvit_dense", {}).get("backbone", family)
-        classes = next((v.shape[0] for k, v in raw.items() if k.endswith(("retina_cls.weight",))), None)
-        hint = ""
-        if any(k.endswith("fc_cls.weight") for k in raw):
-            hint = f" The checkpoint has {raw[next(k for k in raw if k.endswith('fc_cls.weight'))].shape[0] - 1} classes."
-        elif classes is not None:
-            hint = f" The checkpoint has {classes // 9} classes."
+        classes = _num_classes(raw)
+        hint = f" The checkpoint has {classes} classes." if classes is not None else ""
         raise CheckpointError(
             f"mmdet checkpoint does not fit this {arch} on {name}: {'; '.join(problems)}.{hint} Build the matching "
             "model with leanvit.dense.create_detector(arch, backbone, num_classes=...) (EfficientViT-M at the dense "
