@@ -20,6 +20,7 @@ COMMANDS = {
     "export": ("leanvit.cli.deploy", "export a fused model to ONNX / OpenVINO / TorchScript, verified"),
     "train": ("leanvit.cli.train", "train a model (recipes, DDP, resume)"),
     "eval": ("leanvit.cli.train", "evaluate a checkpoint on a labelled folder"),
+    "weights": ("leanvit.cli.weights", "published weights per model: source, licence, paper top-1, cached"),
 }
 
 
