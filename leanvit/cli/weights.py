@@ -20,7 +20,7 @@ def _cmd_weights(args: argparse.Namespace) -> int:
     print(text_table(["model", "tag", "res", "licence", "paper top-1", "cached"], table, left_columns=2))
     for r in rows:
         if r.note:
-            print(f"{r.model}: {r.note}")
+            print(f"{r.model}: no published weights. {r.note}")
         elif args.name:
             print(f"{r.model}.{r.tag} sources (tried in order):")
             for source in r.sources:
