@@ -13,6 +13,7 @@ Environment: ``LEANVIT_WEIGHTS_DIR`` (local files, tried first: the offline reci
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import sys
 import urllib.error
@@ -122,7 +123,7 @@ def fetch(
             url = _mirror_url(file, base_url)
             try:
                 return _download(file, url, cache / file.filename, timeout)
-            except (urllib.error.URLError, OSError, WeightsError, ValueError) as e:
+            except (urllib.error.URLError, http.client.HTTPException, OSError, WeightsError, ValueError) as e:
                 failures.append(f"  {url}: {getattr(e, 'reason', None) or e}")
     raise WeightsError(_unavailable_message(name, weights, failures, cache, base_url))
 

@@ -220,7 +220,7 @@ class LeanViTModel(nn.Module):
             return self.stages(self._embed(x))
 
     def _pool(self, x: torch.Tensor) -> torch.Tensor:
-        return x.mean((2, 3)) if self.global_pool else x
+        return x.mean((2, 3)) if self.global_pool == "avg" else x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor | DistilledLogits:
         """Pool (``global_pool``) and classify; ``pre_logits=True`` returns the pooled features. Distilled

@@ -1,26 +1,14 @@
-"""Published weight sets of the registered variants, and the timm ``pretrained_cfg`` built from them.
+"""Published weight sets of the registered variants (data types).
 
 Data only: a family declares its weight sets next to its variants (``ModelConfig.weights``);
 ``leanvit.weights`` downloads, verifies, caches and loads them.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-if TYPE_CHECKING:
-    from ._registry import ModelConfig
-
-__all__ = ["WeightFile", "PretrainedWeights", "build_pretrained_cfg", "TIMM_CFG_KEYS"]
-
-# The keys of timm's PretrainedCfg that leanvit fills (timm.models.PretrainedCfg accepts all of them).
-TIMM_CFG_KEYS = (
-    "url", "hf_hub_id", "file", "architecture", "tag", "num_classes", "input_size", "test_input_size",
-    "fixed_input_size", "pool_size", "crop_pct", "crop_mode", "interpolation", "mean", "std", "first_conv",
-    "classifier", "license", "paper_ids", "paper_name", "origin_url", "notes",
-)
+__all__ = ["WeightFile", "PretrainedWeights", "official_and_timm"]
 
 
 @dataclass(frozen=True)
@@ -71,37 +59,4 @@ def official_and_timm(model: str, tag: str, official_url: str, license: str, top
             WeightFile(f"https://huggingface.co/{hub_id}/resolve/main/model.safetensors",
                        f"{model}.{tag}.safetensors", "timm hub copy"),
         ),
-    )
-
-
-def build_pretrained_cfg(cfg: ModelConfig, tag: str | None = None) -> dict[str, Any]:
-    """timm-style ``pretrained_cfg`` of ``cfg`` for weight set ``tag`` (the first one by default; a
-    weightless config for a model without published weights), with every key of :data:`TIMM_CFG_KEYS`."""
-    weights = cfg.weight_set(tag) if (tag or cfg.weights) else None
-    img_size = weights.img_size if weights else cfg.img_size
-    side = math.ceil(img_size / cfg.output_stride)
-    official = next((f for f in weights.files if f.origin == "official release"), None) if weights else None
-    return dict(
-        url=official.url if official else "",
-        hf_hub_id=weights.hf_hub_id if weights else "",
-        file=None,
-        architecture=cfg.name,
-        tag=weights.tag if weights else "",
-        num_classes=weights.num_classes if weights else cfg.num_classes,
-        input_size=(3, img_size, img_size),
-        test_input_size=(3, img_size, img_size),
-        fixed_input_size=cfg.fixed_input_size,
-        pool_size=(side, side),
-        crop_pct=cfg.crop_pct,
-        crop_mode=cfg.crop_mode,
-        interpolation=cfg.interpolation,
-        mean=cfg.mean,
-        std=cfg.std,
-        first_conv=cfg.first_conv,
-        classifier=cfg.classifier,
-        license=(weights.license if weights else cfg.license),
-        paper_ids=cfg.paper_ids,
-        paper_name=cfg.paper,
-        origin_url=cfg.origin_url,
-        notes=() if weights else (cfg.weights_note,) if cfg.weights_note else (),
     )

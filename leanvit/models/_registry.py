@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 from torch import nn
 
-from ._pretrained import PretrainedWeights, build_pretrained_cfg
+from ._pretrained import PretrainedWeights
 
 __all__ = ["ModelConfig", "register_variant", "list_models", "get_config", "is_model", "create_model",
            "family_class", "IMAGENET_MEAN", "IMAGENET_STD"]
@@ -81,8 +82,36 @@ class ModelConfig:
         raise ValueError(f"{self.name} has no weight set {tag!r}; known tags: {', '.join(self.pretrained_tags)}")
 
     def to_pretrained_cfg(self, tag: str | None = None) -> dict[str, Any]:
-        """timm-style ``pretrained_cfg`` for weight set ``tag`` (what timm's data helpers read)."""
-        return build_pretrained_cfg(self, tag)
+        """timm-style ``pretrained_cfg`` for weight set ``tag`` (the first by default; a weightless config for
+        a model without published weights) with every key timm's own models carry."""
+        weights = self.weight_set(tag) if (tag or self.weights) else None
+        img_size = weights.img_size if weights else self.img_size
+        side = math.ceil(img_size / self.output_stride)
+        official = next((f for f in weights.files if f.origin == "official release"), None) if weights else None
+        return dict(
+            url=official.url if official else "",
+            hf_hub_id=weights.hf_hub_id if weights else "",
+            file=None,
+            architecture=self.name,
+            tag=weights.tag if weights else "",
+            num_classes=weights.num_classes if weights else self.num_classes,
+            input_size=(3, img_size, img_size),
+            test_input_size=(3, img_size, img_size),
+            fixed_input_size=self.fixed_input_size,
+            pool_size=(side, side),
+            crop_pct=self.crop_pct,
+            crop_mode=self.crop_mode,
+            interpolation=self.interpolation,
+            mean=self.mean,
+            std=self.std,
+            first_conv=self.first_conv,
+            classifier=self.classifier,
+            license=(weights.license if weights else self.license),
+            paper_ids=self.paper_ids,
+            paper_name=self.paper,
+            origin_url=self.origin_url,
+            notes=() if weights else (self.weights_note,) if self.weights_note else (),
+        )
 
 
 @dataclass(frozen=True)
