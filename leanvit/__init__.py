@@ -29,6 +29,8 @@ _EXPORTS = {
     "read_state_dict": "leanvit.checkpoint",
     "CheckpointError": "leanvit.checkpoint",
     "register_with_timm": "leanvit.timm_bridge",
+    "list_weights": "leanvit.weights",
+    "WeightsError": "leanvit.weights",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -44,6 +44,9 @@ DistilledLogits = tuple[torch.Tensor, torch.Tensor]
 # returns non-finite weight gradients (seen with torch 2.4-2.14 in tests/test_train_*.py); NCHW is exact.
 CHANNELS_LAST_MIN_SIDE = 128
 
+# timm's global_pool values that leanvit's heads support: average pooling, or none ('').
+GLOBAL_POOL_TYPES = ("avg", "")
+
 
 class LeanViTModel(nn.Module):
     """Base class: classifier head(s) and the timm model contract on top of ``stages``."""
@@ -53,6 +56,8 @@ class LeanViTModel(nn.Module):
     feature_info: list[dict[str, Any]]
     num_classes: int
     num_features: int
+    head_hidden_size: int
+    global_pool: str
     distillation: bool
     # Conv-dominated families run faster NHWC on CPU (oneDNN, measured 1.2-1.3x): under the "auto"
     # memory-format policy their CPU forward passes make NHWC activations, and leanvit.fuse stores
@@ -67,15 +72,27 @@ class LeanViTModel(nn.Module):
     # (leanvit.layers.recompute); only the conv-BN families have such outputs.
     recompute_norm_activations: bool = False
 
-    def _init_heads(self, num_features: int, num_classes: int, distillation: bool, drop_rate: float = 0.0) -> None:
+    def _init_heads(self, num_features: int, num_classes: int, distillation: bool, drop_rate: float = 0.0,
+                    global_pool: str = "avg") -> None:
         self.num_features = self.head_hidden_size = num_features
-        self.num_classes = num_classes
         self.drop_rate = drop_rate
         self.distillation = distillation
         self.distilled_training = distillation
-        self.head = self._make_head(num_features, num_classes)
-        self.head_dist = self._make_head(num_features, num_classes) if distillation else None
+        self.head_dist = None
         self.grad_checkpointing = False
+        self._set_heads(num_classes, global_pool)
+
+    def _set_heads(self, num_classes: int, global_pool: str) -> None:
+        """timm's rules: ``global_pool`` is ``'avg'`` or ``''`` (no pooling, only with 0 classes)."""
+        if global_pool not in GLOBAL_POOL_TYPES:
+            raise ValueError(f"global_pool must be 'avg' or '' (no pooling), got {global_pool!r}")
+        if global_pool == "" and num_classes:
+            raise ValueError(f"global_pool='' (unpooled feature maps out) needs num_classes=0, got {num_classes}")
+        self.num_classes = num_classes
+        self.global_pool = global_pool
+        self.head = self._make_head(self.num_features, num_classes)
+        if self.distillation:
+            self.head_dist = self._make_head(self.num_features, num_classes)
 
     def _make_head(self, in_features: int, num_classes: int) -> nn.Module:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -152,14 +169,14 @@ class LeanViTModel(nn.Module):
         return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """Replace the head(s) with fresh ones for ``num_classes`` (0 = no head, pooled features out)."""
-        if global_pool not in (None, "avg"):
-            raise ValueError(f"only global_pool='avg' is supported, got {global_pool!r}")
-        self.num_classes = num_classes
+        """Replace the head(s) with fresh ones for ``num_classes``, as timm does: 0 = identity head (pooled
+        features out); ``global_pool=''`` (with 0 classes) = no pooling (``forward`` returns the last feature
+        map); ``None`` keeps the current pooling."""
         dev = next(self.parameters()).device
-        self.head = self._make_head(self.num_features, num_classes).to(dev)
-        if self.distillation:
-            self.head_dist = self._make_head(self.num_features, num_classes).to(dev)
+        self._set_heads(num_classes, self.global_pool if global_pool is None else global_pool)
+        self.head.to(dev)
+        if self.head_dist is not None:
+            self.head_dist.to(dev)
 
     def set_distilled_training(self, enable: bool = True) -> None:
         """timm's token-distillation hook: in training, return (class, distill) logits."""
@@ -203,10 +220,11 @@ class LeanViTModel(nn.Module):
             return self.stages(self._embed(x))
 
     def _pool(self, x: torch.Tensor) -> torch.Tensor:
-        return x.mean((2, 3))
+        return x.mean((2, 3)) if self.global_pool == "avg" else x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor | DistilledLogits:
-        """Pool and classify. Distilled models return (class, distill) in training, their mean in eval."""
+        """Pool (``global_pool``) and classify; ``pre_logits=True`` returns the pooled features. Distilled
+        models return (class, distill) in training, their mean in eval."""
         x = self._pool(x)
         if pre_logits:
             return x

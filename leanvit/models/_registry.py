@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 from torch import nn
+
+from ._pretrained import PretrainedWeights
 
 __all__ = ["ModelConfig", "register_variant", "list_models", "get_config", "is_model", "create_model",
            "family_class", "IMAGENET_MEAN", "IMAGENET_STD"]
@@ -51,16 +54,64 @@ class ModelConfig:
     first_conv: str = ""
     classifier: str = "head"
     extra: dict[str, Any] = field(default_factory=dict)
+    # Total stride of the last feature map (pretrained_cfg's pool_size is input_size / output_stride, ceiled).
+    output_stride: int = 32
+    crop_mode: str = "center"
+    license: str = ""
+    paper_ids: str = ""
+    origin_url: str = ""
+    # Published weight sets, the default first; weights_note says why there are none.
+    weights: tuple[PretrainedWeights, ...] = ()
+    weights_note: str = ""
 
-    def to_pretrained_cfg(self) -> dict[str, Any]:
-        """timm-style ``pretrained_cfg`` dict (what timm's data helpers read)."""
-        cfg = {k: v for k, v in asdict(self).items() if k != "arch"}
-        cfg.update(
-            input_size=(3, self.img_size, self.img_size),
+    @property
+    def pretrained_tags(self) -> list[str]:
+        """Tags of the published weight sets (``shvit_s1.in1k`` has tag ``in1k``), the default first."""
+        return [w.tag for w in self.weights]
+
+    def weight_set(self, tag: str | None = None) -> PretrainedWeights:
+        """The weight set ``tag`` (default: the first); a clear error when there is none."""
+        if not self.weights:
+            raise ValueError(f"{self.name} has no published weights. {self.weights_note}".strip())
+        if tag is None:
+            return self.weights[0]
+        tag = tag.removeprefix(self.name + ".")
+        for w in self.weights:
+            if w.tag == tag:
+                return w
+        raise ValueError(f"{self.name} has no weight set {tag!r}; known tags: {', '.join(self.pretrained_tags)}")
+
+    def to_pretrained_cfg(self, tag: str | None = None) -> dict[str, Any]:
+        """timm-style ``pretrained_cfg`` for weight set ``tag`` (the first by default; a weightless config for
+        a model without published weights) with every key timm's own models carry."""
+        weights = self.weight_set(tag) if (tag or self.weights) else None
+        img_size = weights.img_size if weights else self.img_size
+        side = math.ceil(img_size / self.output_stride)
+        official = next((f for f in weights.files if f.origin == "official release"), None) if weights else None
+        return dict(
+            url=official.url if official else "",
+            hf_hub_id=weights.hf_hub_id if weights else "",
+            file=None,
             architecture=self.name,
-            test_input_size=(3, self.img_size, self.img_size),
+            tag=weights.tag if weights else "",
+            num_classes=weights.num_classes if weights else self.num_classes,
+            input_size=(3, img_size, img_size),
+            test_input_size=(3, img_size, img_size),
+            fixed_input_size=self.fixed_input_size,
+            pool_size=(side, side),
+            crop_pct=self.crop_pct,
+            crop_mode=self.crop_mode,
+            interpolation=self.interpolation,
+            mean=self.mean,
+            std=self.std,
+            first_conv=self.first_conv,
+            classifier=self.classifier,
+            license=(weights.license if weights else self.license),
+            paper_ids=self.paper_ids,
+            paper_name=self.paper,
+            origin_url=self.origin_url,
+            notes=() if weights else (self.weights_note,) if self.weights_note else (),
         )
-        return cfg
 
 
 @dataclass(frozen=True)
@@ -136,6 +187,7 @@ def create_model(
     img_size: int | tuple[int, int] | None = None,
     distillation: bool = False,
     channels_last: bool | str = "auto",
+    pretrained_tag: str | None = None,
     **kwargs: Any,
 ) -> nn.Module:
     """Build a registered model with random weights (``leanvit.create_model`` adds checkpoint loading).
@@ -143,6 +195,8 @@ def create_model(
     ``img_size`` defaults to the variant's native resolution; it only matters for models whose
     parameters depend on it (EfficientViT-M window clamp and biases, SepViT per-window tokens).
     ``channels_last`` is the memory-format policy (see ``LeanViTModel.set_channels_last``).
+    ``pretrained_tag`` picks the weight set whose ``pretrained_cfg`` the model carries (weights are loaded by
+    ``leanvit.create_model(pretrained=...)``).
     """
     if name not in _REGISTRY:
         raise _unknown(name)
@@ -154,6 +208,6 @@ def create_model(
                       distillation=distillation, **kwargs)
     model.set_channels_last(channels_last)
     model.leanvit_cfg = cfg
-    model.pretrained_cfg = cfg.to_pretrained_cfg()
+    model.pretrained_cfg = cfg.to_pretrained_cfg(pretrained_tag)
     model.default_cfg = model.pretrained_cfg
     return model

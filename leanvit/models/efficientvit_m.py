@@ -18,6 +18,7 @@ from ..layers import ConvFFN, ConvNorm, NormLinear, Residual, depthwise_residual
 from ._base import LeanViTModel
 from ._layouts import (Layout, StateDict, conv_bn_leanvit_to_official, conv_bn_official_to_leanvit, identity_layout,
                        is_conv_bn_official)
+from ._pretrained import official_and_timm
 from ._registry import ModelConfig, register_variant
 
 __all__ = [
@@ -374,6 +375,7 @@ class EfficientViTM(LeanViTModel):
         in_chans: int = 3,
         distillation: bool = False,
         drop_rate: float = 0.0,
+        global_pool: str = "avg",
     ) -> None:
         super().__init__()
         self.window_size = window_size
@@ -382,7 +384,7 @@ class EfficientViTM(LeanViTModel):
         self._build_conv_bn_backbone(in_chans, embed_dim, lambda i, dim: nn.Sequential(*[
             EfficientViTBlock(dim, key_dim, num_heads[i], min(window_size, res[i]), kernels) for _ in range(depth[i])
         ]))
-        self._init_heads(embed_dim[-1], num_classes, distillation, drop_rate)
+        self._init_heads(embed_dim[-1], num_classes, distillation, drop_rate, global_pool)
 
     def _make_head(self, in_features: int, num_classes: int) -> nn.Module:
         return NormLinear(in_features, num_classes, drop=self.drop_rate) if num_classes > 0 else nn.Identity()
@@ -396,6 +398,7 @@ class EfficientViTM(LeanViTModel):
 
 
 _PAPER = "EfficientViT (MSRA), arXiv 2305.07027 (CVPR 2023)"
+_RELEASE = "https://github.com/xinyuliu-jeffrey/EfficientViT_Model_Zoo/releases/download/v1.0"
 _K7 = (7, 5, 3, 3)
 _K5 = (5, 5, 5, 5)
 
@@ -417,7 +420,9 @@ def _variant(name: str, arch: EfficientViTMArch, top1: float, params: int, param
     return ModelConfig(
         name=name, family="efficientvit_m", arch=arch, img_size=224, top1=top1, paper=_PAPER, params=params,
         params_fused=params_fused, macs_m=macs_m, macs=macs, timm_name=name, first_conv="patch_embed.conv1.conv",
-        classifier="head.linear",
+        classifier="head.linear", output_stride=64, license="mit", paper_ids="arXiv:2305.07027",
+        origin_url="https://github.com/microsoft/Cream/tree/main/EfficientViT",
+        weights=(official_and_timm(name, "r224_in1k", f"{_RELEASE}/{name}.pth", "mit", top1),),
     )
 
 

@@ -281,6 +281,7 @@ class SepViT(LeanViTModel):
         drop_rate: float = 0.0,
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
+        global_pool: str = "avg",
     ) -> None:
         super().__init__()
         window_token = _MODE_ALIASES.get(window_token, window_token)
@@ -320,7 +321,7 @@ class SepViT(LeanViTModel):
         self.feature_norms = nn.ModuleList(
             nn.LayerNorm(d, eps=_BLOCK_EPS) for d in embed_dims) if feature_norms else None
         self.norm = nn.LayerNorm(embed_dims[-1], eps=_BLOCK_EPS)
-        self._init_heads(embed_dims[-1], num_classes, distillation, drop_rate)
+        self._init_heads(embed_dims[-1], num_classes, distillation, drop_rate, global_pool)
         self.apply(self._init_weights)
 
     @staticmethod
@@ -568,6 +569,8 @@ def _variant(name: str, arch: SepViTArch, top1: float, params: int, macs_m: floa
     return ModelConfig(
         name=name, family="sepvit", arch=arch, img_size=224, top1=top1, paper=_PAPER, params=params,
         params_fused=params, macs_m=macs_m, macs=macs, fixed_input_size=True, first_conv="patch_embed.proj", classifier="head",
+        output_stride=32, paper_ids="arXiv:2203.15380", origin_url="https://github.com/liwei109/SepViT",
+        weights_note="SepViT's authors published no trained weights (code only); train one with `leanvit train`.",
         extra=dict(window_token="per_window", window_token_modes=WINDOW_TOKEN_MODES),
     )
 

@@ -17,6 +17,7 @@ from ..layers import ConvFFN, ConvNorm, NormLinear, Residual, depthwise_residual
 from ._base import LeanViTModel
 from ._layouts import (Layout, StateDict, conv_bn_leanvit_to_official, conv_bn_official_to_leanvit, is_conv_bn_official,
                        rename_keys, short_conv_names_from_leanvit, short_conv_names_to_leanvit)
+from ._pretrained import official_and_timm
 from ._registry import ModelConfig, register_variant
 
 __all__ = ["SHViT", "SHViTArch", "SingleHeadAttention", "shvit_s1", "shvit_s2", "shvit_s3", "shvit_s4"]
@@ -113,18 +114,20 @@ class SHViT(LeanViTModel):
         distillation: bool = False,
         drop_rate: float = 0.0,
         img_size: int | tuple[int, int] | None = None,
+        global_pool: str = "avg",
     ) -> None:
         super().__init__()
         self._build_conv_bn_backbone(in_chans, embed_dim, lambda i, dim: nn.Sequential(*[
             SHViTBlock(dim, qk_dim, partial_dim[i], block_types[i] == "s") for _ in range(depth[i])
         ]))
-        self._init_heads(embed_dim[-1], num_classes, distillation, drop_rate)
+        self._init_heads(embed_dim[-1], num_classes, distillation, drop_rate, global_pool)
 
     def _make_head(self, in_features: int, num_classes: int) -> nn.Module:
         return NormLinear(in_features, num_classes, drop=self.drop_rate) if num_classes > 0 else nn.Identity()
 
 
 _PAPER = "SHViT, arXiv 2401.16456 (CVPR 2024)"
+_RELEASE = "https://github.com/ysj9909/SHViT/releases/download/v1.0"
 
 
 @dataclass(frozen=True)
@@ -143,7 +146,9 @@ def _variant(name: str, arch: SHViTArch, img_size: int, top1: float, params: int
     return ModelConfig(
         name=name, family="shvit", arch=arch, img_size=img_size, top1=top1, paper=_PAPER, params=params,
         params_fused=params_fused, macs_m=macs_m, macs=macs, timm_name=name, first_conv="patch_embed.conv1.conv",
-        classifier="head.linear",
+        classifier="head.linear", output_stride=64, license="mit", paper_ids="arXiv:2401.16456",
+        origin_url="https://github.com/ysj9909/SHViT",
+        weights=(official_and_timm(name, "in1k", f"{_RELEASE}/{name}.pth", "mit", top1, img_size),),
     )
 
 
