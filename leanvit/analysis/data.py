@@ -1,4 +1,6 @@
-"""Labelled images for the weight-dependent analyses (head similarity and ablation, Taylor importance).
+"""Models and labelled images for the analyses.
+
+Labelled images serve the weight-dependent analyses (head similarity and ablation, Taylor importance).
 
 ``data`` is what ``leanvit train`` accepts: an ImageFolder root (``train/`` and ``val/`` class folders),
 ``digits`` (scikit-learn's handwritten digits) or ``fake``. Images go through the papers' evaluation
@@ -9,12 +11,38 @@ from __future__ import annotations
 
 from typing import Iterator
 
+import timm
 import torch
+from timm.models import load_checkpoint as timm_load_checkpoint
 from torch import nn
 
+from ..checkpoint import load_checkpoint
+from ..models import create_model
 from ..train.data import eval_transform, open_source
+from ..zoo import resolve_model
 
-__all__ = ["labelled_batches"]
+__all__ = ["labelled_batches", "load_model"]
+
+
+def load_model(name: str, img_size: int | None = None, checkpoint: str | None = None,
+               num_classes: int | None = None, **model_kwargs: object) -> tuple[nn.Module, int]:
+    """(eval model, input side) for a leanvit name or ``timm:NAME``: random weights, or ``checkpoint``
+    (leanvit's loader for leanvit models, timm's for timm models). Nothing is downloaded."""
+    spec = resolve_model(name)
+    side = img_size or spec.img_size
+    classes = 1000 if num_classes is None else num_classes
+    if spec.source == "leanvit":
+        model = create_model(spec.name, num_classes=classes, img_size=side, **model_kwargs)
+        if checkpoint:
+            load_checkpoint(model, checkpoint)
+    else:
+        kwargs = dict(model_kwargs, num_classes=classes)
+        if img_size:
+            kwargs["img_size"] = side
+        model = timm.create_model(spec.name, pretrained=False, **kwargs)
+        if checkpoint:
+            timm_load_checkpoint(model, checkpoint)
+    return model.eval(), side
 
 
 def _normalisation(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...], float]:

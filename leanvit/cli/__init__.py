@@ -15,6 +15,7 @@ COMMAND_MODULES = (
     "leanvit.cli.bench",  # bench, demo
     "leanvit.cli.deploy",  # export
     "leanvit.cli.train",  # train, eval
+    "leanvit.cli.analyze",  # analyze <tool>
 )
 
 
