@@ -31,9 +31,9 @@ def test_block_complexity(tmp_path: Path) -> None:
 def test_op_breakdown(tmp_path: Path) -> None:
     args = ["analyze", "op-breakdown", "efficientvit_m0", "--img-size", "64", "--iters", "1", "--warmup", "1"]
     assert main([*args, "--out", str(tmp_path)]) == 0
-    cats = _outputs(tmp_path, "efficientvit_m0_categories", png="op_breakdown_eager")["rows"]
+    cats = _outputs(tmp_path, "efficientvit_m0_eager_categories", png="op_breakdown_eager")["rows"]
     assert sum(c["share"] for c in cats) == pytest.approx(100.0)
-    summary = json.loads((tmp_path / "op_breakdown_summary.json").read_text())
+    summary = json.loads((tmp_path / "op_breakdown_summary_eager.json").read_text())
     assert summary["machine_balance"]["balance"] > 0
     assert 0 < summary["rows"][0]["memory_bound_share"] < 100
 

@@ -46,10 +46,10 @@ def run_op_breakdown(
             x = torch.randn(batch_size, 3, side, side)
             meta = run_record("op-breakdown", args, backend=backend, batch_size=batch_size, dtype="float32",
                               machine_balance=balance, model=name)
-            slug = _slug(name)
+            slug = f"{_slug(name)}_{backend}"
             if backend == "openvino":
                 rows = optime.openvino_breakdown(fused, x, iters=iters, threads=threads)
-                paths += write_table(out_dir, f"{slug}_openvino_layers", rows, meta,
+                paths += write_table(out_dir, f"{slug}_layers", rows, meta,
                                      title=f"{name}: OpenVINO per-layer time (PERF_COUNT), batch {batch_size}")
                 cats: dict[str, float] = {}
                 for r in rows:
@@ -65,7 +65,7 @@ def run_op_breakdown(
             bars[name] = {c["category"]: c["share"] for c in tables["categories"]}
     if summaries:
         meta = run_record("op-breakdown", args, backend=backend, machine_balance=balance)
-        paths += write_table(out_dir, "op_breakdown_summary", summaries, meta,
+        paths += write_table(out_dir, f"op_breakdown_summary_{backend}", summaries, meta,
                              title="Memory-bound share of top-level op time (name taxonomy; roofline reading)")
     png = save_figure(Path(out_dir) / f"op_breakdown_{backend}.png", lambda fig: _stacked_bars(fig, bars, backend))
     return paths + ([png] if png else [])
