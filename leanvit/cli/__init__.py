@@ -22,6 +22,7 @@ COMMANDS = {
     "eval": ("leanvit.cli.train", "evaluate a checkpoint on a labelled folder"),
     "detect": ("leanvit.cli.detect", "COCO detection / instance segmentation: train, eval, predict, bench"),
     "segment": ("leanvit.cli.segment", "semantic segmentation (ADE20K): train, eval, predict, export"),
+    "analyze": ("leanvit.cli.analyze", "the papers' analyses: op-time breakdown, head redundancy, Taylor, design space"),
     "weights": ("leanvit.cli.weights", "published weights per model: source, licence, paper top-1, cached"),
 }
 

@@ -61,15 +61,28 @@ class CascadedGroupAttention(nn.Module):
     no stale or wrong-device bias (the official code gets both wrong).
     """
 
-    def __init__(self, dim: int, key_dim: int, num_heads: int, window: int, kernels: tuple[int, ...]) -> None:
+    def __init__(self, dim: int, key_dim: int, num_heads: int, window: int, kernels: tuple[int, ...],
+                 v_ratio: float = 1.0, cascade: bool = True, mixer: str = "cga") -> None:
         super().__init__()
+        # Design-space switches (EfficientViT Fig. 7 / Tab. 6 studies; the defaults are the paper's model):
+        # v_ratio scales each head's value width against its input split, cascade=False feeds every head its
+        # own split only, mixer="mhsa" feeds every head all channels (plain multi-head attention, no cascade).
+        if mixer not in ("cga", "mhsa"):
+            raise ValueError(f"mixer must be 'cga' or 'mhsa', got {mixer!r}")
+        split = dim // num_heads
+        val_dim = split if v_ratio == 1.0 else max(1, round(v_ratio * split))
+        if cascade and mixer == "cga" and val_dim != split:
+            raise ValueError(f"v_ratio={v_ratio} gives {val_dim}-channel head outputs that cannot be added to the "
+                             f"next head's {split}-channel split: use cascade=False")
         self.num_heads = num_heads
         self.key_dim = key_dim
-        self.val_dim = dim // num_heads
+        self.val_dim = val_dim
+        self.cascade = cascade and mixer == "cga"
+        self.full_channel = mixer == "mhsa"
         self.scale = key_dim ** -0.5
         self.window = window
         self.qkvs = nn.ModuleList(
-            ConvNorm(dim // num_heads, key_dim * 2 + self.val_dim) for _ in range(num_heads)
+            ConvNorm(dim if self.full_channel else split, key_dim * 2 + self.val_dim) for _ in range(num_heads)
         )
         self.dws = nn.ModuleList(
             ConvNorm(key_dim, key_dim, kernels[i], 1, kernels[i] // 2, groups=key_dim) for i in range(num_heads)
@@ -123,8 +136,10 @@ class CascadedGroupAttention(nn.Module):
         outs = []
         feat = splits[0]
         for i, (qkv, dw) in enumerate(zip(self.qkvs, self.dws)):
-            if i > 0:
-                feat = feat + splits[i]
+            if self.full_channel:
+                feat = x
+            elif i > 0:
+                feat = feat + splits[i] if self.cascade else splits[i]
             q, k, v = qkv(feat).split([self.key_dim, self.key_dim, self.val_dim], dim=1)
             q = dw(q)
             attn = (q.flatten(2).transpose(1, 2) * self.scale) @ k.flatten(2) + bias[i]
@@ -143,6 +158,8 @@ class CascadedGroupAttention(nn.Module):
         spread between two sessions of one graph). Unfused modules are returned unchanged.
         """
         if target not in SPLIT_QKV_TARGETS or not all(isinstance(c, nn.Conv2d) for c in (*self.qkvs, *self.dws)):
+            return self
+        if not self.cascade:  # the deploy form implements the paper's cascade only
             return self
         return _SplitQKVCascadedAttention(self)
 
@@ -240,9 +257,10 @@ class LocalWindowAttention(nn.Module):
     """Cascaded group attention inside non-overlapping windows, zero-padding bottom/right to a
     window multiple (also when the map is smaller than the window, as timm does)."""
 
-    def __init__(self, dim: int, key_dim: int, num_heads: int, window: int, kernels: tuple[int, ...]) -> None:
+    def __init__(self, dim: int, key_dim: int, num_heads: int, window: int, kernels: tuple[int, ...],
+                 **attn_options: object) -> None:
         super().__init__()
-        self.attn = CascadedGroupAttention(dim, key_dim, num_heads, window, kernels)
+        self.attn = CascadedGroupAttention(dim, key_dim, num_heads, window, kernels, **attn_options)  # type: ignore[arg-type]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
@@ -306,13 +324,14 @@ class _SlicedWindowAttention(LocalWindowAttention):
 class EfficientViTBlock(nn.Module):
     """Sandwich: DW -> FFN -> cascaded group attention -> DW -> FFN, each residual."""
 
-    def __init__(self, dim: int, key_dim: int, num_heads: int, window: int, kernels: tuple[int, ...]) -> None:
+    def __init__(self, dim: int, key_dim: int, num_heads: int, window: int, kernels: tuple[int, ...],
+                 ffn_ratio: int = 2, **attn_options: object) -> None:
         super().__init__()
         self.dw0 = depthwise_residual(dim, bn_weight_init=0.0)
-        self.ffn0 = Residual(ConvFFN(dim, dim * 2))
-        self.mixer = Residual(LocalWindowAttention(dim, key_dim, num_heads, window, kernels))
+        self.ffn0 = Residual(ConvFFN(dim, dim * ffn_ratio))
+        self.mixer = Residual(LocalWindowAttention(dim, key_dim, num_heads, window, kernels, **attn_options))
         self.dw1 = depthwise_residual(dim, bn_weight_init=0.0)
-        self.ffn1 = Residual(ConvFFN(dim, dim * 2))
+        self.ffn1 = Residual(ConvFFN(dim, dim * ffn_ratio))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.ffn1(self.dw1(self.mixer(self.ffn0(self.dw0(x)))))
@@ -376,13 +395,19 @@ class EfficientViTM(LeanViTModel):
         distillation: bool = False,
         drop_rate: float = 0.0,
         global_pool: str = "avg",
+        ffn_ratio: int = 2,
+        v_ratio: float = 1.0,
+        cascade: bool = True,
+        mixer: str = "cga",
     ) -> None:
         super().__init__()
         self.window_size = window_size
         self.img_size = img_size
         res = stage_resolutions(img_size)
+        # ffn_ratio / v_ratio / cascade / mixer: design-space switches (see CascadedGroupAttention); defaults = paper.
         self._build_conv_bn_backbone(in_chans, embed_dim, lambda i, dim: nn.Sequential(*[
-            EfficientViTBlock(dim, key_dim, num_heads[i], min(window_size, res[i]), kernels) for _ in range(depth[i])
+            EfficientViTBlock(dim, key_dim, num_heads[i], min(window_size, res[i]), kernels, ffn_ratio,
+                              v_ratio=v_ratio, cascade=cascade, mixer=mixer) for _ in range(depth[i])
         ]))
         self._init_heads(embed_dim[-1], num_classes, distillation, drop_rate, global_pool)
 

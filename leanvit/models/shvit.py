@@ -13,14 +13,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..layers import ConvFFN, ConvNorm, NormLinear, Residual, depthwise_residual
+from ..layers import ConvFFN, ConvNorm, ConvStem, NormLinear, Residual, depthwise_residual
 from ._base import LeanViTModel
 from ._layouts import (Layout, StateDict, conv_bn_leanvit_to_official, conv_bn_official_to_leanvit, is_conv_bn_official,
                        rename_keys, short_conv_names_from_leanvit, short_conv_names_to_leanvit)
 from ._pretrained import official_and_timm
 from ._registry import ModelConfig, register_variant
 
-__all__ = ["SHViT", "SHViTArch", "SingleHeadAttention", "shvit_s1", "shvit_s2", "shvit_s3", "shvit_s4"]
+__all__ = ["SHViT", "SHViTArch", "SingleHeadAttention", "StridedConvStem", "shvit_s1", "shvit_s2", "shvit_s3", "shvit_s4"]
 
 
 class SingleHeadAttention(nn.Module):
@@ -61,6 +61,18 @@ class SHViTBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.ffn(self.mixer(self.conv(x)))
+
+
+class StridedConvStem(ConvStem):
+    """A :class:`ConvStem` of ``len(widths)`` 3x3 stride-2 ConvNorm layers (stride 2^len), for macro-design studies."""
+
+    def __init__(self, in_chs: int, widths: tuple[int, ...]) -> None:
+        nn.Sequential.__init__(self)
+        chs = (in_chs, *widths)
+        for i in range(len(widths)):
+            self.add_module(f"conv{i + 1}", ConvNorm(chs[i], chs[i + 1], 3, 2, 1))
+            if i < len(widths) - 1:
+                self.add_module(f"act{i + 1}", nn.ReLU())
 
 
 # timm's SHViT keeps the five subsample modules in one flat Sequential.
@@ -115,11 +127,22 @@ class SHViT(LeanViTModel):
         drop_rate: float = 0.0,
         img_size: int | tuple[int, int] | None = None,
         global_pool: str = "avg",
+        stem_stride: int = 16,
     ) -> None:
         super().__init__()
+        if not (len(embed_dim) == len(depth) == len(partial_dim) == len(block_types)):
+            raise ValueError("embed_dim, depth, partial_dim and block_types need one entry per stage")
         self._build_conv_bn_backbone(in_chans, embed_dim, lambda i, dim: nn.Sequential(*[
             SHViTBlock(dim, qk_dim, partial_dim[i], block_types[i] == "s") for _ in range(depth[i])
         ]))
+        if stem_stride != 16:  # macro-design switch (SHViT Fig. 2): log2(stride) stride-2 convs, widths up to d0
+            layers = {4: 2, 8: 3, 32: 5}.get(stem_stride)
+            if layers is None:
+                raise ValueError(f"stem_stride must be 4, 8, 16 or 32, got {stem_stride}")
+            d0 = embed_dim[0]
+            self.patch_embed = StridedConvStem(in_chans, tuple(d0 // 2 ** (layers - 1 - i) for i in range(layers)))
+            for i, info in enumerate(self.feature_info):
+                info["reduction"] = stem_stride * 2 ** i
         self._init_heads(embed_dim[-1], num_classes, distillation, drop_rate, global_pool)
 
     def _make_head(self, in_features: int, num_classes: int) -> nn.Module:

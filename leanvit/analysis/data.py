@@ -1,0 +1,75 @@
+"""Models and labelled images for the analyses.
+
+Labelled images serve the weight-dependent analyses (head similarity and ablation, Taylor importance).
+
+``data`` is what ``leanvit train`` accepts: an ImageFolder root (``train/`` and ``val/`` class folders),
+``digits`` (scikit-learn's handwritten digits) or ``fake``. Images go through the papers' evaluation
+transform (resize to img_size / crop_pct, centre crop, normalise with the model's mean / std). A seeded
+subset keeps runs reproducible: the seed is part of every output's arguments.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import timm
+import torch
+from timm.models import load_checkpoint as timm_load_checkpoint
+from torch import nn
+
+from ..checkpoint import load_checkpoint
+from ..models import create_model
+from ..train.data import eval_transform, open_source
+from ..zoo import resolve_model
+
+__all__ = ["labelled_batches", "load_model"]
+
+
+def load_model(name: str, img_size: int | None = None, checkpoint: str | None = None,
+               num_classes: int | None = None, **model_kwargs: object) -> tuple[nn.Module, int]:
+    """(eval model, input side) for a leanvit name or ``timm:NAME``: random weights, or ``checkpoint``
+    (leanvit's loader for leanvit models, timm's for timm models). Nothing is downloaded."""
+    spec = resolve_model(name)
+    side = img_size or spec.img_size
+    classes = 1000 if num_classes is None else num_classes
+    if spec.source == "leanvit":
+        model = create_model(spec.name, num_classes=classes, img_size=side, **model_kwargs)
+        if checkpoint:
+            load_checkpoint(model, checkpoint)
+    else:
+        kwargs = dict(model_kwargs, num_classes=classes)
+        if img_size:
+            kwargs["img_size"] = side
+        model = timm.create_model(spec.name, pretrained=False, **kwargs)
+        if checkpoint:
+            timm_load_checkpoint(model, checkpoint)
+    return model.eval(), side
+
+
+def _normalisation(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...], float]:
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    return (tuple(cfg.get("mean", IMAGENET_DEFAULT_MEAN)), tuple(cfg.get("std", IMAGENET_DEFAULT_STD)),
+            float(cfg.get("crop_pct", 0.875)))
+
+
+def labelled_batches(
+    data: str, model: nn.Module, img_size: int, *, split: str = "val", batch_size: int = 32,
+    max_images: int | None = 128, seed: int = 0,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(images, labels) batches from ``split`` ('val' or 'train') of ``data``: ``max_images`` of them drawn
+    with ``seed`` (all, in order, when None)."""
+    if split not in ("val", "train"):
+        raise ValueError(f"split must be 'val' or 'train', got {split!r}")
+    bundle = open_source(data, img_size=img_size, need_train=split == "train")
+    source = bundle.val if split == "val" else bundle.train
+    if len(source) == 0:
+        raise ValueError(f"the {split} split of {data!r} has no images")
+    mean, std, crop_pct = _normalisation(model)
+    transform = eval_transform(img_size, mean, std, crop_pct)
+    order = torch.randperm(len(source), generator=torch.Generator().manual_seed(seed)).tolist()
+    if max_images is not None:
+        order = order[:max_images]
+    for start in range(0, len(order), batch_size):
+        items = [source[i] for i in order[start:start + batch_size]]
+        yield torch.stack([transform(img) for img, _ in items]), torch.tensor([t for _, t in items])
