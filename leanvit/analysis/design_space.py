@@ -26,9 +26,9 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..bench.flops import count_macs, count_params
+from ..models import count_macs, count_params
 from ..bench.timing import interleaved_medians
-from ..deploy.fuse import fuse
+from ..models import fuse
 from ..deploy.runtime import build_runtime, torch_threads
 from ..models.efficientvit_m import EfficientViTM
 from ..models.shvit import SHViT

@@ -28,7 +28,7 @@ from torch.overrides import TorchFunctionMode
 from torch.profiler import ProfilerActivity, profile, record_function
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..bench import flops as _flops  # noqa: F401  (registers the CPU fused-SDPA FLOP formula)
+from ..models.counting import flop_formulas
 from ..deploy.runtime import quiet_deprecations, to_openvino
 from .taxonomy import COMPUTE, MEMORY_BOUND, base_name, category_of
 
@@ -110,7 +110,7 @@ class _ByteCounter(TorchFunctionMode):
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
         name = getattr(func, "__name__", str(func))
-        counter = FlopCounterMode(display=False)
+        counter = FlopCounterMode(display=False, custom_mapping=flop_formulas())
         with counter:
             out = func(*args, **kwargs)
         outs = [t for t in (out if isinstance(out, (tuple, list)) else [out]) if isinstance(t, torch.Tensor)]

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from .._io import atomic_write
-from ..deploy.fuse import target_for
+from ..zoo import target_for
 from ..deploy.runtime import torch_threads
 from ..zoo import fuse_model
 from . import design_space, heads, optime, sepvit_complexity, taylor

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..bench import flops as _flops  # noqa: F401  (registers the CPU fused-SDPA FLOP formula)
+from ..models.counting import flop_formulas
 from ..bench.timing import interleaved_medians
 from ..models import create_model, get_config, list_models
 from ..models.sepvit import SepViT, stage_sizes
@@ -85,7 +85,7 @@ def mlp_macs(H: int, W: int, C: int, ratio: float = 4.0) -> int:
 
 def _count(fn: Any, *args: Any) -> dict[str, int]:
     """MACs of ``fn(*args)`` per module FQN (root class name stripped) and in total (key '')."""
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounterMode(display=False, custom_mapping=flop_formulas())
     with counter, torch.no_grad():
         fn(*args)
     out = {"": counter.get_total_flops() // 2}

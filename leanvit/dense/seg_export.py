@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from ..deploy.fuse import fuse
+from ..models import fuse
 
 __all__ = ["SegExportError", "SegExportResult", "export_segmentor", "FORMATS"]
 
