@@ -64,6 +64,20 @@ def _slurm_env() -> None:
     os.environ.setdefault("MASTER_PORT", str(20000 + int(os.environ.get("SLURM_JOB_ID", "0")) % 20000))
 
 
+def _attempt_store(rank: int, world: int, timeout_s: int) -> dict[str, Any]:
+    """Under torchrun, a store namespace of its own for each restart of the worker group.
+
+    The workers share torchrun's store across restarts; without a fresh namespace the restarted
+    processes can read the dead processes' gloo addresses and fail to connect (measured here: 2 of 3
+    ``--max-restarts`` runs failed with "connectFullMesh failed ... Connection refused").
+    """
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if attempt is None:
+        return {}
+    store, _, _ = next(dist.rendezvous("env://", rank=rank, world_size=world, timeout=timedelta(seconds=timeout_s)))
+    return dict(store=dist.PrefixStore(f"leanvit/attempt{attempt}", store), rank=rank, world_size=world)
+
+
 def init_distributed(device: str = "auto", timeout_s: int = 1800) -> DistInfo:
     """Join the process group when launched by torchrun/SLURM; otherwise a single process. Idempotent."""
     _slurm_env()
@@ -87,6 +101,7 @@ def init_distributed(device: str = "auto", timeout_s: int = 1800) -> DistInfo:
             kwargs: dict[str, Any] = dict(backend=backend, timeout=timedelta(seconds=timeout_s))
             if want_cuda:
                 kwargs["device_id"] = dev
+            kwargs.update(_attempt_store(rank, world, timeout_s))
             dist.init_process_group(**kwargs)
             info.initialized_here = True
     return info
