@@ -1,9 +1,9 @@
-"""Plain-text tables for the command line (one formatter for every table leanvit prints)."""
+"""Plain text for the command line: one formatter for every table leanvit prints, one for error reasons."""
 from __future__ import annotations
 
 from typing import Any, Sequence
 
-__all__ = ["text_table", "format_cell"]
+__all__ = ["text_table", "format_cell", "error_reason"]
 
 
 def format_cell(value: Any, fmt: str) -> str:
@@ -24,3 +24,12 @@ def text_table(headers: Sequence[str], rows: Sequence[Sequence[str]], left_colum
     lines += ["  ".join(c.ljust(w) if i < left_columns else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
               for r in rows]
     return "\n".join(lines)
+
+
+def error_reason(error: BaseException, limit: int = 300) -> str:
+    """The first line of ``error``'s message (at most ``limit`` characters), or its type name when it has none.
+
+    Decoders raise bare ``EOFError`` and the like; an error message built from them must still say something.
+    """
+    lines = str(error).strip().splitlines()
+    return lines[0][:limit] if lines else type(error).__name__

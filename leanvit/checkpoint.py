@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ._io import atomic_write
+from ._text import error_reason
 from .models import create_model, family_class, get_config, list_models
 from .models._layouts import Layout, StateDict
 
@@ -74,7 +75,7 @@ def read_state_dict(
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001
-        reason = str(e).splitlines()[0][:300]
+        reason = error_reason(e)
         raise CheckpointError(
             f"{path} is not a readable checkpoint (truncated, corrupt, not a torch/safetensors file, or it holds "
             f"pickled objects other than tensors, which leanvit refuses to execute): {reason}"

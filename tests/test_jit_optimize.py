@@ -67,7 +67,9 @@ def test_cli_bench_records_jit_optimize(tmp_path) -> None:
     rec, = json.loads(out.read_text())
     assert rec["error"] is None, rec["error"]
     assert rec["jit_optimize"] is True and rec["backend"] == "jit" and rec["throughput"] > 0
-    assert rec["max_rel_err"] < 1e-5  # vs fp32 eager on the same input
+    # vs fp32 eager on the same input. fp32 reordering noise: ~5e-6 for both the plain and the optimized trace
+    # (measured on input-dependent weights, Zen 5); bf16 or a wrong fold would be >= 1e-2.
+    assert rec["max_rel_err"] < 1e-4
 
 
 # --- refusals ----------------------------------------------------------------------------------------

@@ -86,7 +86,7 @@ def _files(folder: Path) -> dict[str, bytes]:
 
 def test_unreadable_last_checkpoint_falls_back_and_nothing_readable_is_refused(tmp_path: Path,
                                                                                  warnings_logged: list[str]) -> None:
-    sets = dict(TINY, **{"checkpoint.every_steps": 4, "train.deterministic": True})
+    sets = dict(TINY, **{"checkpoint.every_steps": 4, "checkpoint.keep_last": 2, "train.deterministic": True})
     ref = tmp_path / "ref"
     train(load_config("quick", dict(sets, output=str(ref))))
     out = tmp_path / "run"

@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from .._text import error_reason
 from .config import TrainConfig
 
 __all__ = [
@@ -90,7 +91,7 @@ class FolderSource(ImageSource):
                 return img.convert("RGB"), target
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
             # PIL raises OSError for truncated files, UnidentifiedImageError (an OSError) for non-images.
-            raise BadImageError(path, str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+            raise BadImageError(path, error_reason(e)) from None
 
 
 class DigitsSource(ImageSource):

@@ -19,6 +19,8 @@ from typing import Any, Iterator
 import torch
 import torch.distributed as dist
 
+from .._text import error_reason
+
 __all__ = ["DistInfo", "CollectiveError", "init_distributed", "cleanup", "all_reduce_sum", "gather_objects",
            "broadcast_object", "barrier", "name_collective_failures"]
 
@@ -172,7 +174,7 @@ def name_collective_failures(info: DistInfo, resume_hint: str = "") -> Iterator[
     except Exception as e:  # noqa: BLE001 - re-raised unchanged unless it is a backend failure
         if not info.distributed or isinstance(e, CollectiveError) or not _is_backend_failure(e):
             raise
-        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        first = error_reason(e)
         raise CollectiveError(
             f"rank {info.rank} of {info.world_size} (host {socket.gethostname()}, pid {os.getpid()}): a collective "
             f"operation with the other processes failed or timed out (train.dist_timeout_s={info.timeout_s}): "

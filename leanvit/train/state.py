@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 from .._io import atomic_write
+from .._text import error_reason
 
 __all__ = [
     "FORMAT", "CheckpointWriteError", "capture_rng", "restore_rng", "write_checkpoint", "read_checkpoint",
@@ -121,7 +122,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any decoder failure is one clear message
         raise ValueError(f"{path} is not a readable checkpoint (truncated or corrupt?): "
-                         f"{str(e).splitlines()[0][:200]}") from e
+                         f"{error_reason(e, 200)}") from e
     if not is_training_checkpoint(obj):
         raise ValueError(
             f"{path} is not a leanvit training checkpoint (no training state to resume); "
