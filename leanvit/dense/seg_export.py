@@ -144,7 +144,9 @@ def export_segmentor(
             result.max_abs_diff[f"{batch}x{h}x{w}"] = (out - ref).abs().max().item()
         worst = max(result.max_abs_diff.values())
         if worst > atol:
-            raise SegExportError(f"{format} export differs from PyTorch: {result.summary()}; tolerance {atol}")
+            hint = ("; a graph right at one size and wrong at another depends on the input size: export with "
+                    "dynamic_size=False (--fixed-size) at the size you will run") if dynamic_size else ""
+            raise SegExportError(f"{format} export differs from PyTorch: {result.summary()}; tolerance {atol}{hint}")
         if format == "openvino":  # weights first, so a finished .xml always has its .bin
             os.replace(os.path.join(tmp, "model.bin"), output.with_suffix(".bin"))
         os.replace(artifact, output)

@@ -205,7 +205,9 @@ class SepViTBlock(nn.Module):
     def _mixer(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, C = x.shape
         ws = self.window_size
-        nh, nw = -(-H // ws), -(-W // ws)
+        # (H + ws - 1) // ws, not -(-H // ws): traced for ONNX, integer division of a negative size truncates
+        # toward zero, which made the window count one short and the padding negative at every padded size
+        nh, nw = (H + ws - 1) // ws, (W + ws - 1) // ws
         if not self.pointwise or nh * nw == 1:
             # One window (or a block without pointwise attention): plain MHSA over the map, no token.
             return self.attn(self.norm1(x).view(B, 1, H * W, C)).view(B, H, W, C)
