@@ -398,3 +398,18 @@ def test_trace_export_and_onnx(lite: torch.nn.Module) -> None:
     sess = onnxruntime.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
     out = torch.from_numpy(sess.run(None, {"x": x.numpy()})[0])
     assert_logits_close(ref, out, rel=1e-4)
+
+
+def test_onnx_export_at_a_size_that_pads_the_windows() -> None:
+    # 256 px: 64x64 tokens in windows of 7 are padded to 70x70. Traced for ONNX, the ceil division of the
+    # window count must not truncate toward zero (it did: onnxruntime failed on every padded size).
+    model = signal_weights_(leanvit.create_model("sepvit_lite", img_size=256), img_size=256).eval()
+    x = signal_images(2, 256, seed=3)
+    with torch.no_grad():
+        ref = model(x)
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (x,), buf, dynamo=False, opset_version=17, input_names=["x"], output_names=["y"])
+    sess = onnxruntime.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
+    assert_logits_close(ref, torch.from_numpy(sess.run(None, {"x": x.numpy()})[0]), rel=1e-4)
