@@ -8,7 +8,8 @@ depend on the input).
 2. Fastest shipped path: every leanvit backend x precision that ``leanvit bench`` offers, each on the
    model fused for its runtime as ``leanvit bench`` does (``fuse(target=target_for(backend))``: OpenVINO
    runs EfficientViT-M's split-qkv attention), keeping those whose max logit error vs fp32 eager relative
-   to the logits' spread is within the export's bf16 bound (``leanvit.deploy.verify.BF16_SPREAD_RTOL``); the fastest vs OpenVINO at its *default* precision (bf16 on AMX CPUs) running
+   to the logits' spread is within the export's bf16 bound (``leanvit.deploy.verify.BF16_SPREAD_RTOL``);
+   the fastest vs OpenVINO at its *default* precision (bf16 on AMX CPUs) running
    timm's fused model. ``--torch-form`` also times OpenVINO bf16 on the ``target="torch"`` graph.
 3. The single-core fp32 and bf16 matmul peaks (best of torch.mm and OpenVINO MatMul), the fraction of
    them each path reaches (MACs per image x images/s / peak MAC/s), and the roofline ceilings: the

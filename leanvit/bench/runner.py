@@ -175,7 +175,8 @@ def _record(cfg: BenchConfig, spec: ModelSpec, **values: Any) -> dict[str, Any]:
         jit_optimize=cfg.jit_optimize,
         throughput=None, latency_ms=None, latency_p90_ms=None, latency_p99_ms=None, spread_pct=None,
         iterations=None, clock=cfg.clock, peak_memory_mb=None, setup_memory_mb=None, memory_method=None,
-        max_abs_diff=None, rel_err=None, top1_agreement=None, params_m=None, macs_m=None, unfused_norms=None, setup_s=None,
+        max_abs_diff=None, rel_err=None, top1_agreement=None, params_m=None, macs_m=None, unfused_norms=None,
+        setup_s=None,
         warmup_s=cfg.warmup_s, duration_s=cfg.duration_s, note=cfg.note, error=None,
     )
     rec.update(values)
@@ -221,9 +222,10 @@ def run_config(cfg: BenchConfig, spec: ModelSpec | None = None) -> dict[str, Any
         norms = count_unfused_norms(model)
         macs = count_macs(model, cfg.img_size, fuse_first=False) / 1e6 if cfg.count_macs else None
         # fp32 eager logits on separate test images (whole timed-size batches, >= 2 rows for the spread):
-        # what every backend/precision is compared with, also for batch-1 latency runs.
-        check_images = verification_images(cfg.batch_size, cfg.img_size, seed=cfg.seed + 1)
-        reference = run_in_batches(model, check_images, cfg.batch_size)
+        # what every backend/precision is compared with, also for batch-1 latency runs. The images are
+        # drawn again from their seed for the comparison, so the memory measurement does not hold them.
+        reference = run_in_batches(model, verification_images(cfg.batch_size, cfg.img_size, seed=cfg.seed + 1),
+                                   cfg.batch_size)
         runtime = build_runtime(model, cfg.backend, example, precision=cfg.precision, device=cfg.device,
                                 threads=cfg.threads, bf16_mode=cfg.bf16_mode, compile_mode=cfg.compile_mode,
                                 channels_last=cfg.channels_last, jit_optimize=cfg.jit_optimize)
@@ -240,6 +242,7 @@ def run_config(cfg: BenchConfig, spec: ModelSpec | None = None) -> dict[str, Any
             else:
                 stats = measure(lambda: runtime.run(x), warmup_s=cfg.warmup_s, duration_s=cfg.duration_s,
                                 sync=runtime.synchronize, clock=_CLOCKS[cfg.clock])
+        check_images = verification_images(cfg.batch_size, cfg.img_size, seed=cfg.seed + 1)
         check = compare_runtime(reference, runtime, check_images, cfg.batch_size)
     precision = getattr(runtime, "effective_precision", cfg.precision)
     # Three calls in memory mode are not a speed measurement: leave the timings empty.

@@ -38,17 +38,19 @@ __all__ = [
 FP32_ATOL = 1e-3
 # bf16 error / spread measured on signal_weights_ (seed 3), 4 signal_images run at batch 1, fused model vs
 # its bf16 artifact (TorchScript weights+activations in bf16 / OpenVINO INFERENCE_PRECISION_HINT bf16),
-# AMD EPYC Zen 4 (AVX512-BF16), torch 2.14.1:
+# AMD EPYC Zen 4 (AVX512-BF16), torch 2.14.1, OpenVINO 2026.4:
 #                       64 px          128 px         224 px
 #   efficientvit_m0     0.50 / 0.43    1.26 / 0.91    0.38 / 0.48
 #   shvit_s1            0.21 / 0.24    0.18 / 0.22    0.20 / 0.20
 #   sepvit_lite         0.07 / -       0.10 / -       0.17 / 0.14
-# (TorchScript / OpenVINO; OpenVINO returned no rows for sepvit_lite off its native 224). Random
-# variance-preserving weights are close to chaotic, so bf16 rounding moves the logits by as much as the
-# inputs do (top-1 agreement fell to 0.5 once); trained weights are far calmer
-# (benchmarks/NOTES.md entry 14: 2.7e-2 of max|logit| for a trained efficientvit_m0). The bound is twice the
-# worst measured value: it catches a bf16 graph that computes something else, not bf16's own rounding.
-BF16_SPREAD_RTOL = 2.5
+# (TorchScript / OpenVINO; OpenVINO returned no rows for sepvit_lite off its native 224). efficientvit_m0 over
+# seeds 0, 1, 2, 4: 0.31-0.85 at 64 px, 0.67-1.92 at 128 px (worst: seed 2, OpenVINO); `leanvit bench` jit
+# autocast bf16 at 128 px: 1.8. Random variance-preserving weights are close to chaotic, so bf16 rounding
+# moves the logits by as much as the inputs do (top-1 agreement fell to 0.5 in several runs); trained weights
+# are far calmer (benchmarks/NOTES.md entry 14: 2.7e-2 of max|logit| for a trained efficientvit_m0). The bound
+# is twice the worst measured value: on such weights it catches a bf16 graph that computes something far
+# off, not bf16's own rounding.
+BF16_SPREAD_RTOL = 4.0
 # rows compared per check (>= 2: the spread is measured across them)
 MIN_VERIFY_ROWS = 4
 
