@@ -37,17 +37,17 @@ class BenchOptions:
     fuse: bool = option(True, "benchmark the unfused model", flag="--no-fuse")
     allow_fallback: bool = option(False, "run fp32 when the requested precision is unavailable instead of failing")
     bf16_mode: str = option("autocast", "CPU bf16 in PyTorch: autocast or cast weights+inputs to bf16",
-                          choices=("autocast", "convert"))
+                            choices=("autocast", "convert"))
     compile_mode: str | None = option(None, "torch.compile mode for --backend compile")
     count_macs: bool = option(False, "also count MACs (fused, batch 1)", flag="--macs")
     perturb_bn: bool = option(True, "keep the random init's identity BatchNorms", flag="--no-perturb-bn")
     clock: str = option("wall", "time calls by wall clock or process CPU time (steady on a busy machine; 1 thread)",
-                      choices=("wall", "cpu"))
+                        choices=("wall", "cpu"))
     channels_last: bool = option(False, "PyTorch backends in NHWC memory format")
     jit_optimize: bool = option(False, "--backend jit on CPU only: torch.jit.freeze + optimize_for_inference after "
-                                     "the trace (exact; faster or slower depending on model and layout, so measure)")
+                                       "the trace (exact; faster or slower depending on model and layout, so measure)")
     isolate: bool | None = option(None, "run each configuration in a fresh process (default: on for CPU memory mode)",
-                                action=argparse.BooleanOptionalAction)
+                                  action=argparse.BooleanOptionalAction)
     progress: bool = option(True, "no progress bar", flag="--no-progress")
 
     def replace(self, **changes: Any) -> "BenchOptions":
