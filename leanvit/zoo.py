@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import timm
-import torch
 from timm.models import get_pretrained_cfg
 from timm.utils import reparameterize_model
 from torch import nn
@@ -19,7 +18,7 @@ from torch import nn
 from .models import LeanViTModel, count_macs, count_params, create_model, fuse, get_config, is_model, list_models
 
 __all__ = [
-    "ModelSpec", "resolve_model", "build_model", "fuse_model", "target_for", "count_unfused_norms", "perturb_batchnorm_",
+    "ModelSpec", "resolve_model", "build_model", "fuse_model", "target_for", "count_unfused_norms",
     "TIMM_TOP1", "zoo_table",
 ]
 
@@ -157,25 +156,6 @@ def fuse_model(model: nn.Module, target: str = "torch") -> nn.Module:
 def count_unfused_norms(model: nn.Module) -> int:
     """BatchNorm modules left after fusion (0 for fully folded models)."""
     return sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-
-
-def perturb_batchnorm_(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Randomise BN statistics and affine parameters in place (gamma away from the papers' zero init).
-
-    Random-init models have zero-gamma residual branches and identity BNs, which make fusion and
-    export checks trivially pass; perturbed BNs exercise every branch like trained weights do.
-    """
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
-                n = m.num_features
-                m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(n, generator=g) * 0.5 + 0.75)
-                if m.affine:
-                    m.weight.copy_(torch.rand(n, generator=g) * 0.5 + 0.5)
-                    m.bias.copy_(torch.randn(n, generator=g) * 0.1)
-    return model
 
 
 def zoo_table(names: Sequence[str] | None = None, img_size: int | None = None,

@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "leanvit"
 
 # Lower index = lower layer. A module may import only from its own layer or lower ones.
 LAYERS = [
-    ("_io", "_text", "layers"),
+    ("_io", "_text", "_flags", "layers"),
     ("models",),
     ("zoo",),
     ("checkpoint",),
@@ -106,18 +106,12 @@ def test_imports_run_down_the_layers():
     assert not problems, "imports against the layering:\n" + "\n".join(problems)
 
 
-# Known, named exceptions (each must be removed by the change that fixes it): the ONNX Runtime backend
-# exports through deploy.export, which imports deploy.runtime; the deploy split (issue 15's branch) moves the
-# writers into their own module and removes this entry.
-ALLOWED_LOCAL_IMPORTS = {("leanvit/deploy/runtime.py", "leanvit.deploy.export")}
-
-
 def test_no_function_local_imports_of_leanvit():
     problems = [
         f"{path.relative_to(PACKAGE.parent)}:{line} imports {target} inside a function"
         for path in _sources() if _area(_module_name(path)) != "cli"
         for target, line, local in _imports(path)
-        if local and (str(path.relative_to(PACKAGE.parent)), target) not in ALLOWED_LOCAL_IMPORTS
+        if local
     ]
     assert not problems, "move these imports to the top of their module:\n" + "\n".join(problems)
 

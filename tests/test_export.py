@@ -1,20 +1,26 @@
 """leanvit export: ONNX / OpenVINO / TorchScript artifacts reproduce PyTorch; failures are loud.
 
-Models get perturbed BatchNorms (random statistics, gamma away from the zero init) so that every
-branch is active and the fused/exported graphs cannot match by accident.
+Models get :func:`~leanvit.models.signal_weights_` (every layer random, BatchNorms calibrated) so that every
+branch is active, the logits depend on the input and the fused/exported graphs cannot match by accident.
 """
 from __future__ import annotations
 
+import subprocess
 import sys
 
 import pytest
 import torch
 
 import leanvit.deploy.export as export_mod
-from leanvit.zoo import build_model, fuse_model, perturb_batchnorm_, resolve_model
-from leanvit.cli import main
-from leanvit.deploy.export import ExportVerificationError, export_model, logit_errors
-from leanvit.deploy.runtime import MissingBackendError, UnsupportedPrecisionError, _cpu_bf16, load_artifact
+import leanvit.deploy.verify as verify_mod
+from leanvit.cli import build_parser, main
+from leanvit.deploy.capabilities import MissingBackendError, UnsupportedPrecisionError, cpu_has_bf16
+from leanvit.deploy.export import ExportVerificationError, export_model
+from leanvit.deploy.options import ExportOptions, export_options_from_args
+from leanvit.deploy.runtime import load_artifact
+from leanvit.deploy.verify import BF16_SPREAD_RTOL, FP32_ATOL
+from leanvit.models import logit_agreement, signal_images, signal_weights_
+from leanvit.zoo import build_model, fuse_model, resolve_model
 
 LEANVIT, TIMM = "efficientvit_m0", "mobilenetv3_small_050"
 SIDE = 64
@@ -23,7 +29,7 @@ NEEDS = {"onnx": "onnxruntime", "openvino": "openvino", "torchscript": "torch"}
 
 
 def _model(name: str) -> torch.nn.Module:
-    return perturb_batchnorm_(build_model(resolve_model(name), SIDE), seed=3)
+    return signal_weights_(build_model(resolve_model(name), SIDE), seed=3, img_size=SIDE)
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "openvino", "torchscript"])
@@ -34,16 +40,17 @@ def test_export_matches_pytorch(tmp_path, fmt: str, name: str) -> None:
     out = tmp_path / f"m{SUFFIX[fmt]}"
     result = export_model(model, fmt, out, img_size=SIDE, dynamic_batch=True)
     assert result.verified and result.max_abs_diff <= 1e-4 and result.checked_batches == [1, 2]
+    assert result.rel_err < 1e-3 and result.top1_agreement == 1.0
     assert out.exists() and not list(tmp_path.glob("*.failed"))
     if fmt == "openvino":
         assert out.with_suffix(".bin").exists()
     # Independent check: reopen the file and compare with the fused model at another batch size.
-    x = torch.randn(3, 3, SIDE, SIDE)
+    x = signal_images(3, SIDE, seed=5)
     with torch.no_grad():
         ref = fuse_model(model)(x)
-    assert ref.abs().max() > 1e-2  # non-trivial logits: the comparison means something
-    abs_diff, _ = logit_errors(ref, load_artifact(out)(x))
-    assert abs_diff <= 1e-4
+    agreement = logit_agreement(ref, load_artifact(out)(x))
+    assert agreement["spread"] > 0.1  # logits that depend on the input: the comparison means something
+    assert agreement["max_abs_error"] <= 1e-4
 
 
 def test_dynamo_onnx_single_file_dynamic_batch(tmp_path) -> None:
@@ -59,15 +66,15 @@ def test_dynamo_onnx_single_file_dynamic_batch(tmp_path) -> None:
                      batch_size=1)
 
 
-@pytest.mark.skipif(not _cpu_bf16(), reason="CPU without native bf16")
+@pytest.mark.skipif(not cpu_has_bf16(), reason="CPU without native bf16")
 @pytest.mark.parametrize("fmt", ["openvino", "torchscript"])
 def test_bf16_export_reports_relative_error(tmp_path, fmt: str) -> None:
     pytest.importorskip(NEEDS[fmt])
     out = tmp_path / f"b{SUFFIX[fmt]}"
     result = export_model(_model(LEANVIT), fmt, out, img_size=SIDE, precision="bf16")
     assert result.verified and result.precision == "bf16"
-    # bf16 really ran (error well above fp32 round-off) and stayed within the 2e-2 budget.
-    assert 1e-5 < result.max_rel_err <= 2e-2
+    # bf16 really ran (error far above fp32 round-off, ~1e-5 of the spread) and stayed within the bound.
+    assert 1e-3 < result.rel_err <= BF16_SPREAD_RTOL
 
 
 def test_cli_export_ok(tmp_path, capsys) -> None:
@@ -91,8 +98,9 @@ class _Shifted(torch.nn.Module):
 
 def test_corrupted_export_fails_and_is_marked(tmp_path, monkeypatch, capsys) -> None:
     pytest.importorskip("onnxruntime")
-    write = export_mod._write
-    monkeypatch.setattr(export_mod, "_write", lambda fmt, model, *a, **k: write(fmt, _Shifted(model), *a, **k))
+    write = export_mod.write_artifact
+    monkeypatch.setattr(export_mod, "write_artifact",
+                        lambda fmt, model, *a, **k: write(fmt, _Shifted(model), *a, **k))
     out = tmp_path / "m.onnx"
     with pytest.raises(ExportVerificationError, match=r"max abs diff 0\.5") as info:
         export_model(_model(LEANVIT), "onnx", out, img_size=SIDE)
@@ -106,7 +114,7 @@ def test_corrupted_export_fails_and_is_marked(tmp_path, monkeypatch, capsys) -> 
 
 
 def test_tolerance_violation_fails(tmp_path, monkeypatch) -> None:
-    monkeypatch.setattr(export_mod, "FP32_ATOL", -1.0)  # nothing can pass
+    monkeypatch.setattr(verify_mod, "FP32_ATOL", -1.0)  # nothing can pass
     out = tmp_path / "m.pt"
     with pytest.raises(ExportVerificationError, match="needs max abs diff <= -1"):
         export_model(_model(TIMM), "torchscript", out, img_size=SIDE)
@@ -142,13 +150,37 @@ def test_unknown_model_and_missing_runtime(tmp_path, monkeypatch, capsys) -> Non
 def test_openvino_export_uses_split_qkv_form(tmp_path) -> None:
     # leanvit's OpenVINO IR has no per-head q/k/v split (leanvit.fuse(target="openvino")) and still verifies.
     ov = pytest.importorskip("openvino")
-    model = build_model(resolve_model(LEANVIT), SIDE)
-    perturb_batchnorm_(model, seed=3)
-    out = tmp_path / "m.xml"
     side = SIDE + 8  # not a multiple of the windows: padded attention windows
+    # Calibrated at the size it runs at: with 64-px BatchNorm statistics its 72-px logits reach ~1e7 (measured),
+    # which no absolute bound can judge.
+    model = signal_weights_(build_model(resolve_model(LEANVIT), side), seed=3, img_size=side)
+    out = tmp_path / "m.xml"
     result = export_model(model, "openvino", out, img_size=side)
-    assert result.verified and result.max_abs_diff <= 1e-4
+    assert result.verified and result.max_abs_diff <= FP32_ATOL  # 1.2e-4 measured (verify.py)
     ops = [op.get_type_name() for op in ov.Core().read_model(str(out)).get_ordered_ops()]
     heads = [a.num_heads for a in model.modules() if type(a).__name__ == "CascadedGroupAttention"]
     # The one-conv form needs a split per head (24 for efficientvit_m0) besides the per-layer input chunks.
     assert sum("Split" in t for t in ops) < sum(heads)
+
+
+def test_export_options_object_and_keywords_agree(tmp_path) -> None:
+    # The options object (what the CLI builds from its flags) and keyword overrides are one interface.
+    options = ExportOptions(img_size=SIDE, verify=False)
+    by_object = export_model(_model(TIMM), "torchscript", tmp_path / "a.pt", options)
+    by_keywords = export_model(_model(TIMM), "torchscript", tmp_path / "b.pt", img_size=SIDE, verify=False)
+    assert by_object.input_shape == by_keywords.input_shape == (1, 3, SIDE, SIDE)
+    assert by_object.verified is None and by_keywords.verified is None
+    with pytest.raises(TypeError):
+        export_model(TIMM, "torchscript", tmp_path / "c.pt", options, image_size=SIDE)
+
+
+def test_export_flags_come_from_the_options_without_torch() -> None:
+    # `leanvit export --help` builds its parser from ExportOptions alone: no torch import (instant help).
+    code = ("import sys; from leanvit.cli import build_parser; build_parser('export').parse_args("
+            "['export', 'm', '--format', 'onnx', '--output', 'm.onnx', '--no-verify', '--seed', '3']); "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+    args = build_parser("export").parse_args(["export", "m", "--format", "onnx", "--output", "m.onnx",
+                                              "--no-verify", "--seed", "3", "--batch-size", "2"])
+    assert export_options_from_args(args) == ExportOptions(verify=False, seed=3, batch_size=2)

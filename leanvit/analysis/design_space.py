@@ -29,7 +29,8 @@ from torch import nn
 from ..models import count_macs, count_params
 from ..bench.timing import interleaved_medians
 from ..models import fuse
-from ..deploy.runtime import build_runtime, torch_threads
+from ..deploy.capabilities import torch_threads
+from ..deploy.runtime import build_runtime
 from ..models.efficientvit_m import EfficientViTM
 from ..models.shvit import SHViT
 

@@ -29,7 +29,8 @@ from torch.profiler import ProfilerActivity, profile, record_function
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..models.counting import flop_formulas
-from ..deploy.runtime import quiet_deprecations, to_openvino
+from ..deploy.capabilities import quiet_deprecations
+from ..deploy.writers import to_openvino
 from .taxonomy import COMPUTE, MEMORY_BOUND, base_name, category_of
 
 __all__ = ["op_breakdown", "summarize", "count_bytes_and_flops", "machine_balance", "openvino_breakdown"]

@@ -13,7 +13,7 @@ import torch
 
 from .._io import atomic_write
 from ..zoo import target_for
-from ..deploy.runtime import torch_threads
+from ..deploy.capabilities import torch_threads
 from ..zoo import fuse_model
 from . import design_space, heads, optime, sepvit_complexity, taylor
 from .data import labelled_batches, load_model

@@ -21,10 +21,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..deploy.export import logit_errors
-from ..deploy.runtime import (
-    BACKENDS, PRECISIONS, build_runtime, check_jit_optimize, check_precision, quiet_deprecations, torch_threads,
-)
+from ..deploy.capabilities import check_jit_optimize, check_precision, quiet_deprecations, torch_threads
+from ..deploy.names import BACKENDS, PRECISIONS
+from ..deploy.runtime import build_runtime
+from ..deploy.verify import compare_runtime, run_in_batches, verification_images
 from ..models import count_macs, count_params
 from ..models.signal import signal_weights_
 from ..zoo import ModelSpec, build_model, count_unfused_norms, fuse_model, resolve_model, target_for
@@ -109,8 +109,8 @@ def benchmark(models: str | Sequence[str], options: BenchOptions | None = None, 
     :class:`~leanvit.deploy.runtime.TorchRuntime`).
 
     All arguments are checked before anything runs: unknown models (KeyError with close names),
-    missing backend packages (:class:`~leanvit.deploy.runtime.MissingBackendError`, naming the pip
-    extra) and precisions the hardware lacks (:class:`~leanvit.deploy.runtime.UnsupportedPrecisionError`
+    missing backend packages (:class:`~leanvit.deploy.capabilities.MissingBackendError`, naming the pip
+    extra) and precisions the hardware lacks (:class:`~leanvit.deploy.capabilities.UnsupportedPrecisionError`
     unless ``allow_fallback``). Failures while running one configuration are recorded in its
     ``error`` field and the others still run.
     """
@@ -175,7 +175,8 @@ def _record(cfg: BenchConfig, spec: ModelSpec, **values: Any) -> dict[str, Any]:
         jit_optimize=cfg.jit_optimize,
         throughput=None, latency_ms=None, latency_p90_ms=None, latency_p99_ms=None, spread_pct=None,
         iterations=None, clock=cfg.clock, peak_memory_mb=None, setup_memory_mb=None, memory_method=None,
-        max_abs_diff=None, max_rel_err=None, params_m=None, macs_m=None, unfused_norms=None, setup_s=None,
+        max_abs_diff=None, rel_err=None, top1_agreement=None, params_m=None, macs_m=None, unfused_norms=None,
+        setup_s=None,
         warmup_s=cfg.warmup_s, duration_s=cfg.duration_s, note=cfg.note, error=None,
     )
     rec.update(values)
@@ -220,8 +221,11 @@ def run_config(cfg: BenchConfig, spec: ModelSpec | None = None) -> dict[str, Any
         params = count_params(model) / 1e6
         norms = count_unfused_norms(model)
         macs = count_macs(model, cfg.img_size, fuse_first=False) / 1e6 if cfg.count_macs else None
-        with torch.inference_mode():
-            reference = model(example).float()  # fp32 eager: what every backend/precision is compared with
+        # fp32 eager logits on separate test images (whole timed-size batches, >= 2 rows for the spread):
+        # what every backend/precision is compared with, also for batch-1 latency runs. The images are
+        # drawn again from their seed for the comparison, so the memory measurement does not hold them.
+        reference = run_in_batches(model, verification_images(cfg.batch_size, cfg.img_size, seed=cfg.seed + 1),
+                                   cfg.batch_size)
         runtime = build_runtime(model, cfg.backend, example, precision=cfg.precision, device=cfg.device,
                                 threads=cfg.threads, bf16_mode=cfg.bf16_mode, compile_mode=cfg.compile_mode,
                                 channels_last=cfg.channels_last, jit_optimize=cfg.jit_optimize)
@@ -238,12 +242,14 @@ def run_config(cfg: BenchConfig, spec: ModelSpec | None = None) -> dict[str, Any
             else:
                 stats = measure(lambda: runtime.run(x), warmup_s=cfg.warmup_s, duration_s=cfg.duration_s,
                                 sync=runtime.synchronize, clock=_CLOCKS[cfg.clock])
-        abs_diff, rel_err = logit_errors(reference, runtime.to_torch(runtime.run(x)))
+        check_images = verification_images(cfg.batch_size, cfg.img_size, seed=cfg.seed + 1)
+        check = compare_runtime(reference, runtime, check_images, cfg.batch_size)
     precision = getattr(runtime, "effective_precision", cfg.precision)
     # Three calls in memory mode are not a speed measurement: leave the timings empty.
     timings = _timing_fields(stats, cfg.batch_size) if cfg.mode != "memory" else {}
     return _record(cfg, spec, precision=precision, params_m=params, macs_m=macs, unfused_norms=norms,
-                   setup_s=setup_s, max_abs_diff=abs_diff, max_rel_err=rel_err, setup_memory_mb=setup_mb,
+                   setup_s=setup_s, max_abs_diff=check.max_abs_diff, rel_err=check.rel_err,
+                   top1_agreement=check.top1_agreement, setup_memory_mb=setup_mb,
                    peak_memory_mb=mem.peak_mb, memory_method=mem.method, **timings)
 
 

@@ -5,154 +5,34 @@ Every runtime has the same three steps so that timing loops measure only the run
 ``to_torch(out)`` turns the output back into a float torch tensor. ``runtime(x)`` does all three.
 
 ``TorchRuntime(mode="jit", jit_optimize=True)`` adds ``torch.jit.freeze`` + ``torch.jit.optimize_for_inference``
-after the trace (CPU only; model-dependent gain, see :func:`check_jit_optimize`).
+after the trace (CPU only; model-dependent gain, see :func:`~leanvit.deploy.capabilities.check_jit_optimize`).
 
-Threads are explicit per runtime: PyTorch's are process-global (:func:`torch_threads`), ONNX Runtime
+Capability checks and refusals live in :mod:`.capabilities`; the ONNX Runtime backend exports through
+:mod:`.writers` first. Threads are explicit per runtime: PyTorch's are process-global
+(:func:`~leanvit.deploy.capabilities.torch_threads`), ONNX Runtime
 gets ``intra_op_num_threads`` / ``inter_op_num_threads`` and OpenVINO ``INFERENCE_NUM_THREADS`` when
 their sessions are created (``torch.set_num_threads`` does not reach either of them).
 """
 from __future__ import annotations
 
 import contextlib
-import importlib
 import tempfile
-import warnings
 from pathlib import Path
-from types import ModuleType
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
 
-from .names import BACKENDS, PRECISIONS
+from .capabilities import (
+    MissingBackendError, UnsupportedPrecisionError, check_jit_optimize, quiet_deprecations, require, require_backend,
+)
+from .writers import export_onnx, to_openvino
 
-__all__ = [
-    "BACKENDS", "PRECISIONS", "MissingBackendError", "UnsupportedPrecisionError", "require", "check_precision",
-    "check_jit_optimize", "torch_threads", "quiet_deprecations", "Runtime", "TorchRuntime", "OnnxRuntime",
-    "OpenVinoRuntime", "to_openvino", "build_runtime", "load_artifact",
-]
+__all__ = ["Runtime", "TorchRuntime", "OnnxRuntime", "OpenVinoRuntime", "build_runtime", "load_artifact"]
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # OpenVINO's names for INFERENCE_PRECISION_HINT
 _OV_HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
-
-
-class MissingBackendError(RuntimeError):
-    """An optional package a backend needs is not installed; the message names the pip extra."""
-
-
-class UnsupportedPrecisionError(ValueError):
-    """The requested precision is not available for this backend on this hardware."""
-
-
-def require(module: str, extra: str, purpose: str) -> ModuleType:
-    """Import ``module`` or raise :class:`MissingBackendError` saying which leanvit extra installs it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as e:
-        raise MissingBackendError(
-            f"{purpose} needs the '{module}' package, which is not installed: pip install 'leanvit[{extra}]'"
-        ) from e
-
-
-def _require_backend(backend: str) -> None:
-    if backend == "onnxruntime":
-        require("onnxruntime", "onnx", "the onnxruntime backend")
-        require("onnx", "onnx", "the onnxruntime backend (ONNX export)")
-    elif backend == "openvino":
-        require("openvino", "openvino", "the openvino backend")
-    elif backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
-
-
-def _cpu_bf16() -> bool:
-    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-
-
-def _openvino_capabilities() -> set[str]:
-    ov = require("openvino", "openvino", "the openvino backend")
-    return set(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
-
-
-def check_precision(
-    precision: str, backend: str, device: str = "cpu", allow_fallback: bool = False,
-) -> tuple[str, str]:
-    """Validate ``precision`` for ``backend`` on ``device``; returns ``(precision_to_use, note)``.
-
-    Raises :class:`UnsupportedPrecisionError` naming the problem and the way out, unless
-    ``allow_fallback`` is set, in which case fp32 is used and ``note`` says why.
-    """
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
-    _require_backend(backend)
-    cuda = device.startswith("cuda")
-    if backend == "openvino" and cuda:
-        raise ValueError("the openvino backend runs on CPU only here; use --device cpu")
-    problem = ""
-    if precision == "fp16" and not cuda:
-        problem = "fp16 needs a CUDA GPU (AMP); on CPU use bf16 (native on AVX512-BF16/AMX CPUs) or fp32"
-    elif precision == "bf16" and backend == "onnxruntime" and not cuda:
-        problem = "onnxruntime's CPU provider has no bf16 kernels; use the openvino or a PyTorch backend for bf16"
-    elif precision != "fp32" and backend == "onnxruntime":
-        problem = "the onnxruntime backend runs the fp32 ONNX graph (no mixed precision here); use --precision fp32"
-    elif precision == "bf16" and backend == "openvino" and "BF16" not in _openvino_capabilities():
-        problem = "OpenVINO reports no BF16 support on this CPU (needs AVX512-BF16 or AMX)"
-    elif precision == "bf16" and backend in ("eager", "jit", "compile"):
-        if cuda and not torch.cuda.is_bf16_supported():
-            problem = "this GPU has no bf16 support; use fp16"
-        elif not cuda and not _cpu_bf16():
-            problem = "this CPU has no native bf16 (needs AVX512-BF16 or AMX); use fp32"
-    if not problem:
-        return precision, ""
-    if allow_fallback:
-        return "fp32", f"{precision} unavailable ({problem}); fell back to fp32"
-    raise UnsupportedPrecisionError(f"precision {precision} with backend {backend} on {device}: {problem}. "
-                                    "Pass --allow-fallback (allow_fallback=True) to run fp32 instead.")
-
-
-def check_jit_optimize(backend: str, device: str = "cpu") -> None:
-    """Raise ``ValueError`` unless ``jit_optimize`` can apply to ``backend`` on ``device``.
-
-    ``jit_optimize`` rewrites a TorchScript trace (``torch.jit.freeze`` then
-    ``torch.jit.optimize_for_inference``), so it needs the ``jit`` backend. It is CPU-only because its
-    gain comes from oneDNN: frozen fp32 convolutions become ``prim::mkldnn_convolution`` with
-    pre-packed weights (benchmarks/NOTES.md entry 15); on CUDA nothing of that applies and it was never
-    measured. fp32 stays exact (float rounding, < 1e-6 relative); bf16 (autocast or ``bf16_mode='convert'``)
-    also works and keeps the plain trace's error (4e-3 to 8e-3 relative vs fp32 here, within the 2e-2
-    limit): freezing folds the weight casts into bf16 constants, and bf16 convolutions stay aten ops.
-    """
-    if backend != "jit":
-        raise ValueError(f"jit_optimize (--jit-optimize) rewrites a TorchScript trace, so it applies to the jit "
-                         f"backend only, not {backend!r}: use backend jit, or drop jit_optimize for {backend}")
-    if device.startswith("cuda"):
-        raise ValueError(f"jit_optimize (--jit-optimize) is CPU-only: optimize_for_inference's gain here is oneDNN "
-                         f"weight pre-packing, unmeasured on {device}; drop it on CUDA (plain jit, or compile)")
-
-
-@contextlib.contextmanager
-def torch_threads(threads: int | None) -> Iterator[None]:
-    """Run the block with ``torch.set_num_threads(threads)``, restoring the old value after."""
-    old = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
-@contextlib.contextmanager
-def quiet_deprecations() -> Iterator[None]:
-    """Silence torch.jit / TorchScript-exporter deprecation and tracer warnings inside the block.
-
-    torch 2.14 marks both deprecated; the warnings say nothing a user can act on while running the
-    papers' (traced) protocol or the default legacy ONNX exporter.
-    """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.simplefilter("ignore", FutureWarning)
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        yield
 
 
 class Runtime:
@@ -356,17 +236,6 @@ class OpenVinoRuntime(Runtime):
         pass  # infer() is synchronous
 
 
-def to_openvino(model: nn.Module, example: torch.Tensor, dynamic_batch: bool = False) -> Any:
-    """Convert a torch module to an in-memory ``openvino.Model`` with the example's shape
-    (batch left dynamic when asked)."""
-    ov = require("openvino", "openvino", "OpenVINO conversion")
-    shape = list(example.shape)
-    if dynamic_batch:
-        shape[0] = -1
-    with quiet_deprecations(), torch.no_grad():
-        return ov.convert_model(model.eval(), example_input=example, input=[ov.PartialShape(shape)])
-
-
 def build_runtime(
     model: nn.Module,
     backend: str,
@@ -384,7 +253,7 @@ def build_runtime(
     for the runtime: ``leanvit.fuse(model, target=leanvit.zoo.target_for(backend))`` (OpenVINO
     runs EfficientViT-M 9-18% faster in its own deploy form; NOTES.md entry 12). ``jit_optimize``:
     freeze + ``optimize_for_inference`` the jit trace (CPU; :class:`TorchRuntime`)."""
-    _require_backend(backend)
+    require_backend(backend)
     if jit_optimize:
         check_jit_optimize(backend, device)  # also refuses onnxruntime / openvino, which never see a trace
     if backend in ("eager", "jit", "compile"):
@@ -394,8 +263,6 @@ def build_runtime(
     if backend == "onnxruntime":
         if precision != "fp32":
             raise UnsupportedPrecisionError(f"onnxruntime runs fp32 models here, not {precision}")
-        from .export import export_onnx
-
         with tempfile.TemporaryDirectory(prefix="leanvit-ort-") as tmp:
             path = Path(tmp) / "model.onnx"
             export_onnx(model.cpu(), example.cpu(), path)

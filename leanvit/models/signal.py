@@ -117,9 +117,12 @@ def signal_weights_(
                                      shvit_s1                efficientvit_m0
                                      std     |logit|         std     |logit|
         default init                 5.0e-6  2.2e-5          3.4e-6  1.5e-5
-        perturb_batchnorm_ (zoo)     1.4e-6  0.16            8.7e-7  0.11
+        BatchNorms perturbed only*   1.4e-6  0.16            8.7e-7  0.11
         tests' old randomize         1.4e-3  0.51            3.1e-4  0.39
         signal_weights_              1.2     1.1             2.0     2.0
+
+    (* random running statistics and affines in every BatchNorm, the rest of the default init: the
+    former ``zoo.perturb_batchnorm_``, which this function replaced.)
 
     With these weights the BN-fused model's max error is 1.6e-5 / 3.5e-5 of the spread (shvit_s1 /
     efficientvit_m0, 4 :func:`signal_images`) with all top-1 classes equal; every leanvit variant and timm's

@@ -1,0 +1,147 @@
+"""What this machine and its installed packages can run, and the process settings every runtime shares.
+
+* Optional packages: :func:`require` imports one or raises :class:`MissingBackendError` naming the pip extra.
+* Precisions: :func:`check_precision` refuses (:class:`UnsupportedPrecisionError`) or falls back when a
+  backend or the hardware lacks one (CPU bf16 needs AVX512-BF16 / AMX, fp16 a CUDA GPU).
+* :func:`check_jit_optimize`: where ``jit_optimize`` applies.
+* :func:`torch_threads` and :func:`quiet_deprecations`: the torch thread count and the torch.jit /
+  TorchScript-exporter warnings, restored when the block ends.
+
+Every other deploy module builds on this one, so it imports none of them (only :mod:`.names`).
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import warnings
+from types import ModuleType
+from typing import Iterator
+
+import torch
+
+from .names import BACKENDS, PRECISIONS
+
+__all__ = [
+    "MissingBackendError", "UnsupportedPrecisionError", "require", "require_backend", "cpu_has_bf16",
+    "check_precision", "check_jit_optimize", "torch_threads", "quiet_deprecations",
+]
+
+
+class MissingBackendError(RuntimeError):
+    """An optional package a backend needs is not installed; the message names the pip extra."""
+
+
+class UnsupportedPrecisionError(ValueError):
+    """The requested precision is not available for this backend on this hardware."""
+
+
+def require(module: str, extra: str, purpose: str) -> ModuleType:
+    """Import ``module`` or raise :class:`MissingBackendError` saying which leanvit extra installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise MissingBackendError(
+            f"{purpose} needs the '{module}' package, which is not installed: pip install 'leanvit[{extra}]'"
+        ) from e
+
+
+def require_backend(backend: str) -> None:
+    """Raise ValueError for an unknown ``backend`` and :class:`MissingBackendError` when its packages are missing."""
+    if backend == "onnxruntime":
+        require("onnxruntime", "onnx", "the onnxruntime backend")
+        require("onnx", "onnx", "the onnxruntime backend (ONNX export)")
+    elif backend == "openvino":
+        require("openvino", "openvino", "the openvino backend")
+    elif backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+
+
+def cpu_has_bf16() -> bool:
+    """Whether PyTorch's oneDNN runs bf16 natively on this CPU (AVX512-BF16 or AMX)."""
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def _openvino_capabilities() -> set[str]:
+    ov = require("openvino", "openvino", "the openvino backend")
+    return set(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+
+
+def check_precision(
+    precision: str, backend: str, device: str = "cpu", allow_fallback: bool = False,
+) -> tuple[str, str]:
+    """Validate ``precision`` for ``backend`` on ``device``; returns ``(precision_to_use, note)``.
+
+    Raises :class:`UnsupportedPrecisionError` naming the problem and the way out, unless
+    ``allow_fallback`` is set, in which case fp32 is used and ``note`` says why.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    require_backend(backend)
+    cuda = device.startswith("cuda")
+    if backend == "openvino" and cuda:
+        raise ValueError("the openvino backend runs on CPU only here; use --device cpu")
+    problem = ""
+    if precision == "fp16" and not cuda:
+        problem = "fp16 needs a CUDA GPU (AMP); on CPU use bf16 (native on AVX512-BF16/AMX CPUs) or fp32"
+    elif precision == "bf16" and backend == "onnxruntime" and not cuda:
+        problem = "onnxruntime's CPU provider has no bf16 kernels; use the openvino or a PyTorch backend for bf16"
+    elif precision != "fp32" and backend == "onnxruntime":
+        problem = "the onnxruntime backend runs the fp32 ONNX graph (no mixed precision here); use --precision fp32"
+    elif precision == "bf16" and backend == "openvino" and "BF16" not in _openvino_capabilities():
+        problem = "OpenVINO reports no BF16 support on this CPU (needs AVX512-BF16 or AMX)"
+    elif precision == "bf16" and backend in ("eager", "jit", "compile"):
+        if cuda and not torch.cuda.is_bf16_supported():
+            problem = "this GPU has no bf16 support; use fp16"
+        elif not cuda and not cpu_has_bf16():
+            problem = "this CPU has no native bf16 (needs AVX512-BF16 or AMX); use fp32"
+    if not problem:
+        return precision, ""
+    if allow_fallback:
+        return "fp32", f"{precision} unavailable ({problem}); fell back to fp32"
+    raise UnsupportedPrecisionError(f"precision {precision} with backend {backend} on {device}: {problem}. "
+                                    "Pass --allow-fallback (allow_fallback=True) to run fp32 instead.")
+
+
+def check_jit_optimize(backend: str, device: str = "cpu") -> None:
+    """Raise ``ValueError`` unless ``jit_optimize`` can apply to ``backend`` on ``device``.
+
+    ``jit_optimize`` rewrites a TorchScript trace (``torch.jit.freeze`` then
+    ``torch.jit.optimize_for_inference``), so it needs the ``jit`` backend. It is CPU-only because its
+    gain comes from oneDNN: frozen fp32 convolutions become ``prim::mkldnn_convolution`` with
+    pre-packed weights (benchmarks/NOTES.md entry 15); on CUDA nothing of that applies and it was never
+    measured. fp32 stays exact (float rounding); bf16 (autocast or ``bf16_mode='convert'``) also works and
+    keeps the plain trace's error: freezing folds the weight casts into bf16 constants, and bf16
+    convolutions stay aten ops.
+    """
+    if backend != "jit":
+        raise ValueError(f"jit_optimize (--jit-optimize) rewrites a TorchScript trace, so it applies to the jit "
+                         f"backend only, not {backend!r}: use backend jit, or drop jit_optimize for {backend}")
+    if device.startswith("cuda"):
+        raise ValueError(f"jit_optimize (--jit-optimize) is CPU-only: optimize_for_inference's gain here is oneDNN "
+                         f"weight pre-packing, unmeasured on {device}; drop it on CUDA (plain jit, or compile)")
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with ``torch.set_num_threads(threads)``, restoring the old value after."""
+    old = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+@contextlib.contextmanager
+def quiet_deprecations() -> Iterator[None]:
+    """Silence torch.jit / TorchScript-exporter deprecation and tracer warnings inside the block.
+
+    torch 2.14 marks both deprecated; the warnings say nothing a user can act on while running the
+    papers' (traced) protocol or the default legacy ONNX exporter.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        yield

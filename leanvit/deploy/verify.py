@@ -1,0 +1,122 @@
+"""Compare what a runtime or an exported artifact computes with the PyTorch model it came from.
+
+Errors are measured as :func:`leanvit.models.signal.logit_agreement` does: the max abs difference, that
+difference relative to the reference logits' *spread* (their std across the inputs, averaged over the
+classes: the part of a logit that depends on the input) and the share of inputs whose top-1 class agrees.
+The spread needs at least two inputs, so a runtime traced for batch 1 is run on several batches of
+:func:`~leanvit.models.signal.signal_images` and the rows are compared together.
+
+Tolerances (export verification):
+
+* fp32: max abs difference <= :data:`FP32_ATOL` (an absolute bound, for logits of order 1); the
+  spread-relative error is reported too.
+* bf16: error relative to the spread <= :data:`BF16_SPREAD_RTOL`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..models.signal import logit_agreement, signal_images
+from .runtime import Runtime, load_artifact
+
+__all__ = [
+    "FP32_ATOL", "BF16_SPREAD_RTOL", "MIN_VERIFY_ROWS", "LogitCheck", "verification_images", "run_in_batches",
+    "compare_runtime", "tolerance_for", "within_tolerance", "verify_artifact",
+]
+
+# fp32 max abs diff measured on signal_weights_ (seeds 3, 4; logit spread 0.9-2), artifact vs the fused model,
+# 4 signal_images at batch 1: ONNX Runtime / OpenVINO 1.1e-5 - 4.1e-5 for efficientvit_m0 and shvit_s1 at
+# 64 and 224 px and shvit_s1 at 72, but 1.2e-4 - 2.0e-4 for efficientvit_m0 at 72 px (padded attention
+# windows; both runtimes, so fp32 summation order, not a wrong graph); TorchScript 0. The former 1e-4 was
+# set on near-constant logits (perturbed BatchNorms only); 1e-3 is 5x the worst measured and still far below
+# a real graph error (a 0.5 logit shift, tests/test_export.py).
+FP32_ATOL = 1e-3
+# bf16 error / spread measured on signal_weights_ (seed 3), 4 signal_images run at batch 1, fused model vs
+# its bf16 artifact (TorchScript weights+activations in bf16 / OpenVINO INFERENCE_PRECISION_HINT bf16),
+# AMD EPYC Zen 4 (AVX512-BF16), torch 2.14.1, OpenVINO 2026.4:
+#                       64 px          128 px         224 px
+#   efficientvit_m0     0.50 / 0.43    1.26 / 0.91    0.38 / 0.48
+#   shvit_s1            0.21 / 0.24    0.18 / 0.22    0.20 / 0.20
+#   sepvit_lite         0.07 / -       0.10 / -       0.17 / 0.14
+# (TorchScript / OpenVINO; OpenVINO returned no rows for sepvit_lite off its native 224). efficientvit_m0 over
+# seeds 0, 1, 2, 4: 0.31-0.85 at 64 px, 0.67-1.92 at 128 px (worst: seed 2, OpenVINO); `leanvit bench` jit
+# autocast bf16 at 128 px: 1.8. Random variance-preserving weights are close to chaotic, so bf16 rounding
+# moves the logits by as much as the inputs do (top-1 agreement fell to 0.5 in several runs); trained weights
+# are far calmer (benchmarks/NOTES.md entry 14: 2.7e-2 of max|logit| for a trained efficientvit_m0). The bound
+# is twice the worst measured value: on such weights it catches a bf16 graph that computes something far
+# off, not bf16's own rounding.
+BF16_SPREAD_RTOL = 4.0
+# rows compared per check (>= 2: the spread is measured across them)
+MIN_VERIFY_ROWS = 4
+
+
+@dataclass
+class LogitCheck:
+    """How a runtime's logits compare with the reference's on the checked rows."""
+    rows: int
+    max_abs_diff: float
+    rel_err: float
+    top1_agreement: float
+
+    def worst(self, other: "LogitCheck") -> "LogitCheck":
+        """The element-wise worse of two checks (rows add up)."""
+        return LogitCheck(self.rows + other.rows, max(self.max_abs_diff, other.max_abs_diff),
+                          max(self.rel_err, other.rel_err), min(self.top1_agreement, other.top1_agreement))
+
+
+def verification_images(batch_size: int, img_size: int | tuple[int, int], *, min_rows: int = MIN_VERIFY_ROWS,
+                        seed: int = 0) -> torch.Tensor:
+    """:func:`signal_images` for whole batches of ``batch_size``: the fewest that give ``min_rows`` rows."""
+    batches = max(1, math.ceil(min_rows / batch_size))
+    return signal_images(batches * batch_size, img_size, seed=seed)
+
+
+def run_in_batches(runtime: Runtime | Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
+                   batch_size: int) -> torch.Tensor:
+    """``runtime`` on ``images`` in chunks of ``batch_size`` (a runtime traced for one shape runs only it)."""
+    with torch.inference_mode():
+        return torch.cat([runtime(chunk).float().cpu() for chunk in images.split(batch_size)])
+
+
+def compare_runtime(reference: torch.Tensor, runtime: Runtime, images: torch.Tensor, batch_size: int) -> LogitCheck:
+    """``runtime``'s logits on ``images`` (run in ``batch_size`` chunks) against ``reference`` (the PyTorch
+    model's logits on the same images)."""
+    output = run_in_batches(runtime, images, batch_size)
+    agreement = logit_agreement(reference.reshape(len(reference), -1), output.reshape(len(output), -1))
+    return LogitCheck(len(images), agreement["max_abs_error"], agreement["relative_error"],
+                      agreement["top1_agreement"])
+
+
+def tolerance_for(precision: str) -> str:
+    """The export verification's bound for ``precision``, in words."""
+    if precision == "fp32":
+        return f"max abs diff <= {FP32_ATOL:g}"
+    return f"error / logit spread <= {BF16_SPREAD_RTOL:g}"
+
+
+def within_tolerance(precision: str, check: LogitCheck) -> bool:
+    """Whether ``check`` meets the export bound for ``precision``."""
+    if precision == "fp32":
+        return check.max_abs_diff <= FP32_ATOL
+    return check.rel_err <= BF16_SPREAD_RTOL
+
+
+def verify_artifact(artifact: str | Path, reference_model: torch.nn.Module, *, precision: str, batches: list[int],
+                    img_size: int, threads: int | None = 1, seed: int = 0) -> tuple[LogitCheck, bool]:
+    """Load ``artifact`` with its runtime and compare it with ``reference_model`` (fp32) at each batch size
+    in ``batches``; returns the worst check and whether it meets :func:`tolerance_for` ``precision``."""
+    if not batches:
+        raise ValueError("verify_artifact needs at least one batch size")
+    runtime = load_artifact(artifact, threads=threads, precision=precision)
+    worst: LogitCheck | None = None
+    for i, batch_size in enumerate(batches):
+        images = verification_images(batch_size, img_size, seed=seed + i)
+        reference = run_in_batches(reference_model, images, batch_size)
+        check = compare_runtime(reference, runtime, images, batch_size)
+        worst = check if worst is None else worst.worst(check)
+    return worst, within_tolerance(precision, worst)

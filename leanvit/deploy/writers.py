@@ -1,0 +1,123 @@
+"""Writers: one function per export format that turns an (already fused) eval model into a file.
+
+ONNX exporter: ``dynamo=False`` (default) is the TorchScript-based exporter at opset 17, one file;
+``dynamo=True`` is ``torch.export``-based (the exporter's default opset) with ``external_data=False``
+for a single file, and with a dynamic batch it traces batch >= 2 (a batch-1 trace would pin the
+batch dimension to 1). ``dynamo=`` is always passed explicitly: its default flipped in torch 2.9.
+
+:func:`to_openvino` (the in-memory conversion) lives here too: the OpenVINO writer saves what it returns
+and the OpenVINO runtime compiles it, so both import it from below.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .capabilities import quiet_deprecations, require
+from .names import FORMATS
+
+__all__ = [
+    "LEGACY_OPSET", "export_onnx", "export_openvino", "export_torchscript", "to_openvino", "check_output_path",
+    "write_artifact",
+]
+
+LEGACY_OPSET = 17
+
+
+class _CastTo(nn.Module):
+    """Float32 in and out around a model whose weights were cast to ``dtype`` (portable bf16)."""
+    def __init__(self, model: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.model = copy.deepcopy(model).to(dtype)  # never cast the caller's module
+        self.dtype = dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.to(self.dtype)).float()
+
+
+def export_onnx(
+    model: nn.Module,
+    example: torch.Tensor,
+    path: str | Path,
+    *,
+    dynamo: bool = False,
+    opset: int | None = None,
+    dynamic_batch: bool = False,
+) -> str:
+    """Write a single-file ONNX model; returns a description of the exporter used."""
+    require("onnx", "onnx", "ONNX export")
+    names = dict(input_names=["input"], output_names=["logits"])
+    with quiet_deprecations(), torch.no_grad():
+        if dynamo:
+            require("onnxscript", "onnx", "the dynamo ONNX exporter")
+            if dynamic_batch and example.shape[0] < 2:
+                raise ValueError("the dynamo exporter specialises a batch-1 trace to batch 1: "
+                                 "trace with batch >= 2 for --dynamic-batch")
+            shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
+            torch.onnx.export(model, (example,), str(path), dynamo=True, external_data=False, opset_version=opset,
+                              dynamic_shapes=shapes, optimize=True, verbose=False, **names)
+            return f"torch.onnx dynamo=True opset {opset or 'default'}"
+        axes = {"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None
+        torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=opset or LEGACY_OPSET,
+                          dynamic_axes=axes, do_constant_folding=True, **names)
+        return f"torch.onnx dynamo=False (TorchScript) opset {opset or LEGACY_OPSET}"
+
+
+def to_openvino(model: nn.Module, example: torch.Tensor, dynamic_batch: bool = False) -> Any:
+    """Convert a torch module to an in-memory ``openvino.Model`` with the example's shape
+    (batch left dynamic when asked)."""
+    ov = require("openvino", "openvino", "OpenVINO conversion")
+    shape = list(example.shape)
+    if dynamic_batch:
+        shape[0] = -1
+    with quiet_deprecations(), torch.no_grad():
+        return ov.convert_model(model.eval(), example_input=example, input=[ov.PartialShape(shape)])
+
+
+def export_openvino(
+    model: nn.Module, example: torch.Tensor, path: str | Path, *, dynamic_batch: bool = False, precision: str = "fp32",
+) -> str:
+    """Write an OpenVINO IR (``.xml`` + ``.bin``, fp32 weights) whose runtime options carry ``precision``."""
+    ov = require("openvino", "openvino", "OpenVINO export")
+    ov_model = to_openvino(model, example, dynamic_batch=dynamic_batch)
+    # Precision is a compile-time hint in OpenVINO (its CPU default is bf16 on AMX CPUs), so the IR
+    # records the one it was verified with; leanvit's loader applies it.
+    ov_model.set_rt_info({"fp32": "f32", "bf16": "bf16"}[precision], ["runtime_options", "INFERENCE_PRECISION_HINT"])
+    ov.save_model(ov_model, str(path), compress_to_fp16=False)  # fp16 weights would cost ~1e-3 accuracy
+    return f"openvino.convert_model {ov.__version__}"
+
+
+def export_torchscript(model: nn.Module, example: torch.Tensor, path: str | Path, *, precision: str = "fp32") -> str:
+    """Write a traced TorchScript module (bf16: weights in bf16, float32 in/out)."""
+    if precision == "bf16":
+        model = _CastTo(model, torch.bfloat16)
+    with quiet_deprecations(), torch.no_grad():
+        traced = torch.jit.trace(model.eval(), example, check_trace=False)
+        torch.jit.save(traced, str(path))
+    return "torch.jit.trace"
+
+
+def check_output_path(fmt: str, output: Path) -> None:
+    """Raise unless ``fmt`` is a known format, ``output`` has its suffix and its directory exists."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
+    if output.suffix.lower() not in FORMATS[fmt]:
+        raise ValueError(f"{fmt} output must end in {' or '.join(FORMATS[fmt])}, got {output.name!r}")
+    if not output.parent.exists():
+        raise FileNotFoundError(f"output directory {output.parent} does not exist")
+
+
+def write_artifact(fmt: str, model: nn.Module, example: torch.Tensor, path: Path, *, dynamo: bool = False,
+                   opset: int | None = None, dynamic_batch: bool = False, precision: str = "fp32") -> str:
+    """Write ``model`` as ``fmt`` to ``path`` with that format's writer; returns the exporter's description."""
+    if fmt == "onnx":
+        return export_onnx(model, example, path, dynamo=dynamo, opset=opset, dynamic_batch=dynamic_batch)
+    if fmt == "openvino":
+        return export_openvino(model, example, path, dynamic_batch=dynamic_batch, precision=precision)
+    if fmt == "torchscript":
+        return export_torchscript(model, example, path, precision=precision)
+    raise ValueError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
