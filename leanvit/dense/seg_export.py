@@ -19,12 +19,14 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from ..deploy.capabilities import require
+from ..deploy.verify import FP32_ATOL
 from ..models import fuse
 
 __all__ = ["SegExportError", "SegExportResult", "export_segmentor", "FORMATS"]
 
 FORMATS = ("onnx", "openvino")
-ATOL = 1e-3  # fp32 logits; measured differences are ~1e-5 (docs/segmentation.md)
+ATOL = FP32_ATOL  # fp32 logits, the classification exports' bound; measured here <= 5e-7 (docs/segmentation.md)
 
 
 class SegExportError(RuntimeError):
@@ -46,15 +48,8 @@ class SegExportResult:
         return f"{self.format} -> {self.path} (traced at {self.trace_size[0]}x{self.trace_size[1]}; max |diff| {diffs})"
 
 
-def _require(module: str, extra: str) -> Any:
-    try:
-        return __import__(module)
-    except ImportError as e:
-        raise RuntimeError(f"{module} is not installed; pip install 'leanvit[{extra}]'") from e
-
-
 def _write_onnx(model: nn.Module, example: torch.Tensor, path: str, opset: int, dynamic_size: bool) -> None:
-    _require("onnx", "onnx")
+    require("onnx", "onnx", "segmentor export")
     dims = {0: "batch", 2: "height", 3: "width"} if dynamic_size else {0: "batch"}
     axes = {"images": dims, "logits": dims}
     with warnings.catch_warnings(), torch.no_grad():
@@ -64,7 +59,7 @@ def _write_onnx(model: nn.Module, example: torch.Tensor, path: str, opset: int, 
 
 
 def _run_onnx(path: str) -> Any:
-    ort = _require("onnxruntime", "onnx")
+    ort = require("onnxruntime", "onnx", "verifying an ONNX segmentor")
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
     session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
@@ -74,12 +69,12 @@ def _run_onnx(path: str) -> Any:
 def _write_openvino(onnx_path: str, path: str) -> None:
     # Through the ONNX graph: one tracing path for both formats (OpenVINO's own torch frontend returned
     # empty outputs for EfficientViT-M at untraced sizes).
-    ov = _require("openvino", "openvino")
+    ov = require("openvino", "openvino", "OpenVINO segmentor export")
     ov.save_model(ov.convert_model(onnx_path), path, compress_to_fp16=False)
 
 
 def _run_openvino(path: str) -> Any:
-    ov = _require("openvino", "openvino")
+    ov = require("openvino", "openvino", "OpenVINO segmentor export")
     # fp32 explicitly: OpenVINO's CPU default is bf16 on AMX machines.
     compiled = ov.Core().compile_model(path, "CPU", {"INFERENCE_PRECISION_HINT": "f32",
                                                      "INFERENCE_NUM_THREADS": torch.get_num_threads()})
