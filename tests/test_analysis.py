@@ -2,6 +2,8 @@
 near-uniform, so similarities are trivially ~1)."""
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from timm.layers.attention import Attention
@@ -242,6 +244,8 @@ def _zero_and_count(model: nn.Module, sites: list, masks: dict, parts: tuple[str
                 if owner is not None and component == "Q":  # the head's q depthwise conv goes with it
                     dw = owner.dws[head]
                     expected += len(drop) * (dw.conv.weight[0].numel() + 2)
+                    for t in (dw.conv.weight, dw.bn.weight, dw.bn.bias):  # else q_c = its BN shift, not 0
+                        t[drop] = 0
             elif component == "V":
                 if isinstance(owner, CascadedGroupAttention) and head == owner.num_heads - 1:
                     expected += len(drop) * (per_row + owner.proj[1].conv.out_channels)
@@ -285,9 +289,47 @@ def test_taylor_pruned_model_trains_and_traces(name: str) -> None:
     nn.functional.cross_entropy(pruned(x), y).backward()
     assert all(p.grad is not None for name_, p in pruned.named_parameters() if "qkv" in name_ or "pw1" in name_)
     pruned.eval()
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks frozen at this size: expected
+        warnings.simplefilter("ignore", FutureWarning)  # jit.trace's deprecation notice: export still uses it
         traced = torch.jit.trace(pruned, x, check_trace=False)
         torch.testing.assert_close(traced(x), pruned(x))
+
+
+@pytest.mark.parametrize("name", ["efficientvit_m0", "shvit_s1"])
+def test_taylor_prune_separate_qk_keeps_the_pairs_both_keep(name: str) -> None:
+    model = _signal_model(name)
+    sites = taylor.find_gate_sites(model, qk="separate")
+    masks = _random_masks(sites, seed=3)
+    _zero_and_count(model, sites, masks, ("q", "k"))  # a dropped Q or a dropped K kills the term q_c k_c
+    x = leanvit.models.signal_images(8, 64, seed=1)
+    with torch.no_grad():
+        reference = model(x)
+    pruned, stats = taylor.prune_channels(model, sites, masks, ("q", "k"), img_size=64)
+    with torch.no_grad():
+        assert_logits_close(reference, pruned(x), rel=1e-4)
+    alive = sum(int((masks[(i, p + "q")] & masks[(i, p + "k")]).sum()) for i, s in enumerate(sites)
+                for p in ({k[:-1] for k in s.sizes if k.endswith("q")}))
+    total = sum(n for s in sites for k, n in s.sizes.items() if k.endswith("q"))
+    assert stats["removed_channels"]["q"] == stats["removed_channels"]["k"] == total - alive
+
+
+def test_taylor_prune_timm_vit_ffn_only() -> None:
+    from timm.models.vision_transformer import VisionTransformer
+
+    model = VisionTransformer(img_size=32, patch_size=8, embed_dim=16, depth=2, num_heads=2, num_classes=5).eval()
+    leanvit.models.signal_weights_(model, img_size=32)
+    sites = taylor.find_gate_sites(model)
+    masks = _random_masks(sites)
+    expected = _zero_and_count(model, sites, masks, ("ffn",))
+    x = leanvit.models.signal_images(8, 32, seed=1)
+    with torch.no_grad():
+        reference = model(x)
+    pruned, stats = taylor.prune_channels(model, sites, masks, img_size=32)  # Q/K/V of timm attention: left
+    with torch.no_grad():
+        assert_logits_close(reference, pruned(x), rel=1e-4)
+    assert stats["params_before"] - stats["params_after"] == expected
+    assert stats["removed_channels"] == dict(q=0, k=0, v=0, ffn=stats["removed_channels"]["ffn"])
 
 
 class _OpMix(nn.Module):

@@ -183,7 +183,8 @@ def run_taylor(
         model.eval()
         with torch.no_grad():
             pruned_top1 = heads.accuracy(model, held_out)
-        meta.update(stats, top1_val_before=before, top1_val_pruned=pruned_top1, val_images=sum(len(y) for _, y in held_out))
+        meta.update(stats, top1_val_before=before, top1_val_pruned=pruned_top1,
+                    val_images=sum(len(y) for _, y in held_out))
         extra.append(atomic_write(Path(out_dir) / f"{slug}_taylor_pruned.pt", lambda tmp: torch.save(model, tmp)))
         if finetune_epochs:
             losses = taylor.finetune_pruned(model, batches, finetune_epochs, lr=lr, seed=seed)

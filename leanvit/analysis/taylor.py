@@ -435,13 +435,17 @@ def prune_channels(
     What is pruned (``parts`` selects among "q", "k", "v", "ffn"):
 
     - FFN hidden channels everywhere (leanvit ConvFFN ``pw1``/``pw2`` with their BatchNorms; timm ``Mlp``).
-    - Q and K (either part name prunes both): at the same indices (q_c k_c is one logit term; with ``qk="separate"`` gates the channels
-      both keep), per head, for EfficientViT-M (each head's ``qkvs`` conv and its q depthwise ``dws`` conv),
+    - Q and K (either part name prunes both), at the same indices: q_c k_c is one logit term (with
+      ``qk="separate"`` gates, the channels both gates keep survive). Per head, for EfficientViT-M (each head's ``qkvs`` conv and its q depthwise ``dws`` conv),
       SHViT (``qkv``) and SepViT (the depthwise attention's ``qkv`` Linear). The attention scale is left as it
       was, so removing channels whose q or k is exactly zero leaves every logit unchanged.
     - V: SHViT (``qkv`` value rows and ``proj``'s matching input columns); EfficientViT-M only the last head's
       (every head's with ``cascade=False``), since each earlier head's output is added channel by channel to the
       next head's input.
+
+    EfficientViT-M's Q gate sits on the qkv conv output, before the q depthwise conv: a zero there leaves q at the
+    depthwise BatchNorm's shift, so "removing" a channel means removing the term q_c k_c (both convs' rows), which
+    the gate's first-order estimate only approximates.
 
     Not pruned: SepViT values (its inner residual adds the block input to the attention output channel by
     channel, and the pointwise attention mixes whole head maps), SepViT's pointwise-attention ``pw_qk``, and
