@@ -70,6 +70,8 @@ def test_taylor_with_pruning_and_finetune(tmp_path: Path) -> None:
     for key in ("top1_val_before", "top1_val_pruned", "top1_val_finetuned"):
         assert 0 <= payload[key] <= 100
     assert len(payload["finetune_losses"]) == 2
+    assert f"{payload['top1_val_finetuned']:.2f} % after 2 fine-tune epochs" in \
+        (tmp_path / "sepvit_lite_taylor_kept.md").read_text()
     # What cannot be faked: the saved models are the pruned / fine-tuned ones (their parameter count and the
     # reported accuracies match an independent evaluation on the same held-out images), and fine-tuning moved
     # the weights.

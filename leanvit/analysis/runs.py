@@ -193,8 +193,17 @@ def run_taylor(
                 meta.update(top1_val_finetuned=heads.accuracy(model, held_out), finetune_losses=losses)
             extra.append(atomic_write(Path(out_dir) / f"{slug}_taylor_finetuned.pt",
                                       lambda tmp: torch.save(model, tmp)))
+    notes = []
+    if prune:
+        notes.append(f"Pruned {', '.join(f'{k.upper()} {v}' for k, v in meta['removed_channels'].items())} channels: "
+                     f"params {meta['params_before']:,} -> {meta['params_after']:,}, MACs {meta['macs_before']:,} -> "
+                     f"{meta['macs_after']:,}. Top-1 on {meta['val_images']} held-out images: "
+                     f"{meta['top1_val_before']:.2f} % before, {meta['top1_val_pruned']:.2f} % pruned"
+                     + (f", {meta['top1_val_finetuned']:.2f} % after {finetune_epochs} fine-tune epochs"
+                        if finetune_epochs else "") + ".")
     paths = write_table(out_dir, f"{slug}_taylor_kept", [dict(model=model_name, **r) for r in rows], meta,
-                        title=f"{model_name}: kept channels at keep={keep} (Taylor, {qk} Q/K, {n} batches)")
+                        title=f"{model_name}: kept channels at keep={keep} (Taylor, {qk} Q/K, {n} batches)",
+                        notes=notes)
     arrays = {f"{sites[i].block}:{key}": imp.numpy() for (i, key), imp in importance.items()}
     paths.append(atomic_write(Path(out_dir) / f"{slug}_taylor_importance.npz",
                               lambda tmp: np.savez(open(tmp, "wb"), **arrays)))
