@@ -2,10 +2,13 @@
 near-uniform, so similarities are trivially ~1)."""
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from timm.layers.attention import Attention
 from timm.models.vision_transformer import Block
+from conftest import assert_logits_close
 from torch import nn
 
 import leanvit
@@ -14,6 +17,7 @@ from leanvit.analysis.design_space import STUDIES, build_point
 from leanvit.analysis.taps import tapped
 from leanvit.analysis.taxonomy import UnknownOpError, category_of
 from leanvit.models.efficientvit_m import CascadedGroupAttention
+from leanvit.models.shvit import SingleHeadAttention
 
 N, D = 4, 4  # tokens, head dim
 
@@ -183,6 +187,149 @@ def test_taylor_budget_is_deterministic_and_joint_qk_counts_twice() -> None:
     assert flat.sum() == round(0.25 * flat.numel()) and flat[: int(flat.sum())].all()  # ties: lowest index first
     by = {r["component"]: r for r in rows}
     assert by["Q"]["kept"] == by["K"]["kept"] and by["FFN"]["baseline"] == 2.0
+
+
+PRUNE_MODELS = ["efficientvit_m0", "shvit_s1", "sepvit_lite"]
+PART_SETS = [("q", "k"), ("v",), ("ffn",), taylor.PRUNABLE_PARTS]
+
+
+def _signal_model(name: str) -> nn.Module:
+    model = leanvit.create_model(name, img_size=64, num_classes=10).eval()
+    return leanvit.models.signal_weights_(model, img_size=64).eval()
+
+
+def _random_masks(sites: list, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    return {(i, key): torch.rand(n, generator=g) < 0.5 for i, s in enumerate(sites) for key, n in s.sizes.items()}
+
+
+def _rows(layer: nn.Module) -> tuple[nn.Module, int]:
+    """(the weight-holding layer, parameters per output row: weights + bias + BN scale and shift)."""
+    if hasattr(layer, "conv"):  # ConvNorm: bias-free conv + BatchNorm
+        return layer.conv, layer.conv.weight[0].numel() + 2
+    return layer, layer.weight[0].numel() + (layer.bias is not None)
+
+
+@torch.no_grad()
+def _zero_and_count(model: nn.Module, sites: list, masks: dict, parts: tuple[str, ...]) -> int:
+    """Zero every dropped channel of ``parts`` where it is produced; return the parameters pruning must remove
+    (the known answer, from the shapes and the documented rules: Q/K per head, V of SHViT and of the last
+    EfficientViT-M head only, none in SepViT, FFN everywhere)."""
+    expected = 0
+    cga_heads: dict[int, int] = {}
+    for i, site in enumerate(sites):
+        layer, per_row = _rows(site.module)
+        offset = 0
+        owner = next((m for m in model.modules() if isinstance(m, CascadedGroupAttention)
+                      and any(q is site.module for q in m.qkvs)), None)
+        head = cga_heads.setdefault(id(owner), -1) + 1 if owner is not None else 0
+        if owner is not None:
+            cga_heads[id(owner)] = head
+        for component, key in site.layout:
+            n = site.sizes[key]
+            drop = (~masks[(i, key)]).nonzero().flatten()
+            if component.lower() in ("q", "k") and not {"q", "k"} & set(parts) or \
+                    component == "V" and "v" not in parts or component == "FFN" and "ffn" not in parts:
+                offset += n
+                continue
+            rows = offset + drop
+            layer.weight[rows] = 0
+            if getattr(layer, "bias", None) is not None:
+                layer.bias[rows] = 0
+            if hasattr(site.module, "bn"):
+                site.module.bn.weight[rows] = 0
+                site.module.bn.bias[rows] = 0
+            if component in ("Q", "K"):
+                expected += len(drop) * per_row
+                if owner is not None and component == "Q":  # the head's q depthwise conv goes with it
+                    dw = owner.dws[head]
+                    expected += len(drop) * (dw.conv.weight[0].numel() + 2)
+                    for t in (dw.conv.weight, dw.bn.weight, dw.bn.bias):  # else q_c = its BN shift, not 0
+                        t[drop] = 0
+            elif component == "V":
+                if isinstance(owner, CascadedGroupAttention) and head == owner.num_heads - 1:
+                    expected += len(drop) * (per_row + owner.proj[1].conv.out_channels)
+                elif isinstance(shsa := next((m for m in model.modules() if getattr(m, "qkv", None) is site.module),
+                                             None), SingleHeadAttention):
+                    expected += len(drop) * (per_row + shsa.proj[1].conv.out_channels)
+            else:
+                second = next(getattr(m, "pw2", None) or m.fc2 for m in model.modules()
+                              if getattr(m, "pw1", None) is site.module or getattr(m, "fc1", None) is site.module)
+                expected += len(drop) * (per_row + _rows(second)[0].weight.shape[0])
+            offset += n
+    return expected
+
+
+@pytest.mark.parametrize("parts", PART_SETS, ids=lambda p: "+".join(p))
+@pytest.mark.parametrize("name", PRUNE_MODELS)
+def test_taylor_prune_zeroed_channels_is_exact(name: str, parts: tuple[str, ...]) -> None:
+    model = _signal_model(name)
+    sites = taylor.find_gate_sites(model)
+    masks = _random_masks(sites)
+    expected = _zero_and_count(model, sites, masks, parts)
+    x = leanvit.models.signal_images(8, 64, seed=1)
+    with torch.no_grad():
+        reference = model(x)
+    pruned, stats = taylor.prune_channels(model, sites, masks, parts, img_size=64)
+    with torch.no_grad():
+        output = pruned(x)
+    assert_logits_close(reference, output, rel=1e-4)
+    assert expected > 0 or (parts == ("v",) and name == "sepvit_lite")
+    assert stats["params_before"] - stats["params_after"] == expected
+    assert stats["macs_after"] < stats["macs_before"] or expected == 0
+
+
+@pytest.mark.parametrize("name", PRUNE_MODELS)
+def test_taylor_pruned_model_trains_and_traces(name: str) -> None:
+    model = _signal_model(name)
+    sites = taylor.find_gate_sites(model)
+    pruned, _ = taylor.prune_channels(model, sites, _random_masks(sites), img_size=64)
+    x, y = torch.randn(2, 3, 64, 64), torch.tensor([1, 2])
+    pruned.train()
+    nn.functional.cross_entropy(pruned(x), y).backward()
+    assert all(p.grad is not None for name_, p in pruned.named_parameters() if "qkv" in name_ or "pw1" in name_)
+    pruned.eval()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks frozen at this size: expected
+        warnings.simplefilter("ignore", FutureWarning)  # jit.trace's deprecation notice: export still uses it
+        traced = torch.jit.trace(pruned, x, check_trace=False)
+        torch.testing.assert_close(traced(x), pruned(x))
+
+
+@pytest.mark.parametrize("name", ["efficientvit_m0", "shvit_s1"])
+def test_taylor_prune_separate_qk_keeps_the_pairs_both_keep(name: str) -> None:
+    model = _signal_model(name)
+    sites = taylor.find_gate_sites(model, qk="separate")
+    masks = _random_masks(sites, seed=3)
+    _zero_and_count(model, sites, masks, ("q", "k"))  # a dropped Q or a dropped K kills the term q_c k_c
+    x = leanvit.models.signal_images(8, 64, seed=1)
+    with torch.no_grad():
+        reference = model(x)
+    pruned, stats = taylor.prune_channels(model, sites, masks, ("q", "k"), img_size=64)
+    with torch.no_grad():
+        assert_logits_close(reference, pruned(x), rel=1e-4)
+    alive = sum(int((masks[(i, p + "q")] & masks[(i, p + "k")]).sum()) for i, s in enumerate(sites)
+                for p in ({k[:-1] for k in s.sizes if k.endswith("q")}))
+    total = sum(n for s in sites for k, n in s.sizes.items() if k.endswith("q"))
+    assert stats["removed_channels"]["q"] == stats["removed_channels"]["k"] == total - alive
+
+
+def test_taylor_prune_timm_vit_ffn_only() -> None:
+    from timm.models.vision_transformer import VisionTransformer
+
+    model = VisionTransformer(img_size=32, patch_size=8, embed_dim=16, depth=2, num_heads=2, num_classes=5).eval()
+    leanvit.models.signal_weights_(model, img_size=32)
+    sites = taylor.find_gate_sites(model)
+    masks = _random_masks(sites)
+    expected = _zero_and_count(model, sites, masks, ("ffn",))
+    x = leanvit.models.signal_images(8, 32, seed=1)
+    with torch.no_grad():
+        reference = model(x)
+    pruned, stats = taylor.prune_channels(model, sites, masks, img_size=32)  # Q/K/V of timm attention: left
+    with torch.no_grad():
+        assert_logits_close(reference, pruned(x), rel=1e-4)
+    assert stats["params_before"] - stats["params_after"] == expected
+    assert stats["removed_channels"] == dict(q=0, k=0, v=0, ffn=stats["removed_channels"]["ffn"])
 
 
 class _OpMix(nn.Module):

@@ -154,27 +154,61 @@ def run_taylor(
     model_name: str, out_dir: str | Path, *, data: str, keep: float, images: int = 256, batch_size: int = 32,
     seed: int = 0, qk: str = "joint", normalize: str = "mean", img_size: int | None = None,
     checkpoint: str | None = None, num_classes: int | None = None, prune: bool = False,
+    parts: Sequence[str] = taylor.PRUNABLE_PARTS, finetune_epochs: int = 0, lr: float = 1e-4,
 ) -> list[Path]:
-    """Taylor importance on training images, kept ratios under ``keep``, the Fig. 5-style plot and an ``.npz``."""
+    """Taylor importance on training images, kept ratios under ``keep``, the Fig. 5-style plot and an ``.npz``.
+
+    ``prune``: remove the dropped channels of ``parts`` (:func:`taylor.prune_channels`), then fine-tune for
+    ``finetune_epochs`` on the same training images; top-1 on held-out (val) images before pruning, after
+    pruning and after fine-tuning go into the JSON, and the pruned / fine-tuned models are saved whole
+    (``torch.save``; load with ``weights_only=False``)."""
+    if finetune_epochs and not prune:
+        raise ValueError("--finetune-epochs needs --prune")
     args = dict(model=model_name, data=data, keep=keep, images=images, batch_size=batch_size, seed=seed, qk=qk,
-                normalize=normalize, img_size=img_size, checkpoint=checkpoint, prune=prune)
+                normalize=normalize, img_size=img_size, checkpoint=checkpoint, prune=prune, parts=list(parts),
+                finetune_epochs=finetune_epochs, lr=lr)
     model, side = load_model(model_name, img_size, checkpoint, num_classes)
     batches = _batches(data, model, side, images, batch_size, seed, split="train")
     sites, importance, n = taylor.taylor_importance(model, batches, qk=qk)
     masks, rows = taylor.kept_channels(sites, importance, keep, normalize)
     slug = _slug(model_name)
     meta = run_record("taylor", args, batches=n)
+    extra: list[Path] = []
     if prune:
-        before = heads.accuracy(model, batches)
-        removed = taylor.prune_ffn_channels(model, sites, masks, batches[0][0][:1])
-        meta.update(pruned_ffn_channels=removed, top1_train_before=before, top1_train_after=heads.accuracy(model, batches))
+        held_out = _batches(data, model, side, images, batch_size, seed, split="val")
+        model.eval()
+        with torch.no_grad():
+            before = heads.accuracy(model, held_out)
+        model, stats = taylor.prune_channels(model, sites, masks, parts, img_size=side)
+        model.eval()
+        with torch.no_grad():
+            pruned_top1 = heads.accuracy(model, held_out)
+        meta.update(stats, top1_val_before=before, top1_val_pruned=pruned_top1,
+                    val_images=sum(len(y) for _, y in held_out))
+        extra.append(atomic_write(Path(out_dir) / f"{slug}_taylor_pruned.pt", lambda tmp: torch.save(model, tmp)))
+        if finetune_epochs:
+            losses = taylor.finetune_pruned(model, batches, finetune_epochs, lr=lr, seed=seed)
+            model.eval()
+            with torch.no_grad():
+                meta.update(top1_val_finetuned=heads.accuracy(model, held_out), finetune_losses=losses)
+            extra.append(atomic_write(Path(out_dir) / f"{slug}_taylor_finetuned.pt",
+                                      lambda tmp: torch.save(model, tmp)))
+    notes = []
+    if prune:
+        notes.append(f"Pruned {', '.join(f'{k.upper()} {v}' for k, v in meta['removed_channels'].items())} channels: "
+                     f"params {meta['params_before']:,} -> {meta['params_after']:,}, MACs {meta['macs_before']:,} -> "
+                     f"{meta['macs_after']:,}. Top-1 on {meta['val_images']} held-out images: "
+                     f"{meta['top1_val_before']:.2f} % before, {meta['top1_val_pruned']:.2f} % pruned"
+                     + (f", {meta['top1_val_finetuned']:.2f} % after {finetune_epochs} fine-tune epochs"
+                        if finetune_epochs else "") + ".")
     paths = write_table(out_dir, f"{slug}_taylor_kept", [dict(model=model_name, **r) for r in rows], meta,
-                        title=f"{model_name}: kept channels at keep={keep} (Taylor, {qk} Q/K, {n} batches)")
+                        title=f"{model_name}: kept channels at keep={keep} (Taylor, {qk} Q/K, {n} batches)",
+                        notes=notes)
     arrays = {f"{sites[i].block}:{key}": imp.numpy() for (i, key), imp in importance.items()}
     paths.append(atomic_write(Path(out_dir) / f"{slug}_taylor_importance.npz",
                               lambda tmp: np.savez(open(tmp, "wb"), **arrays)))
     png = save_figure(Path(out_dir) / f"{slug}_taylor_kept.png", lambda fig: _kept_plot(fig, rows, model_name, keep))
-    return paths + ([png] if png else [])
+    return paths + extra + ([png] if png else [])
 
 
 def _kept_plot(fig: Any, rows: list[dict[str, Any]], model_name: str, keep: float) -> None:

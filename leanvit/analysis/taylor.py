@@ -16,16 +16,22 @@ Needs trained weights and labelled training images; on random weights the rankin
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import torch
 from torch import nn
 
+import torch.nn.functional as F
+
+from ..layers.conv_norm import ConvNorm
+from ..models.counting import count_macs, count_params
 from ..models.efficientvit_m import CascadedGroupAttention
 from ..models.sepvit import SeparableAttention
 from ..models.shvit import SingleHeadAttention
+from ..train.engine import NonFiniteLossError
 
-__all__ = ["GateSite", "find_gate_sites", "taylor_importance", "kept_channels", "prune_ffn_channels"]
+__all__ = ["GateSite", "find_gate_sites", "taylor_importance", "kept_channels", "prune_channels",
+           "PRUNABLE_PARTS", "finetune_pruned"]
 
 
 @dataclass
@@ -186,32 +192,343 @@ def _kept_rows(sites: list[GateSite], masks: dict[tuple[int, str], torch.Tensor]
     return rows
 
 
-def prune_ffn_channels(model: nn.Module, sites: list[GateSite], masks: dict[tuple[int, str], torch.Tensor],
-                       example: torch.Tensor) -> int:
-    """Physically remove the FFN hidden channels the masks drop, through torch-pruning's dependency graph
-    (the following norm / activation / second layer shrink with them). Returns the channels removed."""
-    try:
-        import torch_pruning as tp
-    except ImportError as e:
-        raise ImportError("physical pruning needs torch-pruning: pip install 'leanvit[analysis]'") from e
-    import warnings
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # its notes on unwrapped parameters (window tokens, biases)
-        try:
-            graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
-        except Exception as e:  # its tracer does not follow every reshape (e.g. SHViT's partial split)
-            raise RuntimeError(f"torch-pruning could not trace {type(model).__name__} ({type(e).__name__}: {e}); "
-                               "physical pruning is verified on SepViT and timm ViT/DeiT only") from e
-    removed = 0
-    for i, site in enumerate(sites):
-        if site.layout[0][0] != "FFN":
-            continue
-        layer = getattr(site.module, "conv", site.module)
-        drop = (~masks[(i, site.layout[0][1])]).nonzero().flatten().tolist()
-        if not drop or len(drop) == site.sizes[site.layout[0][1]]:
-            continue  # nothing to remove, or everything (torch-pruning cannot make a zero-width layer)
-        fn = tp.prune_conv_out_channels if isinstance(layer, nn.Conv2d) else tp.prune_linear_out_channels
-        graph.get_pruning_group(layer, fn, idxs=drop).prune()
-        removed += len(drop)
+PRUNABLE_PARTS = ("q", "k", "v", "ffn")
+
+
+# --- physical pruning: exact slicing of the known layers --------------------------------------------------------
+# Each helper returns a new layer holding only the selected output rows / input columns (BatchNorms of conv-BN
+# pairs are sliced with their convs), so pruning a channel whose output is exactly zero leaves the function as is.
+
+
+def _conv_like(conv: nn.Conv2d, in_chs: int, out_chs: int, groups: int) -> nn.Conv2d:
+    return nn.Conv2d(in_chs, out_chs, conv.kernel_size, conv.stride, conv.padding, conv.dilation, groups=groups,
+                     bias=conv.bias is not None, device=conv.weight.device, dtype=conv.weight.dtype)
+
+
+def _select_bn(bn: nn.BatchNorm2d, rows: torch.Tensor) -> nn.BatchNorm2d:
+    out = nn.BatchNorm2d(len(rows), bn.eps, bn.momentum, bn.affine, bn.track_running_stats,
+                         device=bn.weight.device, dtype=bn.weight.dtype)
+    out.load_state_dict({k: (v[rows] if v.dim() else v) for k, v in bn.state_dict().items()})
+    return out.train(bn.training)
+
+
+@torch.no_grad()
+def _select_out(layer: nn.Module, rows: torch.Tensor) -> nn.Module:
+    """``layer`` computing only output channels ``rows`` (ConvNorm, Conv2d dense or depthwise, Linear)."""
+    if isinstance(layer, ConvNorm):
+        layer.conv, layer.bn = _select_out(layer.conv, rows), _select_bn(layer.bn, rows)
+        return layer
+    if isinstance(layer, nn.Conv2d):
+        depthwise = layer.groups == layer.out_channels == layer.in_channels and layer.groups > 1
+        if layer.groups != 1 and not depthwise:
+            raise ValueError(f"cannot slice grouped conv {layer}")
+        out = _conv_like(layer, len(rows) if depthwise else layer.in_channels, len(rows),
+                         len(rows) if depthwise else 1)
+    elif isinstance(layer, nn.Linear):
+        out = nn.Linear(layer.in_features, len(rows), bias=layer.bias is not None, device=layer.weight.device,
+                        dtype=layer.weight.dtype)
+    else:
+        raise TypeError(f"cannot slice the outputs of {type(layer).__name__}")
+    out.weight.copy_(layer.weight[rows])
+    if layer.bias is not None:
+        out.bias.copy_(layer.bias[rows])
+    return out
+
+
+@torch.no_grad()
+def _select_in(layer: nn.Module, cols: torch.Tensor) -> nn.Module:
+    """``layer`` reading only input channels ``cols`` (ConvNorm / dense Conv2d / Linear)."""
+    if isinstance(layer, ConvNorm):
+        layer.conv = _select_in(layer.conv, cols)
+        return layer
+    if isinstance(layer, nn.Conv2d):
+        if layer.groups != 1:
+            raise ValueError(f"cannot slice the inputs of grouped conv {layer}")
+        out = _conv_like(layer, len(cols), layer.out_channels, 1)
+    elif isinstance(layer, nn.Linear):
+        out = nn.Linear(len(cols), layer.out_features, bias=layer.bias is not None, device=layer.weight.device,
+                        dtype=layer.weight.dtype)
+    else:
+        raise TypeError(f"cannot slice the inputs of {type(layer).__name__}")
+    out.weight.copy_(layer.weight[:, cols])
+    if layer.bias is not None:
+        out.bias.copy_(layer.bias)
+    return out
+
+
+def _kept(mask: torch.Tensor | None, n: int, minimum: int = 1) -> torch.Tensor:
+    """Indices kept by ``mask`` (all when None); at least ``minimum`` (the lowest indices) so no layer is empty."""
+    if mask is None:
+        return torch.arange(n)
+    idx = mask.nonzero().flatten()
+    if len(idx) < minimum:
+        idx = torch.arange(minimum)
+    return idx
+
+
+def _qk_mask(site_index: int, site: GateSite, masks: dict[tuple[int, str], torch.Tensor], prefix: str,
+             parts: tuple[str, ...]) -> torch.Tensor | None:
+    """Kept Q/K channels of one site, or None when neither "q" nor "k" is pruned. A logit term q_c k_c is gone
+    once either factor is, so Q and K are always pruned together, at the same indices (joint gate; with
+    separate gates, the channels both keep: the effective set)."""
+    if not {"q", "k"} & set(parts):
+        return None
+    if (site_index, f"{prefix}qk") in masks:
+        return masks[(site_index, f"{prefix}qk")]
+    return masks[(site_index, f"{prefix}q")] & masks[(site_index, f"{prefix}k")]
+
+
+class _PrunedCascadedGroupAttention(CascadedGroupAttention):
+    """:class:`CascadedGroupAttention` with per-head key / value widths (``key_dims``, ``val_dims``) after
+    :func:`prune_channels`; the attention scale stays the unpruned ``key_dim ** -0.5``."""
+
+    key_dims: list[int]
+    val_dims: list[int]
+
+    def deploy_form(self, target: str) -> nn.Module:
+        return self  # the OpenVINO split form assumes equal head widths
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, _, H, W = x.shape
+        bias = self.attention_bias()
+        splits = x.chunk(self.num_heads, dim=1)
+        outs = []
+        feat = splits[0]
+        for i, (qkv, dw) in enumerate(zip(self.qkvs, self.dws)):
+            if self.full_channel:
+                feat = x
+            elif i > 0:
+                feat = feat + splits[i] if self.cascade else splits[i]
+            q, k, v = qkv(feat).split([self.key_dims[i], self.key_dims[i], self.val_dims[i]], dim=1)
+            q = dw(q)
+            attn = (q.flatten(2).transpose(1, 2) * self.scale) @ k.flatten(2) + bias[i]
+            feat = (v.flatten(2) @ attn.softmax(dim=-1).transpose(1, 2)).view(B, self.val_dims[i], H, W)
+            outs.append(feat)
+        return self.proj(torch.cat(outs, dim=1))
+
+
+class _PrunedSingleHeadAttention(SingleHeadAttention):
+    """:class:`SingleHeadAttention` whose value width ``v_dim`` may be below ``pdim`` after :func:`prune_channels`
+    (the untouched ``C - pdim`` channels still follow the head output into ``proj``)."""
+
+    v_dim: int
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        x1, x2 = x.split([self.pdim, C - self.pdim], dim=1)
+        qkv = self.qkv(self.pre_norm(x1)).permute(0, 2, 3, 1).reshape(B, 1, H * W, -1)
+        q, k, v = qkv.split([self.qk_dim, self.qk_dim, self.v_dim], dim=3)
+        out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        out = out.view(B, H, W, self.v_dim).permute(0, 3, 1, 2)
+        return self.proj(torch.cat([out, x2], dim=1))
+
+
+class _PrunedSeparableAttention(SeparableAttention):
+    """:class:`SeparableAttention` whose depthwise-attention heads have their own Q/K widths (``qk_dims``) after
+    :func:`prune_channels`; each head keeps the unpruned scale ``head_dim ** -0.5``. Values are not pruned."""
+
+    qk_dims: list[int]
+
+    def forward(self, seq: torch.Tensor, grid: tuple[int, int, int, int, int] | None = None) -> torch.Tensor:
+        B, N, L, C = seq.shape
+        h, d = self.num_heads, self.head_dim
+        drop = self.attn_drop if self.training else 0.0
+        width = sum(self.qk_dims)
+        q, k, v = self.qkv(seq).reshape(B * N, L, -1).split([width, width, C], dim=-1)
+        v = v.view(B * N, L, h, d).transpose(1, 2)
+        heads = [F.scaled_dot_product_attention(qi.unsqueeze(1), ki.unsqueeze(1), v[:, i:i + 1], dropout_p=drop,
+                                                scale=d ** -0.5)
+                 for i, (qi, ki) in enumerate(zip(q.split(self.qk_dims, -1), k.split(self.qk_dims, -1)))]
+        out = torch.cat(heads, dim=1).transpose(1, 2).reshape(B, N, L, C)
+        if self.inner_residuals:
+            out = out + seq
+        if grid is None:
+            return self.proj_drop(self.proj(out))
+        nh, nw, ws, H, W = grid
+        qk = self.pw_qk(self.token_act(self.token_norm(out[:, :, 0])))
+        pq, pk = qk.view(B, N, 2, h, d).permute(2, 0, 3, 1, 4).unbind(0)
+        feat = out[:, :, 1:].reshape(B, N, ws * ws, h, d).permute(0, 3, 1, 2, 4).reshape(B, h, N, ws * ws * d)
+        mixed = F.scaled_dot_product_attention(pq, pk, feat, dropout_p=drop)
+        if self.inner_residuals:
+            mixed = mixed + feat
+        x = mixed.view(B, h, nh, nw, ws, ws, d).permute(0, 2, 4, 3, 5, 1, 6).reshape(B, nh * ws, nw * ws, C)
+        if nh * ws != H or nw * ws != W:
+            x = x[:, :H, :W]
+        return self.proj_drop(self.proj(x))
+
+
+def _parents(model: nn.Module) -> dict[int, tuple[nn.Module, str]]:
+    return {id(child): (parent, name) for parent in model.modules() for name, child in parent.named_children()}
+
+
+def _prune_ffn(model: nn.Module, parents: dict, site: GateSite, mask: torch.Tensor) -> int:
+    parent, name = parents[id(site.module)]  # ConvFFN (pw1 -> act -> pw2) or timm Mlp (fc1 -> act -> ... -> fc2)
+    second = "pw2" if name == "pw1" else "fc2"
+    if isinstance(getattr(parent, "norm", None), nn.Module) and not isinstance(parent.norm, nn.Identity):
+        raise ValueError(f"{type(parent).__name__} with a hidden norm is not supported")
+    keep = _kept(mask, len(mask))
+    setattr(parent, name, _select_out(getattr(parent, name), keep))
+    setattr(parent, second, _select_in(getattr(parent, second), keep))
+    return len(mask) - len(keep)
+
+
+def _prune_cga(module: CascadedGroupAttention, heads: list[tuple[int, GateSite]],
+               masks: dict[tuple[int, str], torch.Tensor], parts: tuple[str, ...]) -> dict[str, int]:
+    removed = dict(q=0, k=0, v=0)
+    kd, vd, last = module.key_dim, module.val_dim, module.num_heads - 1
+    key_dims, val_dims, cols, offset = [], [], [], 0
+    for i, (s, site) in enumerate(heads):
+        qk = _kept(_qk_mask(s, site, masks, f"h{i}.", parts), kd)
+        # Head i's output is added to head i+1's input split in the cascade: only the last head's values (all
+        # heads' without the cascade) can be removed exactly.
+        v_prunable = "v" in parts and (i == last or not module.cascade)
+        v = _kept(masks[(s, f"h{i}.v")] if v_prunable else None, vd)
+        module.qkvs[i] = _select_out(module.qkvs[i], torch.cat([qk, kd + qk, 2 * kd + v]))
+        module.dws[i] = _select_out(module.dws[i], qk)
+        cols.append(offset + v)
+        offset += vd
+        key_dims.append(len(qk))
+        val_dims.append(len(v))
+        removed["q"] += kd - len(qk)
+        removed["k"] += kd - len(qk)
+        removed["v"] += vd - len(v)
+    module.proj[1] = _select_in(module.proj[1], torch.cat(cols))
+    module.__class__ = _PrunedCascadedGroupAttention
+    module.key_dims, module.val_dims = key_dims, val_dims
     return removed
+
+
+def _prune_shsa(module: SingleHeadAttention, s: int, site: GateSite, masks: dict[tuple[int, str], torch.Tensor],
+                parts: tuple[str, ...]) -> dict[str, int]:
+    qd, pd = module.qk_dim, module.pdim
+    dim = module.proj[1].conv.in_channels if isinstance(module.proj[1], ConvNorm) else module.proj[1].in_channels
+    qk = _kept(_qk_mask(s, site, masks, "", parts), qd)
+    v = _kept(masks[(s, "v")] if "v" in parts else None, pd)
+    module.qkv = _select_out(module.qkv, torch.cat([qk, qd + qk, 2 * qd + v]))
+    module.proj[1] = _select_in(module.proj[1], torch.cat([v, torch.arange(pd, dim)]))
+    module.__class__ = _PrunedSingleHeadAttention
+    module.qk_dim, module.v_dim = len(qk), len(v)
+    return dict(q=qd - len(qk), k=qd - len(qk), v=pd - len(v))
+
+
+def _prune_sepvit(module: SeparableAttention, s: int, site: GateSite, masks: dict[tuple[int, str], torch.Tensor],
+                  parts: tuple[str, ...]) -> dict[str, int]:
+    h, d = module.num_heads, module.head_dim
+    C = h * d
+    mask = _qk_mask(s, site, masks, "", parts)
+    per_head = [_kept(None if mask is None else mask[i * d:(i + 1) * d], d) + i * d for i in range(h)]
+    qk = torch.cat(per_head)
+    module.qkv = _select_out(module.qkv, torch.cat([qk, C + qk, torch.arange(2 * C, 3 * C)]))
+    module.__class__ = _PrunedSeparableAttention
+    module.qk_dims = [len(p) for p in per_head]
+    return dict(q=C - len(qk), k=C - len(qk), v=0)
+
+
+def prune_channels(
+    model: nn.Module, sites: list[GateSite], masks: dict[tuple[int, str], torch.Tensor],
+    parts: Iterable[str] = PRUNABLE_PARTS, img_size: int | tuple[int, int] | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Physically remove the channels ``masks`` drop (``masks`` from :func:`kept_channels` on these ``sites``),
+    in place, by exact slicing; returns (model, {params/MACs before and after, channels removed per part}).
+
+    What is pruned (``parts`` selects among "q", "k", "v", "ffn"):
+
+    - FFN hidden channels everywhere (leanvit ConvFFN ``pw1``/``pw2`` with their BatchNorms; timm ``Mlp``).
+    - Q and K (either part name prunes both), at the same indices: q_c k_c is one logit term (with
+      ``qk="separate"`` gates, the channels both gates keep survive). Per head, for EfficientViT-M (each head's ``qkvs`` conv and its q depthwise ``dws`` conv),
+      SHViT (``qkv``) and SepViT (the depthwise attention's ``qkv`` Linear). The attention scale is left as it
+      was, so removing channels whose q or k is exactly zero leaves every logit unchanged.
+    - V: SHViT (``qkv`` value rows and ``proj``'s matching input columns); EfficientViT-M only the last head's
+      (every head's with ``cascade=False``), since each earlier head's output is added channel by channel to the
+      next head's input.
+
+    EfficientViT-M's Q gate sits on the qkv conv output, before the q depthwise conv: a zero there leaves q at the
+    depthwise BatchNorm's shift, so "removing" a channel means removing the term q_c k_c (both convs' rows), which
+    the gate's first-order estimate only approximates.
+
+    Not pruned: SepViT values (its inner residual adds the block input to the attention output channel by
+    channel, and the pointwise attention mixes whole head maps), SepViT's pointwise-attention ``pw_qk``, and
+    timm Attention / WindowAttention Q/K/V (FFN only). Every layer keeps at least one channel (per head for
+    Q/K), the lowest-index one if the mask drops all. Modules with pruned Q/K/V get a private subclass with
+    per-head widths (same state_dict keys, smaller tensors).
+    """
+    parts = tuple(parts)
+    unknown = set(parts) - set(PRUNABLE_PARTS)
+    if unknown:
+        raise ValueError(f"unknown parts {sorted(unknown)}; choose from {PRUNABLE_PARTS}")
+    stats: dict[str, Any] = dict(params_before=count_params(model), macs_before=count_macs(model, img_size))
+    removed = dict(q=0, k=0, v=0, ffn=0)
+    parents = _parents(model)
+    cga: dict[int, list[tuple[int, GateSite]]] = {}
+    attn = {"q", "k", "v"} & set(parts)
+    for s, site in enumerate(sites):
+        if site.layout[0][0] == "FFN":
+            if "ffn" in parts:
+                removed["ffn"] += _prune_ffn(model, parents, site, masks[(s, site.layout[0][1])])
+            continue
+        if not attn:
+            continue
+        owner, _ = parents[id(site.module)]
+        if isinstance(owner, nn.ModuleList):  # EfficientViT-M: one site per head's qkvs entry
+            owner = next(m for m in model.modules() if isinstance(m, CascadedGroupAttention) and m.qkvs is owner)
+            cga.setdefault(id(owner), [owner]).append((s, site))
+            continue
+        if isinstance(owner, SingleHeadAttention):
+            got = _prune_shsa(owner, s, site, masks, parts)
+        elif isinstance(owner, SeparableAttention):
+            got = _prune_sepvit(owner, s, site, masks, parts)
+        else:
+            continue  # timm attention: FFN only
+        for key in got:
+            removed[key] += got[key]
+    for owner, *heads in cga.values():
+        got = _prune_cga(owner, heads, masks, parts)
+        for key in got:
+            removed[key] += got[key]
+    stats.update(params_after=count_params(model), macs_after=count_macs(model, img_size),
+                 removed_channels=removed, parts=list(parts))
+    return model, stats
+
+
+def finetune_pruned(
+    model: nn.Module, batches: Sequence[tuple[torch.Tensor, torch.Tensor]], epochs: int, *, lr: float = 1e-4,
+    weight_decay: float = 0.05, loss_fn: nn.Module | None = None, seed: int = 0,
+) -> list[float]:
+    """Fine-tune a pruned ``model`` in place on in-memory labelled ``batches`` for ``epochs`` passes (AdamW,
+    cosine learning rate to zero, batch order shuffled from ``seed``); returns the mean loss of each epoch.
+
+    A plain short loop rather than :class:`leanvit.train.Trainer`: the Trainer builds its model and loaders from a
+    config and a dataset path, while here the model is the pruned object and the data the Taylor sample. A
+    non-finite loss raises :class:`leanvit.train.NonFiniteLossError` before the bad update, as in training.
+    """
+    if epochs < 0:
+        raise ValueError(f"epochs must be >= 0, got {epochs}")
+    if epochs and not batches:
+        raise ValueError("no images to fine-tune on: the data gave no batch")
+    loss_fn = loss_fn or nn.CrossEntropyLoss()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs * len(batches)))
+    g = torch.Generator().manual_seed(seed)
+    losses = []
+    was_training = model.training
+    model.train()
+    try:
+        for _ in range(epochs):
+            total = 0.0
+            for b in torch.randperm(len(batches), generator=g).tolist():
+                x, y = batches[b]
+                out = model(x)
+                loss = loss_fn(out[0] if isinstance(out, (tuple, list)) else out, y)
+                if not torch.isfinite(loss):
+                    raise NonFiniteLossError(f"fine-tune loss is {loss.item()}")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                total += loss.item()
+            losses.append(total / len(batches))
+    finally:
+        model.train(was_training)
+    return losses

@@ -42,7 +42,8 @@ def _cmd_taylor(a: argparse.Namespace) -> int:
 
     return _print(run_taylor(a.model, a.out, data=a.data, keep=a.keep, images=a.images, batch_size=a.batch,
                              seed=a.seed, qk=a.qk, normalize=a.normalize, img_size=a.img_size,
-                             checkpoint=a.checkpoint, num_classes=a.num_classes, prune=a.prune))
+                             checkpoint=a.checkpoint, num_classes=a.num_classes, prune=a.prune,
+                             parts=a.parts.split(","), finetune_epochs=a.finetune_epochs, lr=a.lr))
 
 
 def _cmd_design_space(a: argparse.Namespace) -> int:
@@ -109,7 +110,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keep", type=float, required=True, help="fraction of gated channels kept, e.g. 0.5")
     p.add_argument("--qk", choices=["joint", "separate"], default="joint")
     p.add_argument("--normalize", choices=["mean", "none"], default="mean")
-    p.add_argument("--prune", action="store_true", help="remove the dropped FFN channels (torch-pruning)")
+    p.add_argument("--prune", action="store_true",
+                   help="remove the dropped channels (exact slicing; see prune_channels for what can be removed)")
+    p.add_argument("--parts", default="q,k,v,ffn", help="channels --prune removes, comma-separated (default q,k,v,ffn)")
+    p.add_argument("--finetune-epochs", type=int, default=0,
+                   help="after --prune, fine-tune this many passes over the Taylor images (default 0)")
+    p.add_argument("--lr", type=float, default=1e-4, help="fine-tune learning rate (AdamW, cosine; default 1e-4)")
     p.set_defaults(func=_cmd_taylor)
 
     p = tools.add_parser("design-space", help="speed studies from config switches (SHViT Fig. 2 / Tab. 6, EViT Fig. 7)")
