@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from leanvit.analysis import taylor
 from leanvit.analysis.data import labelled_batches
 from leanvit.cli import main
 from leanvit.models import count_params
@@ -75,8 +76,8 @@ def test_taylor_with_pruning_and_finetune(tmp_path: Path) -> None:
     # What cannot be faked: the saved models are the pruned / fine-tuned ones (their parameter count and the
     # reported accuracies match an independent evaluation on the same held-out images), and fine-tuning moved
     # the weights.
-    pruned = torch.load(tmp_path / "sepvit_lite_taylor_pruned.pt", weights_only=False).eval()
-    tuned = torch.load(tmp_path / "sepvit_lite_taylor_finetuned.pt", weights_only=False).eval()
+    pruned = taylor.load_pruned(tmp_path / "sepvit_lite_taylor_pruned.safetensors")
+    tuned = taylor.load_pruned(tmp_path / "sepvit_lite_taylor_finetuned.safetensors")
     assert count_params(pruned) == count_params(tuned) == payload["params_after"]
     assert any(not torch.equal(a, b) for a, b in zip(pruned.state_dict().values(), tuned.state_dict().values()))
     held_out = list(labelled_batches("digits", pruned, 64, split="val", batch_size=8, max_images=8, seed=0))
@@ -104,3 +105,12 @@ def test_design_space(tmp_path: Path) -> None:
 def test_bad_input_names_the_fix(capsys: pytest.CaptureFixture) -> None:
     assert main(["analyze", "head-similarity", "shvit_s1", *DIGITS, "--out", "unused"]) == 1
     assert "single head" in capsys.readouterr().err
+
+
+def test_load_pruned_refuses_other_files(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    other = tmp_path / "plain.safetensors"
+    save_file({"w": torch.zeros(2)}, str(other))
+    with pytest.raises(ValueError, match="is not a pruned model written by leanvit analyze taylor --prune"):
+        taylor.load_pruned(other)

@@ -160,8 +160,8 @@ def run_taylor(
 
     ``prune``: remove the dropped channels of ``parts`` (:func:`taylor.prune_channels`), then fine-tune for
     ``finetune_epochs`` on the same training images; top-1 on held-out (val) images before pruning, after
-    pruning and after fine-tuning go into the JSON, and the pruned / fine-tuned models are saved whole
-    (``torch.save``; load with ``weights_only=False``)."""
+    pruning and after fine-tuning go into the JSON, and the pruned / fine-tuned models are saved as
+    safetensors files that :func:`taylor.load_pruned` rebuilds (no pickle)."""
     if finetune_epochs and not prune:
         raise ValueError("--finetune-epochs needs --prune")
     args = dict(model=model_name, data=data, keep=keep, images=images, batch_size=batch_size, seed=seed, qk=qk,
@@ -185,14 +185,15 @@ def run_taylor(
             pruned_top1 = heads.accuracy(model, held_out)
         meta.update(stats, top1_val_before=before, top1_val_pruned=pruned_top1,
                     val_images=sum(len(y) for _, y in held_out))
-        extra.append(atomic_write(Path(out_dir) / f"{slug}_taylor_pruned.pt", lambda tmp: torch.save(model, tmp)))
+        saved = dict(model_name=model_name, img_size=side, num_classes=_classes_of(model), qk=qk, parts=list(parts))
+        extra.append(taylor.save_pruned(Path(out_dir) / f"{slug}_taylor_pruned.safetensors", model, masks, **saved))
         if finetune_epochs:
             losses = taylor.finetune_pruned(model, batches, finetune_epochs, lr=lr, seed=seed)
             model.eval()
             with torch.no_grad():
                 meta.update(top1_val_finetuned=heads.accuracy(model, held_out), finetune_losses=losses)
-            extra.append(atomic_write(Path(out_dir) / f"{slug}_taylor_finetuned.pt",
-                                      lambda tmp: torch.save(model, tmp)))
+            extra.append(taylor.save_pruned(Path(out_dir) / f"{slug}_taylor_finetuned.safetensors", model, masks,
+                                            **saved))
     notes = []
     if prune:
         notes.append(f"Pruned {', '.join(f'{k.upper()} {v}' for k, v in meta['removed_channels'].items())} channels: "
@@ -209,6 +210,11 @@ def run_taylor(
                               lambda tmp: np.savez(open(tmp, "wb"), **arrays)))
     png = save_figure(Path(out_dir) / f"{slug}_taylor_kept.png", lambda fig: _kept_plot(fig, rows, model_name, keep))
     return paths + extra + ([png] if png else [])
+
+
+def _classes_of(model: torch.nn.Module) -> int:
+    """The class count of a classifier (leanvit's and timm's models carry ``num_classes``)."""
+    return int(getattr(model, "num_classes"))
 
 
 def _kept_plot(fig: Any, rows: list[dict[str, Any]], model_name: str, keep: float) -> None:

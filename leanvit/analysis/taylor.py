@@ -16,22 +16,27 @@ Needs trained weights and labelled training images; on random weights the rankin
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import torch
 from torch import nn
 
 import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
 
+from .._io import atomic_write
 from ..layers.conv_norm import ConvNorm
 from ..models.counting import count_macs, count_params
 from ..models.efficientvit_m import CascadedGroupAttention
 from ..models.sepvit import SeparableAttention
 from ..models.shvit import SingleHeadAttention
 from ..train.engine import NonFiniteLossError
+from .data import load_model
 
 __all__ = ["GateSite", "find_gate_sites", "taylor_importance", "kept_channels", "prune_channels",
-           "PRUNABLE_PARTS", "finetune_pruned"]
+           "PRUNABLE_PARTS", "finetune_pruned", "save_pruned", "load_pruned"]
 
 
 @dataclass
@@ -532,3 +537,39 @@ def finetune_pruned(
     finally:
         model.train(was_training)
     return losses
+
+
+# --------------------------------------------------------------------------------------------- files
+_MASK_PREFIX = "taylor_mask/"
+
+
+def save_pruned(path: str | Path, model: nn.Module, masks: dict[tuple[int, str], torch.Tensor], *,
+                model_name: str, img_size: int, num_classes: int, qk: str, parts: Sequence[str]) -> Path:
+    """Write a pruned model as one safetensors file: its weights, the channel masks and how it was built.
+
+    No pickle: :func:`load_pruned` rebuilds the architecture (the named model, pruned by the same masks)
+    and loads the weights into it.
+    """
+    tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    tensors.update({f"{_MASK_PREFIX}{i}:{key}": m.to(torch.uint8).contiguous() for (i, key), m in masks.items()})
+    meta = dict(model=model_name, img_size=str(img_size), num_classes=str(num_classes), qk=qk, parts=",".join(parts),
+                format="leanvit-taylor-pruned-1")
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+
+
+def load_pruned(path: str | Path) -> nn.Module:
+    """The eval model :func:`save_pruned` wrote (weights only; a file of another kind is refused)."""
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        if meta.get("format") != "leanvit-taylor-pruned-1":
+            raise ValueError(f"{path} is not a pruned model written by leanvit analyze taylor --prune")
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    masks = {}
+    for name in [k for k in tensors if k.startswith(_MASK_PREFIX)]:
+        index, key = name[len(_MASK_PREFIX):].split(":", 1)
+        masks[(int(index), key)] = tensors.pop(name).bool()
+    side = int(meta["img_size"])
+    model, _ = load_model(meta["model"], side, num_classes=int(meta["num_classes"]))
+    model, _ = prune_channels(model, find_gate_sites(model, meta["qk"]), masks, meta["parts"].split(","), img_size=side)
+    model.load_state_dict(tensors)
+    return model.eval()
