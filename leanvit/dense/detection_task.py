@@ -21,13 +21,11 @@ from typing import Any, Iterable
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from ..train.config import ConfigError, TrainConfig
 from ..train.distributed import DistInfo, barrier, gather_objects
 from ..train.engine import autocast
-from ..train.state import read_checkpoint
-from ..train.task import Task, register_task
+from ..train.task import Task, evaluation_batches, gather_lists, register_task
 from .coco import CocoDetection, CocoSplit, build_detection_loaders, coco_split
 from .coco_eval import STAT_NAMES, coco_evaluate, detections_to_coco, format_table
 from .detectors import create_detector, label_offset
@@ -50,28 +48,22 @@ def evaluate_detections(model: nn.Module, loader: Iterable, dataset: CocoDetecti
                         dtype: torch.dtype | None = None, progress: bool = False,
                         desc: str = "val") -> tuple[dict[str, float], list[str]]:
     """COCO AP of ``model`` on ``dataset`` (its loader sharded over processes); every process gets the metrics."""
-    was_training = model.training
-    model.eval()
     masks = getattr(model, "roi_heads", None) is not None and model.roi_heads.has_mask()
     results: list[dict[str, Any]] = []
     skipped: list[str] = []
-    bar = tqdm(loader, desc=desc, disable=None if progress and info.is_main else True, leave=False, dynamic_ncols=True)
-    for images, targets, bad in bar:
-        skipped += bad
+    for images, targets in evaluation_batches(model, loader, info, skipped, progress=progress, desc=desc):
         with autocast(info.device, dtype):
             outputs = model([im.to(info.device) for im in images])
         results += detections_to_coco(outputs, [t["image_id"] for t in targets], dataset.category_ids,
                                       dataset.label_offset)
-    model.train(was_training)
-    gathered = gather_objects((results, skipped), info)
+    all_results, all_skipped = gather_lists(results, info), gather_lists(skipped, info)
     metrics: dict[str, float] = {}
     if info.is_main:
-        all_results = [r for res, _ in gathered for r in res]
         metrics = coco_evaluate(dataset.coco, all_results, ("bbox", "segm") if masks else ("bbox",),
                                 image_ids=dataset.image_ids)
         log.info("COCO AP on %d images (%d detections):\n%s", len(dataset), len(all_results), format_table(metrics))
     metrics = gather_objects(metrics, info)[0]  # rank 0's result, everywhere
-    return metrics, [p for _, s in gathered for p in s]
+    return metrics, all_skipped
 
 
 class DetectionTask(Task):
@@ -155,20 +147,11 @@ class DetectionTask(Task):
             kwargs["checkpoint"] = self.cfg.task.backbone_checkpoint
             log.info("backbone weights from %s", self.cfg.task.backbone_checkpoint)
         model = create_detector(self.arch, self.cfg.model.name, num_classes=self.num_classes, **kwargs)
-        if self.cfg.finetune.checkpoint:
-            ck = read_checkpoint(self.cfg.finetune.checkpoint)
-            model.load_state_dict(ck["ema" if self.cfg.finetune.use_ema and ck.get("ema") else "model"])
-            log.info("detector weights from %s", self.cfg.finetune.checkpoint)
-        return model
+        return self.load_finetune_weights(model, "detector")
 
     def build_loaders(self, info: DistInfo) -> tuple[Iterable, Iterable, Any]:
-        cfg = self.cfg
-        bs = cfg.train.batch_size
-        return build_detection_loaders(
-            self.train_set, self.val_set, batch_size=bs, eval_batch_size=cfg.data.eval_batch_size or bs,
-            workers=cfg.data.workers, seed=cfg.train.seed, rank=info.rank, world=info.world_size,
-            flip_prob=float(self.options["flip_prob"]), drop_last=cfg.data.drop_last,
-            pin_memory=info.device.type == "cuda")
+        return build_detection_loaders(self.train_set, self.val_set, flip_prob=float(self.options["flip_prob"]),
+                                       **self.loader_settings(info))
 
     # --- per batch
     def to_device(self, inputs: Any, targets: Any, device: torch.device) -> tuple[Any, Any]:

@@ -25,13 +25,11 @@ from typing import Any, Iterable
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from ..train.config import ConfigError, TrainConfig
-from ..train.distributed import DistInfo, barrier, gather_objects
+from ..train.distributed import DistInfo, barrier
 from ..train.engine import autocast
-from ..train.state import read_checkpoint
-from ..train.task import Task, register_task
+from ..train.task import Task, evaluation_batches, gather_lists, register_task
 from .ade20k import (SegEvalTransform, SegmentationSource, SegTrainTransform, build_seg_loaders, open_ade20k,
                      open_folder, write_shapes_segmentation)
 from .seg_metrics import SegConfusion
@@ -82,21 +80,15 @@ def evaluate_segmentation(model: nn.Module, loader: Iterable, num_classes: int, 
                           classes: list[str] | None = None, ignore_index: int = 255, dtype: torch.dtype | None = None,
                           progress: bool = False, desc: str = "val", **inference: Any) -> tuple[dict[str, Any], list[str]]:
     """Dataset-level mIoU / mAcc / aAcc (fractions) over all processes; ``inference``: :func:`segment` options."""
-    was_training = model.training
-    model.eval()
     confusion = SegConfusion(num_classes, ignore_index)
     skipped: list[str] = []
-    bar = tqdm(loader, desc=desc, disable=None if progress and info.is_main else True, leave=False, dynamic_ncols=True)
-    for images, labels, bad in bar:
-        skipped += bad
+    for images, labels in evaluation_batches(model, loader, info, skipped, progress=progress, desc=desc):
         for image, label in zip(images, labels):
             with autocast(info.device, dtype):
                 probs = segment(model, image[None].to(info.device), label.shape[-2:], **inference)
             confusion.update(probs.argmax(1).cpu(), label[None])
-    model.train(was_training)
     confusion.all_reduce()
-    scores = confusion.compute(classes)
-    return scores, [p for part in gather_objects(skipped, info) for p in part]
+    return confusion.compute(classes), gather_lists(skipped, info)
 
 
 class SegmentationTask(Task):
@@ -162,21 +154,14 @@ class SegmentationTask(Task):
             kwargs["checkpoint"] = self.cfg.task.backbone_checkpoint
             log.info("backbone weights from %s", self.cfg.task.backbone_checkpoint)
         model = create_segmentor(self.arch, self.cfg.model.name, num_classes=self.num_classes, **kwargs)
-        if self.cfg.finetune.checkpoint:
-            ck = read_checkpoint(self.cfg.finetune.checkpoint)
-            model.load_state_dict(ck["ema" if self.cfg.finetune.use_ema and ck.get("ema") else "model"])
-            log.info("segmentor weights from %s", self.cfg.finetune.checkpoint)
-        return model
+        return self.load_finetune_weights(model, "segmentor")
 
     def build_loaders(self, info: DistInfo) -> tuple[Iterable, Iterable, Any]:
-        cfg, o = self.cfg, self.options
+        o = self.options
         train_tf = SegTrainTransform(o["crop_size"], tuple(o["scale"]), tuple(o["ratio_range"]), o["cat_max_ratio"],
                                      o["flip"], bool(o["photometric"]))
-        bs = cfg.train.batch_size
-        return build_seg_loaders(
-            self.train_set, self.val_set, train_tf, SegEvalTransform(tuple(o["eval_scale"])), batch_size=bs,
-            eval_batch_size=cfg.data.eval_batch_size or bs, workers=cfg.data.workers, seed=cfg.train.seed,
-            rank=info.rank, world=info.world_size, drop_last=cfg.data.drop_last, pin_memory=info.device.type == "cuda")
+        return build_seg_loaders(self.train_set, self.val_set, train_tf, SegEvalTransform(tuple(o["eval_scale"])),
+                                 **self.loader_settings(info))
 
     # --- per batch
     def loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
