@@ -7,12 +7,14 @@ imported only when a command runs, so that ``--help`` stays instant.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
 from typing import Any, Callable
 
-__all__ = ["TRAIN_FLAG_KEYS", "DENSE_FLAG_KEYS", "setup_logging", "on_main_process", "add_command_group",
+__all__ = ["TRAIN_FLAG_KEYS", "DENSE_FLAG_KEYS", "setup_logging", "on_main_process", "print_evaluation",
+           "add_command_group",
            "add_train_flags", "add_checkpoint_eval_flags", "add_checkpoint_predict_flags", "run_train",
            "best_metric_line"]
 
@@ -41,6 +43,14 @@ def setup_logging() -> None:
 def on_main_process() -> bool:
     """Whether this process prints results: the only one, or rank 0 under torchrun / SLURM."""
     return int(os.environ.get("RANK", "0")) == 0
+
+
+def print_evaluation(result: dict[str, Any], headline: str | None = None) -> None:
+    """An evaluation command's output, on the main process only: the ``headline`` (if any), then the JSON."""
+    if on_main_process():
+        if headline is not None:
+            print(headline)
+        print(json.dumps(result, indent=2))
 
 
 def add_command_group(subparsers: argparse._SubParsersAction, command: str, *, help: str,

@@ -5,7 +5,7 @@ import argparse
 import json
 
 from ._task import (DENSE_FLAG_KEYS, add_checkpoint_eval_flags, add_checkpoint_predict_flags, add_command_group,
-                    add_train_flags, best_metric_line, on_main_process, run_train, setup_logging)
+                    add_train_flags, best_metric_line, print_evaluation, run_train, setup_logging)
 
 __all__ = ["register"]
 
@@ -71,9 +71,8 @@ def _eval(args: argparse.Namespace) -> int:
     result = evaluate_checkpoint(args.checkpoint, args.data, ema=args.ema, batch_size=args.batch_size,
                                  workers=args.workers, device=args.device, out=args.out,
                                  progress=not args.no_progress)
-    if on_main_process():
-        print(result.pop("table"))
-        print(json.dumps(result, indent=2))
+    table = result.pop("table")
+    print_evaluation(result, table)
     return 0
 
 

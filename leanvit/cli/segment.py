@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from ._task import (DENSE_FLAG_KEYS, add_checkpoint_eval_flags, add_checkpoint_predict_flags, add_command_group,
-                    add_train_flags, best_metric_line, on_main_process, run_train, setup_logging)
+                    add_train_flags, best_metric_line, print_evaluation, run_train, setup_logging)
 
 __all__ = ["register"]
 
@@ -81,10 +80,8 @@ def _eval(args: argparse.Namespace) -> int:
     setup_logging()
     result = evaluate_checkpoint(args.checkpoint, args.data, ema=args.ema, workers=args.workers, device=args.device,
                                  out=args.out, progress=not args.no_progress, **_inference(args))
-    if on_main_process():
-        print(f"mIoU {result['mIoU']:.2f}  mAcc {result['mAcc']:.2f}  aAcc {result['aAcc']:.2f}  "
-              f"({result['images']} images)")
-        print(json.dumps(result, indent=2))
+    print_evaluation(result, f"mIoU {result['mIoU']:.2f}  mAcc {result['mAcc']:.2f}  aAcc {result['aAcc']:.2f}  "
+                             f"({result['images']} images)")
     return 0
 
 

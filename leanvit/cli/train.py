@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
-from ._task import TRAIN_FLAG_KEYS, add_train_flags, on_main_process, run_train, setup_logging
+from ._task import TRAIN_FLAG_KEYS, add_train_flags, print_evaluation, run_train, setup_logging
 
 __all__ = ["register"]
 
@@ -80,6 +79,5 @@ def _eval(args: argparse.Namespace) -> int:
         device=args.device, channels_last=args.channels_last, num_classes=args.num_classes, out=args.out,
         progress=not args.no_progress,
     )
-    if on_main_process():
-        print(json.dumps(result, indent=2))
+    print_evaluation(result)
     return 0

@@ -25,9 +25,10 @@ from torch import nn
 from ..train.config import ConfigError, TrainConfig
 from ..train.distributed import DistInfo, barrier, gather_objects
 from ..train.engine import autocast
-from ..train.task import Task, evaluation_batches, gather_lists, register_task
+from ..train.task import evaluation_batches, gather_lists, register_task
 from .coco import CocoDetection, CocoSplit, build_detection_loaders, coco_split
 from .coco_eval import STAT_NAMES, coco_evaluate, detections_to_coco, format_table
+from .dense_task import DenseTask
 from .detectors import create_detector, label_offset
 from .shapes import write_shapes_coco
 
@@ -66,32 +67,22 @@ def evaluate_detections(model: nn.Module, loader: Iterable, dataset: CocoDetecti
     return metrics, all_skipped
 
 
-class DetectionTask(Task):
+class DetectionTask(DenseTask):
     """COCO-format detection and instance segmentation on a leanvit backbone (see the module docstring)."""
 
     name = "detection"
-    metric_names = _METRICS + tuple(f"ema_{m}" for m in _METRICS)
     default_metric = "bbox_AP"
-    csv_fields = list(_METRICS) + [f"ema_{m}" for m in _METRICS] + ["skipped_files"]
+    evaluation_metrics = _METRICS
+    model_kind = "detector"
+    build = staticmethod(create_detector)
+    default_options = DETECTION_OPTIONS
 
     def __init__(self, cfg: TrainConfig, need_train: bool = True) -> None:
-        super().__init__(cfg)
-        arch = cfg.task.arch
-        if arch is None:
+        if cfg.task.arch is None:
             raise ConfigError("task.name=detection needs task.arch: retinanet, mask_rcnn or faster_rcnn")
-        self.offset = label_offset(arch)
-        unknown = sorted(set(cfg.task.options) - set(DETECTION_OPTIONS))
-        if unknown:
-            raise ConfigError(f"unknown task.options {unknown} for detection; valid: {', '.join(DETECTION_OPTIONS)}")
-        self.options = {**DETECTION_OPTIONS, **cfg.task.options}
-        if cfg.distill.type != "none":
-            raise ConfigError("distillation is a classification feature; set distill.type=none for detection")
-        self.need_train = need_train
+        super().__init__(cfg, need_train)
+        self.offset = label_offset(cfg.task.arch)
         self.category_ids: list[int] = []
-
-    @property
-    def arch(self) -> str:
-        return str(self.cfg.task.arch)
 
     # --- data
     def _splits(self, info: DistInfo) -> tuple[CocoSplit | None, CocoSplit]:
@@ -132,22 +123,9 @@ class DetectionTask(Task):
         self.val_size = len(self.val_set)
 
     # --- model
-    def detector_kwargs(self) -> dict[str, Any]:
-        """The ``create_detector`` overrides this run uses (also stored in checkpoints)."""
-        o, m = self.options, self.cfg.model
-        kwargs: dict[str, Any] = dict(min_size=int(o["min_size"]), max_size=int(o["max_size"]),
-                                      norm_eval=bool(o["norm_eval"]), **dict(m.kwargs), **dict(o["detector"] or {}))
-        if m.drop_path > 0:
-            kwargs["drop_path_rate"] = m.drop_path
-        return kwargs
-
-    def build_model(self, info: DistInfo) -> nn.Module:
-        kwargs = self.detector_kwargs()
-        if self.cfg.task.backbone_checkpoint:
-            kwargs["checkpoint"] = self.cfg.task.backbone_checkpoint
-            log.info("backbone weights from %s", self.cfg.task.backbone_checkpoint)
-        model = create_detector(self.arch, self.cfg.model.name, num_classes=self.num_classes, **kwargs)
-        return self.load_finetune_weights(model, "detector")
+    def arch_kwargs(self) -> dict[str, Any]:
+        o = self.options
+        return dict(min_size=int(o["min_size"]), max_size=int(o["max_size"]), **super().arch_kwargs())
 
     def build_loaders(self, info: DistInfo) -> tuple[Iterable, Iterable, Any]:
         return build_detection_loaders(self.train_set, self.val_set, flip_prob=float(self.options["flip_prob"]),
@@ -173,14 +151,7 @@ class DetectionTask(Task):
 
     # --- bookkeeping
     def checkpoint_meta(self) -> dict[str, Any]:
-        return dict(super().checkpoint_meta(), arch=self.arch, category_ids=list(self.category_ids),
-                    label_offset=self.offset, detector_kwargs=self.detector_kwargs())
-
-    def check_resume(self, checkpoint: dict[str, Any]) -> None:
-        super().check_resume(checkpoint)
-        if checkpoint.get("arch") != self.arch:
-            raise ValueError(f"cannot resume: {self.cfg.resume} is a {checkpoint.get('arch')} checkpoint, but this "
-                             f"run trains {self.arch}")
+        return dict(super().checkpoint_meta(), category_ids=list(self.category_ids), label_offset=self.offset)
 
     def resolved(self) -> dict[str, Any]:
         return dict(super().resolved(), arch=self.arch, category_ids=list(self.category_ids),

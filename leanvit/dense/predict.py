@@ -23,7 +23,6 @@ from ..train.distributed import cleanup, init_distributed
 from .coco import build_eval_loader, iter_images
 from .coco_eval import format_table
 from .detection_task import DetectionTask, evaluate_detections
-from .detectors import create_detector
 from .trained import evaluation_config, load_trained_model
 
 __all__ = ["load_detector", "evaluate_checkpoint", "draw_detections", "predict_images"]
@@ -33,8 +32,8 @@ log = logging.getLogger("leanvit.dense")
 
 def load_detector(checkpoint: str | os.PathLike, ema: bool = False) -> tuple[nn.Module, dict[str, Any]]:
     """(detector in eval mode, the checkpoint's metadata) of a ``leanvit detect train`` checkpoint."""
-    return load_trained_model(checkpoint, task="detection", build=create_detector, kwargs_key="detector_kwargs",
-                              ema=ema, other_commands="leanvit eval for classification checkpoints")
+    return load_trained_model(checkpoint, DetectionTask, ema=ema,
+                              other_commands="leanvit eval for classification checkpoints")
 
 
 def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str, *, ema: bool = False, batch_size: int = 2,

@@ -21,7 +21,7 @@ from .._io import atomic_write, atomic_write_text
 from ..train.distributed import cleanup, init_distributed
 from .ade20k import SegEvalTransform, build_seg_loaders, colorize, overlay, palette
 from .segmentation_task import EVAL_DEFAULTS, SegmentationTask, evaluate_segmentation
-from .segmentors import Segmentor, create_segmentor, segment
+from .segmentors import Segmentor, segment
 from .trained import evaluation_config, load_trained_model
 
 __all__ = ["load_segmentor", "evaluate_checkpoint", "predict_images"]
@@ -31,8 +31,7 @@ log = logging.getLogger("leanvit.dense")
 
 def load_segmentor(checkpoint: str | os.PathLike, ema: bool = False) -> tuple[Segmentor, dict[str, Any]]:
     """(segmentor in eval mode, the checkpoint's metadata) of a ``leanvit segment train`` checkpoint."""
-    model, meta = load_trained_model(checkpoint, task="segmentation", build=create_segmentor,
-                                     kwargs_key="segmentor_kwargs", ema=ema,
+    model, meta = load_trained_model(checkpoint, SegmentationTask, ema=ema,
                                      other_commands="leanvit eval / leanvit detect eval for those")
     assert isinstance(model, Segmentor)  # create_segmentor built it
     return model, meta

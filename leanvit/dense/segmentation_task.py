@@ -29,9 +29,10 @@ from torch import nn
 from ..train.config import ConfigError, TrainConfig
 from ..train.distributed import DistInfo, barrier
 from ..train.engine import autocast
-from ..train.task import Task, evaluation_batches, gather_lists, register_task
+from ..train.task import evaluation_batches, gather_lists, register_task
 from .ade20k import (SegEvalTransform, SegmentationSource, SegTrainTransform, build_seg_loaders, open_ade20k,
                      open_folder, write_shapes_segmentation)
+from .dense_task import DenseTask
 from .seg_metrics import SegConfusion
 from .segmentors import ARCHS, create_segmentor, segment
 
@@ -91,33 +92,24 @@ def evaluate_segmentation(model: nn.Module, loader: Iterable, num_classes: int, 
     return confusion.compute(classes), gather_lists(skipped, info)
 
 
-class SegmentationTask(Task):
+class SegmentationTask(DenseTask):
     """Semantic segmentation with Semantic FPN / UperNet on a leanvit backbone (see the module docstring)."""
 
     name = "segmentation"
-    metric_names = _METRICS + tuple(f"ema_{m}" for m in _METRICS)
     default_metric = "mIoU"
-    csv_fields = list(_METRICS) + [f"ema_{m}" for m in _METRICS] + ["skipped_files"]
+    evaluation_metrics = _METRICS
+    model_kind = "segmentor"
+    build = staticmethod(create_segmentor)
+    default_options = SEGMENTATION_OPTIONS
 
     def __init__(self, cfg: TrainConfig, need_train: bool = True) -> None:
-        super().__init__(cfg)
         if cfg.task.arch not in ARCHS:
             raise ConfigError(f"task.name=segmentation needs task.arch: {' or '.join(ARCHS)} (got {cfg.task.arch!r})")
-        unknown = sorted(set(cfg.task.options) - set(SEGMENTATION_OPTIONS))
-        if unknown:
-            raise ConfigError(f"unknown task.options {unknown} for segmentation; valid: {', '.join(SEGMENTATION_OPTIONS)}")
-        self.options = {**SEGMENTATION_OPTIONS, **cfg.task.options}
+        super().__init__(cfg, need_train)
         bad_eval = sorted(set(self.options["eval"] or {}) - set(EVAL_DEFAULTS))
         if bad_eval:
             raise ConfigError(f"unknown task.options.eval keys {bad_eval}; valid: {', '.join(EVAL_DEFAULTS)}")
         self.inference = {**EVAL_DEFAULTS, **(self.options["eval"] or {})}
-        if cfg.distill.type != "none":
-            raise ConfigError("distillation is a classification feature; set distill.type=none for segmentation")
-        self.need_train = need_train
-
-    @property
-    def arch(self) -> str:
-        return str(self.cfg.task.arch)
 
     # --- data
     def open_data(self, info: DistInfo) -> None:
@@ -137,24 +129,6 @@ class SegmentationTask(Task):
         for source in (self.train_set, self.val_set):
             for reason, paths in (source.skipped if source is not None else {}).items():
                 log.warning("%s: skipped %d image(s) (%s), e.g. %s", source.description, len(paths), reason, paths[0])
-
-    # --- model
-    def segmentor_kwargs(self) -> dict[str, Any]:
-        """The ``create_segmentor`` overrides this run uses (also stored in checkpoints)."""
-        m = self.cfg.model
-        kwargs: dict[str, Any] = dict(norm_eval=bool(self.options["norm_eval"]), **dict(m.kwargs),
-                                      **dict(self.options["segmentor"] or {}))
-        if m.drop_path > 0:
-            kwargs["drop_path_rate"] = m.drop_path
-        return kwargs
-
-    def build_model(self, info: DistInfo) -> nn.Module:
-        kwargs = self.segmentor_kwargs()
-        if self.cfg.task.backbone_checkpoint:
-            kwargs["checkpoint"] = self.cfg.task.backbone_checkpoint
-            log.info("backbone weights from %s", self.cfg.task.backbone_checkpoint)
-        model = create_segmentor(self.arch, self.cfg.model.name, num_classes=self.num_classes, **kwargs)
-        return self.load_finetune_weights(model, "segmentor")
 
     def build_loaders(self, info: DistInfo) -> tuple[Iterable, Iterable, Any]:
         o = self.options
@@ -185,14 +159,7 @@ class SegmentationTask(Task):
 
     # --- bookkeeping
     def checkpoint_meta(self) -> dict[str, Any]:
-        return dict(super().checkpoint_meta(), arch=self.arch, segmentor_kwargs=self.segmentor_kwargs(),
-                    inference=dict(self.inference))
-
-    def check_resume(self, checkpoint: dict[str, Any]) -> None:
-        super().check_resume(checkpoint)
-        if checkpoint.get("arch") != self.arch:
-            raise ValueError(f"cannot resume: {self.cfg.resume} is a {checkpoint.get('arch')} checkpoint, but this "
-                             f"run trains {self.arch}")
+        return dict(super().checkpoint_meta(), inference=dict(self.inference))
 
     def resolved(self) -> dict[str, Any]:
         source = self.train_set or self.val_set

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from torch import nn
 
 from ..train.config import TrainConfig, config_from_dict
 from ..train.state import read_checkpoint
+from .dense_task import DenseTask
 
 __all__ = ["load_trained_model", "evaluation_config"]
 
@@ -20,19 +21,19 @@ __all__ = ["load_trained_model", "evaluation_config"]
 _TRAINING_STATE = ("model", "ema", "optimizer", "scheduler", "scaler", "rng")
 
 
-def load_trained_model(checkpoint: str | os.PathLike, *, task: str, build: Callable[..., nn.Module],
-                       kwargs_key: str, ema: bool = False, other_commands: str) -> tuple[nn.Module, dict[str, Any]]:
-    """(model in eval mode, the checkpoint's metadata) of a ``task`` training checkpoint.
+def load_trained_model(checkpoint: str | os.PathLike, task: type[DenseTask], *, ema: bool = False,
+                       other_commands: str) -> tuple[nn.Module, dict[str, Any]]:
+    """(model in eval mode, the checkpoint's metadata) of a checkpoint that ``task`` trained.
 
-    ``build(arch, backbone, num_classes=..., **checkpoint[kwargs_key])`` rebuilds the model (without a backbone
+    The task's builder rebuilds the model from the checkpoint's ``<model_kind>_kwargs`` (without a backbone
     ``checkpoint``: the trained weights replace it); ``other_commands`` is the hint for checkpoints of other tasks.
     """
     ck = read_checkpoint(checkpoint)
-    if ck.get("task") != task:
-        raise ValueError(f"{checkpoint} is not a {task} checkpoint (task: {ck.get('task', 'classification')}); "
+    if ck.get("task") != task.name:
+        raise ValueError(f"{checkpoint} is not a {task.name} checkpoint (task: {ck.get('task', 'classification')}); "
                          f"use {other_commands}")
-    kwargs = {k: v for k, v in ck[kwargs_key].items() if k != "checkpoint"}
-    model = build(ck["arch"], ck["model_name"], num_classes=ck["num_classes"], **kwargs)
+    kwargs = {k: v for k, v in ck[f"{task.model_kind}_kwargs"].items() if k != "checkpoint"}
+    model = task.build(ck["arch"], ck["model_name"], num_classes=ck["num_classes"], **kwargs)
     weights = ck.get("ema") if ema else ck["model"]
     if weights is None:
         raise ValueError(f"{checkpoint} has no EMA weights; drop --ema")
