@@ -1,8 +1,8 @@
 """What the training-task commands share: ``leanvit train``, ``leanvit detect ...`` and ``leanvit segment ...``.
 
-Each task command adds its sub-commands here with its own help texts and flags on top of the common ones,
-and runs its library calls through :func:`run_train`; the library (``leanvit.train``, ``leanvit.dense``) is
-imported only when a command runs, so that ``--help`` stays instant.
+A task's command module builds its sub-commands with these helpers (the common flags, with the task's help
+texts; its own flags on top) and trains through :func:`run_train`. The library (``leanvit.train``,
+``leanvit.dense``) is imported only when a command runs, so that ``--help`` stays instant.
 """
 from __future__ import annotations
 
@@ -14,9 +14,8 @@ import sys
 from typing import Any, Callable
 
 __all__ = ["TRAIN_FLAG_KEYS", "DENSE_FLAG_KEYS", "setup_logging", "on_main_process", "print_evaluation",
-           "add_command_group",
-           "add_train_flags", "add_checkpoint_eval_flags", "add_checkpoint_predict_flags", "run_train",
-           "best_metric_line"]
+           "add_command_group", "add_train_flags", "add_checkpoint_eval_flags", "add_checkpoint_predict_flags",
+           "run_train", "best_metric_line"]
 
 # Command-line flags -> config keys (applied after the recipe, before --set); --resume is applied apart.
 TRAIN_FLAG_KEYS = {
@@ -130,13 +129,12 @@ def best_metric_line(number_format: str) -> Callable[[dict[str, Any]], str | Non
 
 
 def run_train(args: argparse.Namespace, flag_keys: dict[str, str], *, command: str, default_recipe: str,
-              summary_line: Callable[[dict[str, Any]], str | None], task_name: str | None = None,
-              task_factory: Callable[[Any], Any] | None = None) -> int:
+              summary_line: Callable[[dict[str, Any]], str | None], task: Any = None) -> int:
     """A ``train`` command: the config from the arguments, ``--print-config``, then :func:`leanvit.train.train`.
 
-    With ``task_name`` the command trains that task only: it needs ``--recipe`` or ``--resume`` (its
-    recipes are not the classification default) and refuses recipes of other tasks; ``task_factory(cfg)``
-    builds the task. Prints ``summary_line(summary)`` at the end; returns the exit code.
+    With ``task`` (a :class:`leanvit.train.task.Task` class, built as ``task(cfg)``) the command trains that
+    task only: it needs ``--recipe`` or ``--resume`` (its recipes are not the classification default) and
+    refuses recipes of other tasks. Prints ``summary_line(summary)`` at the end; returns the exit code.
     """
     import yaml
 
@@ -147,20 +145,20 @@ def run_train(args: argparse.Namespace, flag_keys: dict[str, str], *, command: s
 
     name = f"leanvit {command}"  # e.g. "leanvit detect train"
     setup_logging()
-    if task_name is not None and not args.recipe and not args.resume:
+    if task is not None and not args.recipe and not args.resume:
         print(f"{name}: error: pass --recipe (e.g. {default_recipe}) or --resume", file=sys.stderr)
         return 2
     settings = {key: getattr(args, flag) for flag, key in flag_keys.items() if getattr(args, flag) is not None}
     cfg = resolve_run_config(args.recipe, resume=args.resume, settings=settings, overrides=args.overrides,
                              default_recipe=default_recipe, auto_resume=not getattr(args, "no_resume", False))
-    if task_name is not None and cfg.task.name != task_name:
-        print(f"{name}: error: recipe {args.recipe} is a {cfg.task.name} recipe, not {task_name}", file=sys.stderr)
+    if task is not None and cfg.task.name != task.name:
+        print(f"{name}: error: recipe {args.recipe} is a {cfg.task.name} recipe, not {task.name}", file=sys.stderr)
         return 2
     if args.print_config:
         print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
         return 0
     try:
-        summary = train(cfg, task=task_factory(cfg) if task_factory is not None else None)
+        summary = train(cfg, task=task(cfg) if task is not None else None)
     except FileExistsError as err:
         print(f"{name}: error: {err}", file=sys.stderr)
         return 1

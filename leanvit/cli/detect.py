@@ -61,7 +61,7 @@ def _train(args: argparse.Namespace) -> int:
     from ..dense.detection_task import DetectionTask
 
     return run_train(args, DENSE_FLAG_KEYS, command="detect train", default_recipe="retinanet_shvit_s4_1x",
-                     summary_line=best_metric_line(".4g"), task_name="detection", task_factory=DetectionTask)
+                     summary_line=best_metric_line(".4g"), task=DetectionTask)
 
 
 def _eval(args: argparse.Namespace) -> int:

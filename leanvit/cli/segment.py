@@ -71,7 +71,7 @@ def _train(args: argparse.Namespace) -> int:
     from ..dense.segmentation_task import SegmentationTask
 
     return run_train(args, DENSE_FLAG_KEYS, command="segment train", default_recipe="semantic_fpn_shvit_s4_80k",
-                     summary_line=best_metric_line(".2f"), task_name="segmentation", task_factory=SegmentationTask)
+                     summary_line=best_metric_line(".2f"), task=SegmentationTask)
 
 
 def _eval(args: argparse.Namespace) -> int:

@@ -31,6 +31,10 @@ task named by ``cfg.task.name`` from :data:`TASKS` (where a layer above ``leanvi
    ``resolved()`` -> derived values written beside config.yaml.
 
 ``csv_fields`` are the task's columns in ``metrics.csv`` after the trainer's own.
+
+Shared by the tasks: :meth:`Task.loader_settings` (the run's loader keywords, for ``build_loaders``),
+:meth:`Task.load_finetune_weights` (``finetune.checkpoint``), and for ``evaluate`` :func:`evaluation_batches`
+(eval mode, progress bar, skipped files) and :func:`gather_lists` (every process's results).
 """
 from __future__ import annotations
 
