@@ -1,68 +1,43 @@
-"""``leanvit detect train | eval | predict``: argument parsing only; the work is in leanvit.dense."""
+"""``leanvit detect train | eval | predict | bench``: argument parsing only; the work is in leanvit.dense."""
 from __future__ import annotations
 
 import argparse
 import json
 
-from .train import _setup_logging, train_task_command
+from ._task import (DENSE_FLAG_KEYS, add_checkpoint_eval_flags, add_checkpoint_predict_flags, add_command_group,
+                    add_train_flags, best_metric_line, print_evaluation, run_train, setup_logging)
 
 __all__ = ["register"]
 
-# Command-line flags -> config keys (applied after the recipe, before --set).
-_FLAG_KEYS = {
-    "model": "model.name", "data": "data.path", "epochs": "train.epochs", "batch_size": "train.batch_size",
-    "output": "output", "max_steps": "train.max_steps", "seed": "train.seed", "resume": "resume",
-    "backbone_checkpoint": "task.backbone_checkpoint", "finetune": "finetune.checkpoint",
-}
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``detect`` with its ``train``, ``eval`` and ``predict`` sub-commands."""
-    p = subparsers.add_parser("detect", help="COCO detection / instance segmentation: train, eval, predict",
-                              description="RetinaNet, Mask R-CNN and Faster R-CNN on leanvit backbones.")
-    sub = p.add_subparsers(dest="detect_command", metavar="SUBCOMMAND")
+    """Add ``detect`` with its ``train``, ``eval``, ``predict`` and ``bench`` sub-commands."""
+    sub = add_command_group(subparsers, "detect", help="COCO detection / instance segmentation: train, eval, predict",
+                            description="RetinaNet, Mask R-CNN and Faster R-CNN on leanvit backbones.")
 
     t = sub.add_parser("train", help="train a detector (single process, or distributed under torchrun / SLURM)",
                        description="Train with a detection recipe (e.g. retinanet_shvit_s4_1x, mask_rcnn_shvit_s4_1x) "
                                    "through leanvit's training loop. Writes OUTPUT/last.ckpt, best.ckpt, config.yaml, "
                                    "metrics.csv, summary.json. Distributed: torchrun --nproc_per_node=K -m leanvit "
                                    "detect train ...")
-    t.add_argument("--recipe", help="recipe name or YAML path (default: the checkpoint's config with --resume)")
-    t.add_argument("--data", help="COCO root (annotations/instances_{train,val}2017.json, train2017/, val2017/) "
-                                  "or 'shapes' (built-in synthetic data)")
-    t.add_argument("--model", help="backbone (a leanvit model name; default: the recipe's)")
-    t.add_argument("--backbone-checkpoint", help="ImageNet weights for the backbone (leanvit, timm or official file)")
-    t.add_argument("--finetune", help="a leanvit detection checkpoint to start from")
-    t.add_argument("--output", help="output directory")
-    t.add_argument("--epochs", type=int)
-    t.add_argument("--batch-size", type=int, help="images per process per step (official: 2 x 8 GPUs = 16)")
-    t.add_argument("--max-steps", type=int, help="stop after this many optimizer updates")
-    t.add_argument("--seed", type=int)
-    t.add_argument("--resume", help="training checkpoint to continue exactly (e.g. OUTPUT/last.ckpt)")
-    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config key, e.g. --set optim.lr=2e-4 or --set 'task.options={min_size: 640, "
-                        "max_size: 1066}' (replaces the mapping; repeatable)")
-    t.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    add_train_flags(
+        t, recipe_help="recipe name or YAML path (default: the checkpoint's config with --resume)",
+        data_help="COCO root (annotations/instances_{train,val}2017.json, train2017/, val2017/) or 'shapes' "
+                  "(built-in synthetic data)",
+        finetune_help="a leanvit detection checkpoint to start from",
+        set_help="override any config key, e.g. --set optim.lr=2e-4 or --set 'task.options={min_size: 640, "
+                 "max_size: 1066}' (replaces the mapping; repeatable)")
     t.set_defaults(func=_train)
 
     e = sub.add_parser("eval", help="COCO box (and mask) AP of a detection checkpoint")
-    e.add_argument("--checkpoint", required=True, help="a leanvit detection checkpoint (OUTPUT/best.ckpt)")
-    e.add_argument("--data", required=True, help="COCO root (its val2017 split) or 'shapes'")
-    e.add_argument("--ema", action="store_true", help="evaluate the EMA weights")
-    e.add_argument("--batch-size", type=int, default=2)
-    e.add_argument("--workers", type=int, default=2)
-    e.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    e.add_argument("--out", help="write the results as JSON to this file")
-    e.add_argument("--no-progress", action="store_true")
+    add_checkpoint_eval_flags(e, checkpoint_help="a leanvit detection checkpoint (OUTPUT/best.ckpt)",
+                              data_help="COCO root (its val2017 split) or 'shapes'", batch_size_default=2)
     e.set_defaults(func=_eval)
 
     d = sub.add_parser("predict", help="draw a checkpoint's detections on images")
-    d.add_argument("images", nargs="+", metavar="IMAGE")
-    d.add_argument("--checkpoint", required=True, help="a leanvit detection checkpoint")
-    d.add_argument("--out", required=True, help="folder for the drawn images (IMAGE stem + .png)")
+    add_checkpoint_predict_flags(d, checkpoint_help="a leanvit detection checkpoint",
+                                 out_help="folder for the drawn images (IMAGE stem + .png)")
     d.add_argument("--score-thresh", type=float, default=0.5, help="draw detections scoring at least this")
-    d.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    d.add_argument("--ema", action="store_true")
     d.set_defaults(func=_predict)
 
     b = sub.add_parser("bench", help="backbone latency at 512x512 (SHViT Table 5) and detector images/s",
@@ -80,35 +55,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="also time these detectors end to end at 800x1333 on CPU (retinanet mask_rcnn faster_rcnn)")
     b.add_argument("--json", help="write the rows as JSON to this file")
     b.set_defaults(func=_bench)
-    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 
 def _train(args: argparse.Namespace) -> int:
     from ..dense.detection_task import DetectionTask
 
-    return train_task_command(args, _FLAG_KEYS, command="detect", task_name="detection", task_factory=DetectionTask,
-                              example_recipe="retinanet_shvit_s4_1x")
+    return run_train(args, DENSE_FLAG_KEYS, command="detect train", default_recipe="retinanet_shvit_s4_1x",
+                     summary_line=best_metric_line(".4g"), task=DetectionTask)
 
 
 def _eval(args: argparse.Namespace) -> int:
-    import os
-
     from ..dense.predict import evaluate_checkpoint
 
-    _setup_logging()
+    setup_logging()
     result = evaluate_checkpoint(args.checkpoint, args.data, ema=args.ema, batch_size=args.batch_size,
                                  workers=args.workers, device=args.device, out=args.out,
                                  progress=not args.no_progress)
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(result.pop("table"))
-        print(json.dumps(result, indent=2))
+    table = result.pop("table")
+    print_evaluation(result, table)
     return 0
 
 
 def _predict(args: argparse.Namespace) -> int:
     from ..dense.predict import predict_images
 
-    _setup_logging()
+    setup_logging()
     results = predict_images(args.checkpoint, args.images, args.out, score_thresh=args.score_thresh,
                              device=args.device, ema=args.ema)
     for r in results:

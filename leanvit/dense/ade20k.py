@@ -30,13 +30,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 from torchvision.utils import draw_segmentation_masks
 
 from .._io import atomic_write, atomic_write_text
-from ..train.data import BadImageError, ResumableSampler, ShardSampler, _sample_seed
+from ..train.data import BadImageError, load_skipping_bad, resumable_train_loader, sample_seed, sharded_eval_loader
 from .shapes import SHAPE_CLASSES, SPLIT_SEED_OFFSET, render_scene, semantic_map
 
 __all__ = [
@@ -265,21 +265,13 @@ class SegSamples(Dataset):
         return len(self.source)
 
     def __getitem__(self, key: int | tuple[int, int, int, int]) -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]:
-        index = key[3] if isinstance(key, tuple) else key
-        skipped: list[str] = []
-        for _ in range(self.max_skips):
-            try:
-                image, label = self.source.load(index)
-                break
-            except BadImageError as e:
-                skipped.append(str(e))  # "path: reason"
-                index = (index + 1) % len(self.source)
-        else:
-            raise RuntimeError(f"{self.max_skips} bad samples in a row, starting at {skipped[0]}; check the dataset")
-        if not isinstance(key, tuple):
+        seeded = isinstance(key, tuple)
+        (image, label), skipped = load_skipping_bad(self.source, key[3] if seeded else key, self.max_skips,
+                                                    with_reason=True)  # a pair can be bad in several ways
+        if not seeded:
             return (*self.transform(image, label), tuple(skipped))
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(_sample_seed(self.seed, *key[:3]))
+            torch.manual_seed(sample_seed(self.seed, *key[:3]))
             return (*self.transform(image, label), tuple(skipped))
 
 
@@ -296,22 +288,15 @@ def build_seg_loaders(train: SegmentationSource | None, val: SegmentationSource,
                       batch_size: int, eval_batch_size: int, workers: int, seed: int, rank: int = 0, world: int = 1,
                       drop_last: bool = True, pin_memory: bool = False) -> tuple[DataLoader | None, DataLoader, Any]:
     """(train loader, val loader, resumable sampler); the val loader yields lists (full-size images differ)."""
-    common: dict[str, Any] = dict(num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0)
-    # Own generators: a loader without one draws its base seed from the global RNG at every iteration,
-    # which would shift the RNG streams of a resumed run (dropout, drop path).
-    val_ds = SegSamples(val, eval_transform)
-    val_loader = DataLoader(val_ds, batch_size=eval_batch_size, sampler=ShardSampler(len(val_ds), rank, world),
-                            collate_fn=_eval_collate, generator=torch.Generator().manual_seed(seed), **common)
+    # The val loader's own generator (seed): one without draws its base seed from the global RNG at every
+    # iteration, which would shift the RNG streams of a resumed run (dropout, drop path).
+    val_loader = sharded_eval_loader(SegSamples(val, eval_transform), batch_size=eval_batch_size, workers=workers,
+                                     rank=rank, world=world, pin_memory=pin_memory, collate_fn=_eval_collate, seed=seed)
     if train is None:
         return None, val_loader, None
-    train_ds = SegSamples(train, train_transform, seed)
-    if len(train_ds) // world < batch_size and drop_last:
-        raise ValueError(f"the training split has {len(train_ds)} images, fewer than one batch per process "
-                         f"({batch_size} x {world}); lower train.batch_size or set data.drop_last=false")
-    sampler = ResumableSampler(DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=seed,
-                                                  drop_last=drop_last), rank)
-    train_loader = DataLoader(train_ds, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
-                              collate_fn=_train_collate, generator=torch.Generator().manual_seed(seed), **common)
+    train_loader, sampler = resumable_train_loader(
+        SegSamples(train, train_transform, seed), batch_size=batch_size, workers=workers, seed=seed, rank=rank,
+        world=world, drop_last=drop_last, pin_memory=pin_memory, collate_fn=_train_collate)
     return train_loader, val_loader, sampler
 
 

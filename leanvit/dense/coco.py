@@ -28,9 +28,10 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 
-from ..train.data import BadImageError, ResumableSampler, ShardSampler
+from ..train.data import (BadImageError, ResumableSampler, load_skipping_bad, resumable_train_loader, sample_rng,
+                          sharded_eval_loader)
 
 __all__ = ["CocoSplit", "coco_split", "CocoDetection", "DetectionSamples", "detection_collate",
            "build_detection_loaders", "build_eval_loader", "read_coco_json",
@@ -245,21 +246,10 @@ class DetectionSamples(Dataset):
         return len(self.source)
 
     def __getitem__(self, key: int | tuple[int, int, int, int]) -> tuple[torch.Tensor, dict[str, Any], tuple[str, ...]]:
-        index = key[3] if isinstance(key, tuple) else key
-        skipped: list[str] = []
-        for _ in range(self.max_skips):
-            try:
-                image, target = self.source.load(index)
-                break
-            except BadImageError as e:
-                skipped.append(e.path)
-                index = (index + 1) % len(self.source)
-        else:
-            raise RuntimeError(f"{self.max_skips} unreadable images in a row, starting at {skipped[0]}; "
-                               "check the dataset (truncated copy?)")
-        if self.flip_prob > 0 and isinstance(key, tuple):
-            rng = np.random.default_rng([self.seed, *key[:3]])
-            if rng.random() < self.flip_prob:
+        seeded = isinstance(key, tuple)
+        (image, target), skipped = load_skipping_bad(self.source, key[3] if seeded else key, self.max_skips)
+        if self.flip_prob > 0 and seeded:
+            if sample_rng(self.seed, *key[:3]).random() < self.flip_prob:
                 image, target = hflip(image, target)
         return image, target, tuple(skipped)
 
@@ -274,25 +264,17 @@ def build_detection_loaders(train_set: CocoDetection, val_set: CocoDetection, *,
                             flip_prob: float = 0.5, drop_last: bool = True,
                             pin_memory: bool = False) -> tuple[DataLoader, DataLoader, ResumableSampler]:
     """(train loader, val loader, resumable train sampler) over the two splits, sharded over ``world`` processes."""
-    train_ds = DetectionSamples(train_set, flip_prob, seed)
-    if len(train_ds) // world < batch_size and drop_last:
-        raise ValueError(f"the training split has {len(train_ds)} usable images, fewer than one batch per process "
-                         f"({batch_size} x {world}); lower train.batch_size or set data.drop_last=false")
-    sampler = ResumableSampler(DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=seed,
-                                                  drop_last=drop_last), rank)
-    common: dict[str, Any] = dict(num_workers=workers, pin_memory=pin_memory, collate_fn=detection_collate,
-                                  persistent_workers=workers > 0)
-    train_loader = DataLoader(train_ds, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
-                              generator=torch.Generator().manual_seed(seed), **common)
+    train_loader, sampler = resumable_train_loader(
+        DetectionSamples(train_set, flip_prob, seed), batch_size=batch_size, workers=workers, seed=seed, rank=rank,
+        world=world, drop_last=drop_last, pin_memory=pin_memory, collate_fn=detection_collate)
     return train_loader, build_eval_loader(val_set, eval_batch_size, workers, rank, world, pin_memory), sampler
 
 
 def build_eval_loader(val_set: CocoDetection, batch_size: int, workers: int, rank: int = 0, world: int = 1,
                       pin_memory: bool = False) -> DataLoader:
     """The evaluation loader: rank r takes images r, r + world, ... (no padding, no duplicates)."""
-    ds = DetectionSamples(val_set)
-    return DataLoader(ds, batch_size=batch_size, sampler=ShardSampler(len(ds), rank, world), num_workers=workers,
-                      pin_memory=pin_memory, collate_fn=detection_collate, persistent_workers=workers > 0)
+    return sharded_eval_loader(DetectionSamples(val_set), batch_size=batch_size, workers=workers, rank=rank,
+                               world=world, pin_memory=pin_memory, collate_fn=detection_collate)
 
 
 def iter_images(paths: list[str]) -> Iterator[tuple[str, torch.Tensor]]:

@@ -21,15 +21,14 @@ from typing import Any, Iterable
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from ..train.config import ConfigError, TrainConfig
 from ..train.distributed import DistInfo, barrier, gather_objects
 from ..train.engine import autocast
-from ..train.state import read_checkpoint
-from ..train.task import Task, register_task
+from ..train.task import evaluation_batches, gather_lists, register_task
 from .coco import CocoDetection, CocoSplit, build_detection_loaders, coco_split
 from .coco_eval import STAT_NAMES, coco_evaluate, detections_to_coco, format_table
+from .dense_task import DenseTask
 from .detectors import create_detector, label_offset
 from .shapes import write_shapes_coco
 
@@ -50,56 +49,40 @@ def evaluate_detections(model: nn.Module, loader: Iterable, dataset: CocoDetecti
                         dtype: torch.dtype | None = None, progress: bool = False,
                         desc: str = "val") -> tuple[dict[str, float], list[str]]:
     """COCO AP of ``model`` on ``dataset`` (its loader sharded over processes); every process gets the metrics."""
-    was_training = model.training
-    model.eval()
     masks = getattr(model, "roi_heads", None) is not None and model.roi_heads.has_mask()
     results: list[dict[str, Any]] = []
     skipped: list[str] = []
-    bar = tqdm(loader, desc=desc, disable=None if progress and info.is_main else True, leave=False, dynamic_ncols=True)
-    for images, targets, bad in bar:
-        skipped += bad
+    for images, targets in evaluation_batches(model, loader, info, skipped, progress=progress, desc=desc):
         with autocast(info.device, dtype):
             outputs = model([im.to(info.device) for im in images])
         results += detections_to_coco(outputs, [t["image_id"] for t in targets], dataset.category_ids,
                                       dataset.label_offset)
-    model.train(was_training)
-    gathered = gather_objects((results, skipped), info)
+    all_results, all_skipped = gather_lists(results, info), gather_lists(skipped, info)
     metrics: dict[str, float] = {}
     if info.is_main:
-        all_results = [r for res, _ in gathered for r in res]
         metrics = coco_evaluate(dataset.coco, all_results, ("bbox", "segm") if masks else ("bbox",),
                                 image_ids=dataset.image_ids)
         log.info("COCO AP on %d images (%d detections):\n%s", len(dataset), len(all_results), format_table(metrics))
     metrics = gather_objects(metrics, info)[0]  # rank 0's result, everywhere
-    return metrics, [p for _, s in gathered for p in s]
+    return metrics, all_skipped
 
 
-class DetectionTask(Task):
+class DetectionTask(DenseTask):
     """COCO-format detection and instance segmentation on a leanvit backbone (see the module docstring)."""
 
     name = "detection"
-    metric_names = _METRICS + tuple(f"ema_{m}" for m in _METRICS)
     default_metric = "bbox_AP"
-    csv_fields = list(_METRICS) + [f"ema_{m}" for m in _METRICS] + ["skipped_files"]
+    evaluation_metrics = _METRICS
+    model_kind = "detector"
+    build = staticmethod(create_detector)
+    default_options = DETECTION_OPTIONS
 
     def __init__(self, cfg: TrainConfig, need_train: bool = True) -> None:
-        super().__init__(cfg)
-        arch = cfg.task.arch
-        if arch is None:
+        if cfg.task.arch is None:
             raise ConfigError("task.name=detection needs task.arch: retinanet, mask_rcnn or faster_rcnn")
-        self.offset = label_offset(arch)
-        unknown = sorted(set(cfg.task.options) - set(DETECTION_OPTIONS))
-        if unknown:
-            raise ConfigError(f"unknown task.options {unknown} for detection; valid: {', '.join(DETECTION_OPTIONS)}")
-        self.options = {**DETECTION_OPTIONS, **cfg.task.options}
-        if cfg.distill.type != "none":
-            raise ConfigError("distillation is a classification feature; set distill.type=none for detection")
-        self.need_train = need_train
+        super().__init__(cfg, need_train)
+        self.offset = label_offset(cfg.task.arch)
         self.category_ids: list[int] = []
-
-    @property
-    def arch(self) -> str:
-        return str(self.cfg.task.arch)
 
     # --- data
     def _splits(self, info: DistInfo) -> tuple[CocoSplit | None, CocoSplit]:
@@ -140,35 +123,13 @@ class DetectionTask(Task):
         self.val_size = len(self.val_set)
 
     # --- model
-    def detector_kwargs(self) -> dict[str, Any]:
-        """The ``create_detector`` overrides this run uses (also stored in checkpoints)."""
-        o, m = self.options, self.cfg.model
-        kwargs: dict[str, Any] = dict(min_size=int(o["min_size"]), max_size=int(o["max_size"]),
-                                      norm_eval=bool(o["norm_eval"]), **dict(m.kwargs), **dict(o["detector"] or {}))
-        if m.drop_path > 0:
-            kwargs["drop_path_rate"] = m.drop_path
-        return kwargs
-
-    def build_model(self, info: DistInfo) -> nn.Module:
-        kwargs = self.detector_kwargs()
-        if self.cfg.task.backbone_checkpoint:
-            kwargs["checkpoint"] = self.cfg.task.backbone_checkpoint
-            log.info("backbone weights from %s", self.cfg.task.backbone_checkpoint)
-        model = create_detector(self.arch, self.cfg.model.name, num_classes=self.num_classes, **kwargs)
-        if self.cfg.finetune.checkpoint:
-            ck = read_checkpoint(self.cfg.finetune.checkpoint)
-            model.load_state_dict(ck["ema" if self.cfg.finetune.use_ema and ck.get("ema") else "model"])
-            log.info("detector weights from %s", self.cfg.finetune.checkpoint)
-        return model
+    def arch_kwargs(self) -> dict[str, Any]:
+        o = self.options
+        return dict(min_size=int(o["min_size"]), max_size=int(o["max_size"]), **super().arch_kwargs())
 
     def build_loaders(self, info: DistInfo) -> tuple[Iterable, Iterable, Any]:
-        cfg = self.cfg
-        bs = cfg.train.batch_size
-        return build_detection_loaders(
-            self.train_set, self.val_set, batch_size=bs, eval_batch_size=cfg.data.eval_batch_size or bs,
-            workers=cfg.data.workers, seed=cfg.train.seed, rank=info.rank, world=info.world_size,
-            flip_prob=float(self.options["flip_prob"]), drop_last=cfg.data.drop_last,
-            pin_memory=info.device.type == "cuda")
+        return build_detection_loaders(self.train_set, self.val_set, flip_prob=float(self.options["flip_prob"]),
+                                       **self.loader_settings(info))
 
     # --- per batch
     def to_device(self, inputs: Any, targets: Any, device: torch.device) -> tuple[Any, Any]:
@@ -190,14 +151,7 @@ class DetectionTask(Task):
 
     # --- bookkeeping
     def checkpoint_meta(self) -> dict[str, Any]:
-        return dict(super().checkpoint_meta(), arch=self.arch, category_ids=list(self.category_ids),
-                    label_offset=self.offset, detector_kwargs=self.detector_kwargs())
-
-    def check_resume(self, checkpoint: dict[str, Any]) -> None:
-        super().check_resume(checkpoint)
-        if checkpoint.get("arch") != self.arch:
-            raise ValueError(f"cannot resume: {self.cfg.resume} is a {checkpoint.get('arch')} checkpoint, but this "
-                             f"run trains {self.arch}")
+        return dict(super().checkpoint_meta(), category_ids=list(self.category_ids), label_offset=self.offset)
 
     def resolved(self) -> dict[str, Any]:
         return dict(super().resolved(), arch=self.arch, category_ids=list(self.category_ids),

@@ -19,13 +19,11 @@ from torch import nn
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
 from .._io import atomic_write, atomic_write_text
-from ..train.config import config_from_dict
 from ..train.distributed import cleanup, init_distributed
-from ..train.state import read_checkpoint
 from .coco import build_eval_loader, iter_images
 from .coco_eval import format_table
 from .detection_task import DetectionTask, evaluate_detections
-from .detectors import create_detector
+from .trained import evaluation_config, load_trained_model
 
 __all__ = ["load_detector", "evaluate_checkpoint", "draw_detections", "predict_images"]
 
@@ -34,18 +32,8 @@ log = logging.getLogger("leanvit.dense")
 
 def load_detector(checkpoint: str | os.PathLike, ema: bool = False) -> tuple[nn.Module, dict[str, Any]]:
     """(detector in eval mode, the checkpoint's metadata) of a ``leanvit detect train`` checkpoint."""
-    ck = read_checkpoint(checkpoint)
-    if ck.get("task") != "detection":
-        raise ValueError(f"{checkpoint} is not a detection checkpoint (task: {ck.get('task', 'classification')}); "
-                         "use leanvit eval for classification checkpoints")
-    kwargs = dict(ck["detector_kwargs"])
-    model = create_detector(ck["arch"], ck["model_name"], num_classes=ck["num_classes"], **kwargs)
-    weights = ck.get("ema") if ema else ck["model"]
-    if weights is None:
-        raise ValueError(f"{checkpoint} has no EMA weights; drop --ema")
-    model.load_state_dict(weights)
-    meta = {k: v for k, v in ck.items() if k not in ("model", "ema", "optimizer", "scheduler", "scaler", "rng")}
-    return model.eval(), meta
+    return load_trained_model(checkpoint, DetectionTask, ema=ema,
+                              other_commands="leanvit eval for classification checkpoints")
 
 
 def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str, *, ema: bool = False, batch_size: int = 2,
@@ -53,11 +41,8 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str, *, ema: bool =
                         progress: bool = True) -> dict[str, Any]:
     """COCO AP of ``checkpoint`` on the val split of ``data`` (a COCO root or ``shapes``); writes ``out`` JSON."""
     model, meta = load_detector(checkpoint, ema)
-    cfg = config_from_dict({k: v for k, v in meta["config"].items() if k != "resume"})
-    cfg.data.path, cfg.data.workers, cfg.train.device = data, workers, device
+    cfg = evaluation_config(meta, checkpoint, data, workers=workers, device=device)
     cfg.data.eval_batch_size = batch_size
-    if data == "shapes":
-        cfg.output = str(Path(checkpoint).resolve().parent)  # the run directory holds its shapes/ data
     info = init_distributed(device)
     try:
         task = DetectionTask(cfg, need_train=False)

@@ -18,12 +18,11 @@ from PIL import Image
 from torch import nn
 
 from .._io import atomic_write, atomic_write_text
-from ..train.config import config_from_dict
 from ..train.distributed import cleanup, init_distributed
-from ..train.state import read_checkpoint
 from .ade20k import SegEvalTransform, build_seg_loaders, colorize, overlay, palette
 from .segmentation_task import EVAL_DEFAULTS, SegmentationTask, evaluate_segmentation
-from .segmentors import Segmentor, create_segmentor, segment
+from .segmentors import Segmentor, segment
+from .trained import evaluation_config, load_trained_model
 
 __all__ = ["load_segmentor", "evaluate_checkpoint", "predict_images"]
 
@@ -32,18 +31,10 @@ log = logging.getLogger("leanvit.dense")
 
 def load_segmentor(checkpoint: str | os.PathLike, ema: bool = False) -> tuple[Segmentor, dict[str, Any]]:
     """(segmentor in eval mode, the checkpoint's metadata) of a ``leanvit segment train`` checkpoint."""
-    ck = read_checkpoint(checkpoint)
-    if ck.get("task") != "segmentation":
-        raise ValueError(f"{checkpoint} is not a segmentation checkpoint (task: {ck.get('task', 'classification')}); "
-                         "use leanvit eval / leanvit detect eval for those")
-    kwargs = {k: v for k, v in ck["segmentor_kwargs"].items() if k != "checkpoint"}
-    model = create_segmentor(ck["arch"], ck["model_name"], num_classes=ck["num_classes"], **kwargs)
-    weights = ck.get("ema") if ema else ck["model"]
-    if weights is None:
-        raise ValueError(f"{checkpoint} has no EMA weights; drop --ema")
-    model.load_state_dict(weights)
-    meta = {k: v for k, v in ck.items() if k not in ("model", "ema", "optimizer", "scheduler", "scaler", "rng")}
-    return model.eval(), meta
+    model, meta = load_trained_model(checkpoint, SegmentationTask, ema=ema,
+                                     other_commands="leanvit eval / leanvit detect eval for those")
+    assert isinstance(model, Segmentor)  # create_segmentor built it
+    return model, meta
 
 
 def _inference_options(meta: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -62,10 +53,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str, *, ema: bool =
     """
     model, meta = load_segmentor(checkpoint, ema)
     options = _inference_options(meta, inference)
-    cfg = config_from_dict({k: v for k, v in meta["config"].items() if k != "resume"})
-    cfg.data.path, cfg.data.workers, cfg.train.device = data, workers, device
-    if data == "shapes":
-        cfg.output = str(Path(checkpoint).resolve().parent)  # the run directory holds its shapes/ data
+    cfg = evaluation_config(meta, checkpoint, data, workers=workers, device=device)
     info = init_distributed(device)
     try:
         task = SegmentationTask(cfg, need_train=False)

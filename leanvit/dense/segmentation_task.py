@@ -25,15 +25,14 @@ from typing import Any, Iterable
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from ..train.config import ConfigError, TrainConfig
-from ..train.distributed import DistInfo, barrier, gather_objects
+from ..train.distributed import DistInfo, barrier
 from ..train.engine import autocast
-from ..train.state import read_checkpoint
-from ..train.task import Task, register_task
+from ..train.task import evaluation_batches, gather_lists, register_task
 from .ade20k import (SegEvalTransform, SegmentationSource, SegTrainTransform, build_seg_loaders, open_ade20k,
                      open_folder, write_shapes_segmentation)
+from .dense_task import DenseTask
 from .seg_metrics import SegConfusion
 from .segmentors import ARCHS, create_segmentor, segment
 
@@ -82,50 +81,35 @@ def evaluate_segmentation(model: nn.Module, loader: Iterable, num_classes: int, 
                           classes: list[str] | None = None, ignore_index: int = 255, dtype: torch.dtype | None = None,
                           progress: bool = False, desc: str = "val", **inference: Any) -> tuple[dict[str, Any], list[str]]:
     """Dataset-level mIoU / mAcc / aAcc (fractions) over all processes; ``inference``: :func:`segment` options."""
-    was_training = model.training
-    model.eval()
     confusion = SegConfusion(num_classes, ignore_index)
     skipped: list[str] = []
-    bar = tqdm(loader, desc=desc, disable=None if progress and info.is_main else True, leave=False, dynamic_ncols=True)
-    for images, labels, bad in bar:
-        skipped += bad
+    for images, labels in evaluation_batches(model, loader, info, skipped, progress=progress, desc=desc):
         for image, label in zip(images, labels):
             with autocast(info.device, dtype):
                 probs = segment(model, image[None].to(info.device), label.shape[-2:], **inference)
             confusion.update(probs.argmax(1).cpu(), label[None])
-    model.train(was_training)
     confusion.all_reduce()
-    scores = confusion.compute(classes)
-    return scores, [p for part in gather_objects(skipped, info) for p in part]
+    return confusion.compute(classes), gather_lists(skipped, info)
 
 
-class SegmentationTask(Task):
+class SegmentationTask(DenseTask):
     """Semantic segmentation with Semantic FPN / UperNet on a leanvit backbone (see the module docstring)."""
 
     name = "segmentation"
-    metric_names = _METRICS + tuple(f"ema_{m}" for m in _METRICS)
     default_metric = "mIoU"
-    csv_fields = list(_METRICS) + [f"ema_{m}" for m in _METRICS] + ["skipped_files"]
+    evaluation_metrics = _METRICS
+    model_kind = "segmentor"
+    build = staticmethod(create_segmentor)
+    default_options = SEGMENTATION_OPTIONS
 
     def __init__(self, cfg: TrainConfig, need_train: bool = True) -> None:
-        super().__init__(cfg)
         if cfg.task.arch not in ARCHS:
             raise ConfigError(f"task.name=segmentation needs task.arch: {' or '.join(ARCHS)} (got {cfg.task.arch!r})")
-        unknown = sorted(set(cfg.task.options) - set(SEGMENTATION_OPTIONS))
-        if unknown:
-            raise ConfigError(f"unknown task.options {unknown} for segmentation; valid: {', '.join(SEGMENTATION_OPTIONS)}")
-        self.options = {**SEGMENTATION_OPTIONS, **cfg.task.options}
+        super().__init__(cfg, need_train)
         bad_eval = sorted(set(self.options["eval"] or {}) - set(EVAL_DEFAULTS))
         if bad_eval:
             raise ConfigError(f"unknown task.options.eval keys {bad_eval}; valid: {', '.join(EVAL_DEFAULTS)}")
         self.inference = {**EVAL_DEFAULTS, **(self.options["eval"] or {})}
-        if cfg.distill.type != "none":
-            raise ConfigError("distillation is a classification feature; set distill.type=none for segmentation")
-        self.need_train = need_train
-
-    @property
-    def arch(self) -> str:
-        return str(self.cfg.task.arch)
 
     # --- data
     def open_data(self, info: DistInfo) -> None:
@@ -146,37 +130,12 @@ class SegmentationTask(Task):
             for reason, paths in (source.skipped if source is not None else {}).items():
                 log.warning("%s: skipped %d image(s) (%s), e.g. %s", source.description, len(paths), reason, paths[0])
 
-    # --- model
-    def segmentor_kwargs(self) -> dict[str, Any]:
-        """The ``create_segmentor`` overrides this run uses (also stored in checkpoints)."""
-        m = self.cfg.model
-        kwargs: dict[str, Any] = dict(norm_eval=bool(self.options["norm_eval"]), **dict(m.kwargs),
-                                      **dict(self.options["segmentor"] or {}))
-        if m.drop_path > 0:
-            kwargs["drop_path_rate"] = m.drop_path
-        return kwargs
-
-    def build_model(self, info: DistInfo) -> nn.Module:
-        kwargs = self.segmentor_kwargs()
-        if self.cfg.task.backbone_checkpoint:
-            kwargs["checkpoint"] = self.cfg.task.backbone_checkpoint
-            log.info("backbone weights from %s", self.cfg.task.backbone_checkpoint)
-        model = create_segmentor(self.arch, self.cfg.model.name, num_classes=self.num_classes, **kwargs)
-        if self.cfg.finetune.checkpoint:
-            ck = read_checkpoint(self.cfg.finetune.checkpoint)
-            model.load_state_dict(ck["ema" if self.cfg.finetune.use_ema and ck.get("ema") else "model"])
-            log.info("segmentor weights from %s", self.cfg.finetune.checkpoint)
-        return model
-
     def build_loaders(self, info: DistInfo) -> tuple[Iterable, Iterable, Any]:
-        cfg, o = self.cfg, self.options
+        o = self.options
         train_tf = SegTrainTransform(o["crop_size"], tuple(o["scale"]), tuple(o["ratio_range"]), o["cat_max_ratio"],
                                      o["flip"], bool(o["photometric"]))
-        bs = cfg.train.batch_size
-        return build_seg_loaders(
-            self.train_set, self.val_set, train_tf, SegEvalTransform(tuple(o["eval_scale"])), batch_size=bs,
-            eval_batch_size=cfg.data.eval_batch_size or bs, workers=cfg.data.workers, seed=cfg.train.seed,
-            rank=info.rank, world=info.world_size, drop_last=cfg.data.drop_last, pin_memory=info.device.type == "cuda")
+        return build_seg_loaders(self.train_set, self.val_set, train_tf, SegEvalTransform(tuple(o["eval_scale"])),
+                                 **self.loader_settings(info))
 
     # --- per batch
     def loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -200,14 +159,7 @@ class SegmentationTask(Task):
 
     # --- bookkeeping
     def checkpoint_meta(self) -> dict[str, Any]:
-        return dict(super().checkpoint_meta(), arch=self.arch, segmentor_kwargs=self.segmentor_kwargs(),
-                    inference=dict(self.inference))
-
-    def check_resume(self, checkpoint: dict[str, Any]) -> None:
-        super().check_resume(checkpoint)
-        if checkpoint.get("arch") != self.arch:
-            raise ValueError(f"cannot resume: {self.cfg.resume} is a {checkpoint.get('arch')} checkpoint, but this "
-                             f"run trains {self.arch}")
+        return dict(super().checkpoint_meta(), inference=dict(self.inference))
 
     def resolved(self) -> dict[str, Any]:
         source = self.train_set or self.val_set

@@ -20,14 +20,15 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from .._text import error_reason
 from .config import TrainConfig
 
 __all__ = [
     "BadImageError", "ImageSource", "DataBundle", "open_source", "build_transforms", "AugmentedDataset",
-    "ResumableSampler", "ShardSampler", "build_loaders", "collate",
+    "ResumableSampler", "ShardSampler", "build_loaders", "collate", "sample_seed", "sample_rng", "load_skipping_bad",
+    "resumable_train_loader", "sharded_eval_loader",
 ]
 
 log = logging.getLogger("leanvit.train")
@@ -210,10 +211,38 @@ def eval_transform(img_size: int, mean: Sequence[float], std: Sequence[float], c
 
 
 # --------------------------------------------------------------------------------------------- datasets
-def _sample_seed(seed: int, epoch: int, rank: int, position: int) -> int:
+def _sample_seed_sequence(seed: int, epoch: int, rank: int, position: int) -> np.random.SeedSequence:
     # A fixed mix of the four integers (not Python's salted hash) so that every process agrees.
-    x = np.array([seed, epoch, rank, position], dtype=np.uint64)
-    return int(np.random.SeedSequence(x.tolist()).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+    return np.random.SeedSequence(np.array([seed, epoch, rank, position], dtype=np.uint64).tolist())
+
+
+def sample_seed(seed: int, epoch: int, rank: int, position: int) -> int:
+    """The integer seed of one training sample, from the run's seed and its :class:`ResumableSampler` key."""
+    return int(_sample_seed_sequence(seed, epoch, rank, position).generate_state(1, dtype=np.uint64)[0]
+               >> np.uint64(1))
+
+
+def sample_rng(seed: int, epoch: int, rank: int, position: int) -> np.random.Generator:
+    """A NumPy generator for one training sample, from the same key as :func:`sample_seed`."""
+    return np.random.default_rng(_sample_seed_sequence(seed, epoch, rank, position))
+
+
+def load_skipping_bad(source: Any, index: int, max_skips: int, *,
+                      with_reason: bool = False) -> tuple[Any, list[str]]:
+    """``source.load(index)``, or that of the next index while loading raises :class:`BadImageError`.
+
+    Returns the loaded sample and the files skipped: their paths, or with ``with_reason`` "path: reason"
+    (for sources whose files can be bad in more than one way). ``max_skips`` bad files in a row are an error.
+    """
+    skipped: list[str] = []
+    for _ in range(max_skips):
+        try:
+            return source.load(index), skipped
+        except BadImageError as e:
+            skipped.append(str(e) if with_reason else e.path)
+            index = (index + 1) % len(source)
+    raise RuntimeError(f"{max_skips} unreadable images in a row, starting at {skipped[0]}; "
+                       "check the dataset (truncated copy?)")
 
 
 class AugmentedDataset(Dataset):
@@ -235,21 +264,10 @@ class AugmentedDataset(Dataset):
 
     def __getitem__(self, key: int | tuple[int, int, int, int]) -> tuple[torch.Tensor, int, tuple[str, ...]]:
         seeded = isinstance(key, tuple)
-        index = key[3] if seeded else key
-        skipped: list[str] = []
-        for _ in range(self.max_skips):
-            try:
-                img, target = self.source.load(index)
-                break
-            except BadImageError as e:
-                skipped.append(e.path)
-                index = (index + 1) % len(self.source)
-        else:
-            raise RuntimeError(f"{self.max_skips} unreadable images in a row, starting at {skipped[0]}; "
-                               "check the dataset (truncated copy?)")
+        (img, target), skipped = load_skipping_bad(self.source, key[3] if seeded else key, self.max_skips)
         if not seeded:
             return self.transform(img), target, tuple(skipped)
-        s = _sample_seed(self.seed, *key[:3])
+        s = sample_seed(self.seed, *key[:3])
         py_state, np_state = random.getstate(), np.random.get_state()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(s)
@@ -309,16 +327,47 @@ class ShardSampler(Sampler):
         return len(self.indices)
 
 
-def _train_sampler(dataset: Dataset, cfg: TrainConfig, rank: int, world: int) -> Sampler:
-    if cfg.data.repeated_aug:
-        from timm.data.distributed_sampler import RepeatAugSampler
+def _repeated_aug_sampler(dataset: Dataset, cfg: TrainConfig, rank: int, world: int) -> Sampler:
+    from timm.data.distributed_sampler import RepeatAugSampler
 
-        return RepeatAugSampler(dataset, num_replicas=world, rank=rank, shuffle=True, num_repeats=cfg.data.ra_repeats)
-    from torch.utils.data import DistributedSampler
+    return RepeatAugSampler(dataset, num_replicas=world, rank=rank, shuffle=True, num_repeats=cfg.data.ra_repeats)
 
-    # DistributedSampler also for one process: its order is a pure function of (seed, epoch).
-    return DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=cfg.train.seed,
-                              drop_last=cfg.data.drop_last)
+
+def resumable_train_loader(dataset: Dataset, *, batch_size: int, workers: int, seed: int, rank: int, world: int,
+                           drop_last: bool, pin_memory: bool, collate_fn: Callable,
+                           base_sampler: Sampler | None = None) -> tuple[DataLoader, ResumableSampler]:
+    """The training loader of every task and its :class:`ResumableSampler` (which the trainer positions).
+
+    ``base_sampler`` orders each epoch; by default a shuffling ``DistributedSampler`` (also for one process:
+    its order is a pure function of (seed, epoch)).
+    """
+    if len(dataset) // world < batch_size and drop_last:
+        raise ValueError(
+            f"the training split has {len(dataset)} images, fewer than one batch per process "
+            f"({batch_size} x {world} processes); lower train.batch_size or set data.drop_last=false"
+        )
+    if base_sampler is None:
+        base_sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed,
+                                          drop_last=drop_last)
+    sampler = ResumableSampler(base_sampler, rank)
+    loader = DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last, num_workers=workers,
+        pin_memory=pin_memory, collate_fn=collate_fn, persistent_workers=workers > 0,
+        # Own generator: creating an iterator must not consume the global RNG (exact resume).
+        generator=torch.Generator().manual_seed(seed))
+    return loader, sampler
+
+
+def sharded_eval_loader(dataset: Dataset, *, batch_size: int, workers: int, rank: int, world: int,
+                        pin_memory: bool, collate_fn: Callable, seed: int | None = None) -> DataLoader:
+    """The evaluation loader of every task: rank r takes samples r, r + world, ... (no padding, no duplicates).
+
+    With ``seed`` the loader has its own generator, so that iterating it leaves the global RNG alone.
+    """
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    return DataLoader(dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), rank, world),
+                      num_workers=workers, pin_memory=pin_memory, collate_fn=collate_fn,
+                      persistent_workers=workers > 0, generator=generator)
 
 
 def build_loaders(cfg: TrainConfig, bundle: DataBundle, train_tf: Callable, eval_tf: Callable, rank: int = 0,
@@ -327,19 +376,10 @@ def build_loaders(cfg: TrainConfig, bundle: DataBundle, train_tf: Callable, eval
     train_ds = AugmentedDataset(bundle.train, train_tf, seed=cfg.train.seed)
     val_ds = AugmentedDataset(bundle.val, eval_tf)
     bs = cfg.train.batch_size
-    if len(train_ds) // world < bs and cfg.data.drop_last:
-        raise ValueError(
-            f"the training split has {len(train_ds)} images, fewer than one batch per process "
-            f"({bs} x {world} processes); lower train.batch_size or set data.drop_last=false"
-        )
-    sampler = ResumableSampler(_train_sampler(train_ds, cfg, rank, world), rank)
-    workers = cfg.data.workers
-    common: dict[str, Any] = dict(num_workers=workers, pin_memory=pin_memory, collate_fn=collate,
-                                  persistent_workers=workers > 0)
-    train_loader = DataLoader(
-        train_ds, batch_size=bs, sampler=sampler, drop_last=cfg.data.drop_last,
-        # Own generator: creating an iterator must not consume the global RNG (exact resume).
-        generator=torch.Generator().manual_seed(cfg.train.seed), **common)
+    common: dict[str, Any] = dict(workers=cfg.data.workers, rank=rank, world=world, pin_memory=pin_memory,
+                                  collate_fn=collate)
+    base = _repeated_aug_sampler(train_ds, cfg, rank, world) if cfg.data.repeated_aug else None
+    train_loader, sampler = resumable_train_loader(train_ds, batch_size=bs, seed=cfg.train.seed,
+                                                   drop_last=cfg.data.drop_last, base_sampler=base, **common)
     eval_bs = cfg.data.eval_batch_size or max(1, int(1.5 * bs))
-    val_loader = DataLoader(val_ds, batch_size=eval_bs, sampler=ShardSampler(len(val_ds), rank, world), **common)
-    return train_loader, val_loader, sampler
+    return train_loader, sharded_eval_loader(val_ds, batch_size=eval_bs, **common), sampler

@@ -15,12 +15,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .config import TrainConfig, config_from_dict, config_to_dict
+from .config import TrainConfig, apply_overrides, config_from_dict, config_to_dict, load_recipe
 from .distributed import DistInfo, all_reduce_sum, broadcast_object
 from .state import read_checkpoint
 
 __all__ = ["AUTO", "RESUMABLE_KEYS", "ResumePoint", "run_checkpoints", "open_resume_checkpoint",
-           "config_differences", "select_resume"]
+           "config_differences", "select_resume", "resolve_run_config"]
 
 AUTO = "auto"
 # Keys an automatic resume may change (they do not alter what has been trained so far); any other
@@ -157,3 +157,22 @@ def select_resume(cfg: TrainConfig, info: DistInfo) -> tuple[TrainConfig, Resume
                          f"{f' ({problem})' if problem else ''}; the output folder must be on a file system that "
                          "every node sees")
     return replace(cfg, resume=str(point.path)), point
+
+
+def resolve_run_config(recipe: str | None, *, resume: str | None, settings: dict[str, Any], overrides: list[str],
+                       default_recipe: str, auto_resume: bool = True) -> TrainConfig:
+    """The config of a run a command starts: ``recipe`` (``a+b`` composes), else the own config of the run
+    ``resume`` continues, else ``default_recipe``; then ``settings`` (config key -> value), then ``overrides``
+    (``key=value`` strings). Without ``resume`` the run continues the one in its output when it can
+    (``resume: auto``), or with ``auto_resume=False`` never does."""
+    if recipe:
+        data = load_recipe(recipe)
+    elif resume:
+        data = open_resume_checkpoint(resume).state["config"]  # continue with the run's own settings
+        data.pop("resume", None)
+    else:
+        data = load_recipe(default_recipe)
+    settings = {**settings, "resume": resume or (AUTO if auto_resume else None)}
+    cfg = config_from_dict(apply_overrides(apply_overrides(data, settings), overrides))
+    cfg.recipe = [p for p in (recipe or "").split("+") if p] or cfg.recipe or [default_recipe]
+    return cfg

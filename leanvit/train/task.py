@@ -31,19 +31,29 @@ task named by ``cfg.task.name`` from :data:`TASKS` (where a layer above ``leanvi
    ``resolved()`` -> derived values written beside config.yaml.
 
 ``csv_fields`` are the task's columns in ``metrics.csv`` after the trainer's own.
+
+Shared by the tasks: :meth:`Task.loader_settings` (the run's loader keywords, for ``build_loaders``),
+:meth:`Task.load_finetune_weights` (``finetune.checkpoint``), and for ``evaluate`` :func:`evaluation_batches`
+(eval mode, progress bar, skipped files) and :func:`gather_lists` (every process's results).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar, Iterable
+import logging
+from typing import Any, Callable, ClassVar, Iterable, Iterator
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from . import build
 from .config import ConfigError, TrainConfig
-from .distributed import DistInfo
+from .distributed import DistInfo, gather_objects
+from .state import read_checkpoint
 
-__all__ = ["Task", "TASKS", "register_task", "create_task", "TRAINER_CSV_FIELDS"]
+__all__ = ["Task", "TASKS", "register_task", "create_task", "TRAINER_CSV_FIELDS", "evaluation_batches",
+           "gather_lists"]
+
+log = logging.getLogger("leanvit.train")
 
 # The columns the trainer itself writes; a task's csv_fields follow them.
 TRAINER_CSV_FIELDS = ["epoch", "global_step", "lr", "train_loss", "train_images_per_s", "epoch_time_s"]
@@ -93,6 +103,29 @@ class Task:
     def build_loaders(self, info: DistInfo) -> tuple[Iterable, Iterable, Any]:
         raise NotImplementedError
 
+    def loader_settings(self, info: DistInfo) -> dict[str, Any]:
+        """The loader keywords of this run and process: batch sizes, workers, seed, sharding, drop_last, pinning.
+
+        The evaluation batch defaults to the training batch (``data.eval_batch_size`` unset).
+        """
+        cfg = self.cfg
+        batch = cfg.train.batch_size
+        return dict(batch_size=batch, eval_batch_size=cfg.data.eval_batch_size or batch, workers=cfg.data.workers,
+                    seed=cfg.train.seed, rank=info.rank, world=info.world_size, drop_last=cfg.data.drop_last,
+                    pin_memory=info.device.type == "cuda")
+
+    def load_finetune_weights(self, model: nn.Module, what: str) -> nn.Module:
+        """``model`` with the weights of ``finetune.checkpoint`` (its EMA with ``finetune.use_ema``), if one is set.
+
+        ``what`` names the model in the log line ("detector", "segmentor").
+        """
+        path = self.cfg.finetune.checkpoint
+        if path:
+            ck = read_checkpoint(path)
+            model.load_state_dict(ck["ema" if self.cfg.finetune.use_ema and ck.get("ema") else "model"])
+            log.info("%s weights from %s", what, path)
+        return model
+
     def build_optimizer(self, model: nn.Module, lr: float) -> torch.optim.Optimizer:
         """The optimizer; by default timm's factory with the config's decay rules."""
         return build.build_optimizer(self.cfg, model, lr)
@@ -136,6 +169,28 @@ class Task:
     def resolved(self) -> dict[str, Any]:
         return dict(num_classes=self.num_classes, classes=list(self.classes), data=self.description,
                     train_images=self.train_size, val_images=self.val_size)
+
+
+def evaluation_batches(model: nn.Module, loader: Iterable, info: DistInfo, skipped: list[str], *,
+                       progress: bool = False, desc: str = "val") -> Iterator[tuple[Any, Any]]:
+    """``(inputs, targets)`` of an evaluation loader, with ``model`` in eval mode until the loop ends.
+
+    The paths of skipped files are appended to ``skipped``; the progress bar shows on the main process only.
+    """
+    was_training = model.training
+    model.eval()
+    bar = tqdm(loader, desc=desc, disable=None if progress and info.is_main else True, leave=False, dynamic_ncols=True)
+    try:
+        for inputs, targets, bad in bar:
+            skipped += bad
+            yield inputs, targets
+    finally:
+        model.train(was_training)
+
+
+def gather_lists(items: list[Any], info: DistInfo) -> list[Any]:
+    """Every process's ``items`` concatenated in rank order, on every process."""
+    return [item for part in gather_objects(items, info) for item in part]
 
 
 TASKS: dict[str, Callable[[TrainConfig], Task]] = {}
