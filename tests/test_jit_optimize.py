@@ -89,7 +89,6 @@ def test_runtime_refuses_cuda_before_touching_the_device() -> None:
 
 
 def test_build_runtime_refuses_non_torch_backends() -> None:
-    pytest.importorskip("onnxruntime")
     with pytest.raises(ValueError, match="not 'onnxruntime'"):
         build_runtime(_fused(LEANVIT), "onnxruntime", _example(), jit_optimize=True)
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ._task import (DENSE_FLAG_KEYS, add_checkpoint_eval_flags, add_checkpoint_predict_flags, add_command_group,
                     add_train_flags, best_metric_line, print_evaluation, run_train, setup_logging)
@@ -98,11 +99,14 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from ..dense.seg_export import export_segmentor
-    from ..dense.seg_predict import load_segmentor
+    from ..dense.seg_export import SegExportError
+    from ..dense.seg_predict import export_checkpoint
 
-    fmt = args.format or ("openvino" if args.output.endswith(".xml") else "onnx")
-    model, _ = load_segmentor(args.checkpoint, args.ema)
-    result = export_segmentor(model, args.output, fmt, trace_size=tuple(args.size), dynamic_size=not args.fixed_size)
+    try:
+        result = export_checkpoint(args.checkpoint, args.output, args.format, size=args.size,
+                                   fixed_size=args.fixed_size, ema=args.ema)
+    except SegExportError as e:
+        print(f"leanvit segment export: error: {e}", file=sys.stderr)
+        return 1
     print(result.summary())
     return 0

@@ -20,11 +20,12 @@ from torch import nn
 from .._io import atomic_write, atomic_write_text
 from ..train.distributed import cleanup, init_distributed
 from .ade20k import SegEvalTransform, build_seg_loaders, colorize, overlay, palette
+from .seg_export import SegExportResult, export_segmentor
 from .segmentation_task import EVAL_DEFAULTS, SegmentationTask, evaluate_segmentation
 from .segmentors import Segmentor, segment
 from .trained import evaluation_config, load_trained_model
 
-__all__ = ["load_segmentor", "evaluate_checkpoint", "predict_images"]
+__all__ = ["load_segmentor", "evaluate_checkpoint", "predict_images", "export_checkpoint"]
 
 log = logging.getLogger("leanvit.dense")
 
@@ -115,3 +116,15 @@ def predict_images(checkpoint: str | os.PathLike, images: Sequence[str], out_dir
         results.append(dict(image=str(path), mask=str(mask_path), overlay=str(overlay_path), classes=shares))
     log.info("segmented %d image(s) into %s", len(results), out)
     return results
+
+
+def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, format: str | None = None, *,
+                      size: Sequence[int] = (512, 512), fixed_size: bool = False, ema: bool = False) -> SegExportResult:
+    """Export a ``leanvit segment train`` checkpoint (``format``: onnx | openvino, default from the suffix).
+
+    ``size``: the trace size (H, W); ``fixed_size``: only the batch stays free (SepViT backbones need it).
+    Raises :class:`~leanvit.dense.seg_export.SegExportError` when the artifact does not match PyTorch.
+    """
+    fmt = format or ("openvino" if str(output).endswith(".xml") else "onnx")
+    model, _ = load_segmentor(checkpoint, ema)
+    return export_segmentor(model, output, fmt, trace_size=(int(size[0]), int(size[1])), dynamic_size=not fixed_size)
