@@ -42,8 +42,9 @@ from typing import Any, Callable, NamedTuple
 import torch
 
 from leanvit.bench.env import environment
-from leanvit.bench.timing import interleaved_medians, measure
-from leanvit.deploy.capabilities import check_precision, torch_threads
+from leanvit.bench.roofline import matmul_peak, roofline_ceiling
+from leanvit.bench.timing import interleaved_medians
+from leanvit.deploy.capabilities import check_precision
 from leanvit.deploy.runtime import OpenVinoRuntime, Runtime, build_runtime
 from leanvit.deploy.verify import BF16_SPREAD_RTOL
 from leanvit.models import count_macs, logit_agreement, signal_images, signal_weights_
@@ -105,40 +106,6 @@ class RunPath:
         return self.batch / statistics.median(self.times) if self.times else 0.0
 
 
-def matmul_peak(dtype: torch.dtype, seconds: float = 1.0) -> float:
-    """Single-thread matmul MAC/s: the best of torch.mm and OpenVINO's MatMul over a few square sizes.
-
-    Both libraries are asked because the ceiling columns divide by this number: a peak that one
-    library's GEMM misses would make the ceilings look lower than the hardware allows."""
-    best = 0.0
-    with torch_threads(1), torch.inference_mode():
-        for n in (512, 1024, 2048):
-            a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-            st = measure(lambda: torch.mm(a, b), warmup_s=0.2, duration_s=seconds, clock=CLOCK)
-            best = max(best, n**3 / st.median_s)
-    return max(best, _openvino_matmul_peak(dtype, seconds))
-
-
-def _openvino_matmul_peak(dtype: torch.dtype, seconds: float) -> float:
-    try:
-        import numpy as np
-        import openvino as ov
-        import openvino.opset13 as ops
-    except ImportError:
-        return 0.0
-    hint = {torch.float32: "f32", torch.bfloat16: "bf16"}[dtype]
-    best = 0.0
-    for n in (512, 1024, 2048):
-        a = ops.parameter([n, n], np.float32)
-        model = ov.Model([ops.matmul(a, ops.constant(np.random.randn(n, n).astype(np.float32)), False, False)], [a])
-        request = ov.Core().compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": 1, "PERFORMANCE_HINT": "LATENCY",
-                                                         "INFERENCE_PRECISION_HINT": hint}).create_infer_request()
-        x = np.random.randn(n, n).astype(np.float32)
-        st = measure(lambda: request.infer({0: x}, share_inputs=True), warmup_s=0.2, duration_s=seconds, clock=CLOCK)
-        best = max(best, n**3 / st.median_s)
-    return best
-
-
 def _rel_err(reference: torch.Tensor, output: torch.Tensor) -> float:
     """Max logit error relative to the reference logits' spread across the batch (as bench and export report)."""
     return logit_agreement(reference, output)["relative_error"]
@@ -197,9 +164,7 @@ def _paths(name: str, batch: int, with_compile: bool, with_torch_form: bool) -> 
 
 
 def _ceiling(peak: float, macs: float, reference: dict[str, Any]) -> float:
-    """Roofline bound on any path's speed-up over ``reference`` at these MACs: every MAC of the model at
-    the matmul peak. A target ratio above it cannot be met at that precision by exact graph rewrites."""
-    return peak / (macs * reference["throughput"])
+    return roofline_ceiling(peak, macs, reference["throughput"])
 
 
 def race(paths: list[RunPath], rounds: int, seconds: float) -> None:
