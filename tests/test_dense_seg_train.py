@@ -7,7 +7,6 @@ export` work on the trained checkpoint.
 """
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 from pathlib import Path
@@ -21,8 +20,8 @@ from PIL import Image
 from leanvit.cli import main as cli_main
 from leanvit.dense.ade20k import write_shapes_segmentation
 from leanvit.dense.segmentation_task import SegmentationTask
-from leanvit.train import Trainer, load_config, read_checkpoint, train
-from test_train_fixtures import one_thread, state_equal  # noqa: F401  (fixture)
+from leanvit.train import Trainer, load_config, train
+from test_train_fixtures import killed_and_resumed, last_metrics_row, one_thread, state_equal  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -58,18 +57,12 @@ def fit_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _last_row(run: Path) -> dict[str, float]:
-    with open(run / "metrics.csv") as f:
-        rows = list(csv.DictReader(f))
-    return {k: float(v) for k, v in rows[-1].items() if v not in ("", None)}
-
-
 def _fit(tmp: Path, arch: str, root: Path, steps: int) -> tuple[dict[str, float], dict[str, float]]:
     cfg = load_config(None, _sets(tmp / arch, arch, str(root), steps))
     trainer = Trainer(cfg, task=SegmentationTask(cfg))
     untrained = trainer.evaluate()
     trainer.fit()
-    return untrained, _last_row(tmp / arch)
+    return untrained, last_metrics_row(tmp / arch)
 
 
 @pytest.mark.timeout(1800)
@@ -120,15 +113,6 @@ def test_upernet_fits_a_fixed_set(tmp_path: Path, fit_root: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------ resume
-class _Killed(RuntimeError):
-    pass
-
-
-def _kill_mid_epoch_2(event: str, trainer: Trainer) -> None:
-    if event == "checkpoint" and trainer.epoch == 1 and 0 < trainer.batches_done < trainer.batches_per_epoch:
-        raise _Killed  # the process dies right after a periodic checkpoint in the middle of epoch 2
-
-
 @pytest.mark.timeout(1800)
 def test_resume_mid_epoch_gives_the_uninterrupted_weights(tmp_path: Path) -> None:
     # The official pipeline's random parts on (rescale, crop, flip, photometric, dropout): every RNG stream
@@ -140,20 +124,10 @@ def test_resume_mid_epoch_gives_the_uninterrupted_weights(tmp_path: Path) -> Non
         c.task.options.update(crop_size=48, scale=[64, 64], ratio_range=[0.5, 2.0], flip=0.5, photometric=True)
         return c
 
-    ref = cfg(tmp_path / "ref")
-    train(ref, task=SegmentationTask(ref))
-    out = tmp_path / "killed"
-    first = cfg(out)
-    with pytest.raises(_Killed):
-        train(first, callbacks=[_kill_mid_epoch_2], task=SegmentationTask(first))
-    mid = read_checkpoint(out / "last.ckpt")
-    assert mid["counters"]["epoch"] == 1 and not mid["counters"]["epoch_complete"]
-    resumed = cfg(out, resume=str(out / "last.ckpt"))
-    train(resumed, task=SegmentationTask(resumed))
-    a, b = read_checkpoint(tmp_path / "ref" / "last.ckpt"), read_checkpoint(out / "last.ckpt")
+    a, b = killed_and_resumed(tmp_path, cfg, SegmentationTask)
     assert a["counters"]["global_step"] == b["counters"]["global_step"] == 4
     assert state_equal(a["model"], b["model"])
-    assert _last_row(tmp_path / "ref")["mIoU"] == _last_row(out)["mIoU"]
+    assert last_metrics_row(tmp_path / "ref")["mIoU"] == last_metrics_row(tmp_path / "killed")["mIoU"]
 
 
 def test_resume_refuses_a_checkpoint_of_another_head(tmp_path: Path) -> None:

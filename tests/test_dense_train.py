@@ -7,7 +7,6 @@ in sync and evaluates like one process, and the eval / predict commands work on 
 """
 from __future__ import annotations
 
-import csv
 import json
 import os
 import shutil
@@ -25,8 +24,8 @@ from leanvit.cli import main as cli_main
 from leanvit.dense.detection_task import DetectionTask
 from leanvit.dense.predict import evaluate_checkpoint
 from leanvit.dense.shapes import write_shapes_coco
-from leanvit.train import Trainer, load_config, read_checkpoint, train
-from test_train_fixtures import one_thread, state_equal  # noqa: F401  (fixture)
+from leanvit.train import Trainer, load_config, train
+from test_train_fixtures import killed_and_resumed, last_metrics_row, one_thread, state_equal  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -71,13 +70,7 @@ def _fit(tmp: Path, arch: str, root: Path, steps: int) -> tuple[dict[str, float]
     cfg = load_config(None, _sets(tmp / arch, arch, str(root), steps))
     trainer = Trainer(cfg, task=DetectionTask(cfg))
     untrained = trainer.evaluate()
-    return untrained, trainer.fit() | {"row": _last_row(tmp / arch)}
-
-
-def _last_row(run: Path) -> dict[str, float]:
-    with open(run / "metrics.csv") as f:
-        rows = list(csv.DictReader(f))
-    return {k: float(v) for k, v in rows[-1].items() if v not in ("", None)}
+    return untrained, trainer.fit() | {"row": last_metrics_row(tmp / arch)}
 
 
 @pytest.mark.timeout(3600)
@@ -128,15 +121,6 @@ def test_retinanet_learns_above_untrained(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------ resume
-class _Killed(RuntimeError):
-    pass
-
-
-def _kill_mid_epoch_2(event: str, trainer: Trainer) -> None:
-    if event == "checkpoint" and trainer.epoch == 1 and 0 < trainer.batches_done < trainer.batches_per_epoch:
-        raise _Killed  # the process dies right after a periodic checkpoint in the middle of epoch 2
-
-
 @pytest.mark.timeout(1800)
 def test_resume_mid_epoch_gives_the_uninterrupted_weights(tmp_path: Path) -> None:
     # Flips on, RPN / RoI sampling on: every RNG stream (data order, flips, samplers) must resume exactly.
@@ -149,17 +133,7 @@ def test_resume_mid_epoch_gives_the_uninterrupted_weights(tmp_path: Path) -> Non
         c.task.options.update(flip_prob=0.5, shapes={"train": 4, "val": 2, "size": 64})
         return c
 
-    ref = cfg(tmp_path / "ref")
-    train(ref, task=DetectionTask(ref))
-    out = tmp_path / "killed"
-    first = cfg(out)
-    with pytest.raises(_Killed):
-        train(first, callbacks=[_kill_mid_epoch_2], task=DetectionTask(first))
-    mid = read_checkpoint(out / "last.ckpt")
-    assert mid["counters"]["epoch"] == 1 and not mid["counters"]["epoch_complete"]
-    resumed = cfg(out, resume=str(out / "last.ckpt"))
-    train(resumed, task=DetectionTask(resumed))
-    a, b = read_checkpoint(tmp_path / "ref" / "last.ckpt"), read_checkpoint(out / "last.ckpt")
+    a, b = killed_and_resumed(tmp_path, cfg, DetectionTask)
     assert a["counters"]["global_step"] == b["counters"]["global_step"] == 4
     assert state_equal(a["model"], b["model"])
     for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
@@ -204,7 +178,7 @@ def test_two_process_gloo_detection_training(tmp_path: Path) -> None:
     results = [json.loads((tmp_path / f"result_rank{r}.json").read_text()) for r in range(2)]
     assert all(r["identical"] for r in results) and results[0]["backend"] == "gloo"
     assert results[0]["steps"] == 2  # 4 images / (2 per process x 2 processes) = 1 update per epoch
-    row = _last_row(tmp_path / "run")
+    row = last_metrics_row(tmp_path / "run")
     # Detections gathered from both ranks score exactly like a single-process evaluation of the same weights.
     single = evaluate_checkpoint(tmp_path / "run" / "last.ckpt", "shapes", workers=0, device="cpu", progress=False)
     assert single["images"] == 3  # sharded 2 + 1, no padding
