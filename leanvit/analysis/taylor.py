@@ -284,51 +284,6 @@ def _qk_mask(site_index: int, site: GateSite, masks: dict[tuple[int, str], torch
     return masks[(site_index, f"{prefix}q")] & masks[(site_index, f"{prefix}k")]
 
 
-class _PrunedCascadedGroupAttention(CascadedGroupAttention):
-    """:class:`CascadedGroupAttention` with per-head key / value widths (``key_dims``, ``val_dims``) after
-    :func:`prune_channels`; the attention scale stays the unpruned ``key_dim ** -0.5``."""
-
-    key_dims: list[int]
-    val_dims: list[int]
-
-    def deploy_form(self, target: str) -> nn.Module:
-        return self  # the OpenVINO split form assumes equal head widths
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, _, H, W = x.shape
-        bias = self.attention_bias()
-        splits = x.chunk(self.num_heads, dim=1)
-        outs = []
-        feat = splits[0]
-        for i, (qkv, dw) in enumerate(zip(self.qkvs, self.dws)):
-            if self.full_channel:
-                feat = x
-            elif i > 0:
-                feat = feat + splits[i] if self.cascade else splits[i]
-            q, k, v = qkv(feat).split([self.key_dims[i], self.key_dims[i], self.val_dims[i]], dim=1)
-            q = dw(q)
-            attn = (q.flatten(2).transpose(1, 2) * self.scale) @ k.flatten(2) + bias[i]
-            feat = (v.flatten(2) @ attn.softmax(dim=-1).transpose(1, 2)).view(B, self.val_dims[i], H, W)
-            outs.append(feat)
-        return self.proj(torch.cat(outs, dim=1))
-
-
-class _PrunedSingleHeadAttention(SingleHeadAttention):
-    """:class:`SingleHeadAttention` whose value width ``v_dim`` may be below ``pdim`` after :func:`prune_channels`
-    (the untouched ``C - pdim`` channels still follow the head output into ``proj``)."""
-
-    v_dim: int
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, C, H, W = x.shape
-        x1, x2 = x.split([self.pdim, C - self.pdim], dim=1)
-        qkv = self.qkv(self.pre_norm(x1)).permute(0, 2, 3, 1).reshape(B, 1, H * W, -1)
-        q, k, v = qkv.split([self.qk_dim, self.qk_dim, self.v_dim], dim=3)
-        out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
-        out = out.view(B, H, W, self.v_dim).permute(0, 3, 1, 2)
-        return self.proj(torch.cat([out, x2], dim=1))
-
-
 class _PrunedSeparableAttention(SeparableAttention):
     """:class:`SeparableAttention` whose depthwise-attention heads have their own Q/K widths (``qk_dims``) after
     :func:`prune_channels`; each head keeps the unpruned scale ``head_dim ** -0.5``. Values are not pruned."""
@@ -399,7 +354,6 @@ def _prune_cga(module: CascadedGroupAttention, heads: list[tuple[int, GateSite]]
         removed["k"] += kd - len(qk)
         removed["v"] += vd - len(v)
     module.proj[1] = _select_in(module.proj[1], torch.cat(cols))
-    module.__class__ = _PrunedCascadedGroupAttention
     module.key_dims, module.val_dims = key_dims, val_dims
     return removed
 
@@ -412,7 +366,6 @@ def _prune_shsa(module: SingleHeadAttention, s: int, site: GateSite, masks: dict
     v = _kept(masks[(s, "v")] if "v" in parts else None, pd)
     module.qkv = _select_out(module.qkv, torch.cat([qk, qd + qk, 2 * qd + v]))
     module.proj[1] = _select_in(module.proj[1], torch.cat([v, torch.arange(pd, dim)]))
-    module.__class__ = _PrunedSingleHeadAttention
     module.qk_dim, module.v_dim = len(qk), len(v)
     return dict(q=qd - len(qk), k=qd - len(qk), v=pd - len(v))
 

@@ -77,6 +77,10 @@ class CascadedGroupAttention(nn.Module):
         self.num_heads = num_heads
         self.key_dim = key_dim
         self.val_dim = val_dim
+        # Per-head widths: all equal here; leanvit.analysis.taylor.prune_channels narrows heads one by one (the
+        # scale stays key_dim ** -0.5).
+        self.key_dims = [key_dim] * num_heads
+        self.val_dims = [val_dim] * num_heads
         self.cascade = cascade and mixer == "cga"
         self.full_channel = mixer == "mhsa"
         self.scale = key_dim ** -0.5
@@ -140,10 +144,10 @@ class CascadedGroupAttention(nn.Module):
                 feat = x
             elif i > 0:
                 feat = feat + splits[i] if self.cascade else splits[i]
-            q, k, v = qkv(feat).split([self.key_dim, self.key_dim, self.val_dim], dim=1)
+            q, k, v = qkv(feat).split([self.key_dims[i], self.key_dims[i], self.val_dims[i]], dim=1)
             q = dw(q)
             attn = (q.flatten(2).transpose(1, 2) * self.scale) @ k.flatten(2) + bias[i]
-            feat = (v.flatten(2) @ attn.softmax(dim=-1).transpose(1, 2)).view(B, self.val_dim, H, W)
+            feat = (v.flatten(2) @ attn.softmax(dim=-1).transpose(1, 2)).view(B, self.val_dims[i], H, W)
             outs.append(feat)
         return self.proj(torch.cat(outs, dim=1))
 
@@ -161,6 +165,8 @@ class CascadedGroupAttention(nn.Module):
             return self
         if not self.cascade:  # the deploy form implements the paper's cascade only
             return self
+        if self.key_dims != [self.key_dim] * self.num_heads or self.val_dims != [self.val_dim] * self.num_heads:
+            return self  # pruned heads of unequal widths: the split form assumes equal ones
         return _SplitQKVCascadedAttention(self)
 
 

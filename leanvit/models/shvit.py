@@ -35,6 +35,7 @@ class SingleHeadAttention(nn.Module):
         self.scale = qk_dim ** -0.5
         self.qk_dim = qk_dim
         self.pdim = pdim
+        self.v_dim = pdim  # the head's value width: pdim, below it after leanvit.analysis.taylor.prune_channels
         self.pre_norm = nn.GroupNorm(1, pdim)
         self.qkv = ConvNorm(pdim, qk_dim * 2 + pdim)
         self.proj = nn.Sequential(nn.ReLU(), ConvNorm(dim, dim, bn_weight_init=0.0))
@@ -44,9 +45,9 @@ class SingleHeadAttention(nn.Module):
         x1, x2 = x.split([self.pdim, C - self.pdim], dim=1)
         # Token-major view (B, N, C): free for channels-last maps (the deploy layout), one copy for NCHW.
         qkv = self.qkv(self.pre_norm(x1)).permute(0, 2, 3, 1).reshape(B, 1, H * W, -1)
-        q, k, v = qkv.split([self.qk_dim, self.qk_dim, self.pdim], dim=3)
+        q, k, v = qkv.split([self.qk_dim, self.qk_dim, self.v_dim], dim=3)
         out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
-        out = out.view(B, H, W, self.pdim).permute(0, 3, 1, 2)
+        out = out.view(B, H, W, self.v_dim).permute(0, 3, 1, 2)
         return self.proj(torch.cat([out, x2], dim=1))
 
 
