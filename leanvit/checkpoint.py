@@ -24,7 +24,7 @@ from .models._layouts import Layout, StateDict
 
 __all__ = [
     "CheckpointError", "read_state_dict", "load_checkpoint", "save_checkpoint", "convert_state_dict", "detect_layout",
-    "unwrap_state_dict", "layouts_of", "load_weights",
+    "unwrap_state_dict", "layouts_of", "load_weights", "create_for_checkpoint",
 ]
 
 
@@ -299,3 +299,19 @@ def load_weights(model: nn.Module, source: str | os.PathLike | Mapping[str, Any]
         first = str(e).strip().splitlines()[-1].strip()
         raise CheckpointError(f"checkpoint does not fit {type(model).__name__}: {first}") from e
     return dict(layout="native", missing=[], unexpected=[], dropped_head=False)
+
+
+def create_for_checkpoint(name: str, source: str | os.PathLike | Mapping[str, Any], img_size: int | None = None,
+                          **kwargs: Any) -> nn.Module:
+    """A leanvit ``name`` model shaped like the weights in ``source`` (its class count, its distillation
+    head) with them loaded, in eval mode: what deploying a fine-tuned checkpoint needs (``create_model``
+    alone builds 1000 classes)."""
+    family = get_config(name).family
+    sd, _ = read_state_dict(source)
+    sd = convert_state_dict(sd, family)
+    heads = [v for k, v in sd.items() if k.startswith("head.") and v.dim() == 2]
+    num_classes = int(heads[-1].shape[0]) if heads else 0
+    model = create_model(name, num_classes=num_classes, img_size=img_size,
+                         distillation=any(k.startswith("head_dist.") for k in sd), **kwargs)
+    load_checkpoint(model, sd)
+    return model.eval()

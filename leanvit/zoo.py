@@ -23,7 +23,8 @@ __all__ = [
 ]
 
 # Bench backends and export formats -> fuse target (anything else runs in PyTorch).
-_RUNTIME_TARGETS = {"openvino": "openvino", "onnxruntime": "onnx", "onnx": "onnx"}
+_RUNTIME_TARGETS = {"openvino": "openvino", "onnxruntime": "onnx", "onnx": "onnx", "executorch": "executorch",
+                    "coreml": "coreml"}
 
 
 def target_for(runtime: str) -> str:

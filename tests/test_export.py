@@ -177,3 +177,28 @@ def test_export_flags_come_from_the_options_without_torch() -> None:
     args = build_parser("export").parse_args(["export", "m", "--format", "onnx", "--output", "m.onnx",
                                               "--no-verify", "--seed", "3", "--batch-size", "2"])
     assert export_options_from_args(args) == ExportOptions(verify=False, seed=3, batch_size=2)
+
+
+def test_openvino_compiles_keep_the_signal_stack() -> None:
+    # OpenVINO 2026.4's CPU plugin swaps the thread's alternate signal stack per compiled model; freed out of
+    # order it left a freed one installed, and the next Python signal handler (SIGCHLD from a subprocess, with
+    # torch's DataLoader handler) killed the process: the CI crash of 2026-12-02. compile_openvino restores it.
+    code = """
+import ctypes, faulthandler, gc, signal, subprocess, torch
+from leanvit.deploy.capabilities import _SignalStack
+from leanvit.deploy.writers import compile_openvino, to_openvino
+faulthandler.enable()
+libc = ctypes.CDLL(None)
+def current():
+    s = _SignalStack(); libc.sigaltstack(None, ctypes.byref(s)); return s.ss_sp, s.ss_size
+before = current()
+ov_model = to_openvino(torch.nn.Conv2d(3, 4, 3).eval(), torch.randn(1, 3, 8, 8))
+a, b = compile_openvino(ov_model), compile_openvino(ov_model)
+del a; gc.collect(); del b; gc.collect()
+assert current() == before, (current(), before)
+signal.signal(signal.SIGCHLD, lambda *args: None)
+subprocess.run(["true"], check=True)
+print("alive")
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "alive" in proc.stdout, (proc.returncode, proc.stderr[-2000:])

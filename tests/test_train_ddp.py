@@ -57,22 +57,8 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         cleanup(info)
 
 
-def _train_and_evaluate(out: str) -> None:
-    """Two gloo ranks train; then one process evaluates the last checkpoint. Runs in a fresh interpreter."""
-    mp.spawn(_worker, args=(2, _free_port(), out), nprocs=2, join=True)
-    single = evaluate("efficientvit_m0", Path(out) / "run" / "last.ckpt", "fake", workers=0, progress=False)
-    (Path(out) / "single_eval.json").write_text(json.dumps(single))
-
-
 def test_two_process_gloo_training(tmp_path: Path) -> None:
-    # A fresh interpreter, not the pytest process: after the whole suite has loaded OpenVINO, ONNX Runtime
-    # and many torch thread pools, spawning ranks from pytest itself crashed it (SIGSEGV, CI run of 2026-12-02,
-    # passing when the file ran alone). The test is about DDP, not about that process's history.
-    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
-            f"from test_train_ddp import _train_and_evaluate; _train_and_evaluate({str(tmp_path)!r})")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=400,
-                          env=dict(os.environ, OMP_NUM_THREADS="1"))
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     results = [json.loads((tmp_path / f"result_rank{r}.json").read_text()) for r in range(2)]
     assert all(r["identical"] for r in results), "parameters differ across ranks"
     assert results[0]["backend"] == "gloo"
@@ -84,7 +70,7 @@ def test_two_process_gloo_training(tmp_path: Path) -> None:
     # distributed evaluation (25 images split 13/12, no padding) equals a single-process evaluation
     with open(tmp_path / "run" / "metrics.csv") as f:
         last = list(csv.DictReader(f))[-1]
-    single = json.loads((tmp_path / "single_eval.json").read_text())
+    single = evaluate("efficientvit_m0", tmp_path / "run" / "last.ckpt", "fake", workers=0, progress=False)
     assert single["images"] == 25
     assert float(last["top1"]) == pytest.approx(single["top1"], abs=1e-4)
     assert float(last["val_loss"]) == pytest.approx(single["loss"], rel=1e-4)

@@ -30,7 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ..models.counting import flop_formulas
 from ..deploy.capabilities import quiet_deprecations
-from ..deploy.writers import to_openvino
+from ..deploy.writers import compile_openvino, to_openvino
 from .taxonomy import COMPUTE, MEMORY_BOUND, base_name, category_of
 
 __all__ = ["op_breakdown", "summarize", "count_bytes_and_flops", "machine_balance", "openvino_breakdown"]
@@ -259,10 +259,7 @@ def openvino_breakdown(model: nn.Module, x: torch.Tensor, iters: int = 20, threa
 
     Fused nodes report zero time (exec type 'undef'); on bf16-capable CPUs OpenVINO runs bf16 by default
     (exec types such as ``brgconv_avx512_bf16``): the precision is whatever ``inference_precision`` gives."""
-    import openvino as ov
-
-    core = ov.Core()
-    compiled = core.compile_model(to_openvino(model, x), "CPU", {"PERF_COUNT": "YES", "INFERENCE_NUM_THREADS": threads})
+    compiled = compile_openvino(to_openvino(model, x), {"PERF_COUNT": "YES", "INFERENCE_NUM_THREADS": threads})
     request = compiled.create_infer_request()
     totals: dict[tuple[str, str], float] = {}
     request.infer([x.numpy()])

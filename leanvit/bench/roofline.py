@@ -11,6 +11,7 @@ import time
 import torch
 
 from ..deploy.capabilities import torch_threads
+from ..deploy.writers import compile_openvino
 from .timing import measure
 
 __all__ = ["matmul_peak", "roofline_ceiling"]
@@ -46,8 +47,8 @@ def _openvino_matmul_peak(dtype: torch.dtype, seconds: float) -> float:
     for n in _SIZES:
         a = ops.parameter([n, n], np.float32)
         model = ov.Model([ops.matmul(a, ops.constant(np.random.randn(n, n).astype(np.float32)), False, False)], [a])
-        request = ov.Core().compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": 1, "PERFORMANCE_HINT": "LATENCY",
-                                                         "INFERENCE_PRECISION_HINT": hint}).create_infer_request()
+        request = compile_openvino(model, {"INFERENCE_NUM_THREADS": 1, "PERFORMANCE_HINT": "LATENCY",
+                                           "INFERENCE_PRECISION_HINT": hint}).create_infer_request()
         x = np.random.randn(n, n).astype(np.float32)
         st = measure(lambda: request.infer({0: x}, share_inputs=True), warmup_s=0.2, duration_s=seconds,
                      clock=time.process_time)

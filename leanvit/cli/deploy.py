@@ -1,4 +1,5 @@
-"""``leanvit export``: fused model -> ONNX / OpenVINO IR / TorchScript, verified against PyTorch.
+"""``leanvit export``: fused model -> ONNX / OpenVINO IR / TorchScript / ExecuTorch / Core ML, verified against
+PyTorch; ``leanvit quantize``: int8 artifacts with their measured accuracy.
 
 Flags come from :class:`leanvit.deploy.options.ExportOptions`; this module imports no torch until the
 command runs.
@@ -18,9 +19,10 @@ __all__ = ["register"]
 
 
 def register(subparsers: Any) -> None:
-    """Add the ``export`` sub-command."""
+    """Add the ``export`` and ``quantize`` sub-commands."""
+    _register_quantize(subparsers)
     p = subparsers.add_parser(
-        "export", help="export a fused model to ONNX / OpenVINO / TorchScript and verify it",
+        "export", help="export a fused model to ONNX / OpenVINO / TorchScript / ExecuTorch / Core ML and verify it",
         description="Fuse MODEL (leanvit or timm name; timm: prefix for timm's port), export it, run the artifact "
                     "on test images and compare with PyTorch (fp32: a bound on the max abs difference; bf16: a "
                     "bound on the max error relative to the logits' spread across the images; both report "
@@ -32,7 +34,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("model", metavar="MODEL")
     p.add_argument("--format", required=True, choices=tuple(FORMATS))
     p.add_argument("--output", required=True, type=Path,
-                   help="file: .onnx, .xml (OpenVINO; weights go to the .bin beside it) or .pt (TorchScript)")
+                   help="file: .onnx, .xml (OpenVINO; weights go to the .bin beside it), .pt (TorchScript), "
+                        ".pte (ExecuTorch) or .mlpackage (Core ML)")
     add_export_flags(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=_export)
@@ -66,4 +69,54 @@ def _export_segmentor(args: argparse.Namespace) -> int:
         print(f"leanvit export: error: {e}", file=sys.stderr)
         return 1
     print(result.summary())
+    return 0
+
+
+def _register_quantize(subparsers: Any) -> None:
+    from ..deploy.names import INT8_RUNTIMES
+
+    p = subparsers.add_parser(
+        "quantize", help="int8 artifacts for OpenVINO / ONNX Runtime / ExecuTorch with fp32 vs int8 top-1",
+        description="Fuse MODEL (+ --checkpoint), calibrate on real images (--calibration: a folder, class "
+                    "sub-folders or flat) and write one int8 artifact per runtime to --out. With --val (class "
+                    "folders, ImageFolder order) fp32 and int8 top-1 are measured on the same images, with the "
+                    "share of changed predictions and McNemar's exact test; results also go to OUT/int8.json.",
+    )
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("--checkpoint", type=Path, help="weights to load (a leanvit train checkpoint or published weights)")
+    p.add_argument("--calibration", required=True, type=Path, help="folder of calibration images of the task")
+    p.add_argument("--val", type=Path, help="labelled validation folder (ROOT/<class>/<image>)")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--runtime", nargs="+", default=list(INT8_RUNTIMES), choices=INT8_RUNTIMES,
+                   help="runtimes to quantise for (default: all)")
+    p.add_argument("--scheme", default="default", choices=("default", "weights"),
+                   help="default: every op the quantiser takes; weights: conv / linear only, attention in float")
+    p.add_argument("--img-size", type=int, help="input side (default: the model's)")
+    p.add_argument("--calibration-images", type=int, default=256)
+    p.add_argument("--val-images", type=int, help="use the first N validation images (default: all)")
+    p.add_argument("--max-drop", type=float, help="exit 1 when a runtime loses more top-1 points than this")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.set_defaults(func=_quantize)
+
+
+def _quantize(args: argparse.Namespace) -> int:
+    from ..deploy.int8 import quantize_model
+
+    run = quantize_model(args.model, args.calibration, args.out, runtimes=args.runtime, checkpoint=args.checkpoint,
+                         val=args.val, img_size=args.img_size, calibration_images=args.calibration_images,
+                         val_images=args.val_images, scheme=args.scheme)
+    for note in run.notes:
+        print(f"note: {note}", file=sys.stderr)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in run.results]))
+    else:
+        for r in run.results:
+            print(r.summary())
+    if args.max_drop is not None and args.val is not None:
+        over = [r for r in run.results if r.accuracy and r.accuracy.drop > args.max_drop]
+        if over:
+            print(f"leanvit quantize: {', '.join(r.artifact.runtime for r in over)} lost more than "
+                  f"{args.max_drop} points: try --scheme weights, more calibration images, or quantisation-aware "
+                  "fine-tuning", file=sys.stderr)
+            return 1
     return 0

@@ -21,6 +21,7 @@ from torch import nn
 
 from ..deploy.capabilities import require
 from ..deploy.verify import FP32_ATOL
+from ..deploy.writers import compile_openvino
 from ..models import fuse
 
 __all__ = ["SegExportError", "SegExportResult", "export_segmentor", "FORMATS"]
@@ -74,10 +75,9 @@ def _write_openvino(onnx_path: str, path: str) -> None:
 
 
 def _run_openvino(path: str) -> Any:
-    ov = require("openvino", "openvino", "OpenVINO segmentor export")
+    require("openvino", "openvino", "OpenVINO segmentor export")
     # fp32 explicitly: OpenVINO's CPU default is bf16 on AMX machines.
-    compiled = ov.Core().compile_model(path, "CPU", {"INFERENCE_PRECISION_HINT": "f32",
-                                                     "INFERENCE_NUM_THREADS": torch.get_num_threads()})
+    compiled = compile_openvino(path, {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": torch.get_num_threads()})
     return lambda x: torch.from_numpy(compiled(x.numpy())[0].copy())
 
 

@@ -6,16 +6,20 @@
 * :func:`check_jit_optimize`: where ``jit_optimize`` applies.
 * :func:`torch_threads` and :func:`quiet_deprecations`: the torch thread count and the torch.jit /
   TorchScript-exporter warnings, restored when the block ends.
+* :func:`preserved_signal_stack`: the calling thread's alternate signal stack, restored after OpenVINO
+  compiles a model (its CPU plugin leaves a freed one behind otherwise: see the function).
 
 Every other deploy module builds on this one, so it imports none of them (only :mod:`.names`).
 """
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import importlib
+import sys
 import warnings
 from types import ModuleType
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 
@@ -23,7 +27,7 @@ from .names import BACKENDS, PRECISIONS
 
 __all__ = [
     "MissingBackendError", "UnsupportedPrecisionError", "require", "require_backend", "cpu_has_bf16",
-    "check_precision", "check_jit_optimize", "torch_threads", "quiet_deprecations",
+    "check_precision", "check_jit_optimize", "torch_threads", "quiet_deprecations", "preserved_signal_stack",
 ]
 
 
@@ -145,3 +149,41 @@ def quiet_deprecations() -> Iterator[None]:
         warnings.simplefilter("ignore", FutureWarning)
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         yield
+
+
+class _SignalStack(ctypes.Structure):
+    """POSIX ``stack_t`` (Linux and macOS field order)."""
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+
+def _sigaltstack() -> Any:
+    if sys.platform == "win32":
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).sigaltstack
+    except (OSError, AttributeError):  # pragma: no cover - exotic libc
+        return None
+
+
+@contextlib.contextmanager
+def preserved_signal_stack() -> Iterator[None]:
+    """Restore the calling thread's alternate signal stack (``sigaltstack``) when the block ends.
+
+    OpenVINO 2026.4's CPU plugin installs its own alternate stack on the compiling thread for every compiled
+    model and reinstalls the one it replaced when that model is destroyed. Destroyed out of creation order
+    (A, B compiled; A freed, then B) the thread is left with A's *freed* stack, and the next signal whose
+    handler runs on the alternate stack (every Python-level handler: CPython sets SA_ONSTACK; e.g. the
+    SIGCHLD handler torch's DataLoader installs) kills the process with SIGSEGV. That crashed leanvit's test
+    suite when a subprocess exited after many OpenVINO runs (CI, 2026-12-02). Reinstalling the caller's
+    stack right after each compile keeps every saved "previous" stack the caller's own, so any destruction
+    order restores a live one; OpenVINO's handlers then run on that stack (or the thread's own).
+    """
+    call = _sigaltstack()
+    saved = _SignalStack()
+    if call is None or call(None, ctypes.byref(saved)) != 0:
+        yield
+        return
+    try:
+        yield
+    finally:
+        call(ctypes.byref(saved), None)

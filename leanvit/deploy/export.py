@@ -21,15 +21,20 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..checkpoint import load_weights
-from ..zoo import build_model, fuse_model, resolve_model, target_for
+from ..zoo import fuse_model, resolve_model, target_for
 from .capabilities import UnsupportedPrecisionError, check_precision, torch_threads
-from .names import EXPORT_PRECISIONS
+from .int8 import build_for, eval_transform, load_image_folder
+from .mobile import coreml_can_predict
+from .names import EXPORT_PRECISIONS, FORMAT_PRECISIONS
+from .quantize import quantize_for
 from .options import ExportOptions
 from .verify import tolerance_for, verify_artifact
 from .writers import check_output_path, write_artifact
 
 __all__ = ["ExportResult", "ExportVerificationError", "export_model"]
+
+# export format -> the runtime its int8 artifact is quantised for
+INT8_FORMAT_RUNTIMES = {"onnx": "onnxruntime", "openvino": "openvino", "executorch": "executorch"}
 
 
 @dataclass
@@ -57,7 +62,7 @@ class ExportResult:
     def summary(self) -> str:
         """One line for people."""
         if self.verified is None:
-            check = "not verified"
+            check = "not verified" + (f" ({self.tolerance})" if self.tolerance else "")
         else:
             check = (f"{'OK' if self.verified else 'FAILED'}: {self.errors()} vs PyTorch fp32 ({self.tolerance}; "
                      f"batches {self.checked_batches})")
@@ -78,11 +83,17 @@ class ExportVerificationError(RuntimeError):
 def _check_arguments(fmt: str, output: Path, opts: ExportOptions) -> None:
     check_output_path(fmt, output)
     if opts.precision not in EXPORT_PRECISIONS:
-        raise UnsupportedPrecisionError(f"export precision must be fp32 or bf16, got {opts.precision!r} "
-                                        "(fp16 is a GPU inference setting, not an export format here)")
+        raise UnsupportedPrecisionError(f"export precision must be one of {', '.join(EXPORT_PRECISIONS)}, "
+                                        f"got {opts.precision!r}")
     if opts.precision == "bf16" and fmt == "onnx":
         raise UnsupportedPrecisionError("bf16 ONNX cannot be verified: onnxruntime's CPU provider has no bf16 "
                                         "kernels. Export fp32 ONNX, or use --format openvino / torchscript with bf16")
+    if opts.precision not in FORMAT_PRECISIONS[fmt]:
+        raise UnsupportedPrecisionError(f"{fmt} exports in {' or '.join(FORMAT_PRECISIONS[fmt])}, not "
+                                        f"{opts.precision} (fp16 is Core ML's precision; elsewhere a GPU setting)")
+    if opts.precision == "int8" and opts.calibration is None:
+        raise ValueError("int8 export calibrates on real images: pass --calibration DIR (a folder of images of the "
+                         "task; random noise calibrates badly, docs/deploy.md)")
     if opts.precision == "bf16" and fmt == "openvino":
         check_precision("bf16", "openvino")
     if opts.img_size is not None and opts.img_size < 32:
@@ -104,13 +115,23 @@ def _export_and_verify(module: nn.Module, fmt: str, output: Path, side: int, bat
     tmpdir = Path(tempfile.mkdtemp(prefix=".leanvit-export-", dir=output.parent))
     try:
         tmp = tmpdir / f"model{output.suffix}"
-        exporter = write_artifact(fmt, fused, example, tmp, dynamo=opts.dynamo, opset=opts.opset,
-                                  dynamic_batch=opts.dynamic_batch, precision=opts.precision)
+        calibration = None
+        if opts.precision == "int8":
+            calibration, _, _ = load_image_folder(opts.calibration, eval_transform(module, side), labelled=False,
+                                                  limit=opts.calibration_images, what="calibration")
+            exporter = quantize_for(INT8_FORMAT_RUNTIMES[fmt], fused, example, calibration, tmp,
+                                    threads=opts.threads).description
+        else:
+            exporter = write_artifact(fmt, fused, example, tmp, dynamo=opts.dynamo, opset=opts.opset,
+                                      dynamic_batch=opts.dynamic_batch, precision=opts.precision)
         result = ExportResult(str(output), fmt, opts.precision, exporter, tuple(example.shape), opts.dynamic_batch)
-        if opts.verify:
+        if fmt == "coreml" and not coreml_can_predict():
+            result.tolerance = "conversion checked; Core ML predictions need macOS"
+        elif opts.verify:
             batches = [batch_size] + ([batch_size + 1] if opts.dynamic_batch else [])
             check, result.verified = verify_artifact(tmp, fused, precision=opts.precision, batches=batches,
-                                                     img_size=side, threads=opts.threads, seed=opts.seed + 1)
+                                                     img_size=side, threads=opts.threads, seed=opts.seed + 1,
+                                                     images=calibration)
             result.checked_batches, result.tolerance = batches, tolerance_for(opts.precision)
             result.max_abs_diff, result.rel_err, result.top1_agreement = (
                 check.max_abs_diff, check.rel_err, check.top1_agreement)
@@ -143,14 +164,14 @@ def export_model(
     match, and ValueError / :class:`~leanvit.deploy.capabilities.UnsupportedPrecisionError` on bad arguments.
     """
     opts = (options or ExportOptions()).replace(**overrides)
+    if format in FORMAT_PRECISIONS and opts.precision is None:
+        opts = opts.replace(precision=FORMAT_PRECISIONS[format][0])
     output = Path(output)
     _check_arguments(format, output, opts)
     if isinstance(model, str):
         spec = resolve_model(model)
         side = opts.img_size or spec.img_size
-        module = build_model(spec, side)
-        if opts.checkpoint is not None:
-            load_weights(module, opts.checkpoint)
+        module = build_for(spec, side, opts.checkpoint)
     else:
         if opts.checkpoint is not None:
             raise ValueError("pass checkpoint= only with a model name; load weights into a module yourself")

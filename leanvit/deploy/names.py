@@ -2,11 +2,17 @@
 reads them for its help text)."""
 from __future__ import annotations
 
-__all__ = ["BACKENDS", "PRECISIONS", "FORMATS", "EXPORT_PRECISIONS"]
+__all__ = ["BACKENDS", "PRECISIONS", "FORMATS", "EXPORT_PRECISIONS", "FORMAT_PRECISIONS", "INT8_RUNTIMES"]
 
 BACKENDS = ("eager", "jit", "compile", "onnxruntime", "openvino")
 PRECISIONS = ("fp32", "bf16", "fp16")
-# export format -> the file suffixes it writes
-FORMATS = {"onnx": (".onnx",), "openvino": (".xml",), "torchscript": (".pt", ".ts")}
-# fp16 is a GPU inference setting (AMP), not an export format here
-EXPORT_PRECISIONS = ("fp32", "bf16")
+# export format -> the file suffixes it writes (.mlpackage is a directory)
+FORMATS = {"onnx": (".onnx",), "openvino": (".xml",), "torchscript": (".pt", ".ts"), "executorch": (".pte",),
+           "coreml": (".mlpackage",)}
+# export format -> the precisions it is written and verified in (the first is the default). fp16 is a GPU
+# inference setting in PyTorch, but Core ML's own default; int8 artifacts come from leanvit.deploy.quantize.
+FORMAT_PRECISIONS = {"onnx": ("fp32", "int8"), "openvino": ("fp32", "bf16", "int8"), "torchscript": ("fp32", "bf16"),
+                     "executorch": ("fp32", "int8"), "coreml": ("fp16", "fp32")}
+EXPORT_PRECISIONS = ("fp32", "bf16", "fp16", "int8")
+# runtime -> the suffix of its int8 artifact (leanvit.deploy.quantize)
+INT8_RUNTIMES = {"openvino": ".xml", "onnxruntime": ".onnx", "executorch": ".pte"}

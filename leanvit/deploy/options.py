@@ -22,7 +22,12 @@ class ExportOptions:
     img_size: int | None = option(None, "input side (default: the model's native size)", type=int)
     batch_size: int | None = option(None, "traced batch (default 1; 2 with --dynamo --dynamic-batch)", type=int)
     dynamic_batch: bool = option(False, "leave the batch dimension dynamic")
-    precision: str = option("fp32", "precision of the artifact", choices=EXPORT_PRECISIONS)
+    precision: str | None = option(None, "precision of the artifact (default: the format's first in "
+                                   "FORMAT_PRECISIONS: fp16 for coreml, fp32 otherwise; int8 needs --calibration)",
+                                   choices=EXPORT_PRECISIONS)
+    calibration: Path | None = option(None, "int8: folder of calibration images (class folders or flat; "
+                                      "real images of the task, not noise)", type=Path)
+    calibration_images: int = option(128, "int8: calibration images used", type=int)
     dynamo: bool = option(False, "ONNX: torch.export-based exporter (default: TorchScript-based, opset 17)")
     opset: int | None = option(None, "ONNX opset (default: 17 legacy, exporter default dynamo)", type=int)
     verify: bool = option(True, "skip the check against PyTorch", flag="--no-verify")

@@ -26,9 +26,10 @@ from torch import nn
 from .capabilities import (
     MissingBackendError, UnsupportedPrecisionError, check_jit_optimize, quiet_deprecations, require, require_backend,
 )
-from .writers import export_onnx, to_openvino
+from .writers import compile_openvino, export_onnx, to_openvino
 
-__all__ = ["Runtime", "TorchRuntime", "OnnxRuntime", "OpenVinoRuntime", "build_runtime", "load_artifact"]
+__all__ = ["Runtime", "TorchRuntime", "OnnxRuntime", "OpenVinoRuntime", "ExecuTorchRuntime", "build_runtime",
+           "load_artifact"]
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # OpenVINO's names for INFERENCE_PRECISION_HINT
@@ -216,7 +217,7 @@ class OpenVinoRuntime(Runtime):
             config["INFERENCE_NUM_THREADS"] = int(threads)
         if precision is not None:
             config["INFERENCE_PRECISION_HINT"] = _OV_HINTS[precision]
-        self.compiled = core.compile_model(ov_model, "CPU", config)
+        self.compiled = compile_openvino(ov_model, config)
         hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")  # an ov.Type, e.g. bf16
         self.effective_precision = {v: k for k, v in _OV_HINTS.items()}.get(hint.get_type_name(), str(hint))
         self.precision = self.effective_precision
@@ -234,6 +235,34 @@ class OpenVinoRuntime(Runtime):
 
     def synchronize(self) -> None:
         pass  # infer() is synchronous
+
+
+class ExecuTorchRuntime(Runtime):
+    """ExecuTorch's runtime (the pip package's pybindings, XNNPACK and portable kernels) on a ``.pte`` file.
+
+    ``threads`` sizes ExecuTorch's process-wide thread pool (XNNPACK's): the last runtime created decides.
+    """
+
+    def __init__(self, path: str | Path, *, threads: int | None = 1) -> None:
+        et = require("executorch.runtime", "mobile", "the ExecuTorch runtime")
+        bindings = require("executorch.extension.pybindings.portable_lib", "mobile", "the ExecuTorch runtime")
+        self.backend, self.precision, self.device = "executorch", "fp32", "cpu"
+        if threads:
+            bindings._unsafe_reset_threadpool(int(threads))
+        self.method = et.Runtime.get().load_program(Path(path)).load_method("forward")
+        self.threads = threads
+
+    def prepare(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [x.detach().float().cpu().contiguous()]
+
+    def run(self, prepared: list[torch.Tensor]) -> torch.Tensor:
+        return self.method.execute(prepared)[0]
+
+    def to_torch(self, out: torch.Tensor) -> torch.Tensor:
+        return out.float().clone()  # the output buffer belongs to the method and is reused by the next call
+
+    def synchronize(self) -> None:
+        pass  # execute() is synchronous
 
 
 def build_runtime(
@@ -274,18 +303,24 @@ def build_runtime(
 
 def load_artifact(path: str | Path, *, threads: int | None = 1, precision: str | None = None) -> Runtime:
     """Open an exported file by its suffix: ``.onnx`` (ONNX Runtime), ``.xml`` (OpenVINO IR),
-    ``.pt`` / ``.ts`` (TorchScript)."""
+    ``.pt`` / ``.ts`` (TorchScript), ``.pte`` (ExecuTorch). Core ML packages run only on macOS (coremltools)."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".onnx":
         return OnnxRuntime(path, threads=threads)
     if suffix == ".xml":
         return OpenVinoRuntime(path, threads=threads, precision=precision)
+    if suffix == ".pte":
+        return ExecuTorchRuntime(path, threads=threads)
     if suffix in (".pt", ".ts"):
         with quiet_deprecations():
             module = torch.jit.load(str(path), map_location="cpu")
         return _LoadedTorchScript(module)
-    raise ValueError(f"cannot tell the format of {path}: expected .onnx, .xml (OpenVINO) or .pt/.ts (TorchScript)")
+    if suffix == ".mlpackage":
+        raise ValueError(f"{path} is a Core ML package: Core ML runs it on macOS / iOS only "
+                         "(coremltools.models.MLModel(path).predict there)")
+    raise ValueError(f"cannot tell the format of {path}: expected .onnx, .xml (OpenVINO), .pt/.ts (TorchScript) "
+                     "or .pte (ExecuTorch)")
 
 
 class _LoadedTorchScript(Runtime):

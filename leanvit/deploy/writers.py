@@ -17,11 +17,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from .capabilities import quiet_deprecations, require
+from .capabilities import preserved_signal_stack, quiet_deprecations, require
+from .mobile import export_coreml, export_executorch
 from .names import FORMATS
 
 __all__ = [
-    "LEGACY_OPSET", "export_onnx", "export_openvino", "export_torchscript", "to_openvino", "check_output_path",
+    "LEGACY_OPSET", "export_onnx", "export_openvino", "export_torchscript", "to_openvino", "compile_openvino",
+    "check_output_path",
     "write_artifact",
 ]
 
@@ -78,6 +80,16 @@ def to_openvino(model: nn.Module, example: torch.Tensor, dynamic_batch: bool = F
         return ov.convert_model(model.eval(), example_input=example, input=[ov.PartialShape(shape)])
 
 
+def compile_openvino(model: Any, config: dict[str, Any] | None = None, device: str = "CPU") -> Any:
+    """``ov.Core().compile_model(model, device, config)`` (``model``: an ``ov.Model`` or an IR path), keeping
+    the thread's alternate signal stack (:func:`~leanvit.deploy.capabilities.preserved_signal_stack`: without
+    it, compiled models freed out of order leave a dangling one and the next signal crashes the process).
+    Every OpenVINO compile in leanvit goes through here."""
+    ov = require("openvino", "openvino", "OpenVINO")
+    with preserved_signal_stack():
+        return ov.Core().compile_model(model if not isinstance(model, Path) else str(model), device, config or {})
+
+
 def export_openvino(
     model: nn.Module, example: torch.Tensor, path: str | Path, *, dynamic_batch: bool = False, precision: str = "fp32",
 ) -> str:
@@ -113,7 +125,14 @@ def check_output_path(fmt: str, output: Path) -> None:
 
 def write_artifact(fmt: str, model: nn.Module, example: torch.Tensor, path: Path, *, dynamo: bool = False,
                    opset: int | None = None, dynamic_batch: bool = False, precision: str = "fp32") -> str:
-    """Write ``model`` as ``fmt`` to ``path`` with that format's writer; returns the exporter's description."""
+    """Write ``model`` as ``fmt`` to ``path`` with that format's writer; returns the exporter's description.
+    (int8 artifacts are written by :mod:`.quantize`, which calibrates first.)"""
+    if fmt in ("executorch", "coreml"):
+        if dynamic_batch:
+            raise ValueError(f"{fmt} programs have a static shape here: drop --dynamic-batch")
+        if fmt == "executorch":
+            return export_executorch(model, example, path)
+        return export_coreml(model, example, path, precision=precision)
     if fmt == "onnx":
         return export_onnx(model, example, path, dynamo=dynamo, opset=opset, dynamic_batch=dynamic_batch)
     if fmt == "openvino":

@@ -220,7 +220,8 @@ class LeanViTModel(nn.Module):
             return self.stages(self._embed(x))
 
     def _pool(self, x: torch.Tensor) -> torch.Tensor:
-        return x.mean((2, 3)) if self.global_pool == "avg" else x
+        # keepdim + flatten: the mean ExecuTorch's XNNPACK delegate lowers (4-D, over H and W, kept dims)
+        return x.mean((2, 3), keepdim=True).flatten(1) if self.global_pool == "avg" else x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor | DistilledLogits:
         """Pool (``global_pool``) and classify; ``pre_logits=True`` returns the pooled features. Distilled

@@ -14,12 +14,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..layers import ConvFFN, ConvNorm, NormLinear, Residual, depthwise_residual
+from ..layers import ConvFFN, ConvNorm, NormLinear, Residual, depthwise_residual, explicit_attention
 from ._base import LeanViTModel
 from ._layouts import (Layout, StateDict, conv_bn_leanvit_to_official, conv_bn_official_to_leanvit, identity_layout,
                        is_conv_bn_official)
 from ._pretrained import official_and_timm
 from ._registry import ModelConfig, register_variant
+from .fusion import MOBILE_TARGETS
 
 __all__ = [
     "EfficientViTM", "EfficientViTMArch", "CascadedGroupAttention", "LocalWindowAttention", "resize_attention_biases",
@@ -29,7 +30,7 @@ __all__ = [
 # fuse(target=...) values for which CascadedGroupAttention.deploy_form returns the split-qkv form,
 # and LocalWindowAttention.deploy_form the sliced-window form.
 SPLIT_QKV_TARGETS = ("openvino",)
-SLICED_WINDOW_TARGETS = ("openvino",)
+SLICED_WINDOW_TARGETS = ("openvino", *MOBILE_TARGETS)
 
 
 def _bias_index(window: int) -> torch.Tensor:
@@ -161,13 +162,15 @@ class CascadedGroupAttention(nn.Module):
         channels-last 6 % / 3 % slower with three), and so does ONNX Runtime (+1-3 %, no more than the
         spread between two sessions of one graph). Unfused modules are returned unchanged.
         """
-        if target not in SPLIT_QKV_TARGETS or not all(isinstance(c, nn.Conv2d) for c in (*self.qkvs, *self.dws)):
+        if target not in (*SPLIT_QKV_TARGETS, *MOBILE_TARGETS):
+            return self
+        if not all(isinstance(c, nn.Conv2d) for c in (*self.qkvs, *self.dws)):
             return self
         if not self.cascade:  # the deploy form implements the paper's cascade only
             return self
         if self.key_dims != [self.key_dim] * self.num_heads or self.val_dims != [self.val_dim] * self.num_heads:
             return self  # pruned heads of unequal widths: the split form assumes equal ones
-        return _SplitQKVCascadedAttention(self)
+        return _MobileCascadedAttention(self) if target in MOBILE_TARGETS else _SplitQKVCascadedAttention(self)
 
 
 def _depthwise_rows(conv: nn.Conv2d, start: int, stop: int, scale: float = 1.0) -> nn.Conv2d:
@@ -259,6 +262,34 @@ class _SplitQKVCascadedAttention(nn.Module):
         return tokens.reshape(tokens.shape[0], H, W, tokens.shape[2]).permute(0, 3, 1, 2)
 
 
+class _MobileCascadedAttention(_SplitQKVCascadedAttention):
+    """The split-qkv form for ExecuTorch / Core ML (``leanvit.layers.mobile``): heads are static channel
+    slices (no ``chunk``), each head's bias is its own buffer (no ``select`` / gather at run time) and the
+    attention is :func:`~leanvit.layers.explicit_attention` (``bmm``, no broadcast ``expand``). Measured with
+    ExecuTorch 1.5.1 / XNNPACK: every op of efficientvit_m0 is then delegated."""
+
+    def __init__(self, attn: CascadedGroupAttention) -> None:
+        super().__init__(attn)
+        bias = self.attention_bias
+        del self.attention_bias
+        for i in range(self.num_heads):
+            self.register_buffer(f"head_bias{i}", bias[i].clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, _, H, W = x.shape
+        tokens = self._tokens(x)
+        width = tokens.shape[2] // self.num_heads
+        outs = []
+        feat = tokens[:, :, :width]
+        for i, (q_lin, k_lin, v_lin, dw) in enumerate(zip(self.q_linears, self.k_linears, self.v_linears, self.dws)):
+            if i > 0:
+                feat = feat + tokens[:, :, i * width:(i + 1) * width]
+            q = self._tokens(dw(self._map(q_lin(feat), H, W)))  # q already carries the scale
+            feat = explicit_attention(q, k_lin(feat).transpose(1, 2), v_lin(feat), getattr(self, f"head_bias{i}"))
+            outs.append(feat)
+        return self.proj(self._map(torch.cat(outs, dim=2), H, W))
+
+
 class LocalWindowAttention(nn.Module):
     """Cascaded group attention inside non-overlapping windows, zero-padding bottom/right to a
     window multiple (also when the map is smaller than the window, as timm does)."""
@@ -294,7 +325,7 @@ class LocalWindowAttention(nn.Module):
         return x.view(B, nh, nw, C, ws, ws).permute(0, 3, 1, 4, 2, 5).reshape(B, C, nh * ws, nw * ws)
 
     def deploy_form(self, target: str) -> nn.Module:
-        """Hook of ``leanvit.fuse(target=...)``: OpenVINO gets :class:`_SlicedWindowAttention`."""
+        """Hook of ``leanvit.fuse(target=...)``: OpenVINO and the mobile delegates get :class:`_SlicedWindowAttention`."""
         return _SlicedWindowAttention(self.attn) if target in SLICED_WINDOW_TARGETS else self
 
 

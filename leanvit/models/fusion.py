@@ -7,9 +7,14 @@ import copy
 import torch
 from torch import nn
 
-__all__ = ["TARGETS", "fuse", "fuse_"]
+from ..layers import mobile_norm
 
-TARGETS = ("torch", "openvino", "onnx")
+__all__ = ["TARGETS", "MOBILE_TARGETS", "fuse", "fuse_"]
+
+# runtimes whose compilers lower a graph to a delegate (XNNPACK, Core ML): they get the exact rewrites of
+# leanvit.layers.mobile (explicit bmm attention, slices instead of splits, GroupNorm from spatial means)
+MOBILE_TARGETS = ("executorch", "coreml")
+TARGETS = ("torch", "openvino", "onnx", *MOBILE_TARGETS)
 
 
 def _replace_children_(module: nn.Module, hook: str, *args: object) -> nn.Module:
@@ -21,6 +26,16 @@ def _replace_children_(module: nn.Module, hook: str, *args: object) -> nn.Module
             setattr(module, name, new)
         _replace_children_(new, hook, *args)
     return module
+
+
+def _mobile_norms_(module: nn.Module) -> None:
+    """Replace every GroupNorm(1, C) / LayerNorm(C) below ``module`` by its :func:`mobile_norm` form."""
+    for name, child in list(module.named_children()):
+        new = mobile_norm(child)
+        if new is not None:
+            setattr(module, name, new)
+        else:
+            _mobile_norms_(child)
 
 
 @torch.no_grad()
@@ -37,7 +52,7 @@ def fuse(model: nn.Module, channels_last: bool | None = None, *, target: str = "
     conv weights NHWC: oneDNN then runs every conv without layout reorders (measured 1.2x eager on CPU,
     benchmarks/NOTES.md); activations follow the weights, callers need not convert inputs.
 
-    ``target`` ("torch", "openvino" or "onnx") is the runtime the result will run on. After BN folding,
+    ``target`` (one of ``TARGETS``) is the runtime the result will run on. After BN folding,
     modules with a ``deploy_form(target)`` hook are replaced by what it returns; the family decides (the
     knowledge lives in the model files). Same outputs up to fp32 rounding, different graphs:
 
@@ -48,6 +63,10 @@ def fuse(model: nn.Module, channels_last: bool | None = None, *, target: str = "
       also runs token-major with the q / k / v projections as Linear layers, and its local windows (up
       to 4) are cut out by slicing instead of a 6-D permute: no planar reorders or generic Transposes
       left for OpenVINO (m0 +5.6 %, m5 +2.5 % more on the AMD machine).
+    * "executorch" and "coreml" (``MOBILE_TARGETS``): every family's attention runs ``bmm`` + ``softmax``
+      on static slices (``leanvit.layers.mobile``) and GroupNorm(1) / LayerNorm are written with 4-D
+      means, so that ExecuTorch's XNNPACK partitioner delegates the whole graph (ExecuTorch 1.5.1: SHViT
+      and EfficientViT-M keep no op outside the delegate).
     * "torch" (default) and "onnx" keep the one-conv form: three small convs are slower in PyTorch jit
       (fp32 channels-last: m0 361 -> 341, m5 86.2 -> 83.9 images/s), and ONNX Runtime gained at most
       1-3 %, no more than two sessions of the same graph differ (NOTES.md entry 12).
@@ -60,8 +79,10 @@ def fuse(model: nn.Module, channels_last: bool | None = None, *, target: str = "
     fuse_(fused)
     with torch.no_grad():
         _replace_children_(fused, "deploy_form", target)
-    if channels_last is None:
-        channels_last = getattr(model, "prefers_channels_last", False)
+        if target in MOBILE_TARGETS:
+            _mobile_norms_(fused)
+    if channels_last is None:  # mobile delegates take NCHW graphs and choose their own layouts
+        channels_last = getattr(model, "prefers_channels_last", False) and target not in MOBILE_TARGETS
     if channels_last:
         fused = fused.to(memory_format=torch.channels_last)
     fused.fused = True

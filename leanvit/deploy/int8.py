@@ -1,0 +1,173 @@
+"""``quantize_model``: a model (and its checkpoint) -> int8 artifacts per runtime, with fp32 vs int8 top-1.
+
+Images come from folders: calibration from any folder of images (class folders or flat), validation from
+class folders (ImageFolder order: sorted folder names = the class indices the model was trained with, as
+for ImageNet's val/ in synset folders). Both go through the model's evaluation transform (timm's
+``resolve_data_config`` / ``create_transform`` at the model's input size: resize by ``crop_pct``, centre
+crop, mean / std), as ``leanvit train`` evaluates.
+"""
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from .._io import atomic_write_text
+from ..checkpoint import create_for_checkpoint, load_weights
+from ..zoo import ModelSpec, build_model, fuse_model, resolve_model, target_for
+from .quantize import (
+    INT8_RUNTIMES, AccuracyReport, QuantizedArtifact, cpu_has_vnni, predict, quantize_for, top1_report,
+)
+
+__all__ = ["IMAGE_SUFFIXES", "Int8Result", "Int8Run", "build_for", "eval_transform", "load_image_folder",
+           "quantize_model"]
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
+
+
+def build_for(spec: ModelSpec, img_size: int, checkpoint: str | Path | None) -> nn.Module:
+    """The eval model to deploy: random weights, or shaped like ``checkpoint`` (class count, distillation
+    head) with its weights for leanvit models; timm models load theirs strictly."""
+    if checkpoint is None:
+        return build_model(spec, img_size)
+    if spec.source == "leanvit":
+        return create_for_checkpoint(spec.name, checkpoint, img_size)
+    module = build_model(spec, img_size)
+    load_weights(module, checkpoint)
+    return module
+
+
+def eval_transform(model: nn.Module, img_size: int) -> Any:
+    """The model's evaluation transform at ``img_size`` (timm's data config: crop_pct, interpolation, mean, std)."""
+    from timm.data import create_transform, resolve_data_config
+
+    cfg = resolve_data_config({"input_size": (3, img_size, img_size)}, model=model)
+    return create_transform(**cfg)
+
+
+def load_image_folder(folder: str | Path, transform: Any, *, labelled: bool, limit: int | None = None,
+                      what: str = "images") -> tuple[torch.Tensor, torch.Tensor | None, list[str]]:
+    """(images, labels or None, class names) from ``folder``: class sub-folders (labels = sorted folder
+    index) or, unlabelled, a flat folder. The first ``limit`` files in a class-interleaved order, so that a
+    small calibration set still spans the classes. Errors name the folder and the fix."""
+    from PIL import Image, UnidentifiedImageError
+
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"{what} folder {root} does not exist (or is a file): pass a directory of images"
+                                + (" in class sub-folders" if labelled else ""))
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if labelled and not classes:
+        raise FileNotFoundError(f"{what} folder {root} has no class sub-folders: labelled images go in "
+                                "ROOT/<class>/<image> (ImageFolder layout)")
+    per_class = [sorted(f for f in (root / c).rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES) for c in classes]
+    flat = sorted(f for f in root.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+    files: list[tuple[Path, int]] = [(f, -1) for f in flat] if not labelled else []
+    for rank in range(max((len(p) for p in per_class), default=0)):  # interleave the classes
+        files += [(p[rank], i) for i, p in enumerate(per_class) if rank < len(p)]
+    if not files:
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {what} folder {root}")
+    files = files[:limit] if limit else files
+    tensors, labels, bad = [], [], []
+    for path, label in files:
+        try:
+            with Image.open(path) as img:
+                tensors.append(transform(img.convert("RGB")))
+            labels.append(label)
+        except (OSError, UnidentifiedImageError) as e:
+            bad.append(f"{path.name}: {e}")
+    if bad:
+        warnings.warn(f"skipped {len(bad)} unreadable file(s) in {root}: {'; '.join(bad[:3])}", stacklevel=2)
+    if not tensors:
+        raise ValueError(f"none of the {len(files)} image files in {what} folder {root} could be read "
+                         f"(first: {bad[0]})")
+    return torch.stack(tensors), (torch.tensor(labels) if labelled else None), classes
+
+
+@dataclass
+class Int8Result:
+    """One runtime's int8 artifact and, with validation images, its accuracy against fp32."""
+    artifact: QuantizedArtifact
+    accuracy: AccuracyReport | None = None
+
+    def summary(self) -> str:
+        """One line for people."""
+        acc = self.accuracy.summary() if self.accuracy else "no validation images: accuracy not measured"
+        return f"{self.artifact.runtime} int8 ({self.artifact.scheme}) -> {self.artifact.path}: {acc}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly fields."""
+        return {"artifact": vars(self.artifact), "accuracy": self.accuracy.to_dict() if self.accuracy else None}
+
+
+@dataclass
+class Int8Run:
+    """Everything :func:`quantize_model` made."""
+    model: str
+    img_size: int
+    results: list[Int8Result] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def quantize_model(
+    model: str,
+    calibration: str | Path,
+    out_dir: str | Path,
+    *,
+    runtimes: Sequence[str] = ("openvino", "onnxruntime", "executorch"),
+    checkpoint: str | Path | None = None,
+    val: str | Path | None = None,
+    img_size: int | None = None,
+    calibration_images: int = 256,
+    val_images: int | None = None,
+    scheme: str = "default",
+    batch_size: int = 16,
+    threads: int | None = 1,
+) -> Int8Run:
+    """Quantise ``model`` (+ ``checkpoint``) to int8 for each of ``runtimes`` into ``out_dir``, calibrated on
+    ``calibration_images`` images of ``calibration``; with ``val`` (class folders) measure fp32 (the fused
+    PyTorch model) and int8 top-1 on the same images. Writes ``out_dir/int8.json`` with the numbers."""
+    unknown = [r for r in runtimes if r not in INT8_RUNTIMES]
+    if unknown:
+        raise ValueError(f"unknown int8 runtime(s) {', '.join(unknown)}; choose from {', '.join(INT8_RUNTIMES)}")
+    spec = resolve_model(model)
+    side = img_size or spec.img_size
+    module = build_for(spec, side, checkpoint)
+    transform = eval_transform(module, side)
+    calib, _, _ = load_image_folder(calibration, transform, labelled=False, limit=calibration_images,
+                                    what="calibration")
+    run = Int8Run(spec.name, side)
+    if not cpu_has_vnni():
+        run.notes.append("this CPU has no VNNI / AMX int8 instructions: the artifacts are valid, but int8 will run "
+                         "slower here than on the deployment CPU")
+    images = labels = None
+    if val is not None:
+        images, labels, classes = load_image_folder(val, transform, labelled=True, limit=val_images, what="validation")
+        if len(classes) > getattr(module, "num_classes", len(classes)):
+            raise ValueError(f"validation folder has {len(classes)} classes but the model predicts "
+                             f"{module.num_classes}: pass the checkpoint trained on these classes")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    reference: dict[str, torch.Tensor] = {}
+    for runtime in runtimes:
+        fused = fuse_model(module, target=target_for(runtime))
+        batch = 1 if runtime == "executorch" else batch_size  # ExecuTorch programs have a static batch
+        example = torch.zeros(batch, 3, side, side)
+        path = out / f"{spec.name}_int8{INT8_RUNTIMES[runtime]}"
+        artifact = quantize_for(runtime, fused, example, calib, path, scheme=scheme, threads=threads)
+        result = Int8Result(artifact)
+        if images is not None and labels is not None:
+            if "fp32" not in reference:
+                reference["fp32"] = predict(fused, images, batch_size)
+            result.accuracy = top1_report(reference["fp32"], predict(artifact.open(threads), images, batch), labels)
+        run.results.append(result)
+    record = {"model": run.model, "img_size": side, "checkpoint": str(checkpoint) if checkpoint else None,
+              "calibration": str(calibration), "calibration_images": len(calib), "val": str(val) if val else None,
+              "results": [r.to_dict() for r in run.results], "notes": run.notes}
+    atomic_write_text(out / "int8.json", json.dumps(record, indent=2))
+    return run

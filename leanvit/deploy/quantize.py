@@ -1,0 +1,232 @@
+"""int8 post-training quantisation with measured accuracy: OpenVINO (NNCF), ONNX Runtime (QDQ), ExecuTorch
+(PT2E + XNNPACK quantizer).
+
+:func:`quantize_model` fuses the model for the runtime, calibrates on *real* images (``calibration``; random
+noise calibrates the activation ranges of the wrong distribution: up to 18-49 top-1 points lost in the
+exploratory protocol, docs/deploy.md), writes the int8 artifact and, given labelled images, measures fp32 and
+int8 top-1 on the same images with the flip rate and McNemar's exact test (:class:`AccuracyReport`).
+
+Schemes (``scheme``): ``"default"`` quantises every op the runtime's quantiser takes; ``"weights"`` keeps
+activation x activation products (attention ``q @ k`` and ``attn @ v`` MatMuls / bmms) in float and
+quantises the convolutions and linear layers only: the mixed precision that EfficientViT-M's cascaded
+attention needs in ONNX Runtime and ExecuTorch. For OpenVINO, NNCF's transformer preset (``model_type=
+TRANSFORMER``) does this and more (it keeps softmax and norm inputs in float), and is always used.
+"""
+from __future__ import annotations
+
+import math
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from .._io import atomic_write, atomic_write_bytes
+from .capabilities import preserved_signal_stack, quiet_deprecations, require, torch_threads
+from .mobile import as_nchw, lower_to_executorch
+from .names import INT8_RUNTIMES
+from .runtime import ExecuTorchRuntime, OnnxRuntime, OpenVinoRuntime, Runtime
+from .writers import export_onnx, to_openvino
+
+__all__ = [
+    "INT8_RUNTIMES", "SCHEMES", "AccuracyReport", "QuantizedArtifact", "mcnemar_exact", "top1_report",
+    "quantize_openvino", "quantize_onnxruntime", "quantize_executorch", "quantize_for", "cpu_has_vnni",
+]
+
+SCHEMES = ("default", "weights")
+
+
+def cpu_has_vnni() -> bool:
+    """Whether this CPU has int8 dot-product instructions (AVX512-VNNI / AVX-VNNI / AMX): without them int8
+    runs emulated and is rarely faster than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return torch.backends.cpu.get_cpu_capability() in ("AVX512", "AVX512_VNNI")  # best guess elsewhere
+    return any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+
+
+@dataclass
+class QuantizedArtifact:
+    """An int8 file and how it was made."""
+    runtime: str
+    path: str
+    scheme: str
+    calibration_images: int
+    description: str
+
+    def open(self, threads: int | None = 1) -> Runtime:
+        """The artifact in its runtime."""
+        if self.runtime == "openvino":
+            return OpenVinoRuntime(self.path, threads=threads, precision=None)
+        if self.runtime == "onnxruntime":
+            return OnnxRuntime(self.path, threads=threads)
+        return ExecuTorchRuntime(self.path, threads=threads)
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value for b and c discordant pairs (a binomial test of b vs b + c at 1/2)."""
+    n = b + c
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
+@dataclass
+class AccuracyReport:
+    """fp32 vs int8 top-1 on the same labelled images, paired."""
+    images: int
+    fp32_top1: float
+    int8_top1: float
+    flips: int  # images whose predicted class changed
+    fp32_only: int  # right in fp32, wrong in int8
+    int8_only: int  # wrong in fp32, right in int8
+    mcnemar_p: float
+
+    @property
+    def drop(self) -> float:
+        """fp32 minus int8 top-1, in points."""
+        return self.fp32_top1 - self.int8_top1
+
+    def summary(self) -> str:
+        """One line for people."""
+        return (f"top-1 fp32 {self.fp32_top1:.2f} % -> int8 {self.int8_top1:.2f} % (drop {self.drop:+.2f} points; "
+                f"{self.flips} of {self.images} predictions changed ({100 * self.flips / self.images:.1f} %); "
+                f"McNemar p = {self.mcnemar_p:.3g})")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly fields, the drop included."""
+        return dict(asdict(self), drop=self.drop)
+
+
+def predict(runtime: Runtime | Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
+            batch_size: int) -> torch.Tensor:
+    """Predicted classes of ``images``, run in chunks of ``batch_size`` (the last one padded for static shapes)."""
+    preds = []
+    with torch.inference_mode():
+        for chunk in images.split(batch_size):
+            n = len(chunk)
+            if n < batch_size:
+                chunk = torch.cat([chunk, chunk[-1:].expand(batch_size - n, *chunk.shape[1:])])
+            preds.append(runtime(chunk).float().argmax(-1)[:n])
+    return torch.cat(preds)
+
+
+def top1_report(fp32_preds: torch.Tensor, int8_preds: torch.Tensor, labels: torch.Tensor) -> AccuracyReport:
+    """Pair two runs' predictions on the same labelled images."""
+    right32, right8 = fp32_preds == labels, int8_preds == labels
+    b, c = int((right32 & ~right8).sum()), int((~right32 & right8).sum())
+    n = len(labels)
+    return AccuracyReport(n, 100.0 * float(right32.float().mean()), 100.0 * float(right8.float().mean()),
+                          int((fp32_preds != int8_preds).sum()), b, c, mcnemar_exact(b, c))
+
+
+def _check_calibration(calibration: torch.Tensor, example: torch.Tensor) -> None:
+    if calibration.dim() != 4 or calibration.shape[1:] != example.shape[1:]:
+        raise ValueError(f"calibration images must be (N, {', '.join(map(str, example.shape[1:]))}) like the "
+                         f"model's input, got {tuple(calibration.shape)}")
+    if len(calibration) == 0:
+        raise ValueError("no calibration images: pass real images of the task (a few hundred)")
+
+
+def quantize_openvino(fused: nn.Module, example: torch.Tensor, calibration: torch.Tensor, path: Path,
+                      scheme: str = "default") -> str:
+    """NNCF post-training quantisation of the OpenVINO model (transformer preset, mixed preset: symmetric
+    weights, asymmetric activations), saved as an int8 IR with a dynamic batch."""
+    nncf = require("nncf", "quantize", "OpenVINO int8 (NNCF)")
+    ov = require("openvino", "openvino", "OpenVINO int8")
+    _check_calibration(calibration, example)
+    ov_model = to_openvino(fused, example, dynamic_batch=True)
+    batches = [b.numpy() for b in calibration.split(1)]  # NNCF counts subset_size in dataset items
+    with quiet_deprecations(), preserved_signal_stack():  # NNCF compiles OpenVINO models to collect statistics
+        quantized = nncf.quantize(ov_model, nncf.Dataset(batches), preset=nncf.QuantizationPreset.MIXED,
+                                  model_type=nncf.ModelType.TRANSFORMER, subset_size=len(calibration))
+    ov.save_model(quantized, str(path), compress_to_fp16=False)
+    return f"NNCF {nncf.__version__} post-training int8 (transformer preset) on OpenVINO {ov.__version__}"
+
+
+class _TensorReader:
+    """An ONNX Runtime CalibrationDataReader over a tensor of images."""
+
+    def __init__(self, name: str, images: torch.Tensor, batch_size: int) -> None:
+        self.items = iter([{name: b.numpy()} for b in images.split(batch_size)])
+
+    def get_next(self) -> dict[str, Any] | None:
+        return next(self.items, None)
+
+
+def quantize_onnxruntime(fused: nn.Module, example: torch.Tensor, calibration: torch.Tensor, path: Path,
+                         scheme: str = "default") -> str:
+    """ONNX Runtime static quantisation: QDQ format, per-channel symmetric int8 weights, uint8 activations
+    (min-max calibration). ``scheme="weights"`` quantises Conv and Gemm only (attention MatMuls stay fp32)."""
+    ort = require("onnxruntime", "onnx", "ONNX Runtime int8")
+    from onnxruntime import quantization as q
+
+    _check_calibration(calibration, example)
+    ops = ["Conv", "Gemm"] if scheme == "weights" else None
+    with tempfile.TemporaryDirectory(prefix="leanvit-int8-") as tmp:
+        fp32 = Path(tmp) / "fp32.onnx"
+        export_onnx(fused, example[:1], fp32, dynamic_batch=True)
+        prepared = Path(tmp) / "prepared.onnx"
+        q.quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+        reader = _TensorReader("input", calibration, 8)
+        atomic_write(path, lambda tmp_path: q.quantize_static(
+            str(prepared), tmp_path, reader, quant_format=q.QuantFormat.QDQ, per_channel=True,
+            activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8, op_types_to_quantize=ops,
+            calibrate_method=q.CalibrationMethod.MinMax))
+    return f"onnxruntime {ort.__version__} static QDQ int8 (per-channel weights{', Conv/Gemm only' if ops else ''})"
+
+
+def quantize_executorch(fused: nn.Module, example: torch.Tensor, calibration: torch.Tensor, path: Path,
+                        scheme: str = "default") -> str:
+    """PT2E quantisation with ExecuTorch's XNNPACK quantizer (symmetric per-channel int8 weights, int8
+    activations), lowered to an XNNPACK ``.pte`` at the example's (static) batch. ``scheme="weights"``
+    leaves the attention ``bmm``s unquantised (only conv / linear and what follows them are annotated)."""
+    xq = require("executorch.backends.xnnpack.quantizer.xnnpack_quantizer", "mobile", "ExecuTorch int8")
+    pt2e = require("torchao.quantization.pt2e.quantize_pt2e", "mobile", "ExecuTorch int8 (torchao PT2E)")
+    _check_calibration(calibration, example)
+    config = xq.get_symmetric_quantization_config(is_per_channel=True)
+    quantizer = xq.XNNPACKQuantizer()
+    if scheme == "weights":
+        quantizer.set_module_type(nn.Conv2d, config).set_module_type(nn.Linear, config)
+    else:
+        quantizer.set_global(config)
+    with quiet_deprecations(), torch.no_grad():
+        graph = torch.export.export(as_nchw(fused), (example,)).module()
+        prepared = pt2e.prepare_pt2e(graph, quantizer)
+        batch = example.shape[0]
+        usable = calibration[: len(calibration) // batch * batch] if len(calibration) >= batch else calibration
+        for chunk in usable.split(batch):
+            prepared(chunk)
+        converted = pt2e.convert_pt2e(prepared)
+        program = torch.export.export(converted, (example,))
+    lowered = lower_to_executorch(program, example)
+    atomic_write_bytes(path, lowered.buffer)
+    return f"PT2E XNNPACKQuantizer int8 (per-channel{', conv/linear only' if scheme == 'weights' else ''}), " \
+           f"{lowered.describe()}"
+
+
+_QUANTIZERS = {"openvino": quantize_openvino, "onnxruntime": quantize_onnxruntime, "executorch": quantize_executorch}
+
+
+def quantize_for(runtime: str, fused: nn.Module, example: torch.Tensor, calibration: torch.Tensor, path: Path,
+                 *, scheme: str = "default", threads: int | None = 1) -> QuantizedArtifact:
+    """Quantise an already fused eval model (fused for ``runtime``: ``leanvit.zoo.target_for``) to ``path``."""
+    if runtime not in _QUANTIZERS:
+        raise ValueError(f"int8 runtimes: {', '.join(_QUANTIZERS)}; got {runtime!r}")
+    if scheme not in SCHEMES:
+        raise ValueError(f"scheme must be one of {', '.join(SCHEMES)}, got {scheme!r}")
+    suffix = INT8_RUNTIMES[runtime]
+    if Path(path).suffix != suffix:
+        raise ValueError(f"{runtime} int8 output must end in {suffix}, got {Path(path).name!r}")
+    with torch_threads(threads):
+        description = _QUANTIZERS[runtime](fused, example, calibration.float(), Path(path), scheme)
+    return QuantizedArtifact(runtime, str(path), scheme, len(calibration), description)
+
+
+def calibration_batches(images: Sequence[torch.Tensor] | torch.Tensor) -> torch.Tensor:
+    """Stack images (C, H, W) into one (N, C, H, W) tensor."""
+    return images if isinstance(images, torch.Tensor) else torch.stack(list(images))

@@ -1,0 +1,97 @@
+"""Mobile deploy forms and formats: the exact rewrites, ExecuTorch (.pte run here), Core ML (conversion).
+
+The rewrites (``leanvit.layers.mobile``, ``fuse(target="executorch" | "coreml")``) are checked against the
+torch form on :func:`~leanvit.models.signal_weights_` models, at sizes that exercise padded and sliced
+attention windows. ExecuTorch artifacts are run with ExecuTorch's own runtime and must be fully delegated.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+import leanvit
+from leanvit.cli import main
+from leanvit.deploy.export import export_model
+from leanvit.deploy.runtime import load_artifact
+from leanvit.layers import ChannelLayerNorm, SpatialGroupNorm, explicit_attention, mobile_norm
+from leanvit.models import signal_images, signal_weights_
+from leanvit.zoo import build_model, resolve_model
+
+
+def test_norm_rewrites_equal_torch_norms() -> None:
+    torch.manual_seed(0)
+    gn = nn.GroupNorm(1, 12)
+    ln = nn.LayerNorm(12, eps=1e-6)
+    for norm in (gn, ln):
+        nn.init.normal_(norm.weight)
+        nn.init.normal_(norm.bias)
+    x = torch.randn(3, 12, 5, 7) * 4 + 2  # a non-zero mean: the two-pass variance must centre first
+    assert isinstance(mobile_norm(gn), SpatialGroupNorm) and isinstance(mobile_norm(ln), ChannelLayerNorm)
+    torch.testing.assert_close(mobile_norm(gn)(x), gn(x), atol=1e-5, rtol=1e-5)
+    tokens = x.permute(0, 2, 3, 1)
+    torch.testing.assert_close(mobile_norm(ln)(tokens), ln(tokens), atol=1e-5, rtol=1e-5)
+    assert mobile_norm(nn.GroupNorm(2, 12)) is None and mobile_norm(nn.BatchNorm2d(3)) is None
+    with pytest.raises(ValueError, match="one group"):
+        SpatialGroupNorm.from_group_norm(nn.GroupNorm(3, 12))
+
+
+def test_explicit_attention_equals_sdpa() -> None:
+    q, k, v = torch.randn(4, 9, 8), torch.randn(4, 11, 8), torch.randn(4, 11, 5)
+    bias = torch.randn(9, 11)
+    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=0.3)
+    torch.testing.assert_close(explicit_attention(q, k.transpose(1, 2), v, bias, scale=0.3), expected)
+
+
+@pytest.mark.parametrize("name,side", [("shvit_s1", 64), ("efficientvit_m0", 64), ("efficientvit_m0", 224),
+                                       ("efficientvit_m0", 72), ("sepvit_lite", 224)])
+def test_mobile_form_is_exact(name: str, side: int) -> None:
+    # 224 px: EfficientViT-M's 14x14 stage is cut into sliced windows; 72 px: padded windows; SepViT at its
+    # native size has per-window tokens and the pointwise attention.
+    model = signal_weights_(build_model(resolve_model(name), side), seed=3, img_size=side)
+    reference, mobile = leanvit.fuse(model), leanvit.fuse(model, target="executorch")
+    kinds = {type(m).__name__ for m in mobile.modules()}
+    assert not kinds & {"GroupNorm", "LayerNorm", "SingleHeadAttention", "CascadedGroupAttention"}, kinds
+    x = signal_images(2, side, seed=1)
+    with torch.no_grad():
+        ref, out = reference(x), mobile(x)
+    assert ref.std(0).mean() > 0.05  # logits that depend on the input
+    torch.testing.assert_close(out, ref, atol=2e-4, rtol=1e-4)
+
+
+def test_executorch_export_is_delegated_and_matches(tmp_path) -> None:
+    pytest.importorskip("executorch", reason="pip install 'leanvit[mobile]'")
+    model = signal_weights_(build_model(resolve_model("shvit_s1"), 64), seed=3, img_size=64)
+    out = tmp_path / "s1.pte"
+    result = export_model(model, "executorch", out, img_size=64)
+    assert result.verified and result.max_abs_diff <= 1e-4, result.summary()
+    assert "every operator delegated to XNNPACK" in result.exporter
+    runtime = load_artifact(out)
+    x = signal_images(1, 64, seed=5)
+    with torch.no_grad():
+        expected = leanvit.fuse(model)(x)
+    torch.testing.assert_close(runtime(x), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_executorch_lowering_leaves_nothing_outside_the_delegate() -> None:
+    pytest.importorskip("executorch", reason="pip install 'leanvit[mobile]'")
+    from leanvit.deploy.mobile import lower_to_executorch
+
+    model = build_model(resolve_model("efficientvit_m0"), 64)
+    lowered = lower_to_executorch(leanvit.fuse(model, target="executorch"), torch.randn(1, 3, 64, 64))
+    assert lowered.outside_delegate == {}, lowered.describe()
+
+
+def test_coreml_conversion_and_cli(tmp_path, capsys) -> None:
+    pytest.importorskip("coremltools", reason="pip install 'leanvit[mobile]'")
+    out = tmp_path / "m0.mlpackage"
+    assert main(["export", "efficientvit_m0", "--format", "coreml", "--output", str(out), "--img-size", "64"]) == 0
+    line = capsys.readouterr().out
+    assert "mlprogram iOS16 fp16" in line and "all ops in the Neural Engine set" in line, line
+    assert (out / "Manifest.json").is_file()
+    with pytest.raises(ValueError, match="macOS"):
+        load_artifact(out)
+    assert main(["export", "efficientvit_m0", "--format", "coreml", "--output", str(tmp_path / "x.mlpackage"),
+                 "--precision", "bf16"]) == 1
+    assert "coreml exports in fp16 or fp32" in capsys.readouterr().err
