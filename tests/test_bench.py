@@ -227,3 +227,31 @@ def test_interleaved_medians_alternates_calls() -> None:
     assert set(medians) == {"a", "b"} and all(len(v) == 3 and min(v) >= 0 for v in medians.values())
     runs = [k for i, k in enumerate(order) if i == 0 or order[i - 1] != k]  # collapse consecutive calls
     assert runs[-6:] == ["a", "b"] * 3  # timed rounds alternate A B A B A B after the warm-ups
+
+
+def test_int8_with_roofline_fractions() -> None:
+    # (the executorch backend's lowering costs ~40 s a model: tests/test_mobile.py covers it)
+    records = benchmark([LEANVIT], backend="onnxruntime", precision="fp32,int8", roofline=True,
+                        **dict(FAST, img_size=32))
+    assert [r["precision"] for r in records] == ["fp32", "int8"]
+    for rec in records:
+        assert rec["error"] is None, rec["error"]
+        assert rec["throughput"] > 0 and rec["macs_m"] > 0
+        # the fraction is MACs x img/s over the measured peak, which bf16 (oneDNN, AVX512-BF16) sets higher
+        assert rec["roofline_fp32_pct"] == pytest.approx(
+            100 * rec["macs_m"] * 1e6 * rec["throughput"] / (rec["matmul_peak_fp32_gmacs"] * 1e9))
+        assert 0 < rec["roofline_bf16_pct"] <= rec["roofline_fp32_pct"] or not cpu_has_bf16()
+    with pytest.raises(ValueError, match="roofline"):
+        benchmark([LEANVIT], roofline=True, threads=2, **FAST)
+
+
+def test_int8_refusals(monkeypatch) -> None:
+    with pytest.raises(UnsupportedPrecisionError, match="quantised artifact"):
+        benchmark([LEANVIT], backend="jit", precision="int8", **FAST)
+    import leanvit.deploy.capabilities as caps
+
+    monkeypatch.setattr(caps, "cpu_has_int8_dot", lambda: False)
+    with pytest.raises(UnsupportedPrecisionError, match="VNNI"):
+        benchmark([LEANVIT], backend="onnxruntime", precision="int8", **FAST)
+    rec, = benchmark([LEANVIT], backend="onnxruntime", precision="int8", allow_fallback=True, **FAST)
+    assert rec["precision"] == "fp32" and "VNNI" in rec["note"]

@@ -29,6 +29,8 @@ COLUMNS = (
     ("top1_agreement", "top-1 agr", ".2f"),
     ("params_m", "params M", ".2f"),
     ("macs_m", "MMACs", ".0f"),
+    ("roofline_bf16_pct", "% bf16 roof", ".0f"),
+    ("roofline_fp32_pct", "% fp32 roof", ".0f"),
     ("top1", "top-1", ".1f"),
 )
 

@@ -13,8 +13,10 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import torch
@@ -22,14 +24,16 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..deploy.capabilities import check_jit_optimize, check_precision, quiet_deprecations, torch_threads
-from ..deploy.names import BACKENDS, PRECISIONS
+from ..deploy.names import BACKENDS, INT8_RUNTIMES, PRECISIONS
+from ..deploy.quantize import quantize_for
 from ..deploy.runtime import build_runtime
 from ..deploy.verify import compare_runtime, run_in_batches, verification_images
 from ..models import count_macs, count_params
-from ..models.signal import signal_weights_
+from ..models.signal import signal_images, signal_weights_
 from ..zoo import ModelSpec, build_model, count_unfused_norms, fuse_model, resolve_model, target_for
 from .env import environment
 from .memory import PeakMemory, release_freed_memory, rss_mb
+from .roofline import matmul_peak
 from .options import MODES, BenchOptions
 from .timing import TimingStats, measure
 
@@ -126,6 +130,9 @@ def benchmark(models: str | Sequence[str], options: BenchOptions | None = None, 
     if clock == "cpu" and (device != "cpu" or threads != 1):
         raise ValueError("clock='cpu' (process CPU time) equals latency only for single-threaded CPU runs: "
                          "use it with device cpu and threads 1")
+    if o.roofline and (device != "cpu" or threads != 1 or mode not in ("throughput", "latency")):
+        raise ValueError("roofline fractions compare with the single-thread CPU matmul peak: use them with device "
+                         "cpu, threads 1 and mode throughput or latency")
     default_batch, default_precision = _defaults(mode, device)
     specs = [resolve_model(n) for n in names]  # fails fast on unknown names
     configs: list[tuple[ModelSpec, BenchConfig]] = []
@@ -147,10 +154,12 @@ def benchmark(models: str | Sequence[str], options: BenchOptions | None = None, 
             batch_size=batch_size or default_batch, threads=threads, img_size=img_size or spec.img_size,
             warmup_s=2.0 if warmup is None else warmup, duration_s=10.0 if duration is None else duration,
             fuse=o.fuse and mode != "train", bf16_mode=o.bf16_mode, compile_mode=o.compile_mode,
-            count_macs=o.count_macs, perturb_bn=o.perturb_bn, clock=clock, channels_last=channels_last, jit_optimize=jit_optimize, note=note,
+            count_macs=o.count_macs or o.roofline, perturb_bn=o.perturb_bn, clock=clock, channels_last=channels_last, jit_optimize=jit_optimize, note=note,
         )))
     isolate = o.isolate if o.isolate is not None else mode == "memory" and device == "cpu"
     env = environment(device)
+    peaks = {p: matmul_peak(dtype, seconds=0.5) for p, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32))} \
+        if o.roofline else {}
     records = []
     bar = tqdm(configs, desc=f"bench {mode}", unit="run", disable=not o.progress, file=sys.stderr)
     for spec, cfg in bar:
@@ -160,6 +169,10 @@ def benchmark(models: str | Sequence[str], options: BenchOptions | None = None, 
         except Exception as e:  # one broken model/backend pair must not lose the other results
             rec = _record(cfg, spec, error=f"{type(e).__name__}: {e}")
         rec.update(device=env["device"], cpu=env["cpu"], gpu=env["gpu"], versions=env["versions"])
+        if peaks and rec.get("throughput") and rec.get("macs_m"):
+            for p, peak in peaks.items():
+                rec[f"roofline_{p}_pct"] = 100.0 * rec["macs_m"] * 1e6 * rec["throughput"] / peak
+                rec[f"matmul_peak_{p}_gmacs"] = peak / 1e9
         records.append(rec)
         if rec.get("throughput"):
             bar.set_postfix_str(f"{cfg.model} {cfg.backend}: {rec['throughput']:.0f} img/s")
@@ -226,9 +239,12 @@ def run_config(cfg: BenchConfig, spec: ModelSpec | None = None) -> dict[str, Any
         # drawn again from their seed for the comparison, so the memory measurement does not hold them.
         reference = run_in_batches(model, verification_images(cfg.batch_size, cfg.img_size, seed=cfg.seed + 1),
                                    cfg.batch_size)
-        runtime = build_runtime(model, cfg.backend, example, precision=cfg.precision, device=cfg.device,
-                                threads=cfg.threads, bf16_mode=cfg.bf16_mode, compile_mode=cfg.compile_mode,
-                                channels_last=cfg.channels_last, jit_optimize=cfg.jit_optimize)
+        if cfg.precision == "int8":
+            runtime = _int8_runtime(model, cfg, example)
+        else:
+            runtime = build_runtime(model, cfg.backend, example, precision=cfg.precision, device=cfg.device,
+                                    threads=cfg.threads, bf16_mode=cfg.bf16_mode, compile_mode=cfg.compile_mode,
+                                    channels_last=cfg.channels_last, jit_optimize=cfg.jit_optimize)
         del model
         setup_s = time.perf_counter() - t0
         release_freed_memory()
@@ -244,13 +260,27 @@ def run_config(cfg: BenchConfig, spec: ModelSpec | None = None) -> dict[str, Any
                                 sync=runtime.synchronize, clock=_CLOCKS[cfg.clock])
         check_images = verification_images(cfg.batch_size, cfg.img_size, seed=cfg.seed + 1)
         check = compare_runtime(reference, runtime, check_images, cfg.batch_size)
-    precision = getattr(runtime, "effective_precision", cfg.precision)
+    # int8 artifacts keep their float ops in the runtime's precision (OpenVINO: bf16 on AVX512-BF16 CPUs)
+    precision = cfg.precision if cfg.precision == "int8" else getattr(runtime, "effective_precision", cfg.precision)
     # Three calls in memory mode are not a speed measurement: leave the timings empty.
     timings = _timing_fields(stats, cfg.batch_size) if cfg.mode != "memory" else {}
     return _record(cfg, spec, precision=precision, params_m=params, macs_m=macs, unfused_norms=norms,
                    setup_s=setup_s, max_abs_diff=check.max_abs_diff, rel_err=check.rel_err,
                    top1_agreement=check.top1_agreement, setup_memory_mb=setup_mb,
                    peak_memory_mb=mem.peak_mb, memory_method=mem.method, **timings)
+
+
+def _int8_runtime(model: nn.Module, cfg: BenchConfig, example: torch.Tensor) -> Any:
+    """The int8 artifact of ``model`` for ``cfg.backend`` (leanvit.deploy.quantize), opened in its runtime.
+
+    Calibrated on the benchmark's own signal images: right for timing, meaningless for accuracy (random
+    weights); ``leanvit quantize`` measures accuracy on real images."""
+    calibration = signal_images(32, cfg.img_size, seed=cfg.seed + 2)
+    with tempfile.TemporaryDirectory(prefix="leanvit-bench-int8-") as tmp:
+        path = Path(tmp) / f"model{INT8_RUNTIMES[cfg.backend]}"
+        batch = example[:1] if cfg.backend == "executorch" and len(example) == 1 else example
+        artifact = quantize_for(cfg.backend, model, batch, calibration, path, threads=cfg.threads)
+        return artifact.open(cfg.threads)  # every runtime holds its program in memory
 
 
 def _run_train(cfg: BenchConfig, spec: ModelSpec, model: nn.Module, example: torch.Tensor,

@@ -26,7 +26,7 @@ import torch
 from .names import BACKENDS, PRECISIONS
 
 __all__ = [
-    "MissingBackendError", "UnsupportedPrecisionError", "require", "require_backend", "cpu_has_bf16",
+    "MissingBackendError", "UnsupportedPrecisionError", "require", "require_backend", "cpu_has_bf16", "cpu_has_int8_dot",
     "check_precision", "check_jit_optimize", "torch_threads", "quiet_deprecations", "preserved_signal_stack",
 ]
 
@@ -56,6 +56,8 @@ def require_backend(backend: str) -> None:
         require("onnx", "onnx", "the onnxruntime backend (ONNX export)")
     elif backend == "openvino":
         require("openvino", "openvino", "the openvino backend")
+    elif backend == "executorch":
+        require("executorch", "mobile", "the executorch backend")
     elif backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
 
@@ -63,6 +65,15 @@ def require_backend(backend: str) -> None:
 def cpu_has_bf16() -> bool:
     """Whether PyTorch's oneDNN runs bf16 natively on this CPU (AVX512-BF16 or AMX)."""
     return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def cpu_has_int8_dot() -> bool:
+    """Whether this CPU has int8 dot-product instructions (AVX512-VNNI / AVX-VNNI / AMX-INT8)."""
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:  # not Linux: ask PyTorch's dispatcher
+        return torch.backends.cpu.get_cpu_capability() in ("AVX512",)
+    return any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
 
 
 def _openvino_capabilities() -> set[str]:
@@ -85,11 +96,17 @@ def check_precision(
     if backend == "openvino" and cuda:
         raise ValueError("the openvino backend runs on CPU only here; use --device cpu")
     problem = ""
-    if precision == "fp16" and not cuda:
+    if precision == "int8":
+        if backend not in ("onnxruntime", "openvino", "executorch") or cuda:
+            problem = "int8 runs as a quantised artifact in onnxruntime, openvino or executorch on CPU"
+        elif not cpu_has_int8_dot():
+            problem = ("this CPU has no int8 dot-product instructions (AVX512-VNNI, AVX-VNNI or AMX): int8 would run "
+                       "emulated, slower than fp32")
+    elif precision == "fp16" and not cuda:
         problem = "fp16 needs a CUDA GPU (AMP); on CPU use bf16 (native on AVX512-BF16/AMX CPUs) or fp32"
     elif precision == "bf16" and backend == "onnxruntime" and not cuda:
         problem = "onnxruntime's CPU provider has no bf16 kernels; use the openvino or a PyTorch backend for bf16"
-    elif precision != "fp32" and backend == "onnxruntime":
+    elif precision != "fp32" and backend in ("onnxruntime", "executorch"):
         problem = "the onnxruntime backend runs the fp32 ONNX graph (no mixed precision here); use --precision fp32"
     elif precision == "bf16" and backend == "openvino" and "BF16" not in _openvino_capabilities():
         problem = "OpenVINO reports no BF16 support on this CPU (needs AVX512-BF16 or AMX)"

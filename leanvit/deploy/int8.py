@@ -21,8 +21,9 @@ from .._io import atomic_write_text
 from ..checkpoint import create_for_checkpoint, load_weights
 from ..zoo import ModelSpec, build_model, fuse_model, resolve_model, target_for
 from .quantize import (
-    INT8_RUNTIMES, AccuracyReport, QuantizedArtifact, cpu_has_vnni, predict, quantize_for, top1_report,
+    INT8_RUNTIMES, AccuracyReport, QuantizedArtifact, predict, quantize_for, top1_report,
 )
+from .capabilities import cpu_has_int8_dot
 
 __all__ = ["IMAGE_SUFFIXES", "Int8Result", "Int8Run", "build_for", "eval_transform", "load_image_folder",
            "quantize_model"]
@@ -142,7 +143,7 @@ def quantize_model(
     calib, _, _ = load_image_folder(calibration, transform, labelled=False, limit=calibration_images,
                                     what="calibration")
     run = Int8Run(spec.name, side)
-    if not cpu_has_vnni():
+    if not cpu_has_int8_dot():
         run.notes.append("this CPU has no VNNI / AMX int8 instructions: the artifacts are valid, but int8 will run "
                          "slower here than on the deployment CPU")
     images = labels = None

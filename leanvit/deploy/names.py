@@ -4,8 +4,9 @@ from __future__ import annotations
 
 __all__ = ["BACKENDS", "PRECISIONS", "FORMATS", "EXPORT_PRECISIONS", "FORMAT_PRECISIONS", "INT8_RUNTIMES"]
 
-BACKENDS = ("eager", "jit", "compile", "onnxruntime", "openvino")
-PRECISIONS = ("fp32", "bf16", "fp16")
+BACKENDS = ("eager", "jit", "compile", "onnxruntime", "openvino", "executorch")
+# int8: post-training quantised artifacts (leanvit.deploy.quantize) for onnxruntime / openvino / executorch
+PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 # export format -> the file suffixes it writes (.mlpackage is a directory)
 FORMATS = {"onnx": (".onnx",), "openvino": (".xml",), "torchscript": (".pt", ".ts"), "executorch": (".pte",),
            "coreml": (".mlpackage",)}

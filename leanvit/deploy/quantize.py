@@ -32,20 +32,10 @@ from .writers import export_onnx, to_openvino
 
 __all__ = [
     "INT8_RUNTIMES", "SCHEMES", "AccuracyReport", "QuantizedArtifact", "mcnemar_exact", "top1_report",
-    "quantize_openvino", "quantize_onnxruntime", "quantize_executorch", "quantize_for", "cpu_has_vnni",
+    "quantize_openvino", "quantize_onnxruntime", "quantize_executorch", "quantize_for", "predict",
 ]
 
 SCHEMES = ("default", "weights")
-
-
-def cpu_has_vnni() -> bool:
-    """Whether this CPU has int8 dot-product instructions (AVX512-VNNI / AVX-VNNI / AMX): without them int8
-    runs emulated and is rarely faster than fp32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return torch.backends.cpu.get_cpu_capability() in ("AVX512", "AVX512_VNNI")  # best guess elsewhere
-    return any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
 
 
 @dataclass

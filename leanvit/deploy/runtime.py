@@ -26,6 +26,7 @@ from torch import nn
 from .capabilities import (
     MissingBackendError, UnsupportedPrecisionError, check_jit_optimize, quiet_deprecations, require, require_backend,
 )
+from .mobile import export_executorch
 from .writers import compile_openvino, export_onnx, to_openvino
 
 __all__ = ["Runtime", "TorchRuntime", "OnnxRuntime", "OpenVinoRuntime", "ExecuTorchRuntime", "build_runtime",
@@ -249,7 +250,9 @@ class ExecuTorchRuntime(Runtime):
         self.backend, self.precision, self.device = "executorch", "fp32", "cpu"
         if threads:
             bindings._unsafe_reset_threadpool(int(threads))
-        self.method = et.Runtime.get().load_program(Path(path)).load_method("forward")
+        self._program_bytes = Path(path).read_bytes()  # in memory: the file may be temporary
+        self._program = et.Runtime.get().load_program(self._program_bytes)
+        self.method = self._program.load_method("forward")
         self.threads = threads
 
     def prepare(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -296,6 +299,14 @@ def build_runtime(
             path = Path(tmp) / "model.onnx"
             export_onnx(model.cpu(), example.cpu(), path)
             return OnnxRuntime(path, threads=threads, device=device)  # the session holds the graph
+    if backend == "executorch":
+        if device.startswith("cuda") or precision != "fp32":
+            raise UnsupportedPrecisionError("the executorch backend runs fp32 XNNPACK programs on CPU here "
+                                            "(int8: leanvit.deploy.quantize)")
+        with tempfile.TemporaryDirectory(prefix="leanvit-et-") as tmp:
+            path = Path(tmp) / "model.pte"
+            export_executorch(model.cpu(), example.cpu(), path)
+            return ExecuTorchRuntime(path, threads=threads)  # the program is read into memory
     if device.startswith("cuda"):
         raise ValueError("the openvino backend runs on CPU only here; use --device cpu")
     return OpenVinoRuntime(model, example=example, threads=threads, precision=precision)
