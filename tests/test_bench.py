@@ -229,8 +229,12 @@ def test_interleaved_medians_alternates_calls() -> None:
     assert runs[-6:] == ["a", "b"] * 3  # timed rounds alternate A B A B A B after the warm-ups
 
 
-def test_int8_with_roofline_fractions() -> None:
+def test_int8_with_roofline_fractions(monkeypatch) -> None:
     # (the executorch backend's lowering costs ~40 s a model: tests/test_mobile.py covers it)
+    import leanvit.bench.runner as runner
+
+    real_peak = runner.matmul_peak
+    monkeypatch.setattr(runner, "matmul_peak", lambda dtype, seconds: real_peak(dtype, seconds=0.05))  # faster
     records = benchmark([LEANVIT], backend="onnxruntime", precision="fp32,int8", roofline=True,
                         **dict(FAST, img_size=32))
     assert [r["precision"] for r in records] == ["fp32", "int8"]

@@ -61,26 +61,20 @@ def test_mobile_form_is_exact(name: str, side: int) -> None:
 
 
 def test_executorch_export_is_delegated_and_matches(tmp_path) -> None:
+    # One model (lowering costs ~40 s): EfficientViT-M0, whose torch form left 157 ops of 5 kinds outside the
+    # delegate (SHViT's and SepViT's mobile forms are checked for exactness above).
     pytest.importorskip("executorch", reason="pip install 'leanvit[mobile]'")
-    model = signal_weights_(build_model(resolve_model("shvit_s1"), 64), seed=3, img_size=64)
-    out = tmp_path / "s1.pte"
+    model = signal_weights_(build_model(resolve_model("efficientvit_m0"), 64), seed=3, img_size=64)
+    out = tmp_path / "m0.pte"
     result = export_model(model, "executorch", out, img_size=64)
     assert result.verified and result.max_abs_diff <= 1e-4, result.summary()
-    assert "every operator delegated to XNNPACK" in result.exporter
+    assert "every operator delegated to XNNPACK" in result.exporter, result.exporter
     runtime = load_artifact(out)
     x = signal_images(1, 64, seed=5)
     with torch.no_grad():
         expected = leanvit.fuse(model)(x)
+    assert expected.abs().max() > 0.1
     torch.testing.assert_close(runtime(x), expected, atol=1e-4, rtol=1e-4)
-
-
-def test_executorch_lowering_leaves_nothing_outside_the_delegate() -> None:
-    pytest.importorskip("executorch", reason="pip install 'leanvit[mobile]'")
-    from leanvit.deploy.mobile import lower_to_executorch
-
-    model = build_model(resolve_model("efficientvit_m0"), 64)
-    lowered = lower_to_executorch(leanvit.fuse(model, target="executorch"), torch.randn(1, 3, 64, 64))
-    assert lowered.outside_delegate == {}, lowered.describe()
 
 
 def test_coreml_conversion_and_cli(tmp_path, capsys) -> None:

@@ -101,7 +101,7 @@ def digits_run(tmp_path_factory) -> dict[str, Path]:
 
 
 def test_int8_keeps_accuracy_on_real_digits(digits_run, tmp_path) -> None:
-    # scheme "weights": ONNX Runtime keeps the attention MatMuls in fp32. With every MatMul in int8 this model
+    # scheme "weights": ONNX Runtime quantises the convolutions only. With every MatMul in int8 this model
     # lost 3.6 points here (14 of 360 digits turned wrong, 1 right; McNemar p = 0.001): the cascaded attention's
     # known int8 sensitivity. OpenVINO's NNCF transformer preset handles it by itself.
     run = quantize_model("efficientvit_m0", digits_run["calib"], tmp_path, runtimes=("openvino", "onnxruntime"),
