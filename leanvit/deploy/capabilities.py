@@ -107,7 +107,7 @@ def check_precision(
     elif precision == "bf16" and backend == "onnxruntime" and not cuda:
         problem = "onnxruntime's CPU provider has no bf16 kernels; use the openvino or a PyTorch backend for bf16"
     elif precision != "fp32" and backend in ("onnxruntime", "executorch"):
-        problem = "the onnxruntime backend runs the fp32 ONNX graph (no mixed precision here); use --precision fp32"
+        problem = f"the {backend} backend runs the fp32 graph (no mixed precision here); use --precision fp32 or int8"
     elif precision == "bf16" and backend == "openvino" and "BF16" not in _openvino_capabilities():
         problem = "OpenVINO reports no BF16 support on this CPU (needs AVX512-BF16 or AMX)"
     elif precision == "bf16" and backend in ("eager", "jit", "compile"):
