@@ -18,7 +18,7 @@ import math
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -222,7 +222,3 @@ def quantize_for(runtime: str, fused: nn.Module, example: torch.Tensor, calibrat
         description = _QUANTIZERS[runtime](fused, example, calibration.float(), Path(path), scheme)
     return QuantizedArtifact(runtime, str(path), scheme, len(calibration), description)
 
-
-def calibration_batches(images: Sequence[torch.Tensor] | torch.Tensor) -> torch.Tensor:
-    """Stack images (C, H, W) into one (N, C, H, W) tensor."""
-    return images if isinstance(images, torch.Tensor) else torch.stack(list(images))
