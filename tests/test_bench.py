@@ -196,7 +196,7 @@ def test_bf16_onnxruntime_is_refused() -> None:
     (dict(duration=0.0), "duration must be > 0"),
     (dict(mode="speed"), "unknown mode"),
     (dict(backend="tensorrt"), "unknown backend"),
-    (dict(precision="int8"), "unknown precision"),
+    (dict(precision="int4"), "unknown precision"),
     (dict(clock="cpu", threads=2), "single-threaded"),
     (dict(clock="tsc"), "clock must be"),
     (dict(backend="onnxruntime", channels_last=True), "channels_last applies to the PyTorch backends"),
