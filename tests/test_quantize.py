@@ -131,7 +131,7 @@ def test_int8_export_and_quantize_cli(digits_run, tmp_path, capsys) -> None:
     assert main(args + ["--calibration", str(tmp_path / "missing")]) == 1
     assert "calibration folder" in capsys.readouterr().err
     assert main(args + ["--calibration", str(digits_run["calib"]), "--val", str(digits_run["val"]),
-                        "--max-drop", "-100"]) == 1  # nothing can pass a negative bound
+                        "--val-images", "60", "--max-drop", "-100"]) == 1  # nothing can pass a negative bound
     captured = capsys.readouterr()
     assert "onnxruntime int8 (default)" in captured.out and "McNemar" in captured.out
     assert "lost more than -100" in captured.err
