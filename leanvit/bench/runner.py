@@ -278,8 +278,7 @@ def _int8_runtime(model: nn.Module, cfg: BenchConfig, example: torch.Tensor) -> 
     calibration = signal_images(32, cfg.img_size, seed=cfg.seed + 2)
     with tempfile.TemporaryDirectory(prefix="leanvit-bench-int8-") as tmp:
         path = Path(tmp) / f"model{INT8_RUNTIMES[cfg.backend]}"
-        batch = example[:1] if cfg.backend == "executorch" and len(example) == 1 else example
-        artifact = quantize_for(cfg.backend, model, batch, calibration, path, threads=cfg.threads)
+        artifact = quantize_for(cfg.backend, model, example, calibration, path, threads=cfg.threads)
         return artifact.open(cfg.threads)  # every runtime holds its program in memory
 
 

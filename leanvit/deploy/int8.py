@@ -20,10 +20,9 @@ from torch import nn
 from .._io import atomic_write_text
 from ..checkpoint import create_for_checkpoint, load_weights
 from ..zoo import ModelSpec, build_model, fuse_model, resolve_model, target_for
-from .quantize import (
-    INT8_RUNTIMES, AccuracyReport, QuantizedArtifact, predict, quantize_for, top1_report,
-)
 from .capabilities import cpu_has_int8_dot
+from .names import INT8_RUNTIMES
+from .quantize import AccuracyReport, QuantizedArtifact, predict, quantize_for, top1_report
 
 __all__ = ["IMAGE_SUFFIXES", "Int8Result", "Int8Run", "build_for", "eval_transform", "load_image_folder",
            "quantize_model"]
@@ -154,7 +153,7 @@ def quantize_model(
                              f"{module.num_classes}: pass the checkpoint trained on these classes")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    reference: dict[str, torch.Tensor] = {}
+    fp32_preds: torch.Tensor | None = None  # every fused form computes the same function: predict once
     for runtime in runtimes:
         fused = fuse_model(module, target=target_for(runtime))
         batch = 1 if runtime == "executorch" else batch_size  # ExecuTorch programs have a static batch
@@ -163,9 +162,9 @@ def quantize_model(
         artifact = quantize_for(runtime, fused, example, calib, path, scheme=scheme, threads=threads)
         result = Int8Result(artifact)
         if images is not None and labels is not None:
-            if "fp32" not in reference:
-                reference["fp32"] = predict(fused, images, batch_size)
-            result.accuracy = top1_report(reference["fp32"], predict(artifact.open(threads), images, batch), labels)
+            if fp32_preds is None:
+                fp32_preds = predict(fused, images, batch_size)
+            result.accuracy = top1_report(fp32_preds, predict(artifact.open(threads), images, batch), labels)
         run.results.append(result)
     record = {"model": run.model, "img_size": side, "checkpoint": str(checkpoint) if checkpoint else None,
               "calibration": str(calibration), "calibration_images": len(calib), "val": str(val) if val else None,

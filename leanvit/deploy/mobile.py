@@ -124,11 +124,11 @@ def coreml_can_predict() -> bool:
 
 def export_coreml(model: nn.Module, example: torch.Tensor, path: str | Path, *, precision: str = "fp16") -> str:
     """Write an ``.mlpackage``; returns a description with the operations outside the Neural Engine set."""
+    ct = require("coremltools", "mobile", "Core ML export")
     mlmodel = convert_coreml(model, example, precision=precision)
     ops = coreml_operations(mlmodel)
     mlmodel.save(str(path))
     unusual = sorted(set(ops) - COREML_NEURAL_ENGINE_OPS)
-    import coremltools as ct
 
     note = f"ops outside the Neural Engine set: {', '.join(unusual)}" if unusual else "all ops in the Neural Engine set"
     return f"coremltools {ct.__version__} mlprogram iOS16 {precision}, {sum(ops.values())} ops ({note})"

@@ -1,16 +1,18 @@
 """int8 post-training quantisation with measured accuracy: OpenVINO (NNCF), ONNX Runtime (QDQ), ExecuTorch
 (PT2E + XNNPACK quantizer).
 
-:func:`quantize_model` fuses the model for the runtime, calibrates on *real* images (``calibration``; random
-noise calibrates the activation ranges of the wrong distribution: up to 18-49 top-1 points lost in the
-exploratory protocol, docs/deploy.md), writes the int8 artifact and, given labelled images, measures fp32 and
-int8 top-1 on the same images with the flip rate and McNemar's exact test (:class:`AccuracyReport`).
+:func:`quantize_for` quantises a model already fused for its runtime, calibrated on *real* images (random
+noise calibrates the activation ranges of the wrong distribution: OpenVINO's int8 lost 49-70 top-1 points in
+the digits protocol, docs/deploy.md), and writes the int8 artifact; :func:`top1_report` pairs fp32 and int8
+predictions on the same labelled images with the flip count and McNemar's exact test
+(:class:`AccuracyReport`). :func:`leanvit.deploy.int8.quantize_model` does all of it from image folders.
 
 Schemes (``scheme``): ``"default"`` quantises every op the runtime's quantiser takes; ``"weights"`` keeps
 activation x activation products (attention ``q @ k`` and ``attn @ v`` MatMuls / bmms) in float and
 quantises the layers with weights (ExecuTorch: conv and linear; ONNX Runtime: conv only, see
-:func:`quantize_onnxruntime`): measured on real digits, the mixed precision both runtimes need. For OpenVINO, NNCF's transformer preset (``model_type=
-TRANSFORMER``) does this and more (it keeps softmax and norm inputs in float), and is always used.
+:func:`quantize_onnxruntime`): measured on real digits, the mixed precision both runtimes need. For
+OpenVINO, NNCF's transformer preset (``model_type=TRANSFORMER``) does this and more (it keeps softmax and
+norm inputs in float), and is always used.
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ from .runtime import ExecuTorchRuntime, OnnxRuntime, OpenVinoRuntime, Runtime
 from .writers import export_onnx, to_openvino
 
 __all__ = [
-    "INT8_RUNTIMES", "SCHEMES", "AccuracyReport", "QuantizedArtifact", "mcnemar_exact", "top1_report",
+    "SCHEMES", "AccuracyReport", "QuantizedArtifact", "mcnemar_exact", "top1_report",
     "quantize_openvino", "quantize_onnxruntime", "quantize_executorch", "quantize_for", "predict",
 ]
 
@@ -146,9 +148,6 @@ class _TensorReader:
 
     def get_next(self) -> dict[str, Any] | None:
         return next(self.items, None)
-
-    def __iter__(self) -> Any:  # onnxruntime.quantization.qdq_loss_debug iterates readers
-        return self.items
 
 
 def quantize_onnxruntime(fused: nn.Module, example: torch.Tensor, calibration: torch.Tensor, path: Path,

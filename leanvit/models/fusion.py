@@ -3,6 +3,7 @@ then give each module the form that runs fastest on the target runtime."""
 from __future__ import annotations
 
 import copy
+from typing import Callable
 
 import torch
 from torch import nn
@@ -17,25 +18,24 @@ MOBILE_TARGETS = ("executorch", "coreml")
 TARGETS = ("torch", "openvino", "onnx", *MOBILE_TARGETS)
 
 
-def _replace_children_(module: nn.Module, hook: str, *args: object) -> nn.Module:
-    """Replace every child that has a callable ``hook`` by ``child.hook(*args)``, recursively; returns ``module``."""
+def _replace_each_child_(module: nn.Module, replace: Callable[[nn.Module], nn.Module]) -> nn.Module:
+    """Replace every child by ``replace(child)`` (itself to keep it), recursively into the result; returns
+    ``module``."""
     for name, child in list(module.named_children()):
-        method = getattr(child, hook, None)
-        new = method(*args) if callable(method) else child
+        new = replace(child)
         if new is not child:
             setattr(module, name, new)
-        _replace_children_(new, hook, *args)
+        _replace_each_child_(new, replace)
     return module
 
 
-def _mobile_norms_(module: nn.Module) -> None:
-    """Replace every GroupNorm(1, C) / LayerNorm(C) below ``module`` by its :func:`mobile_norm` form."""
-    for name, child in list(module.named_children()):
-        new = mobile_norm(child)
-        if new is not None:
-            setattr(module, name, new)
-        else:
-            _mobile_norms_(child)
+def _replace_children_(module: nn.Module, hook: str, *args: object) -> nn.Module:
+    """Replace every child that has a callable ``hook`` by ``child.hook(*args)``, recursively; returns ``module``."""
+    def replace(child: nn.Module) -> nn.Module:
+        method = getattr(child, hook, None)
+        return method(*args) if callable(method) else child
+
+    return _replace_each_child_(module, replace)
 
 
 @torch.no_grad()
@@ -79,8 +79,8 @@ def fuse(model: nn.Module, channels_last: bool | None = None, *, target: str = "
     fuse_(fused)
     with torch.no_grad():
         _replace_children_(fused, "deploy_form", target)
-        if target in MOBILE_TARGETS:
-            _mobile_norms_(fused)
+        if target in MOBILE_TARGETS:  # every GroupNorm(1, C) / LayerNorm(C) in its mobile_norm form
+            _replace_each_child_(fused, lambda child: mobile_norm(child) or child)
     if channels_last is None:  # mobile delegates take NCHW graphs and choose their own layouts
         channels_last = getattr(model, "prefers_channels_last", False) and target not in MOBILE_TARGETS
     if channels_last:
