@@ -5,11 +5,13 @@
    digits, 100 per class), and an extra ``noise/`` folder of random images (to show what calibrating on
    noise costs).
 3. ``leanvit.deploy.quantize_model`` per runtime and scheme: fp32 vs int8 top-1 on val/ with the flip rate
-   and McNemar's exact test.
+   and McNemar's exact test; with ``--max-drop``, after the keep-float search on tune/ (500 other training
+   digits, labelled).
 
 The same command on ImageNet: ``leanvit quantize MODEL --checkpoint W --calibration train_subset/ --val val/``.
 
     python benchmarks/int8_protocol.py --models shvit_s1 efficientvit_m0 --epochs 4 --out out/int8
+    python benchmarks/int8_protocol.py --runtimes onnxruntime pytorch --schemes default --max-drop 0.5
 """
 from __future__ import annotations
 
@@ -27,9 +29,16 @@ from leanvit.train import Trainer, load_config
 from leanvit.train.data import Mnist5kSource
 
 
-def write_folders(root: Path, calibration: int, seed: int = 0) -> tuple[Path, Path, Path]:
-    """calib/ (flat), val/<class>/ and noise/ (flat) PNGs; reused when present."""
-    calib, val, noise = root / "calib", root / "val", root / "noise"
+def write_folders(root: Path, calibration: int, seed: int = 0, tune_images: int = 500) -> tuple[Path, Path, Path, Path]:
+    """calib/ (flat), tune/<class>/ (other training images), val/<class>/ and noise/ (flat) PNGs; reused
+    when present."""
+    calib, val, noise, tune = root / "calib", root / "val", root / "noise", root / "tune"
+    if not (tune / "9").is_dir():
+        train, rng = Mnist5kSource("train"), np.random.default_rng(seed)
+        for n, i in enumerate(rng.permutation(len(train))[calibration:calibration + tune_images]):
+            img, label = train.load(int(i))
+            (tune / str(label)).mkdir(parents=True, exist_ok=True)
+            img.save(tune / str(label) / f"{n:05d}.png")
     if not (val / "9").is_dir():
         train, held = Mnist5kSource("train"), Mnist5kSource("val")
         rng = np.random.default_rng(seed)
@@ -42,7 +51,7 @@ def write_folders(root: Path, calibration: int, seed: int = 0) -> tuple[Path, Pa
             img, label = held.load(i)
             (val / str(label)).mkdir(parents=True, exist_ok=True)
             img.save(val / str(label) / f"{i:05d}.png")
-    return calib, val, noise
+    return calib, val, noise, tune
 
 
 def main() -> None:
@@ -54,10 +63,12 @@ def main() -> None:
     p.add_argument("--img-size", type=int, default=64)
     p.add_argument("--calibration", type=int, default=256)
     p.add_argument("--noise", action="store_true", help="also calibrate on random noise (default scheme)")
+    p.add_argument("--max-drop", type=float, help="run the keep-float search for this bound on tune/ (500 training "
+                   "images disjoint from calib/); val/ reports the result")
     p.add_argument("--out", type=Path, default=Path("out/int8"))
     args = p.parse_args()
     torch.set_num_threads(1)
-    calib, val, noise = write_folders(args.out / "data", args.calibration)
+    calib, val, noise, tune = write_folders(args.out / "data", args.calibration)
     rows = []
     for name in args.models:
         run_dir = args.out / name
@@ -70,20 +81,22 @@ def main() -> None:
         plans = [(s, calib) for s in args.schemes] + ([("default", noise)] if args.noise else [])
         for scheme, folder in plans:
             t0 = time.time()
-            run = quantize_model(name, folder, run_dir / f"int8_{scheme}_{folder.name}", runtimes=args.runtimes,
-                                 checkpoint=ckpt, val=val, img_size=args.img_size,
-                                 calibration_images=args.calibration, scheme=scheme)
+            tuned = args.max_drop is not None and folder == calib
+            run = quantize_model(name, folder, run_dir / f"int8_{scheme}_{folder.name}{'_tuned' if tuned else ''}",
+                                 runtimes=args.runtimes, checkpoint=ckpt, val=val, img_size=args.img_size,
+                                 calibration_images=args.calibration, scheme=scheme,
+                                 max_drop=args.max_drop if tuned else None, tune=tune if tuned else None)
             for r in run.results:
                 print(f"{name:16s} {folder.name:6s} {r.summary()}")
                 rows.append(dict(model=name, calibration=folder.name, scheme=scheme, runtime=r.artifact.runtime,
-                                 **r.accuracy.to_dict()))
+                                 keep_float=len(r.artifact.keep_float), **r.accuracy.to_dict()))
             print(f"  ({time.time() - t0:.0f} s)")
     (args.out / "protocol.json").write_text(json.dumps(rows, indent=2))
-    print(f"| model | calibration | scheme | runtime | fp32 top-1 | int8 top-1 | drop | flips | McNemar p |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| model | calibration | scheme | runtime | in float | fp32 top-1 | int8 top-1 | drop | flips | McNemar p |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['model']} | {r['calibration']} | {r['scheme']} | {r['runtime']} | {r['fp32_top1']:.1f} | "
-              f"{r['int8_top1']:.1f} | {r['drop']:+.1f} | {r['flips']} | {r['mcnemar_p']:.2g} |")
+        print(f"| {r['model']} | {r['calibration']} | {r['scheme']} | {r['runtime']} | {r['keep_float']} | "
+              f"{r['fp32_top1']:.1f} | {r['int8_top1']:.1f} | {r['drop']:+.1f} | {r['flips']} | {r['mcnemar_p']:.2g} |")
 
 
 if __name__ == "__main__":

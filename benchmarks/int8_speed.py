@@ -6,7 +6,8 @@ right for timing, not for accuracy, which benchmarks/int8_protocol.py measures o
 
 * timm openvino default: timm's fused model, OpenVINO's default INFERENCE_PRECISION_HINT (bf16 here);
 * leanvit openvino bf16: ``fuse(target="openvino")`` in OpenVINO bf16 (the fastest exact route);
-* leanvit int8 openvino (NNCF), int8 onnxruntime (QDQ) and, with ``--executorch``, int8 / fp32 ExecuTorch.
+* leanvit int8 openvino (NNCF), int8 onnxruntime (QDQ), int8 pytorch (PT2E X86 inductor quantizer, compiled by
+  inductor with freezing: ~1 min per model and batch) and, with ``--executorch``, int8 / fp32 ExecuTorch.
 
 Interleaved rounds on the process CPU clock; each path reports the median of its per-round medians.
 
@@ -47,11 +48,11 @@ def _paths(name: str, batch: int, tmp: Path, executorch: bool) -> dict[str, Runt
     timm_fused = fuse_model(signal_weights_(build_model(timm_spec, side), seed=0))
     paths: dict[str, Runtime] = {"timm openvino default": OpenVinoRuntime(timm_fused, example=x, precision=None)}
     paths["leanvit openvino bf16"] = OpenVinoRuntime(fuse_model(raw, target="openvino"), example=x, precision="bf16")
-    runtimes = ["openvino", "onnxruntime"] + (["executorch"] if executorch else [])
+    runtimes = ["openvino", "onnxruntime", "pytorch"] + (["executorch"] if executorch else [])
     for rt in runtimes:
         fused = fuse_model(raw, target=target_for(rt))
         art = quantize_for(rt, fused, x, calib, tmp / f"{name}_{batch}{INT8_RUNTIMES[rt]}")
-        paths[f"leanvit int8 {rt}"] = art.open(1)
+        paths[f"leanvit int8 {rt}"] = art.open(1, batch_size=batch)
     if executorch:
         pte = tmp / f"{name}_{batch}_fp32.pte"
         export_executorch(fuse_model(raw, target="executorch"), x, pte)

@@ -24,7 +24,8 @@ from .models._layouts import Layout, StateDict
 
 __all__ = [
     "CheckpointError", "read_state_dict", "load_checkpoint", "save_checkpoint", "convert_state_dict", "detect_layout",
-    "unwrap_state_dict", "layouts_of", "load_weights", "create_for_checkpoint",
+    "unwrap_state_dict", "layouts_of", "load_weights", "create_for_checkpoint", "QAT_STATE_PREFIX",
+    "read_qat_state",
 ]
 
 
@@ -85,9 +86,30 @@ def read_state_dict(
     return unwrap_state_dict(obj, prefer_ema), {}
 
 
+def read_qat_state(source: str | os.PathLike) -> tuple[str, StateDict] | None:
+    """``(scheme, fake-quant state)`` of a quantisation-aware fine-tuning checkpoint (``leanvit train`` with
+    ``finetune.qat``), or None for any other checkpoint."""
+    path = Path(source)
+    with open(path, "rb") as f:
+        if _looks_like_safetensors(f.read(16)):
+            return None
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    model = obj.get("model") if isinstance(obj, Mapping) else None
+    state = {k: v for k, v in (model or {}).items() if k.startswith(QAT_STATE_PREFIX)}
+    if not state:
+        return None
+    scheme = ((obj.get("config") or {}).get("finetune") or {}).get("qat")
+    if scheme in (None, "none"):
+        raise CheckpointError(f"{path} holds fake-quant state but no finetune.qat scheme in its config")
+    return scheme, state
+
+
 def _looks_like_safetensors(head: bytes) -> bool:
     # safetensors: 8-byte little-endian header length, then a JSON object.
     return len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 100_000_000
+
+
+QAT_STATE_PREFIX = "activation_post_process_"
 
 
 def unwrap_state_dict(obj: Mapping[str, Any], prefer_ema: bool = False) -> StateDict:
@@ -108,7 +130,9 @@ def unwrap_state_dict(obj: Mapping[str, Any], prefer_ema: bool = False) -> State
     for prefix in ("module.", "_orig_mod."):
         if all(k.startswith(prefix) for k in tensors):
             tensors = {k[len(prefix):]: v for k, v in tensors.items()}
-    return tensors
+    # quantisation-aware fine-tuning (leanvit.train.qat) saves its fake-quant state beside the float
+    # weights; the deploy quantisers recalibrate, so float loads skip it
+    return {k: v for k, v in tensors.items() if not k.startswith(QAT_STATE_PREFIX)}
 
 
 # --------------------------------------------------------------------------------------------- conversion

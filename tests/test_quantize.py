@@ -18,11 +18,9 @@ from leanvit.deploy.export import export_model
 from leanvit.deploy.int8 import load_image_folder, quantize_model
 from leanvit.deploy.quantize import mcnemar_exact, quantize_for, top1_report
 from leanvit.models import signal_images, signal_weights_
-from leanvit.train import Trainer, load_config
-from leanvit.train.data import DigitsSource
 from leanvit.zoo import build_model, fuse_model, resolve_model
 
-SIDE = 32
+SIDE = 32  # the digits_run fixture's side (conftest.py)
 
 
 def test_mcnemar_and_paired_report() -> None:
@@ -79,25 +77,6 @@ def test_onnxruntime_schemes_quantise_what_they_say(tmp_path) -> None:
         quantize_for("onnxruntime", fused, example, calib, tmp_path / "x.xml")
     with pytest.raises(ValueError, match="calibration images must be"):
         quantize_for("onnxruntime", fused, example, signal_images(2, SIDE + 8), tmp_path / "y.onnx")
-
-
-@pytest.fixture(scope="module")
-def digits_run(tmp_path_factory) -> dict[str, Path]:
-    """efficientvit_m0 trained on real digits, with calibration (flat, training images) and val folders."""
-    root = tmp_path_factory.mktemp("digits")
-    cfg = load_config("quick", {"model.name": "efficientvit_m0", "model.img_size": SIDE, "data.path": "digits",
-                                "train.epochs": 4, "output": str(root / "run"), "log.progress": False,
-                                "log.tensorboard": False})
-    Trainer(cfg).fit()
-    train, val = DigitsSource("train"), DigitsSource("val")
-    (root / "calib").mkdir()
-    for i in range(96):
-        train.load(i)[0].save(root / "calib" / f"{i:03d}.png")
-    for i in range(len(val)):
-        img, label = val.load(i)
-        (root / "val" / str(label)).mkdir(parents=True, exist_ok=True)
-        img.save(root / "val" / str(label) / f"{i:03d}.png")
-    return {"ckpt": root / "run" / "best.ckpt", "calib": root / "calib", "val": root / "val", "root": root}
 
 
 def test_int8_keeps_accuracy_on_real_digits(digits_run, tmp_path) -> None:

@@ -24,7 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..deploy.capabilities import check_jit_optimize, check_precision, quiet_deprecations, torch_threads
-from ..deploy.names import BACKENDS, INT8_RUNTIMES, PRECISIONS
+from ..deploy.names import BACKENDS, INT8_BACKENDS, INT8_RUNTIMES, PRECISIONS
 from ..deploy.quantize import quantize_for
 from ..deploy.runtime import build_runtime
 from ..deploy.verify import compare_runtime, run_in_batches, verification_images
@@ -277,9 +277,10 @@ def _int8_runtime(model: nn.Module, cfg: BenchConfig, example: torch.Tensor) -> 
     weights); ``leanvit quantize`` measures accuracy on real images."""
     calibration = signal_images(32, cfg.img_size, seed=cfg.seed + 2)
     with tempfile.TemporaryDirectory(prefix="leanvit-bench-int8-") as tmp:
-        path = Path(tmp) / f"model{INT8_RUNTIMES[cfg.backend]}"
-        artifact = quantize_for(cfg.backend, model, example, calibration, path, threads=cfg.threads)
-        return artifact.open(cfg.threads)  # every runtime holds its program in memory
+        runtime = INT8_BACKENDS[cfg.backend]
+        path = Path(tmp) / f"model{INT8_RUNTIMES[runtime]}"
+        artifact = quantize_for(runtime, model, example, calibration, path, threads=cfg.threads)
+        return artifact.open(cfg.threads, batch_size=cfg.batch_size)  # every runtime holds its program in memory
 
 
 def _run_train(cfg: BenchConfig, spec: ModelSpec, model: nn.Module, example: torch.Tensor,

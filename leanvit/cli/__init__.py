@@ -18,7 +18,7 @@ COMMANDS = {
     "bench": ("leanvit.cli.bench", "measure throughput / latency / memory / training speed"),
     "demo": ("leanvit.cli.bench", "benchmark the leanvit zoo and baselines on this machine"),
     "export": ("leanvit.cli.deploy", "export a fused model to ONNX / OpenVINO / TorchScript / ExecuTorch / Core ML, verified"),
-    "quantize": ("leanvit.cli.deploy", "int8 for OpenVINO / ONNX Runtime / ExecuTorch, with fp32 vs int8 top-1"),
+    "quantize": ("leanvit.cli.deploy", "int8 for OpenVINO / ONNX Runtime / ExecuTorch / PyTorch, with fp32 vs int8 top-1"),
     "train": ("leanvit.cli.train", "train a model (recipes, DDP, resume)"),
     "eval": ("leanvit.cli.train", "evaluate a checkpoint on a labelled folder"),
     "detect": ("leanvit.cli.detect", "COCO detection / instance segmentation: train, eval, predict, bench"),

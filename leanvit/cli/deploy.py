@@ -76,7 +76,7 @@ def _register_quantize(subparsers: Any) -> None:
     from ..deploy.names import INT8_RUNTIMES
 
     p = subparsers.add_parser(
-        "quantize", help="int8 artifacts for OpenVINO / ONNX Runtime / ExecuTorch with fp32 vs int8 top-1",
+        "quantize", help="int8 artifacts for OpenVINO / ONNX Runtime / ExecuTorch / PyTorch with fp32 vs int8 top-1",
         description="Fuse MODEL (+ --checkpoint), calibrate on real images (--calibration: a folder, class "
                     "sub-folders or flat) and write one int8 artifact per runtime to --out. With --val (class "
                     "folders, ImageFolder order) fp32 and int8 top-1 are measured on the same images, with the "
@@ -94,7 +94,13 @@ def _register_quantize(subparsers: Any) -> None:
     p.add_argument("--img-size", type=int, help="input side (default: the model's)")
     p.add_argument("--calibration-images", type=int, default=256)
     p.add_argument("--val-images", type=int, help="use the first N validation images (default: all)")
-    p.add_argument("--max-drop", type=float, help="exit 1 when a runtime loses more top-1 points than this")
+    p.add_argument("--max-drop", type=float, help="top-1 points int8 may lose: exit 1 when a runtime loses more "
+                   "on --val; with --tune, also keep the fewest modules in float that meet it on the tuning images")
+    p.add_argument("--tune", type=Path, help="labelled tuning folder for the keep-float search (class folders, "
+                   "disjoint from --val: e.g. held-out training images); needs --max-drop")
+    p.add_argument("--tune-images", type=int, help="use the first N tuning images (default: all)")
+    p.add_argument("--eager", action="store_true", help="evaluate the pytorch int8 graph eagerly (no inductor "
+                   "compile; reference kernels, close to but not bit-equal to the compiled ones)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=_quantize)
 
@@ -104,7 +110,9 @@ def _quantize(args: argparse.Namespace) -> int:
 
     run = quantize_model(args.model, args.calibration, args.out, runtimes=args.runtime, checkpoint=args.checkpoint,
                          val=args.val, img_size=args.img_size, calibration_images=args.calibration_images,
-                         val_images=args.val_images, scheme=args.scheme)
+                         val_images=args.val_images, scheme=args.scheme,
+                         max_drop=args.max_drop if args.tune else None, tune=args.tune, tune_images=args.tune_images,
+                         compiled=not args.eager)
     for note in run.notes:
         print(f"note: {note}", file=sys.stderr)
     if args.json:
@@ -116,7 +124,7 @@ def _quantize(args: argparse.Namespace) -> int:
         over = [r for r in run.results if r.accuracy and r.accuracy.drop > args.max_drop]
         if over:
             print(f"leanvit quantize: {', '.join(r.artifact.runtime for r in over)} lost more than "
-                  f"{args.max_drop} points: try --scheme weights, more calibration images, or quantisation-aware "
-                  "fine-tuning", file=sys.stderr)
+                  f"{args.max_drop} points: try --tune DIR (keep the sensitive modules in float), --scheme weights "
+                  "or more calibration images", file=sys.stderr)
             return 1
     return 0

@@ -23,7 +23,7 @@ from typing import Any, Iterator
 
 import torch
 
-from .names import BACKENDS, PRECISIONS
+from .names import BACKENDS, INT8_BACKENDS, PRECISIONS
 
 __all__ = [
     "MissingBackendError", "UnsupportedPrecisionError", "require", "require_backend", "cpu_has_bf16", "cpu_has_int8_dot",
@@ -97,8 +97,8 @@ def check_precision(
         raise ValueError("the openvino backend runs on CPU only here; use --device cpu")
     problem = ""
     if precision == "int8":
-        if backend not in ("onnxruntime", "openvino", "executorch") or cuda:
-            problem = "int8 runs as a quantised artifact in onnxruntime, openvino or executorch on CPU"
+        if backend not in INT8_BACKENDS or cuda:
+            problem = f"int8 runs as a quantised artifact on CPU, in the {', '.join(INT8_BACKENDS)} backends"
         elif not cpu_has_int8_dot():
             problem = ("this CPU has no int8 dot-product instructions (AVX512-VNNI, AVX-VNNI or AMX): int8 would run "
                        "emulated, slower than fp32")

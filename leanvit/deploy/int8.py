@@ -18,11 +18,13 @@ import torch
 from torch import nn
 
 from .._io import atomic_write_text
-from ..checkpoint import create_for_checkpoint, load_weights
+from ..checkpoint import create_for_checkpoint, load_weights, read_qat_state
 from ..zoo import ModelSpec, build_model, fuse_model, resolve_model, target_for
-from .capabilities import cpu_has_int8_dot
+from .capabilities import cpu_has_int8_dot, torch_threads
 from .names import INT8_RUNTIMES
-from .quantize import AccuracyReport, QuantizedArtifact, predict, quantize_for, top1_report
+from .pt2e import QAT_RUNTIMES
+from .quantize import AccuracyReport, QuantizedArtifact, predict, quantize_for, quantize_qat, top1_report
+from .tuning import KeepFloatSearch, tune_runtime
 
 __all__ = ["IMAGE_SUFFIXES", "Int8Result", "Int8Run", "build_for", "eval_transform", "load_image_folder",
            "quantize_model"]
@@ -94,15 +96,20 @@ class Int8Result:
     """One runtime's int8 artifact and, with validation images, its accuracy against fp32."""
     artifact: QuantizedArtifact
     accuracy: AccuracyReport | None = None
+    search: KeepFloatSearch | None = None  # the mixed-precision search, when a bound and tuning images were given
 
     def summary(self) -> str:
         """One line for people."""
         acc = self.accuracy.summary() if self.accuracy else "no validation images: accuracy not measured"
-        return f"{self.artifact.runtime} int8 ({self.artifact.scheme}) -> {self.artifact.path}: {acc}"
+        mixed = f", {len(self.artifact.keep_float)} unit(s) in float" if self.artifact.keep_float else ""
+        line = f"{self.artifact.runtime} int8 ({self.artifact.scheme}{mixed}) -> {self.artifact.path}: {acc}"
+        return line + (f"\n  {self.search.summary()}" if self.search else "")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly fields."""
-        return {"artifact": vars(self.artifact), "accuracy": self.accuracy.to_dict() if self.accuracy else None}
+        return {"artifact": dict(vars(self.artifact), keep_float=list(self.artifact.keep_float)),
+                "accuracy": self.accuracy.to_dict() if self.accuracy else None,
+                "search": self.search.to_dict() if self.search else None}
 
 
 @dataclass
@@ -119,7 +126,7 @@ def quantize_model(
     calibration: str | Path,
     out_dir: str | Path,
     *,
-    runtimes: Sequence[str] = ("openvino", "onnxruntime", "executorch"),
+    runtimes: Sequence[str] = ("openvino", "onnxruntime", "executorch", "pytorch"),
     checkpoint: str | Path | None = None,
     val: str | Path | None = None,
     img_size: int | None = None,
@@ -128,10 +135,19 @@ def quantize_model(
     scheme: str = "default",
     batch_size: int = 16,
     threads: int | None = 1,
+    max_drop: float | None = None,
+    tune: str | Path | None = None,
+    tune_images: int | None = None,
+    compiled: bool = True,
 ) -> Int8Run:
     """Quantise ``model`` (+ ``checkpoint``) to int8 for each of ``runtimes`` into ``out_dir``, calibrated on
     ``calibration_images`` images of ``calibration``; with ``val`` (class folders) measure fp32 (the fused
-    PyTorch model) and int8 top-1 on the same images. Writes ``out_dir/int8.json`` with the numbers."""
+    PyTorch model) and int8 top-1 on the same images. Writes ``out_dir/int8.json`` with the numbers.
+
+    With ``max_drop`` and ``tune`` (labelled class folders, disjoint from ``val``: e.g. held-out training
+    images) each runtime's int8 keeps in float the fewest modules that bring the tuning top-1 drop within
+    ``max_drop`` points (:func:`leanvit.deploy.tuning.tune_runtime`); ``val`` then reports the result
+    unbiased. ``compiled=False`` evaluates the PyTorch int8 graph eagerly (no ~1 min inductor compile)."""
     unknown = [r for r in runtimes if r not in INT8_RUNTIMES]
     if unknown:
         raise ValueError(f"unknown int8 runtime(s) {', '.join(unknown)}; choose from {', '.join(INT8_RUNTIMES)}")
@@ -145,12 +161,25 @@ def quantize_model(
     if not cpu_has_int8_dot():
         run.notes.append("this CPU has no VNNI / AMX int8 instructions: the artifacts are valid, but int8 will run "
                          "slower here than on the deployment CPU")
+    tune_set = None
+    if (max_drop is None) != (tune is None):
+        raise ValueError("the keep-float search needs both max_drop (top-1 points) and tune (labelled images "
+                         "disjoint from val); without tune, max_drop is only checked by the command line")
+    if tune is not None:
+        if val is not None and Path(tune).resolve() == Path(val).resolve():
+            raise ValueError("tune and val are the same folder: choosing on the validation images would make the "
+                             "reported drop optimistic; tune on held-out training images")
+        tune_set = load_image_folder(tune, transform, labelled=True, limit=tune_images, what="tuning")[:2]
     images = labels = None
     if val is not None:
         images, labels, classes = load_image_folder(val, transform, labelled=True, limit=val_images, what="validation")
         if len(classes) > getattr(module, "num_classes", len(classes)):
             raise ValueError(f"validation folder has {len(classes)} classes but the model predicts "
                              f"{module.num_classes}: pass the checkpoint trained on these classes")
+    qat = read_qat_state(checkpoint) if checkpoint is not None and spec.source == "leanvit" else None
+    if qat is not None:
+        run.notes.append(f"the checkpoint was quantisation-aware fine-tuned ({qat[0]}): {QAT_RUNTIMES[qat[0]]} int8 "
+                         "converts its learned int8 graph, the other runtimes post-training-quantise its weights")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     fp32_preds: torch.Tensor | None = None  # every fused form computes the same function: predict once
@@ -159,15 +188,26 @@ def quantize_model(
         batch = 1 if runtime == "executorch" else batch_size  # ExecuTorch programs have a static batch
         example = torch.zeros(batch, 3, side, side)
         path = out / f"{spec.name}_int8{INT8_RUNTIMES[runtime]}"
-        artifact = quantize_for(runtime, fused, example, calib, path, scheme=scheme, threads=threads)
-        result = Int8Result(artifact)
+        search = None
+        if qat is not None and QAT_RUNTIMES[qat[0]] == runtime:
+            artifact = quantize_qat(runtime, module, example, qat[0], qat[1], path)
+        else:
+            if tune_set is not None and max_drop is not None:
+                with torch_threads(threads):
+                    search = tune_runtime(runtime, fused, calib, tune_set[0], tune_set[1], max_drop, scheme=scheme,
+                                          batch_size=batch_size)
+            artifact = quantize_for(runtime, fused, example, calib, path, scheme=scheme,
+                                    keep_float=search.keep_float if search else (), threads=threads)
+        result = Int8Result(artifact, search=search)
         if images is not None and labels is not None:
             if fp32_preds is None:
                 fp32_preds = predict(fused, images, batch_size)
-            result.accuracy = top1_report(fp32_preds, predict(artifact.open(threads), images, batch), labels)
+            int8 = artifact.open(threads, batch_size=batch, compiled=compiled)
+            result.accuracy = top1_report(fp32_preds, predict(int8, images, batch), labels)
         run.results.append(result)
     record = {"model": run.model, "img_size": side, "checkpoint": str(checkpoint) if checkpoint else None,
               "calibration": str(calibration), "calibration_images": len(calib), "val": str(val) if val else None,
+              "tune": str(tune) if tune else None, "max_drop": max_drop,
               "results": [r.to_dict() for r in run.results], "notes": run.notes}
     atomic_write_text(out / "int8.json", json.dumps(record, indent=2))
     return run

@@ -2,10 +2,12 @@
 reads them for its help text)."""
 from __future__ import annotations
 
-__all__ = ["BACKENDS", "PRECISIONS", "FORMATS", "EXPORT_PRECISIONS", "FORMAT_PRECISIONS", "INT8_RUNTIMES"]
+__all__ = ["BACKENDS", "PRECISIONS", "FORMATS", "EXPORT_PRECISIONS", "FORMAT_PRECISIONS", "INT8_RUNTIMES",
+           "INT8_BACKENDS"]
 
 BACKENDS = ("eager", "jit", "compile", "onnxruntime", "openvino", "executorch")
-# int8: post-training quantised artifacts (leanvit.deploy.quantize) for onnxruntime / openvino / executorch
+# int8: post-training quantised artifacts (leanvit.deploy.quantize) for onnxruntime / openvino / executorch /
+# pytorch (the compile backend)
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 # export format -> the file suffixes it writes (.mlpackage is a directory)
 FORMATS = {"onnx": (".onnx",), "openvino": (".xml",), "torchscript": (".pt", ".ts"), "executorch": (".pte",),
@@ -16,4 +18,7 @@ FORMAT_PRECISIONS = {"onnx": ("fp32", "int8"), "openvino": ("fp32", "bf16", "int
                      "executorch": ("fp32", "int8"), "coreml": ("fp16", "fp32")}
 EXPORT_PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 # runtime -> the suffix of its int8 artifact (leanvit.deploy.quantize)
-INT8_RUNTIMES = {"openvino": ".xml", "onnxruntime": ".onnx", "executorch": ".pte"}
+# (pytorch: PT2E X86 inductor, a safetensors file the graph is rebuilt from: leanvit.deploy.pt2e)
+INT8_RUNTIMES = {"openvino": ".xml", "onnxruntime": ".onnx", "executorch": ".pte", "pytorch": ".safetensors"}
+# bench backend -> the int8 runtime it times (compile: the PT2E graph compiled by inductor)
+INT8_BACKENDS = {"onnxruntime": "onnxruntime", "openvino": "openvino", "executorch": "executorch", "compile": "pytorch"}

@@ -20,7 +20,7 @@ import math
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -29,12 +29,13 @@ from .._io import atomic_write, atomic_write_bytes
 from .capabilities import preserved_signal_stack, quiet_deprecations, require, torch_threads
 from .mobile import as_nchw, lower_to_executorch
 from .names import INT8_RUNTIMES
-from .runtime import ExecuTorchRuntime, OnnxRuntime, OpenVinoRuntime, Runtime
+from .pt2e import QAT_RUNTIMES, converted_qat, load_pytorch_int8, quantize_pytorch, xnnpack_quantizer
+from .runtime import ExecuTorchRuntime, OnnxRuntime, OpenVinoRuntime, Runtime, TorchRuntime
 from .writers import export_onnx, to_openvino
 
 __all__ = [
     "SCHEMES", "AccuracyReport", "QuantizedArtifact", "mcnemar_exact", "top1_report",
-    "quantize_openvino", "quantize_onnxruntime", "quantize_executorch", "quantize_for", "predict",
+    "quantize_openvino", "quantize_onnxruntime", "quantize_executorch", "quantize_for", "quantize_qat", "predict",
 ]
 
 SCHEMES = ("default", "weights")
@@ -48,9 +49,17 @@ class QuantizedArtifact:
     scheme: str
     calibration_images: int
     description: str
+    keep_float: tuple[str, ...] = ()  # modules left in float (mixed precision)
 
-    def open(self, threads: int | None = 1) -> Runtime:
-        """The artifact in its runtime."""
+    def open(self, threads: int | None = 1, *, batch_size: int = 16, compiled: bool = True) -> Runtime:
+        """The artifact in its runtime. The PyTorch graph is compiled by inductor for ``batch_size`` (~1 min;
+        ``compiled=False`` runs the same quantised graph eagerly, with reference kernels: slow, and close to
+        but not bit-equal to the compiled int8 kernels)."""
+        if self.runtime == "pytorch":
+            graph, meta = load_pytorch_int8(self.path)
+            example = torch.zeros(batch_size, 3, meta["img_size"], meta["img_size"])
+            with torch_threads(threads):
+                return TorchRuntime(graph, example, mode="compile" if compiled else "eager")
         if self.runtime == "openvino":
             return OpenVinoRuntime(self.path, threads=threads, precision=None)
         if self.runtime == "onnxruntime":
@@ -124,18 +133,44 @@ def _check_calibration(calibration: torch.Tensor, example: torch.Tensor) -> None
         raise ValueError("no calibration images: pass real images of the task (a few hundred)")
 
 
+def in_modules(module_path: str, modules: Sequence[str]) -> bool:
+    """Whether the layer at dotted ``module_path`` lies inside one of ``modules`` (dotted module names)."""
+    return any(module_path == m or module_path.startswith(m + ".") for m in modules)
+
+
+def _openvino_module_path(op_name: str) -> str:
+    # ov.convert_model names ops "__module.stages.1.blocks.0.mixer.qkv/aten::_convolution/Convolution"
+    return op_name.split("/", 1)[0].removeprefix("__module.")
+
+
+def _onnx_module_path(node_name: str) -> str:
+    # torch.onnx scopes: "/stages/stages.1/blocks/blocks.2/ffn/m/pw1/Conv" -> "stages.1.blocks.2.ffn.m.pw1"
+    parts: list[str] = []
+    for scope in node_name.strip("/").split("/")[:-1]:
+        if parts and scope.startswith(parts[-1] + "."):
+            parts[-1] = scope  # a container's element repeats the container's name
+        else:
+            parts.append(scope)
+    return ".".join(parts)
+
+
 def quantize_openvino(fused: nn.Module, example: torch.Tensor, calibration: torch.Tensor, path: Path,
-                      scheme: str = "default") -> str:
+                      scheme: str = "default", keep_float: Sequence[str] = ()) -> str:
     """NNCF post-training quantisation of the OpenVINO model (transformer preset, mixed preset: symmetric
-    weights, asymmetric activations), saved as an int8 IR with a dynamic batch."""
+    weights, asymmetric activations), saved as an int8 IR with a dynamic batch. The ops of the modules in
+    ``keep_float`` go to NNCF's ignored scope."""
     nncf = require("nncf", "quantize", "OpenVINO int8 (NNCF)")
     ov = require("openvino", "openvino", "OpenVINO int8")
     _check_calibration(calibration, example)
     ov_model = to_openvino(fused, example, dynamic_batch=True)
+    ignored = [op.get_friendly_name() for op in ov_model.get_ops()
+               if in_modules(_openvino_module_path(op.get_friendly_name()), keep_float)]
+    scope = nncf.IgnoredScope(names=ignored, validate=False) if ignored else None
     batches = [b.numpy() for b in calibration.split(1)]  # NNCF counts subset_size in dataset items
     with quiet_deprecations(), preserved_signal_stack():  # NNCF compiles OpenVINO models to collect statistics
         quantized = nncf.quantize(ov_model, nncf.Dataset(batches), preset=nncf.QuantizationPreset.MIXED,
-                                  model_type=nncf.ModelType.TRANSFORMER, subset_size=len(calibration))
+                                  model_type=nncf.ModelType.TRANSFORMER, subset_size=len(calibration),
+                                  ignored_scope=scope)
     ov.save_model(quantized, str(path), compress_to_fp16=False)
     return f"NNCF {nncf.__version__} post-training int8 (transformer preset) on OpenVINO {ov.__version__}"
 
@@ -151,13 +186,14 @@ class _TensorReader:
 
 
 def quantize_onnxruntime(fused: nn.Module, example: torch.Tensor, calibration: torch.Tensor, path: Path,
-                         scheme: str = "default") -> str:
+                         scheme: str = "default", keep_float: Sequence[str] = ()) -> str:
     """ONNX Runtime static quantisation: QDQ format, per-channel symmetric int8 weights, uint8 activations
     (min-max calibration). ``scheme="weights"`` quantises the convolutions only: attention MatMuls, residual
     adds and the classifier Gemm stay fp32. In the digits protocol (docs/deploy.md) that cut the top-1 loss
     from 3.6 to 1.8 points (shvit_s1) and 1.7 to 0.6 (efficientvit_m0); quantising the Gemm too cost 2.3 of
     them on shvit_s1, and percentile / entropy calibration or symmetric activations did not help."""
     ort = require("onnxruntime", "onnx", "ONNX Runtime int8")
+    import onnx
     from onnxruntime import quantization as q
 
     _check_calibration(calibration, example)
@@ -167,34 +203,31 @@ def quantize_onnxruntime(fused: nn.Module, example: torch.Tensor, calibration: t
         export_onnx(fused, example[:1], fp32, dynamic_batch=True)
         prepared = Path(tmp) / "prepared.onnx"
         q.quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+        excluded = [n.name for n in onnx.load(str(prepared)).graph.node
+                    if in_modules(_onnx_module_path(n.name), keep_float)]
         reader = _TensorReader("input", calibration, 8)
         atomic_write(path, lambda tmp_path: q.quantize_static(
             str(prepared), tmp_path, reader, quant_format=q.QuantFormat.QDQ, per_channel=True,
             activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8, op_types_to_quantize=ops,
-            calibrate_method=q.CalibrationMethod.MinMax))
+            nodes_to_exclude=excluded, calibrate_method=q.CalibrationMethod.MinMax))
     return f"onnxruntime {ort.__version__} static QDQ int8 (per-channel weights{', Conv only' if ops else ''})"
 
 
 def quantize_executorch(fused: nn.Module, example: torch.Tensor, calibration: torch.Tensor, path: Path,
-                        scheme: str = "default") -> str:
-    """PT2E quantisation with ExecuTorch's XNNPACK quantizer (symmetric per-channel int8 weights, int8
-    activations), lowered to an XNNPACK ``.pte`` at the example's (static) batch. ``scheme="weights"``
-    leaves the attention ``bmm``s unquantised (only conv / linear and what follows them are annotated)."""
-    xq = require("executorch.backends.xnnpack.quantizer.xnnpack_quantizer", "mobile", "ExecuTorch int8")
+                        scheme: str = "default", keep_float: Sequence[str] = ()) -> str:
+    """PT2E quantisation with :func:`xnnpack_quantizer`, lowered to an XNNPACK ``.pte`` at the example's
+    (static) batch. ``scheme="weights"`` leaves the attention ``bmm``s unquantised."""
     pt2e = require("torchao.quantization.pt2e.quantize_pt2e", "mobile", "ExecuTorch int8 (torchao PT2E)")
     _check_calibration(calibration, example)
-    config = xq.get_symmetric_quantization_config(is_per_channel=True)
-    quantizer = xq.XNNPACKQuantizer()
-    if scheme == "weights":
-        quantizer.set_module_type(nn.Conv2d, config).set_module_type(nn.Linear, config)
-    else:
-        quantizer.set_global(config)
+    batch = example.shape[0]
+    if len(calibration) < batch:
+        raise ValueError(f"{len(calibration)} calibration images cannot fill one batch of the program ({batch}): "
+                         "pass more images or a smaller example batch")
+    quantizer = xnnpack_quantizer(scheme, keep_float)
     with quiet_deprecations(), torch.no_grad():
         graph = torch.export.export(as_nchw(fused), (example,)).module()
         prepared = pt2e.prepare_pt2e(graph, quantizer)
-        batch = example.shape[0]
-        usable = calibration[: len(calibration) // batch * batch] if len(calibration) >= batch else calibration
-        for chunk in usable.split(batch):
+        for chunk in calibration[: len(calibration) // batch * batch].split(batch):
             prepared(chunk)
         converted = pt2e.convert_pt2e(prepared)
         program = torch.export.export(converted, (example,))
@@ -204,12 +237,30 @@ def quantize_executorch(fused: nn.Module, example: torch.Tensor, calibration: to
            f"{lowered.describe()}"
 
 
-_QUANTIZERS = {"openvino": quantize_openvino, "onnxruntime": quantize_onnxruntime, "executorch": quantize_executorch}
+def quantize_qat(runtime: str, model: nn.Module, example: torch.Tensor, scheme: str, state: dict[str, torch.Tensor],
+                 path: Path) -> QuantizedArtifact:
+    """The int8 artifact of a quantisation-aware fine-tuned ``model`` (unfused, its learned fake-quant
+    ``state``) for the runtime its ``scheme`` simulated (:data:`~leanvit.deploy.pt2e.QAT_RUNTIMES`)."""
+    if QAT_RUNTIMES.get(scheme) != runtime:
+        raise ValueError(f"a {scheme} QAT checkpoint converts for {QAT_RUNTIMES.get(scheme)}, not {runtime}")
+    side = int(example.shape[-1])
+    with quiet_deprecations(), torch.no_grad():
+        program = torch.export.export(converted_qat(model, side, scheme, state), (example,))
+    lowered = lower_to_executorch(program, example)
+    atomic_write_bytes(path, lowered.buffer)
+    description = f"QAT ({scheme}) fine-tuned, converted by PT2E XNNPACKQuantizer, {lowered.describe()}"
+    return QuantizedArtifact(runtime, str(path), "qat", 0, description)
+
+
+_QUANTIZERS = {"openvino": quantize_openvino, "onnxruntime": quantize_onnxruntime, "executorch": quantize_executorch,
+               "pytorch": quantize_pytorch}
 
 
 def quantize_for(runtime: str, fused: nn.Module, example: torch.Tensor, calibration: torch.Tensor, path: Path,
-                 *, scheme: str = "default", threads: int | None = 1) -> QuantizedArtifact:
-    """Quantise an already fused eval model (fused for ``runtime``: ``leanvit.zoo.target_for``) to ``path``."""
+                 *, scheme: str = "default", keep_float: Sequence[str] = (), threads: int | None = 1) -> QuantizedArtifact:
+    """Quantise an already fused eval model (fused for ``runtime``: ``leanvit.zoo.target_for``) to ``path``;
+    the modules named in ``keep_float`` (dotted names in ``fused``, e.g. ``stages.1.blocks.0.mixer``) stay
+    in float (:func:`leanvit.deploy.tuning.search_keep_float` finds them)."""
     if runtime not in _QUANTIZERS:
         raise ValueError(f"int8 runtimes: {', '.join(_QUANTIZERS)}; got {runtime!r}")
     if scheme not in SCHEMES:
@@ -218,6 +269,6 @@ def quantize_for(runtime: str, fused: nn.Module, example: torch.Tensor, calibrat
     if Path(path).suffix != suffix:
         raise ValueError(f"{runtime} int8 output must end in {suffix}, got {Path(path).name!r}")
     with torch_threads(threads):
-        description = _QUANTIZERS[runtime](fused, example, calibration.float(), Path(path), scheme)
-    return QuantizedArtifact(runtime, str(path), scheme, len(calibration), description)
+        description = _QUANTIZERS[runtime](fused, example, calibration.float(), Path(path), scheme, tuple(keep_float))
+    return QuantizedArtifact(runtime, str(path), scheme, len(calibration), description, tuple(keep_float))
 

@@ -27,6 +27,7 @@ from .capabilities import (
     MissingBackendError, UnsupportedPrecisionError, check_jit_optimize, quiet_deprecations, require, require_backend,
 )
 from .mobile import export_executorch
+from .pt2e import load_pytorch_int8
 from .writers import compile_openvino, export_onnx, to_openvino
 
 __all__ = ["Runtime", "TorchRuntime", "OnnxRuntime", "OpenVinoRuntime", "ExecuTorchRuntime", "build_runtime",
@@ -104,7 +105,9 @@ class TorchRuntime(Runtime):
         self.autocast = precision != "fp32" and not self.convert
         # NHWC lets oneDNN / cuDNN run convolutions without layout reorders around every call.
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        model = model.eval().to(device=device, memory_format=self.memory_format)
+        if not isinstance(model, torch.fx.GraphModule):  # exported graphs have no train / eval modes
+            model = model.eval()
+        model = model.to(device=device, memory_format=self.memory_format)
         if self.convert:
             model = model.to(torch.bfloat16)
         x = self.prepare(example)
@@ -314,7 +317,8 @@ def build_runtime(
 
 def load_artifact(path: str | Path, *, threads: int | None = 1, precision: str | None = None) -> Runtime:
     """Open an exported file by its suffix: ``.onnx`` (ONNX Runtime), ``.xml`` (OpenVINO IR),
-    ``.pt`` / ``.ts`` (TorchScript), ``.pte`` (ExecuTorch). Core ML packages run only on macOS (coremltools)."""
+    ``.pt`` / ``.ts`` (TorchScript), ``.pte`` (ExecuTorch), ``.safetensors`` (a PyTorch int8 artifact, compiled
+    for batch 1: inductor recompiles for other batches). Core ML packages run only on macOS (coremltools)."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".onnx":
@@ -327,11 +331,14 @@ def load_artifact(path: str | Path, *, threads: int | None = 1, precision: str |
         with quiet_deprecations():
             module = torch.jit.load(str(path), map_location="cpu")
         return _LoadedTorchScript(module)
+    if suffix == ".safetensors":  # a PyTorch int8 artifact (leanvit.deploy.pt2e): rebuilt, then compiled
+        graph, meta = load_pytorch_int8(path)
+        return TorchRuntime(graph, torch.zeros(1, 3, meta["img_size"], meta["img_size"]), mode="compile")
     if suffix == ".mlpackage":
         raise ValueError(f"{path} is a Core ML package: Core ML runs it on macOS / iOS only "
                          "(coremltools.models.MLModel(path).predict there)")
-    raise ValueError(f"cannot tell the format of {path}: expected .onnx, .xml (OpenVINO), .pt/.ts (TorchScript) "
-                     "or .pte (ExecuTorch)")
+    raise ValueError(f"cannot tell the format of {path}: expected .onnx, .xml (OpenVINO), .pt/.ts (TorchScript), "
+                     ".pte (ExecuTorch) or .safetensors (PyTorch int8)")
 
 
 class _LoadedTorchScript(Runtime):

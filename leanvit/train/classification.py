@@ -16,6 +16,7 @@ from .config import TrainConfig
 from .data import build_loaders, build_transforms, open_source
 from .distributed import DistInfo
 from .engine import DistillationLoss, build_criterion, evaluate_model
+from .qat import FakeQuantModel
 from .task import TRAINER_CSV_FIELDS, Task, register_task
 
 __all__ = ["ClassificationTask", "CSV_FIELDS"]
@@ -49,7 +50,10 @@ class ClassificationTask(Task):
                              f"{len(self.classes)} classes; leave model.num_classes unset to use the data's")
 
     def build_model(self, info: DistInfo) -> nn.Module:
-        return build.build_student(self.cfg, self.num_classes, self.spec.img_size)
+        model = build.build_student(self.cfg, self.num_classes, self.spec.img_size)
+        if self.cfg.finetune.qat != "none":
+            return FakeQuantModel(model, self.spec.img_size, self.cfg.finetune.qat)
+        return model
 
     def frozen_modules(self, model: nn.Module) -> list[nn.Module]:
         return build.freeze_early_stages(model, self.cfg.finetune.freeze_stages)

@@ -177,6 +177,7 @@ class FinetuneSection:
     checkpoint: str | None = None
     use_ema: bool = False  # take the EMA weights of a leanvit training checkpoint
     freeze_stages: int = 0  # freeze the stem and this many stages (their BN statistics too)
+    qat: str = "none"  # none | xnnpack: quantisation-aware fine-tuning for that int8 scheme (train/qat.py)
 
 
 @dataclass
@@ -235,6 +236,7 @@ _CHOICES = {
     "train.device": ("auto", "cpu", "cuda"),
     "train.dist_bn": ("reduce", "broadcast", "none"),
     "distill.type": ("none", "soft", "hard"),
+    "finetune.qat": ("none", "xnnpack"),
     "aug.mixup_mode": ("batch", "pair", "elem"),
     "aug.remode": ("pixel", "rand", "const"),
 }
@@ -371,6 +373,16 @@ def _validate(cfg: TrainConfig) -> None:
             f"distill.type={cfg.distill.type} needs a teacher's weights: set distill.teacher_checkpoint=PATH "
             f"(a local file for {cfg.distill.teacher}); leanvit never downloads weights"
         )
+    if cfg.finetune.qat != "none":
+        clashes = [what for what, on in (("finetune.checkpoint unset", not cfg.finetune.checkpoint),
+                                          ("ema.enable", cfg.ema.enable), ("model.compile", cfg.model.compile),
+                                          ("model.grad_checkpointing", cfg.model.grad_checkpointing),
+                                          ("finetune.freeze_stages", cfg.finetune.freeze_stages > 0),
+                                          ("model.sync_bn", cfg.model.sync_bn)) if on]
+        if clashes:
+            raise ConfigError(f"finetune.qat={cfg.finetune.qat} fine-tunes a trained model's exported graph: it needs "
+                              f"finetune.checkpoint and none of ema.enable, model.compile, model.grad_checkpointing, "
+                              f"finetune.freeze_stages, model.sync_bn (got: {', '.join(clashes)})")
     if len(cfg.aug.scale) != 2 or len(cfg.aug.ratio) != 2:
         raise ConfigError("aug.scale and aug.ratio take two numbers, e.g. [0.08, 1.0]")
 

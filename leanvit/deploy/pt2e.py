@@ -1,0 +1,193 @@
+"""PyTorch int8: PT2E post-training quantisation with torchao's X86 inductor quantizer, and its artifact.
+
+The quantised graph runs oneDNN int8 convolutions / linears (VNNI) once ``torch.compile`` lowers it with
+inductor's freezing (``TorchRuntime(mode="compile")``); eagerly it runs reference quantise / dequantise ops,
+which compute the same numbers slowly (what the unit tests use).
+
+The artifact is a safetensors file, not a pickled ``torch.export.save`` archive (``torch.export.load``
+unpickles with ``weights_only=False``): the fused float weights (``model.*``), the calibrated observer
+state (``observer.*``) and, in the metadata, how to rebuild the graph. Opening it rebuilds the leanvit
+model, fuses it, exports it, prepares it with the same quantizer, loads the observers and converts: the
+same int8 graph, without executing anything from the file.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from .._io import atomic_write
+from ..models import create_model
+from ..zoo import fuse_model
+from .capabilities import quiet_deprecations, require
+
+__all__ = ["PT2E_FORMAT", "QAT_QUANTIZERS", "QAT_RUNTIMES", "x86_quantizer", "xnnpack_quantizer", "prepare_qat_graph",
+           "converted_qat", "export_for_pt2e", "calibrated_pt2e", "converted_pt2e", "quantize_pytorch",
+           "load_pytorch_int8"]
+
+PT2E_FORMAT = "leanvit-int8-pt2e-x86"
+
+
+def _configured(quantizer: Any, config: Any, scheme: str, keep_float: Sequence[str], by_type: str, by_name: str) -> Any:
+    # The PT2E quantizers share the annotation model but name the setters differently.
+    if scheme == "weights":
+        for layer in (nn.Conv2d, nn.Linear):
+            getattr(quantizer, by_type)(layer, config)
+    else:
+        quantizer.set_global(config)
+    for name in keep_float:
+        getattr(quantizer, by_name)(name, None)
+    return quantizer
+
+
+def x86_quantizer(scheme: str = "default", keep_float: Sequence[str] = (), qat: bool = False) -> Any:
+    """torchao's X86InductorQuantizer (per-channel symmetric int8 weights, uint8 histogram-calibrated
+    activations). ``scheme="weights"`` annotates only convolutions and linears; the modules named in
+    ``keep_float`` stay in float; ``qat`` gives its fake-quantising configuration for training."""
+    xq = require("torchao.quantization.pt2e.quantizer.x86_inductor_quantizer", "quantize",
+                 "PyTorch int8 (torchao PT2E)")
+    return _configured(xq.X86InductorQuantizer(), xq.get_default_x86_inductor_quantization_config(is_qat=qat), scheme,
+                       keep_float, "set_module_type_qconfig", "set_module_name_qconfig")
+
+
+def xnnpack_quantizer(scheme: str = "default", keep_float: Sequence[str] = (), qat: bool = False) -> Any:
+    """ExecuTorch's XNNPACK quantizer: symmetric per-channel int8 weights, int8 activations; ``scheme`` and
+    ``keep_float`` and ``qat`` as for :func:`x86_quantizer`."""
+    xq = require("executorch.backends.xnnpack.quantizer.xnnpack_quantizer", "mobile", "ExecuTorch int8")
+    return _configured(xq.XNNPACKQuantizer(), xq.get_symmetric_quantization_config(is_per_channel=True, is_qat=qat), scheme,
+                       keep_float, "set_module_type", "set_module_name")
+
+
+def export_for_pt2e(fused: nn.Module, side: int) -> torch.fx.GraphModule:
+    """``fused`` exported with a dynamic batch (one int8 graph serves batch 1 and batch 16)."""
+    example = torch.zeros(2, 3, side, side)  # 2, not 1: a size-1 dimension would be specialised
+    with quiet_deprecations():
+        return torch.export.export(fused, (example,), dynamic_shapes=({0: torch.export.Dim.AUTO},)).module()
+
+
+# QAT schemes: ExecuTorch's XNNPACK quantizer only. The X86 inductor quantizer's QAT mode annotates
+# conv-BN by module partitions, and leanvit's ConvNorm runs its conv and norm functionally (recompute):
+# it fake-quantised 14 of efficientvit_m0's 117 layers, against 552 fake-quant points with XNNPACK's.
+QAT_QUANTIZERS = {"xnnpack": xnnpack_quantizer}
+# the int8 runtime whose quantizer each QAT scheme simulates
+QAT_RUNTIMES = {"xnnpack": "executorch"}
+
+
+def prepare_qat_graph(model: nn.Module, side: int, scheme: str) -> torch.fx.GraphModule:
+    """``model`` (unfused, trained) exported in training mode and prepared for quantisation-aware training
+    with ``scheme``'s quantizer (``xnnpack``): BN-folded fake-quantised convs / linears."""
+    if scheme not in QAT_QUANTIZERS:
+        raise ValueError(f"QAT scheme must be one of {', '.join(QAT_QUANTIZERS)}, got {scheme!r}")
+    example = torch.zeros(2, 3, side, side)  # 2: a size-1 batch would be specialised
+    with quiet_deprecations():
+        graph = torch.export.export(copy.deepcopy(model).train(), (example,),
+                                    dynamic_shapes=({0: torch.export.Dim.AUTO},))
+        return _pt2e().prepare_qat_pt2e(graph.module(), QAT_QUANTIZERS[scheme](qat=True))
+
+
+def converted_qat(model: nn.Module, side: int, scheme: str, state: dict[str, torch.Tensor]) -> torch.fx.GraphModule:
+    """The int8 graph of a QAT fine-tuned ``model`` with its learned fake-quant ``state``."""
+    graph = prepare_qat_graph(model, side, scheme)
+    expected = {k for k in graph.state_dict() if k.startswith("activation_post_process")}
+    if set(state) != expected:
+        raise ValueError(f"the fake-quant state ({len(state)} tensors) does not fit {scheme} QAT of this model "
+                         f"({len(expected)}): fine-tuned with another model, scheme or torch version?")
+    _restore_observers(graph, state)
+    require("torchao.quantization.pt2e", "quantize", "QAT").move_exported_model_to_eval(graph)
+    return converted_pt2e(graph)
+
+
+def _pt2e() -> Any:
+    return require("torchao.quantization.pt2e.quantize_pt2e", "quantize", "PyTorch int8 (torchao PT2E)")
+
+
+def _observer_state(prepared: torch.fx.GraphModule) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in prepared.state_dict().items() if k.startswith("activation_post_process")}
+
+
+def _restore_observers(prepared: torch.fx.GraphModule, stored: dict[str, torch.Tensor]) -> None:
+    # Buffer by buffer: load_state_dict skips some observer buffers (per-channel observers' eps), and the
+    # per-channel ranges change shape from their empty initial value.
+    for key, value in stored.items():
+        owner, _, name = key.rpartition(".")
+        prepared.get_submodule(owner)._buffers[name] = value.clone()
+
+
+def _identity(fused: nn.Module) -> dict[str, Any]:
+    """What rebuilds ``fused``: a leanvit model's registry name, class count and distillation head."""
+    cfg = getattr(fused, "pretrained_cfg", None) or {}
+    if getattr(fused, "leanvit_cfg", None) is None or not cfg.get("architecture"):
+        raise ValueError("PyTorch int8 artifacts are rebuilt from leanvit's architectures: quantise timm models "
+                         "for openvino or onnxruntime instead")
+    if getattr(fused, "fuse_target", "torch") != "torch":
+        raise ValueError(f"the PyTorch int8 route quantises fuse(target='torch'), got {fused.fuse_target!r}")
+    return {"model": cfg["architecture"], "num_classes": int(fused.num_classes),
+            "distillation": bool(getattr(fused, "distillation", False))}
+
+
+def calibrated_pt2e(fused: nn.Module, calibration: torch.Tensor, quantizer: Any, batch_size: int) -> torch.fx.GraphModule:
+    """``fused`` exported, prepared with ``quantizer`` and calibrated on ``calibration``: convert_pt2e's input."""
+    with quiet_deprecations(), torch.no_grad():
+        prepared = _pt2e().prepare_pt2e(export_for_pt2e(fused, int(calibration.shape[-1])), quantizer)
+        for chunk in calibration.split(max(1, batch_size)):
+            prepared(chunk)
+    return prepared
+
+
+def converted_pt2e(prepared: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """The int8 graph of calibrated observers (reference quantise / dequantise ops when run eagerly)."""
+    with quiet_deprecations(), torch.no_grad():
+        return _pt2e().convert_pt2e(prepared)
+
+
+def quantize_pytorch(fused: nn.Module, example: torch.Tensor, calibration: torch.Tensor, path: Path,
+                     scheme: str = "default", keep_float: Sequence[str] = ()) -> str:
+    """Calibrate PT2E observers on ``calibration`` (in ``example``-sized batches) and write the artifact."""
+    identity = _identity(fused)
+    side = int(example.shape[-1])
+    prepared = calibrated_pt2e(fused, calibration, x86_quantizer(scheme, keep_float), example.shape[0])
+    tensors = {f"model.{k}": v.contiguous() for k, v in fused.state_dict().items()}
+    tensors.update({f"observer.{k}": v.contiguous() for k, v in _observer_state(prepared).items()})
+    _write_artifact(tensors, dict(identity, img_size=side, scheme=scheme, keep_float=list(keep_float)), path)
+    return ("PT2E X86InductorQuantizer int8 (per-channel"
+            f"{', conv/linear only' if scheme == 'weights' else ''}); runs compiled by inductor")
+
+
+def _write_artifact(tensors: dict[str, torch.Tensor], metadata: dict[str, Any], path: Path) -> None:
+    # safetensors metadata holds strings: every value JSON-encoded
+    torchao = require("torchao", "quantize", "PyTorch int8 (torchao PT2E)")
+    metadata = dict(metadata, format=PT2E_FORMAT, torch=torch.__version__, torchao=torchao.__version__)
+    atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata={k: json.dumps(v) for k, v in metadata.items()}))
+
+
+def load_pytorch_int8(path: str | Path) -> tuple[torch.fx.GraphModule, dict[str, Any]]:
+    """The converted int8 graph of a :func:`quantize_pytorch` artifact, and its metadata."""
+    path = Path(path)
+    with safe_open(str(path), framework="pt") as f:
+        raw = f.metadata() or {}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    meta = {k: json.loads(v) for k, v in raw.items()}
+    if meta.get("format") != PT2E_FORMAT:
+        raise ValueError(f"{path} is not a leanvit PyTorch int8 artifact (a checkpoint? export or quantise it: "
+                         "leanvit quantize MODEL --runtime pytorch)")
+    model = create_model(meta["model"], num_classes=meta["num_classes"], img_size=meta["img_size"],
+                         distillation=meta["distillation"]).eval()
+    fused = fuse_model(model, target="torch")
+    fused.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
+    quantizer = x86_quantizer(meta["scheme"], meta.get("keep_float", ()))
+    with quiet_deprecations(), torch.no_grad():
+        prepared = _pt2e().prepare_pt2e(export_for_pt2e(fused, meta["img_size"]), quantizer)
+        stored = {k[9:]: v for k, v in tensors.items() if k.startswith("observer.")}
+        expected = set(_observer_state(prepared))
+        if set(stored) != expected:
+            raise ValueError(f"{path} was quantised with torch {meta.get('torch')} / torchao {meta.get('torchao')}, "
+                             f"whose graph has other observers than this install's ({len(stored)} vs "
+                             f"{len(expected)}): quantise again here")
+        _restore_observers(prepared, stored)
+    return converted_pt2e(prepared), meta
