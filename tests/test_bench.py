@@ -254,6 +254,8 @@ def test_int8_refusals(monkeypatch) -> None:
         benchmark([LEANVIT], backend="jit", precision="int8", **FAST)
     import leanvit.deploy.capabilities as caps
 
+    monkeypatch.setattr(caps, "cpu_has_int8_dot", lambda: True)
+    assert caps.check_precision("int8", "compile") == ("int8", "")  # the PT2E graph, compiled by inductor
     monkeypatch.setattr(caps, "cpu_has_int8_dot", lambda: False)
     with pytest.raises(UnsupportedPrecisionError, match="VNNI"):
         benchmark([LEANVIT], backend="onnxruntime", precision="int8", **FAST)

@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 import torch
 from torch import nn
+from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 
 from .._io import atomic_write_text
 from ..checkpoint import create_for_checkpoint, load_weights, read_qat_state
@@ -29,7 +30,7 @@ from .tuning import KeepFloatSearch, tune_runtime
 __all__ = ["IMAGE_SUFFIXES", "Int8Result", "Int8Run", "build_for", "eval_transform", "load_image_folder",
            "quantize_model"]
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
+IMAGE_SUFFIXES = IMG_EXTENSIONS  # torchvision's ImageFolder extensions
 
 
 def build_for(spec: ModelSpec, img_size: int, checkpoint: str | Path | None) -> nn.Module:
@@ -63,11 +64,16 @@ def load_image_folder(folder: str | Path, transform: Any, *, labelled: bool, lim
     if not root.is_dir():
         raise FileNotFoundError(f"{what} folder {root} does not exist (or is a file): pass a directory of images"
                                 + (" in class sub-folders" if labelled else ""))
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())  # torchvision's find_classes order
     if labelled and not classes:
         raise FileNotFoundError(f"{what} folder {root} has no class sub-folders: labelled images go in "
                                 "ROOT/<class>/<image> (ImageFolder layout)")
-    per_class = [sorted(f for f in (root / c).rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES) for c in classes]
+    # ImageFolder's own listing (extensions, class indices), as leanvit train reads class folders
+    samples = make_dataset(str(root), {c: i for i, c in enumerate(classes)}, extensions=IMAGE_SUFFIXES,
+                           allow_empty=True) if classes else []
+    per_class: list[list[Path]] = [[] for _ in classes]
+    for path, index in samples:
+        per_class[index].append(Path(path))
     flat = sorted(f for f in root.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
     files: list[tuple[Path, int]] = [(f, -1) for f in flat] if not labelled else []
     for rank in range(max((len(p) for p in per_class), default=0)):  # interleave the classes

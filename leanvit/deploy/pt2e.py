@@ -52,16 +52,17 @@ def x86_quantizer(scheme: str = "default", keep_float: Sequence[str] = (), qat: 
     ``keep_float`` stay in float; ``qat`` gives its fake-quantising configuration for training."""
     xq = require("torchao.quantization.pt2e.quantizer.x86_inductor_quantizer", "quantize",
                  "PyTorch int8 (torchao PT2E)")
-    return _configured(xq.X86InductorQuantizer(), xq.get_default_x86_inductor_quantization_config(is_qat=qat), scheme,
-                       keep_float, "set_module_type_qconfig", "set_module_name_qconfig")
+    config = xq.get_default_x86_inductor_quantization_config(is_qat=qat)
+    return _configured(xq.X86InductorQuantizer(), config, scheme, keep_float, "set_module_type_qconfig",
+                       "set_module_name_qconfig")
 
 
 def xnnpack_quantizer(scheme: str = "default", keep_float: Sequence[str] = (), qat: bool = False) -> Any:
     """ExecuTorch's XNNPACK quantizer: symmetric per-channel int8 weights, int8 activations; ``scheme`` and
     ``keep_float`` and ``qat`` as for :func:`x86_quantizer`."""
     xq = require("executorch.backends.xnnpack.quantizer.xnnpack_quantizer", "mobile", "ExecuTorch int8")
-    return _configured(xq.XNNPACKQuantizer(), xq.get_symmetric_quantization_config(is_per_channel=True, is_qat=qat), scheme,
-                       keep_float, "set_module_type", "set_module_name")
+    config = xq.get_symmetric_quantization_config(is_per_channel=True, is_qat=qat)
+    return _configured(xq.XNNPACKQuantizer(), config, scheme, keep_float, "set_module_type", "set_module_name")
 
 
 def export_for_pt2e(fused: nn.Module, side: int) -> torch.fx.GraphModule:
@@ -94,11 +95,7 @@ def prepare_qat_graph(model: nn.Module, side: int, scheme: str) -> torch.fx.Grap
 def converted_qat(model: nn.Module, side: int, scheme: str, state: dict[str, torch.Tensor]) -> torch.fx.GraphModule:
     """The int8 graph of a QAT fine-tuned ``model`` with its learned fake-quant ``state``."""
     graph = prepare_qat_graph(model, side, scheme)
-    expected = {k for k in graph.state_dict() if k.startswith("activation_post_process")}
-    if set(state) != expected:
-        raise ValueError(f"the fake-quant state ({len(state)} tensors) does not fit {scheme} QAT of this model "
-                         f"({len(expected)}): fine-tuned with another model, scheme or torch version?")
-    _restore_observers(graph, state)
+    _restore_observers(graph, state, f"the {scheme} QAT checkpoint")
     require("torchao.quantization.pt2e", "quantize", "QAT").move_exported_model_to_eval(graph)
     return converted_pt2e(graph)
 
@@ -111,7 +108,14 @@ def _observer_state(prepared: torch.fx.GraphModule) -> dict[str, torch.Tensor]:
     return {k: v for k, v in prepared.state_dict().items() if k.startswith("activation_post_process")}
 
 
-def _restore_observers(prepared: torch.fx.GraphModule, stored: dict[str, torch.Tensor]) -> None:
+def _restore_observers(prepared: torch.fx.GraphModule, stored: dict[str, torch.Tensor], source: str) -> None:
+    """Put calibrated / learned observer state into a freshly prepared graph; ``source`` names where it
+    came from in the error when the graphs differ."""
+    expected = set(_observer_state(prepared))
+    if set(stored) != expected:
+        raise ValueError(f"the observer state of {source} ({len(stored)} tensors) does not fit this install's "
+                         f"graph ({len(expected)}): made with another model, scheme or torch / torchao version; "
+                         "quantise (or fine-tune) again here")
     # Buffer by buffer: load_state_dict skips some observer buffers (per-channel observers' eps), and the
     # per-channel ranges change shape from their empty initial value.
     for key, value in stored.items():
@@ -131,7 +135,8 @@ def _identity(fused: nn.Module) -> dict[str, Any]:
             "distillation": bool(getattr(fused, "distillation", False))}
 
 
-def calibrated_pt2e(fused: nn.Module, calibration: torch.Tensor, quantizer: Any, batch_size: int) -> torch.fx.GraphModule:
+def calibrated_pt2e(fused: nn.Module, calibration: torch.Tensor, quantizer: Any,
+                    batch_size: int) -> torch.fx.GraphModule:
     """``fused`` exported, prepared with ``quantizer`` and calibrated on ``calibration``: convert_pt2e's input."""
     with quiet_deprecations(), torch.no_grad():
         prepared = _pt2e().prepare_pt2e(export_for_pt2e(fused, int(calibration.shape[-1])), quantizer)
@@ -163,19 +168,23 @@ def _write_artifact(tensors: dict[str, torch.Tensor], metadata: dict[str, Any], 
     # safetensors metadata holds strings: every value JSON-encoded
     torchao = require("torchao", "quantize", "PyTorch int8 (torchao PT2E)")
     metadata = dict(metadata, format=PT2E_FORMAT, torch=torch.__version__, torchao=torchao.__version__)
-    atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata={k: json.dumps(v) for k, v in metadata.items()}))
+    encoded = {k: json.dumps(v) for k, v in metadata.items()}
+    atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=encoded))
 
 
 def load_pytorch_int8(path: str | Path) -> tuple[torch.fx.GraphModule, dict[str, Any]]:
     """The converted int8 graph of a :func:`quantize_pytorch` artifact, and its metadata."""
     path = Path(path)
-    with safe_open(str(path), framework="pt") as f:
-        raw = f.metadata() or {}
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # noqa: BLE001 - any decoder failure is one clear error
+        raise ValueError(f"{path} is not a readable safetensors file (missing, truncated or corrupt?): {e}") from e
+    if raw.get("format") != json.dumps(PT2E_FORMAT):
+        raise ValueError(f"{path} is not a leanvit PyTorch int8 artifact (a checkpoint? quantise it: "
+                         "leanvit quantize MODEL --checkpoint FILE --runtime pytorch)")
     meta = {k: json.loads(v) for k, v in raw.items()}
-    if meta.get("format") != PT2E_FORMAT:
-        raise ValueError(f"{path} is not a leanvit PyTorch int8 artifact (a checkpoint? export or quantise it: "
-                         "leanvit quantize MODEL --runtime pytorch)")
     model = create_model(meta["model"], num_classes=meta["num_classes"], img_size=meta["img_size"],
                          distillation=meta["distillation"]).eval()
     fused = fuse_model(model, target="torch")
@@ -184,10 +193,5 @@ def load_pytorch_int8(path: str | Path) -> tuple[torch.fx.GraphModule, dict[str,
     with quiet_deprecations(), torch.no_grad():
         prepared = _pt2e().prepare_pt2e(export_for_pt2e(fused, meta["img_size"]), quantizer)
         stored = {k[9:]: v for k, v in tensors.items() if k.startswith("observer.")}
-        expected = set(_observer_state(prepared))
-        if set(stored) != expected:
-            raise ValueError(f"{path} was quantised with torch {meta.get('torch')} / torchao {meta.get('torchao')}, "
-                             f"whose graph has other observers than this install's ({len(stored)} vs "
-                             f"{len(expected)}): quantise again here")
-        _restore_observers(prepared, stored)
+        _restore_observers(prepared, stored, f"{path} (torch {meta.get('torch')}, torchao {meta.get('torchao')})")
     return converted_pt2e(prepared), meta

@@ -257,7 +257,8 @@ _QUANTIZERS = {"openvino": quantize_openvino, "onnxruntime": quantize_onnxruntim
 
 
 def quantize_for(runtime: str, fused: nn.Module, example: torch.Tensor, calibration: torch.Tensor, path: Path,
-                 *, scheme: str = "default", keep_float: Sequence[str] = (), threads: int | None = 1) -> QuantizedArtifact:
+                 *, scheme: str = "default", keep_float: Sequence[str] = (),
+                 threads: int | None = 1) -> QuantizedArtifact:
     """Quantise an already fused eval model (fused for ``runtime``: ``leanvit.zoo.target_for``) to ``path``;
     the modules named in ``keep_float`` (dotted names in ``fused``, e.g. ``stages.1.blocks.0.mixer``) stay
     in float (:func:`leanvit.deploy.tuning.search_keep_float` finds them)."""

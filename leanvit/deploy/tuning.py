@@ -90,7 +90,8 @@ class KeepFloatSearch:
     def summary(self) -> str:
         """One line for people."""
         state = "met" if self.met else "NOT met"
-        return (f"keep-float search on {self.images} tuning images: all-int8 drop {self.fp32_top1 - self.int8_top1:+.2f}, "
+        all_int8 = self.fp32_top1 - self.int8_top1
+        return (f"keep-float search on {self.images} tuning images: all-int8 drop {all_int8:+.2f}, "
                 f"{len(self.keep_float)} unit(s) in float -> drop {self.drop:+.2f} (bound {self.max_drop}: {state}; "
                 f"{self.trials} trials)")
 

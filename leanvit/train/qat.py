@@ -2,7 +2,8 @@
 
 The model is exported in training mode and prepared by ``prepare_qat_pt2e`` with the int8 scheme of the
 deployment (``xnnpack``: ExecuTorch's symmetric per-channel int8): every conv / linear sees its BN-folded
-weights and its inputs rounded to int8 while the float weights learn. Everything else is the ordinary trainer (data, recipe, loss, checkpoints, resume).
+weights and its inputs rounded to int8 while the float weights learn. Everything else is the ordinary
+trainer (data, recipe, loss, checkpoints, resume).
 
 The checkpoint holds the float model's tensors under their usual names plus the fake-quant state
 (``activation_post_process_*``), which float loads skip (``leanvit.checkpoint``). ``leanvit quantize
