@@ -45,7 +45,7 @@ class FakeQuantModel(nn.Module):
         self.float_keys = tuple(model.state_dict())
         self.num_classes = getattr(model, "num_classes", None)
         self.scheme = scheme
-        self.graph = prepare_qat_graph(model, img_size, scheme)
+        self.graph = prepare_qat_graph(model, img_size, scheme)  # in training mode, as self.training says
 
     def forward(self, x: torch.Tensor) -> Any:
         """The fake-quantised model's output (in training mode: with a distillation head, both heads')."""
@@ -53,6 +53,8 @@ class FakeQuantModel(nn.Module):
 
     def train(self, mode: bool = True) -> FakeQuantModel:
         """Switch the exported graph's BatchNorm / dropout ops (graphs have no module modes of their own)."""
+        if mode == self.training:  # each switch rewrites the graph (~2 s): skip the no-ops
+            return self
         pt2e = require("torchao.quantization.pt2e", "quantize", "quantisation-aware fine-tuning")
         self.training = mode
         (pt2e.move_exported_model_to_train if mode else pt2e.move_exported_model_to_eval)(self.graph)
