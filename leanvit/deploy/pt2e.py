@@ -23,6 +23,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .._io import atomic_write
+from ..checkpoint import QAT_STATE_PREFIX
 from ..models import create_model
 from ..zoo import fuse_model
 from .capabilities import quiet_deprecations, require
@@ -66,7 +67,8 @@ def xnnpack_quantizer(scheme: str = "default", keep_float: Sequence[str] = (), q
 
 
 def export_for_pt2e(fused: nn.Module, side: int) -> torch.fx.GraphModule:
-    """``fused`` exported with a dynamic batch (one int8 graph serves batch 1 and batch 16)."""
+    """``fused`` exported, in the mode it is in, with a dynamic batch (one int8 graph serves batch 1 and
+    batch 16)."""
     example = torch.zeros(2, 3, side, side)  # 2, not 1: a size-1 dimension would be specialised
     with quiet_deprecations():
         return torch.export.export(fused, (example,), dynamic_shapes=({0: torch.export.Dim.AUTO},)).module()
@@ -85,11 +87,9 @@ def prepare_qat_graph(model: nn.Module, side: int, scheme: str) -> torch.fx.Grap
     with ``scheme``'s quantizer (``xnnpack``): BN-folded fake-quantised convs / linears."""
     if scheme not in QAT_QUANTIZERS:
         raise ValueError(f"QAT scheme must be one of {', '.join(QAT_QUANTIZERS)}, got {scheme!r}")
-    example = torch.zeros(2, 3, side, side)  # 2: a size-1 batch would be specialised
+    graph = export_for_pt2e(copy.deepcopy(model).train(), side)
     with quiet_deprecations():
-        graph = torch.export.export(copy.deepcopy(model).train(), (example,),
-                                    dynamic_shapes=({0: torch.export.Dim.AUTO},))
-        return _pt2e().prepare_qat_pt2e(graph.module(), QAT_QUANTIZERS[scheme](qat=True))
+        return _pt2e().prepare_qat_pt2e(graph, QAT_QUANTIZERS[scheme](qat=True))
 
 
 def converted_qat(model: nn.Module, side: int, scheme: str, state: dict[str, torch.Tensor]) -> torch.fx.GraphModule:
@@ -105,7 +105,8 @@ def _pt2e() -> Any:
 
 
 def _observer_state(prepared: torch.fx.GraphModule) -> dict[str, torch.Tensor]:
-    return {k: v for k, v in prepared.state_dict().items() if k.startswith("activation_post_process")}
+    # PT2E names its observers / fake-quantisers activation_post_process_<n>: the prefix QAT checkpoints use
+    return {k: v for k, v in prepared.state_dict().items() if k.startswith(QAT_STATE_PREFIX)}
 
 
 def _restore_observers(prepared: torch.fx.GraphModule, stored: dict[str, torch.Tensor], source: str) -> None:

@@ -29,8 +29,8 @@ from .._io import atomic_write, atomic_write_bytes
 from .capabilities import preserved_signal_stack, quiet_deprecations, require, torch_threads
 from .mobile import as_nchw, lower_to_executorch
 from .names import INT8_RUNTIMES
-from .pt2e import QAT_RUNTIMES, converted_qat, load_pytorch_int8, quantize_pytorch, xnnpack_quantizer
-from .runtime import ExecuTorchRuntime, OnnxRuntime, OpenVinoRuntime, Runtime, TorchRuntime
+from .pt2e import QAT_RUNTIMES, converted_qat, quantize_pytorch, xnnpack_quantizer
+from .runtime import ExecuTorchRuntime, OnnxRuntime, OpenVinoRuntime, Runtime, open_pytorch_int8, run_in_batches
 from .writers import export_onnx, to_openvino
 
 __all__ = [
@@ -56,10 +56,8 @@ class QuantizedArtifact:
         ``compiled=False`` runs the same quantised graph eagerly, with reference kernels: slow, and close to
         but not bit-equal to the compiled int8 kernels)."""
         if self.runtime == "pytorch":
-            graph, meta = load_pytorch_int8(self.path)
-            example = torch.zeros(batch_size, 3, meta["img_size"], meta["img_size"])
             with torch_threads(threads):
-                return TorchRuntime(graph, example, mode="compile" if compiled else "eager")
+                return open_pytorch_int8(self.path, batch_size=batch_size, compiled=compiled)
         if self.runtime == "openvino":
             return OpenVinoRuntime(self.path, threads=threads, precision=None)
         if self.runtime == "onnxruntime":
@@ -106,14 +104,7 @@ class AccuracyReport:
 def predict(runtime: Runtime | Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
             batch_size: int) -> torch.Tensor:
     """Predicted classes of ``images``, run in chunks of ``batch_size`` (the last one padded for static shapes)."""
-    preds = []
-    with torch.inference_mode():
-        for chunk in images.split(batch_size):
-            n = len(chunk)
-            if n < batch_size:
-                chunk = torch.cat([chunk, chunk[-1:].expand(batch_size - n, *chunk.shape[1:])])
-            preds.append(runtime(chunk).float().argmax(-1)[:n])
-    return torch.cat(preds)
+    return run_in_batches(runtime, images, batch_size, pad=True).argmax(-1)
 
 
 def top1_report(fp32_preds: torch.Tensor, int8_preds: torch.Tensor, labels: torch.Tensor) -> AccuracyReport:

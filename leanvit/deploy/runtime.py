@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -31,7 +31,7 @@ from .pt2e import load_pytorch_int8
 from .writers import compile_openvino, export_onnx, to_openvino
 
 __all__ = ["Runtime", "TorchRuntime", "OnnxRuntime", "OpenVinoRuntime", "ExecuTorchRuntime", "build_runtime",
-           "load_artifact"]
+           "load_artifact", "open_pytorch_int8", "run_in_batches"]
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # OpenVINO's names for INFERENCE_PRECISION_HINT
@@ -331,14 +331,36 @@ def load_artifact(path: str | Path, *, threads: int | None = 1, precision: str |
         with quiet_deprecations():
             module = torch.jit.load(str(path), map_location="cpu")
         return _LoadedTorchScript(module)
-    if suffix == ".safetensors":  # a PyTorch int8 artifact (leanvit.deploy.pt2e): rebuilt, then compiled
-        graph, meta = load_pytorch_int8(path)
-        return TorchRuntime(graph, torch.zeros(1, 3, meta["img_size"], meta["img_size"]), mode="compile")
+    if suffix == ".safetensors":
+        return open_pytorch_int8(path)
     if suffix == ".mlpackage":
         raise ValueError(f"{path} is a Core ML package: Core ML runs it on macOS / iOS only "
                          "(coremltools.models.MLModel(path).predict there)")
     raise ValueError(f"cannot tell the format of {path}: expected .onnx, .xml (OpenVINO), .pt/.ts (TorchScript), "
                      ".pte (ExecuTorch) or .safetensors (PyTorch int8)")
+
+
+def open_pytorch_int8(path: str | Path, *, batch_size: int = 1, compiled: bool = True) -> TorchRuntime:
+    """A PyTorch int8 artifact (:mod:`leanvit.deploy.pt2e`: rebuilt, not unpickled) compiled by inductor for
+    ``batch_size`` (~1 min), or run eagerly (``compiled=False``: reference kernels, close to but not
+    bit-equal to the compiled int8 ones)."""
+    graph, meta = load_pytorch_int8(path)
+    example = torch.zeros(batch_size, 3, meta["img_size"], meta["img_size"])
+    return TorchRuntime(graph, example, mode="compile" if compiled else "eager")
+
+
+def run_in_batches(runtime: Runtime | Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
+                   batch_size: int, *, pad: bool = False) -> torch.Tensor:
+    """``runtime``'s float outputs on ``images`` in chunks of ``batch_size``; ``pad`` fills the last chunk
+    (repeating its last image) for runtimes with a static batch, and drops the padding from the result."""
+    outputs = []
+    with torch.inference_mode():
+        for chunk in images.split(batch_size):
+            n = len(chunk)
+            if pad and n < batch_size:
+                chunk = torch.cat([chunk, chunk[-1:].expand(batch_size - n, *chunk.shape[1:])])
+            outputs.append(runtime(chunk).float().cpu()[:n])
+    return torch.cat(outputs)
 
 
 class _LoadedTorchScript(Runtime):

@@ -29,6 +29,7 @@ from .mobile import as_nchw
 from .names import INT8_RUNTIMES
 from .pt2e import calibrated_pt2e, converted_pt2e, x86_quantizer, xnnpack_quantizer
 from .quantize import quantize_for
+from .runtime import run_in_batches
 
 __all__ = ["KeepFloatSearch", "quantizable_units", "trial_int8", "search_keep_float", "tune_runtime"]
 
@@ -106,14 +107,6 @@ def _score(logits: torch.Tensor, reference: torch.Tensor, labels: torch.Tensor) 
     return top1, error
 
 
-def _logits(model: Model, images: torch.Tensor, batch_size: int) -> torch.Tensor:
-    outs = []
-    with torch.inference_mode():
-        for chunk in images.split(batch_size):
-            outs.append(model(chunk).float())
-    return torch.cat(outs)
-
-
 def search_keep_float(trial: Callable[[tuple[str, ...]], Model], fp32: Model, images: torch.Tensor,
                       labels: torch.Tensor, units: Sequence[str], max_drop: float, *, batch_size: int = 16,
                       max_units: int | None = None) -> KeepFloatSearch:
@@ -124,14 +117,14 @@ def search_keep_float(trial: Callable[[tuple[str, ...]], Model], fp32: Model, im
     """
     if len(images) == 0 or len(images) != len(labels):
         raise ValueError(f"tuning needs labelled images: got {len(images)} images and {len(labels)} labels")
-    reference = _logits(fp32, images, batch_size)
+    reference = run_in_batches(fp32, images, batch_size)
     fp32_top1, _ = _score(reference, reference, labels)
     trials = 0
 
     def measure(keep: tuple[str, ...]) -> tuple[float, float]:
         nonlocal trials
         trials += 1
-        return _score(_logits(trial(keep), images, batch_size), reference, labels)
+        return _score(run_in_batches(trial(keep), images, batch_size), reference, labels)
 
     int8_top1, base_error = measure(())
     result = KeepFloatSearch(max_drop, len(images), fp32_top1, int8_top1, int8_top1, (), False, trials)

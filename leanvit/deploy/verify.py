@@ -17,12 +17,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 from ..models.signal import logit_agreement, signal_images
-from .runtime import Runtime, load_artifact
+from .runtime import Runtime, load_artifact, run_in_batches
 
 __all__ = [
     "FP32_ATOL", "BF16_SPREAD_RTOL", "INT8_MIN_AGREEMENT", "MIN_VERIFY_ROWS", "LogitCheck", "verification_images", "run_in_batches",
@@ -78,13 +77,6 @@ def verification_images(batch_size: int, img_size: int | tuple[int, int], *, min
     """:func:`signal_images` for whole batches of ``batch_size``: the fewest that give ``min_rows`` rows."""
     batches = max(1, math.ceil(min_rows / batch_size))
     return signal_images(batches * batch_size, img_size, seed=seed)
-
-
-def run_in_batches(runtime: Runtime | Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
-                   batch_size: int) -> torch.Tensor:
-    """``runtime`` on ``images`` in chunks of ``batch_size`` (a runtime traced for one shape runs only it)."""
-    with torch.inference_mode():
-        return torch.cat([runtime(chunk).float().cpu() for chunk in images.split(batch_size)])
 
 
 def compare_runtime(reference: torch.Tensor, runtime: Runtime, images: torch.Tensor, batch_size: int) -> LogitCheck:
