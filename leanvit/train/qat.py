@@ -23,6 +23,7 @@ from ..deploy.pt2e import QAT_QUANTIZERS, prepare_qat_graph
 
 __all__ = ["FakeQuantModel"]
 
+
 def _check_norms(model: nn.Module) -> None:
     # PT2E's conv-BN folding divides by gamma / std: a zero gamma (an untrained, zero-initialised residual
     # branch) turns the whole output into NaN.
