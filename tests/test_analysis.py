@@ -279,6 +279,7 @@ def test_taylor_prune_zeroed_channels_is_exact(name: str, parts: tuple[str, ...]
     assert stats["macs_after"] < stats["macs_before"] or expected == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", PRUNE_MODELS)
 def test_taylor_pruned_model_trains_and_traces(name: str) -> None:
     model = _signal_model(name)
@@ -364,6 +365,7 @@ def test_category_shares_sum_to_total_and_unknown_ops_fail() -> None:
         category_of("aten::not_an_op")
 
 
+@pytest.mark.slow
 def test_taxonomy_covers_every_variant() -> None:
     # On the meta device: the same top-level ops are dispatched and profiled, nothing is computed.
     for name in leanvit.list_models():
@@ -397,6 +399,7 @@ def test_sepvit_block_vs_swin_and_twins_pairs() -> None:
         assert r["dssa_counted"] == r["dssa_formula"] and 0.5 <= r["dssa_over_swin_pair"] < 0.6
 
 
+@pytest.mark.slow
 def test_design_points_build_and_switches_have_closed_forms() -> None:
     with torch.device("meta"):
         for _, points in STUDIES.values():

@@ -32,6 +32,7 @@ def test_block_complexity(tmp_path: Path) -> None:
     assert [p["stage"] for p in pairs] == [1, 2, 3, 4]
 
 
+@pytest.mark.slow
 def test_op_breakdown(tmp_path: Path) -> None:
     args = ["analyze", "op-breakdown", "efficientvit_m0", "--img-size", "64", "--iters", "1", "--warmup", "1"]
     assert main([*args, "--out", str(tmp_path)]) == 0
@@ -42,6 +43,7 @@ def test_op_breakdown(tmp_path: Path) -> None:
     assert 0 < summary["rows"][0]["memory_bound_share"] < 100
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("definition", ["shvit", "efficientvit"])
 def test_head_similarity(tmp_path: Path, definition: str) -> None:
     args = ["analyze", "head-similarity", "efficientvit_m0", "--definition", definition, *DIGITS]
@@ -52,12 +54,14 @@ def test_head_similarity(tmp_path: Path, definition: str) -> None:
     assert len(rows) == 6 and all(-1 <= r["similarity"] <= 1 + 1e-9 and r["samples"] for r in rows)
 
 
+@pytest.mark.slow
 def test_head_ablation(tmp_path: Path) -> None:
     assert main(["analyze", "head-ablation", "efficientvit_m0", *DIGITS, "--out", str(tmp_path)]) == 0
     rows = _outputs(tmp_path, "efficientvit_m0_head_ablation")["rows"]
     assert len(rows) == 6 and all(len(r["remove1"]) == r["heads"] == len(r["leave1"]) for r in rows)
 
 
+@pytest.mark.slow
 def test_taylor_with_pruning_and_finetune(tmp_path: Path) -> None:
     args = ["analyze", "taylor", "sepvit_lite", "--keep", "0.5", "--prune", "--finetune-epochs", "2", "--lr", "1e-3",
             *DIGITS, "--out", str(tmp_path)]
@@ -93,6 +97,7 @@ def test_taylor_finetune_needs_prune(capsys: pytest.CaptureFixture) -> None:
     assert "--prune" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_design_space(tmp_path: Path) -> None:
     args = ["analyze", "design-space", "evit-tab6", "--batch", "1", "--duration", "0.02", "--rounds", "1",
             "--img-size", "64"]

@@ -11,7 +11,7 @@ import torch
 import leanvit
 from leanvit.checkpoint import CheckpointError
 from leanvit.models.signal import signal_images, signal_weights_
-from conftest import CONV_FAMILY_MODELS, assert_logits_close
+from conftest import CONV_FAMILY_MODELS, assert_logits_close, fast_first
 
 # --- an independent timm -> official rewrite, straight from the spec tables (shvit.md §6, efficientvit_m.md §6).
 _DOWN_SHVIT = {"0": "0.0", "1": "0.1", "2": "1", "3": "2.0", "4": "2.1"}
@@ -70,7 +70,7 @@ def _assert_same_as_timm(model, expected, x):
         model.set_channels_last("auto")
 
 
-@pytest.mark.parametrize("name", CONV_FAMILY_MODELS)
+@pytest.mark.parametrize("name", fast_first(CONV_FAMILY_MODELS, ["shvit_s1", "efficientvit_m0"]))
 def test_timm_and_official_weights_reproduce_timm_logits(name):
     ref = signal_weights_(timm.create_model(name)).eval()
     size = leanvit.get_config(name).img_size
@@ -89,7 +89,7 @@ def test_timm_and_official_weights_reproduce_timm_logits(name):
     _assert_same_as_timm(model2, expected, x)
 
 
-@pytest.mark.parametrize("name", ["shvit_s1", "efficientvit_m0"])
+@pytest.mark.parametrize("name", fast_first(["shvit_s1", "efficientvit_m0"], ["shvit_s1"]))
 def test_round_trips_are_exact(name, tmp_path):
     model = signal_weights_(leanvit.create_model(name))
     sd = model.state_dict()
@@ -206,6 +206,7 @@ def test_pickled_code_is_never_executed(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_other_architecture_is_rejected():
     model = leanvit.create_model("shvit_s1")
     state = _state(model)
@@ -214,6 +215,7 @@ def test_other_architecture_is_rejected():
     assert _unchanged(model, state)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["leanvit", "official"])
 def test_other_variant_is_named(layout):
     src = leanvit.create_model("shvit_s2")
@@ -227,12 +229,14 @@ def test_other_variant_is_named(layout):
     assert _unchanged(model, state)
 
 
+@pytest.mark.slow
 def test_other_family_is_named():
     sd = leanvit.create_model("efficientvit_m0").state_dict()
     with pytest.raises(CheckpointError, match="looks like efficientvit_m0"):
         leanvit.load_checkpoint(leanvit.create_model("shvit_s1"), sd)
 
 
+@pytest.mark.slow
 def test_non_strict_reports_missing():
     sd = {k: v for k, v in leanvit.create_model("shvit_s1").state_dict().items() if not k.startswith("head")}
     model = leanvit.create_model("shvit_s1")

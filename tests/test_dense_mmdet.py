@@ -152,6 +152,7 @@ def test_mask_rcnn_mapping_equals_official_forward() -> None:
         torch.testing.assert_close(tv_mask[:, 1:], mm_mask, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_round_trip_and_backbone_only_loads(tmp_path) -> None:
     sd = mmdet_state_dict("mask_rcnn", "shvit_s4", num_classes=3, seed=1)
     model = create_detector("mask_rcnn", "shvit_s4", num_classes=3)

@@ -21,9 +21,9 @@ from leanvit.cli import main as cli_main
 from leanvit.dense.ade20k import write_shapes_segmentation
 from leanvit.dense.segmentation_task import SegmentationTask
 from leanvit.train import Trainer, load_config, train
-from test_train_fixtures import killed_and_resumed, last_metrics_row, one_thread, state_equal  # noqa: F401
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+from helpers.training import killed_and_resumed, last_metrics_row, state_equal
+
 
 FIT_IMAGES, FIT_SIZE = 8, 128
 
@@ -65,6 +65,7 @@ def _fit(tmp: Path, arch: str, root: Path, steps: int) -> tuple[dict[str, float]
     return untrained, last_metrics_row(tmp / arch)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_semantic_fpn_fits_then_eval_predict_and_export(tmp_path: Path, fit_root: Path,
                                                         capsys: pytest.CaptureFixture) -> None:
@@ -104,6 +105,7 @@ def test_semantic_fpn_fits_then_eval_predict_and_export(tmp_path: Path, fit_root
     assert "segmentors export to onnx or openvino" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_upernet_fits_a_fixed_set(tmp_path: Path, fit_root: Path) -> None:
     # Measured here: untrained mIoU 3.9 %, 44.5 % after 60 updates, 87.1 % after 120.
@@ -113,6 +115,7 @@ def test_upernet_fits_a_fixed_set(tmp_path: Path, fit_root: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------ resume
+@pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_resume_mid_epoch_gives_the_uninterrupted_weights(tmp_path: Path) -> None:
     # The official pipeline's random parts on (rescale, crop, flip, photometric, dropout): every RNG stream
@@ -130,6 +133,7 @@ def test_resume_mid_epoch_gives_the_uninterrupted_weights(tmp_path: Path) -> Non
     assert last_metrics_row(tmp_path / "ref")["mIoU"] == last_metrics_row(tmp_path / "killed")["mIoU"]
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_checkpoint_of_another_head(tmp_path: Path) -> None:
     first = load_config(None, _sets(tmp_path / "run", "semantic_fpn", "shapes", 1, size=64))
     train(first, task=SegmentationTask(first))

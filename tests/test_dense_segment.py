@@ -14,9 +14,6 @@ import pytest
 from PIL import Image
 
 from leanvit.cli import main as cli_main
-from test_train_fixtures import one_thread  # noqa: F401  (fixture)
-
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 SIZE = 64
 _SETS = [
@@ -35,6 +32,7 @@ def _train_args(out: Path) -> list[str]:
     return args
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_segment_train_eval_predict_through_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "run"

@@ -25,9 +25,9 @@ from leanvit.dense.detection_task import DetectionTask
 from leanvit.dense.predict import evaluate_checkpoint
 from leanvit.dense.shapes import write_shapes_coco
 from leanvit.train import Trainer, load_config, train
-from test_train_fixtures import killed_and_resumed, last_metrics_row, one_thread, state_equal  # noqa: F401
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+from helpers.training import killed_and_resumed, last_metrics_row, state_equal
+
 
 FIT_IMAGES = 8
 FIT_SIZE = 128
@@ -36,7 +36,7 @@ FIT_SIZE = 128
 def _sets(out: Path, arch: str, data: str, steps: int, size: int = FIT_SIZE, **extra: Any) -> dict[str, Any]:
     detector = {"fpn_channels": 64}
     if arch != "retinanet":
-        detector.update(rpn_post_nms_top_n_train=300, box_batch_size_per_image=64)
+        detector.update(rpn_post_nms_top_n_train=300, box_batch_size_per_image=32)
     sets = {
         "task.name": "detection", "task.arch": arch, "model.name": "efficientvit_m0", "data.path": data,
         # Random init: BatchNorm must learn its statistics (norm_eval off), no flips on a set to memorise.
@@ -73,6 +73,7 @@ def _fit(tmp: Path, arch: str, root: Path, steps: int) -> tuple[dict[str, float]
     return untrained, trainer.fit() | {"row": last_metrics_row(tmp / arch)}
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(3600)
 def test_faster_rcnn_fits_a_fixed_set(tmp_path: Path, fit_root: Path) -> None:
     untrained, summary = _fit(tmp_path, "faster_rcnn", fit_root, steps=60)
@@ -80,6 +81,7 @@ def test_faster_rcnn_fits_a_fixed_set(tmp_path: Path, fit_root: Path) -> None:
     assert summary["row"]["bbox_AP50"] >= 0.5, summary["row"]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(3600)
 def test_mask_rcnn_fits_boxes_and_masks_then_eval_and_predict(tmp_path: Path, fit_root: Path,
                                                               capsys: pytest.CaptureFixture) -> None:
@@ -109,6 +111,7 @@ def test_mask_rcnn_fits_boxes_and_masks_then_eval_and_predict(tmp_path: Path, fi
     assert drawn.shape == original.shape and (drawn != original).any(axis=2).mean() > 0.02
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(3600)
 def test_retinanet_learns_above_untrained(tmp_path: Path) -> None:
     # RetinaNet's smallest anchors are 32-50 px (4 x stride 8, mmdet): objects of 32-64 px give every object
@@ -121,6 +124,7 @@ def test_retinanet_learns_above_untrained(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------ resume
+@pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_resume_mid_epoch_gives_the_uninterrupted_weights(tmp_path: Path) -> None:
     # Flips on, RPN / RoI sampling on: every RNG stream (data order, flips, samplers) must resume exactly.
@@ -172,6 +176,7 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
         cleanup(info)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_two_process_gloo_detection_training(tmp_path: Path) -> None:
     mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)

@@ -15,9 +15,9 @@ import leanvit
 from leanvit.cli import main
 from leanvit.models.signal import signal_weights_
 from leanvit.train import load_config, read_checkpoint, train
-from test_train_fixtures import make_image_folder, one_thread  # noqa: F401  (fixture)
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+from helpers.training import make_image_folder
+
 CLASSES = {"ant": 5, "bee": 3, "cat": 4, "dog": 2, "eel": 3, "fox": 1, "gnu": 2}
 
 
@@ -81,6 +81,7 @@ def test_eval_timm_weights_file(tmp_path: Path) -> None:
     assert got["top1"] == pytest.approx(want["top1"]) and got["loss"] == pytest.approx(want["loss"], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_eval_training_checkpoint_and_its_ema(tmp_path: Path) -> None:
     root = make_image_folder(tmp_path / "data", CLASSES)
     run = tmp_path / "run"

@@ -6,10 +6,10 @@ import torch
 
 import leanvit
 from leanvit.models.signal import signal_images, signal_weights_
-from conftest import CONV_FAMILY_MODELS, assert_logits_close
+from conftest import CONV_FAMILY_MODELS, assert_logits_close, fast_first
 
 
-@pytest.mark.parametrize("name", CONV_FAMILY_MODELS)
+@pytest.mark.parametrize("name", fast_first(CONV_FAMILY_MODELS, ["shvit_s1", "efficientvit_m0"]))
 def test_fused_matches_unfused_and_exports(name):
     model = signal_weights_(leanvit.create_model(name)).eval()
     size = leanvit.get_config(name).img_size
@@ -25,6 +25,7 @@ def test_fused_matches_unfused_and_exports(name):
         assert_logits_close(ref, traced(x), rel=3e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["shvit_s1", "efficientvit_m1"])
 def test_fused_torch_export(name):
     # torch.export costs ~10 s a model on 2 cores: one per family (the code paths are shared within a family).
@@ -60,7 +61,7 @@ def m0():
 
 
 # native (2x2 windows in stage 1, sliced); non-square, padded windows; 6x6 windows (the permute fallback)
-@pytest.mark.parametrize("shape", [(2, 3, 224, 224), (2, 3, 160, 225), (2, 3, 672, 672)])
+@pytest.mark.parametrize("shape", fast_first([(2, 3, 224, 224), (2, 3, 160, 225), (2, 3, 672, 672)], [(2, 3, 160, 225)]))
 def test_openvino_target_splits_qkv_and_matches(m0, shape):
     from leanvit.models.efficientvit_m import (
         CascadedGroupAttention, LocalWindowAttention, _SlicedWindowAttention, _SplitQKVCascadedAttention,

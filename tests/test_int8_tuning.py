@@ -22,6 +22,8 @@ from leanvit.deploy.tuning import quantizable_units, search_keep_float, tune_run
 from leanvit.models import signal_images, signal_weights_
 from leanvit.zoo import build_model, fuse_model, resolve_model
 
+from conftest import assert_logits_close
+
 SIDE = 32  # conftest.DIGITS_SIDE
 
 
@@ -74,6 +76,8 @@ def test_quantizable_units_partition_the_layers() -> None:
         assert not any(a != b and b.startswith(a + ".") for a in units for b in units), f"{name}: nested units"
 
 
+@pytest.mark.openvino_host_isa
+@pytest.mark.slow
 def test_keep_float_leaves_those_modules_unquantised(tmp_path) -> None:
     model = signal_weights_(build_model(resolve_model("shvit_s1"), SIDE), seed=3, img_size=SIDE)
     calib, example = signal_images(8, SIDE, seed=1), torch.zeros(2, 3, SIDE, SIDE)
@@ -106,6 +110,7 @@ def _digits(digits_run, target: str, calibration: int, folder: str, images: int)
     return fused, calib, x, labels
 
 
+@pytest.mark.slow
 def test_pytorch_int8_artifact_is_rebuilt_not_unpickled(digits_run, tmp_path) -> None:
     fused, calib, images, labels = _digits(digits_run, "torch", 64, "val", 120)
     art = quantize_for("pytorch", fused, torch.zeros(16, 3, SIDE, SIDE), calib, tmp_path / "m0.safetensors")
@@ -115,7 +120,12 @@ def test_pytorch_int8_artifact_is_rebuilt_not_unpickled(digits_run, tmp_path) ->
     assert any("quantize_per_tensor" in op for op in ops), "no int8 in the graph"
     with torch.no_grad():
         int8, fp32 = graph(images), fused(images)
-    assert torch.equal(art.open(None, batch_size=8, compiled=False)(images[:8]), int8[:8])  # eager, same graph
+        reopened, in_memory = art.open(None, batch_size=8, compiled=False)(images[:8]), graph(images[:8])
+    # The reopened artifact is the same graph: the same batch, run eagerly through both. Bit-equal on the AVX-512
+    # machine (AMD EPYC Zen 4); with oneDNN capped to AVX2 (make test-avx2) the two copies' kernels round apart
+    # by fp32 noise that flips a few activations' int8 rounding: 0.070 max abs, 6.7 % of the spread, top-1 equal.
+    # A wrong restore (the per-channel observers' eps skipped) moved logits by 0.95 (pt2e.py): bounded at 15 %.
+    assert_logits_close(in_memory, reopened, rel=0.15)
     agreement = float((int8.argmax(-1) == fp32.argmax(-1)).float().mean())
     assert agreement >= 0.9 and float((int8.argmax(-1) == labels).float().mean()) > 0.75, agreement
     save_file({"w": torch.zeros(1)}, str(tmp_path / "plain.safetensors"), metadata={"format": "pt"})
@@ -132,6 +142,7 @@ def test_pytorch_int8_artifact_is_rebuilt_not_unpickled(digits_run, tmp_path) ->
                      tmp_path / "e.pte")
 
 
+@pytest.mark.slow
 def test_keep_float_search_on_real_int8(digits_run, tmp_path) -> None:
     fused, calib, images, labels = _digits(digits_run, "onnx", 32, "tune", 80)
     units = ["stages.2.blocks.0.mixer", "head"]

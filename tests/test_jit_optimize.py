@@ -13,9 +13,8 @@ import torch
 
 from leanvit.bench.runner import benchmark
 from leanvit.cli import main
-from leanvit.deploy.capabilities import cpu_has_bf16
 from leanvit.deploy.runtime import TorchRuntime, build_runtime
-from leanvit.deploy.verify import BF16_SPREAD_RTOL
+from leanvit.deploy.verify import BF16_MIN_CORRELATION, BF16_SPREAD_RTOL
 from leanvit.models import logit_agreement, signal_weights_
 from leanvit.zoo import build_model, fuse_model, resolve_model
 
@@ -32,6 +31,7 @@ def _example() -> torch.Tensor:
     return torch.randn(BATCH, 3, SIDE, SIDE, generator=torch.Generator().manual_seed(0))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
 @pytest.mark.parametrize("name", [LEANVIT, f"timm:{TIMM}"])
 def test_optimized_jit_equals_eager_fp32(name: str, channels_last: bool) -> None:
@@ -47,21 +47,24 @@ def test_optimized_jit_equals_eager_fp32(name: str, channels_last: bool) -> None
         assert "prim::mkldnn_convolution" in str(rt.fn.graph)
 
 
-@pytest.mark.skipif(not cpu_has_bf16(), reason="CPU without native bf16")
+@pytest.mark.slow
 @pytest.mark.parametrize("bf16_mode", ["autocast", "convert"])
 def test_optimized_jit_bf16_within_limit(bf16_mode: str) -> None:
-    """bf16 works too: freezing folds the weight casts, the error stays the plain trace's."""
+    """bf16 works too: freezing folds the weight casts, the error stays the plain trace's. The runtime itself
+    does not refuse bf16 (the bench's precision check does, tests/test_bench.py): torch emulates it on CPUs
+    without AVX512-BF16 / AMX, so this runs on every CPU."""
     model, x = _fused(LEANVIT), _example()
     with torch.inference_mode():
         ref = model(x)
     plain = TorchRuntime(copy.deepcopy(model), x, mode="jit", precision="bf16", bf16_mode=bf16_mode)
     opt = TorchRuntime(copy.deepcopy(model), x, mode="jit", precision="bf16", bf16_mode=bf16_mode, jit_optimize=True)
     rel_plain = logit_agreement(ref, plain(x))["relative_error"]
-    rel_opt = logit_agreement(ref, opt(x))["relative_error"]
-    assert rel_opt <= BF16_SPREAD_RTOL
-    assert rel_opt <= 2 * rel_plain + 1e-3
+    agreement = logit_agreement(ref, opt(x))
+    assert agreement["relative_error"] <= BF16_SPREAD_RTOL and agreement["input_correlation"] >= BF16_MIN_CORRELATION
+    assert agreement["relative_error"] <= 2 * rel_plain + 1e-3
 
 
+@pytest.mark.slow
 def test_cli_bench_records_jit_optimize(tmp_path) -> None:
     out = tmp_path / "res.json"
     rc = main(["bench", LEANVIT, "--backend", "jit", "--jit-optimize", "--img-size", str(SIDE), "--batch-size",

@@ -60,6 +60,7 @@ def test_mobile_form_is_exact(name: str, side: int) -> None:
     torch.testing.assert_close(out, ref, atol=2e-4, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_executorch_export_is_delegated_and_matches(tmp_path) -> None:
     # One model (lowering costs ~40 s): EfficientViT-M0, whose torch form left 157 ops of 5 kinds outside the
     # delegate (SHViT's and SepViT's mobile forms are checked for exactness above).
@@ -77,6 +78,7 @@ def test_executorch_export_is_delegated_and_matches(tmp_path) -> None:
     torch.testing.assert_close(runtime(x), expected, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_coreml_conversion_and_cli(tmp_path, capsys) -> None:
     pytest.importorskip("coremltools", reason="pip install 'leanvit[mobile]'")
     out = tmp_path / "m0.mlpackage"

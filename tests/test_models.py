@@ -7,7 +7,7 @@ import torch
 
 import leanvit
 from leanvit.models.signal import signal_images, signal_weights_
-from conftest import CONV_FAMILY_MODELS, assert_logits_close, paper_tables
+from conftest import CONV_FAMILY_MODELS, assert_logits_close, fast_first, paper_tables
 
 
 def test_registry_names():
@@ -59,7 +59,7 @@ def test_se_rounding_shvit_s2():
     assert m.stages[2].downsample.patchmerge.se.fc1.out_channels == 312
 
 
-@pytest.mark.parametrize("name", CONV_FAMILY_MODELS)
+@pytest.mark.parametrize("name", fast_first(CONV_FAMILY_MODELS, ["shvit_s1", "efficientvit_m0"]))
 def test_any_input_size_matches_timm(name):
     timm_model = signal_weights_(timm.create_model(name)).eval()
     model = leanvit.create_model(name)
@@ -70,10 +70,7 @@ def test_any_input_size_matches_timm(name):
         with torch.no_grad():
             out = model(x)
             assert out.shape == (2, 1000) and torch.isfinite(out).all()
-            try:
-                ref = timm_model(x)
-            except Exception:  # noqa: BLE001 - timm refuses some sizes; leanvit must still run
-                continue
+            ref = timm_model(x)  # timm 1.0's SHViT and EfficientViT-M run at every one of these sizes
             model.set_channels_last(False)
             nchw = model(x)
             model.set_channels_last("auto")
@@ -180,6 +177,7 @@ def test_bias_cache_never_stale():
         assert torch.equal(m(x), fresh(x))
 
 
+@pytest.mark.slow
 def test_importing_leanvit_leaves_timm_registry_alone():
     import subprocess
     import sys

@@ -11,6 +11,8 @@ import venv
 import zipfile
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -49,6 +51,7 @@ def _venv_on_top_of_this_one(root: Path) -> Path:
     return python
 
 
+@pytest.mark.slow
 def test_wheel_ships_recipes_and_trains_outside_the_checkout(tmp_path: Path) -> None:
     wheel = _build_wheel(tmp_path)
     python = _venv_on_top_of_this_one(tmp_path / "venv")

@@ -53,6 +53,7 @@ def test_image_folder_errors(tmp_path) -> None:
         load_image_folder(tmp_path, tf, labelled=False)
 
 
+@pytest.mark.slow
 def test_onnxruntime_schemes_quantise_what_they_say(tmp_path) -> None:
     model = signal_weights_(build_model(resolve_model("shvit_s1"), SIDE), seed=3, img_size=SIDE)
     fused = fuse_model(model, target="onnx")
@@ -79,6 +80,8 @@ def test_onnxruntime_schemes_quantise_what_they_say(tmp_path) -> None:
         quantize_for("onnxruntime", fused, example, signal_images(2, SIDE + 8), tmp_path / "y.onnx")
 
 
+@pytest.mark.openvino_host_isa
+@pytest.mark.slow
 def test_int8_keeps_accuracy_on_real_digits(digits_run, tmp_path) -> None:
     # scheme "weights": ONNX Runtime quantises the convolutions only. With every MatMul in int8 this model
     # lost 3.6 points here (14 of 360 digits turned wrong, 1 right; McNemar p = 0.001): the cascaded attention's
@@ -97,6 +100,7 @@ def test_int8_keeps_accuracy_on_real_digits(digits_run, tmp_path) -> None:
     assert record["calibration_images"] == 96 and len(record["results"]) == 2
 
 
+@pytest.mark.slow
 def test_int8_export_and_quantize_cli(digits_run, tmp_path, capsys) -> None:
     out = tmp_path / "m0_int8.onnx"
     result = export_model("efficientvit_m0", "onnx", out, img_size=SIDE, precision="int8",

@@ -19,7 +19,9 @@ import torch.multiprocessing as mp
 
 from leanvit.train import PREEMPTED_EXIT_CODE, CollectiveError, read_checkpoint
 from leanvit.train.distributed import all_reduce_sum, cleanup, init_distributed, name_collective_failures
-from test_train_fixtures import state_equal
+
+from helpers.once import built_once
+from helpers.training import state_equal
 
 TRAIN_ARGS = ["train", "--model", "efficientvit_m0", "--data", "fake", "--epochs", "2", "--batch-size", "8",
               "--set", "model.img_size=32", "--set", "data.fake_train_size=48", "--set", "data.fake_val_size=16",
@@ -107,15 +109,17 @@ def _same_weights(a: Path, b: Path) -> bool:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One uninterrupted single-launcher run with two processes."""
-    tmp = tmp_path_factory.mktemp("reference")
-    out = tmp / "run"
-    code, log = _finish(_torchrun(tmp, out, ["--standalone", "--nproc_per_node=2"]))
-    assert code == 0, _tail(log)
+    """One uninterrupted single-launcher run with two processes (run once, shared by xdist workers)."""
+    def run(tmp: Path) -> None:
+        code, log = _finish(_torchrun(tmp, tmp / "run", ["--standalone", "--nproc_per_node=2"]))
+        assert code == 0, _tail(log)
+
+    out = built_once(tmp_path_factory, "cluster_reference", run) / "run"
     assert read_checkpoint(out / "last.ckpt")["counters"]["global_step"] == 6
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(3 * TIMEOUT_S)
 def test_two_nodes_equal_one_launcher(tmp_path: Path, reference: Path) -> None:
     out = tmp_path / "run"
@@ -129,6 +133,7 @@ def test_two_nodes_equal_one_launcher(tmp_path: Path, reference: Path) -> None:
     assert _same_weights(out, reference), "two 1-process nodes trained other weights than one 2-process launcher"
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(2 * TIMEOUT_S)
 def test_max_restarts_resumes_after_a_killed_worker(tmp_path: Path, reference: Path) -> None:
     out = tmp_path / "run"
@@ -145,6 +150,7 @@ def test_max_restarts_resumes_after_a_killed_worker(tmp_path: Path, reference: P
     assert _same_weights(out, reference)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(3 * TIMEOUT_S)
 def test_sigterm_checkpoints_the_current_step_and_resume_matches(tmp_path: Path, reference: Path) -> None:
     out = tmp_path / "run"
@@ -178,6 +184,7 @@ def _hung_peer(rank: int, port: int, out: str) -> None:
     cleanup(info)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_collective_timeout_names_the_rank(tmp_path: Path) -> None:
     result = tmp_path / "message.json"

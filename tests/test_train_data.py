@@ -7,12 +7,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from leanvit.train import load_config, train
 from leanvit.train.data import AugmentedDataset, ResumableSampler, build_loaders, build_transforms, open_source
-from test_train_fixtures import make_image_folder, one_thread, tiny_config  # noqa: F401  (fixture)
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+from helpers.training import make_image_folder, tiny_config
+
+
+def test_generated_image_folder_has_the_asked_layout(tmp_path: Path) -> None:
+    root = make_image_folder(tmp_path, {"a": 2, "b": 3})
+    assert len(list((root / "train" / "b").iterdir())) == 3
+    assert Image.open(next((root / "val" / "a").iterdir())).size == (40, 30)
 
 
 def test_missing_data_directory(tmp_path: Path) -> None:
@@ -38,6 +44,7 @@ def test_class_folder_without_images(tmp_path: Path) -> None:
         train(cfg)
 
 
+@pytest.mark.slow
 def test_unreadable_images_are_skipped_warned_and_counted(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     root = make_image_folder(tmp_path / "d", {"a": 8, "b": 8}, splits=("train", "validation"))
     truncated = root / "train" / "a" / "truncated.png"

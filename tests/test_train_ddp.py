@@ -14,7 +14,8 @@ import torch
 import torch.multiprocessing as mp
 
 from leanvit.train import evaluate, load_config, read_checkpoint
-from test_train_fixtures import TINY
+
+from helpers.training import TINY
 
 DDP_SETS = dict(TINY, **{"data.repeated_aug": True, "data.fake_val_size": 25, "train.epochs": 2,
                          "checkpoint.every_steps": 1})
@@ -57,6 +58,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         cleanup(info)
 
 
+@pytest.mark.slow
 def test_two_process_gloo_training(tmp_path: Path) -> None:
     mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     results = [json.loads((tmp_path / f"result_rank{r}.json").read_text()) for r in range(2)]
@@ -76,6 +78,7 @@ def test_two_process_gloo_training(tmp_path: Path) -> None:
     assert float(last["val_loss"]) == pytest.approx(single["loss"], rel=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_torchrun_command(tmp_path: Path) -> None:
     # The command contract: `torchrun --nproc_per_node=2 -m leanvit train ...`.

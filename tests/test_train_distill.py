@@ -12,9 +12,8 @@ from torch import nn
 import leanvit
 from leanvit.train import evaluate, load_config, read_checkpoint, train
 from leanvit.train.engine import DistillationLoss
-from test_train_fixtures import TINY, one_thread  # noqa: F401  (fixture)
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+from helpers.training import TINY
 
 
 class _Fixed(nn.Module):
@@ -45,6 +44,7 @@ def test_distillation_loss_limits() -> None:
         DistillationLoss(ce, _Fixed(teacher), "soft", 0.5, 1.0)(x, cls, y)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["soft", "hard"])
 def test_distilled_training_with_leanvit_teacher(kind: str, tmp_path: Path) -> None:
     teacher = tmp_path / "teacher.safetensors"
@@ -61,6 +61,7 @@ def test_distilled_training_with_leanvit_teacher(kind: str, tmp_path: Path) -> N
     assert res["images"] == TINY["data.fake_val_size"]
 
 
+@pytest.mark.slow
 def test_distilled_training_with_timm_teacher(tmp_path: Path) -> None:
     teacher = tmp_path / "resnet.pth"
     torch.save(timm.create_model("resnet10t", num_classes=4).state_dict(), teacher)

@@ -15,9 +15,7 @@ from torch import nn
 import leanvit.train.state as state
 from leanvit.train import (PREEMPTED_EXIT_CODE, CheckpointWriteError, NonFiniteLossError, TrainingPreempted, load_config,
                            read_checkpoint, train)
-from test_train_fixtures import TINY, one_thread, state_equal  # noqa: F401  (fixture)
-
-pytestmark = pytest.mark.usefixtures("one_thread")
+from helpers.training import TINY, state_equal
 
 
 class _NaNLoss(nn.Module):
@@ -25,6 +23,7 @@ class _NaNLoss(nn.Module):
         return outputs.sum() * float("nan")
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path) -> None:
     def poison(event: str, trainer) -> None:  # the loss turns NaN after update 3
         if event == "step_end" and trainer.global_step == 3:
@@ -40,6 +39,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path) -> None:
     assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
 
 
+@pytest.mark.slow
 def test_disk_full_while_saving_keeps_previous_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     real_write = state._write
     calls = {"n": 0}
@@ -84,6 +84,7 @@ def _files(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_unreadable_last_checkpoint_falls_back_and_nothing_readable_is_refused(tmp_path: Path,
                                                                                  warnings_logged: list[str]) -> None:
     sets = dict(TINY, **{"checkpoint.every_steps": 4, "checkpoint.keep_last": 2, "train.deterministic": True})
@@ -117,6 +118,7 @@ def test_unreadable_last_checkpoint_falls_back_and_nothing_readable_is_refused(t
     assert _files(out) == before
 
 
+@pytest.mark.slow
 def test_auto_resume_refuses_a_different_config_naming_the_keys(tmp_path: Path) -> None:
     train(load_config("quick", dict(TINY, output=str(tmp_path), **{"train.max_steps": 1})))
     with pytest.raises(ValueError, match=r"differs from this command's in model\.img_size \(run: 32, now: 48\), "
@@ -125,6 +127,7 @@ def test_auto_resume_refuses_a_different_config_naming_the_keys(tmp_path: Path) 
                                         **{"model.img_size": 48, "optim.lr": 0.5})))
 
 
+@pytest.mark.slow
 def test_signal_stops_after_the_update_and_a_second_signal_during_the_save_is_ignored(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)}

@@ -8,13 +8,14 @@ import pytest
 import torch
 
 from leanvit.train import Trainer, load_config, train
-from test_train_fixtures import one_thread, tiny_config  # noqa: F401  (fixture)
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+from helpers.training import tiny_config
+
 
 FAMILY_MODELS = ["shvit_s1", "efficientvit_m0", "sepvit_lite"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", FAMILY_MODELS)
 def test_fixed_batch_loss_decreases(name: str, tmp_path: Path) -> None:
     # The paper recipe's machinery (AdamW groups, clipping, EMA, mixup-aware loss) with a constant lr.
@@ -32,6 +33,7 @@ def test_fixed_batch_loss_decreases(name: str, tmp_path: Path) -> None:
             assert id(p) in no_decay, n
 
 
+@pytest.mark.slow
 def test_digits_reach_90_percent_in_three_epochs(tmp_path: Path) -> None:
     # The default `leanvit train` recipe on scikit-learn's real handwritten digits (1437 train / 360 val).
     cfg = load_config("quick", {"output": str(tmp_path / "run"), "train.epochs": 3,
@@ -42,6 +44,7 @@ def test_digits_reach_90_percent_in_three_epochs(tmp_path: Path) -> None:
         assert (tmp_path / "run" / f).is_file(), f
 
 
+@pytest.mark.slow
 def test_loop_options_bf16_channels_last_accumulation(tmp_path: Path) -> None:
     # 48 images / batch 8 = 6 micro-batches per epoch, 2 per update -> 3 updates per epoch. At 96x96 no
     # feature map is 1x1: torch 2.14's bf16 channels_last depthwise conv backward on 1x1 maps sporadically

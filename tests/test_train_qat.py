@@ -38,6 +38,7 @@ def test_qat_config_refusals(tmp_path) -> None:
         FakeQuantModel(untrained, SIDE, "xnnpack")
 
 
+@pytest.mark.slow
 def test_qat_fine_tunes_and_deploys(digits_run, tmp_path) -> None:
     cfg = _cfg(tmp_path, **{"finetune.qat": "xnnpack", "finetune.checkpoint": str(digits_run["ckpt"]),
                             "train.max_steps": 6})

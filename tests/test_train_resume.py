@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from leanvit.train import load_config, read_checkpoint, train
-from test_train_fixtures import TINY, one_thread, state_equal  # noqa: F401  (fixture)
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+from helpers.training import TINY, state_equal
+
 
 # The full paper recipe (RandAugment, Mixup/CutMix, erasing, repeated augmentation, EMA, AGC) so that
 # every RNG stream matters; 6 batches per epoch, a periodic checkpoint every 2 updates.
@@ -40,6 +40,7 @@ def _env() -> dict[str, str]:
     return dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
     ref = train(load_config("shvit_s1", dict(RESUME_SETS, output=str(tmp_path / "ref"))))
     assert ref["epochs"] == 2
@@ -82,6 +83,7 @@ while True:
 """
 
 
+@pytest.mark.slow
 def test_kill_during_checkpoint_write_leaves_a_readable_file(tmp_path: Path) -> None:
     path = tmp_path / "last.ckpt"
     rng = random.Random(0)
@@ -96,6 +98,7 @@ def test_kill_during_checkpoint_write_leaves_a_readable_file(tmp_path: Path) -> 
         assert ck["i"] >= 1 and torch.equal(ck["x"], torch.full((3_000_000,), float(ck["i"])))
 
 
+@pytest.mark.slow
 def test_resume_from_another_model_is_refused(tmp_path: Path) -> None:
     train(load_config("quick", dict(TINY, output=str(tmp_path / "a"), **{"train.max_steps": 1})))
     ckpt = tmp_path / "a" / "last.ckpt"
@@ -114,6 +117,7 @@ def test_resume_from_another_model_is_refused(tmp_path: Path) -> None:
         train(load_config("quick", dict(TINY, output=str(tmp_path / "a"))))
 
 
+@pytest.mark.slow
 def test_finetune_new_head_resolution_and_frozen_stages(tmp_path: Path) -> None:
     train(load_config("quick", dict(TINY, output=str(tmp_path / "src"), **{"train.max_steps": 2})))
     src = read_checkpoint(tmp_path / "src" / "last.ckpt")["model"]

@@ -40,8 +40,9 @@ class BenchOptions:
                             choices=("autocast", "convert"))
     compile_mode: str | None = option(None, "torch.compile mode for --backend compile")
     count_macs: bool = option(False, "also count MACs (fused, batch 1)", flag="--macs")
-    roofline: bool = option(False, "also report each run's share of this CPU's single-thread matmul peak, bf16 and "
-                                   "fp32 (MACs x img/s / peak; CPU, 1 thread; measures the peaks first, ~10 s)")
+    roofline: bool = option(False, "also report each run's share of this CPU's single-thread matmul peak, fp32 and "
+                                   "(where native) bf16 (MACs x img/s / peak; CPU, 1 thread; measures the peaks first, "
+                                   "~10 s)")
     perturb_bn: bool = option(True, "keep the random init's identity BatchNorms", flag="--no-perturb-bn")
     clock: str = option("wall", "time calls by wall clock or process CPU time (steady on a busy machine; 1 thread)",
                         choices=("wall", "cpu"))

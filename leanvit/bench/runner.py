@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..deploy import capabilities
 from ..deploy.capabilities import check_jit_optimize, check_precision, quiet_deprecations, torch_threads
 from ..deploy.names import BACKENDS, INT8_BACKENDS, INT8_RUNTIMES, PRECISIONS
 from ..deploy.quantize import quantize_for
@@ -158,8 +159,9 @@ def benchmark(models: str | Sequence[str], options: BenchOptions | None = None, 
         )))
     isolate = o.isolate if o.isolate is not None else mode == "memory" and device == "cpu"
     env = environment(device)
-    peaks = {p: matmul_peak(dtype, seconds=0.5) for p, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32))} \
-        if o.roofline else {}
+    # bf16's roof only where bf16 is native: emulated (AVX2 CPUs) its "peak" is ~100x below fp32's and says nothing
+    roofs = (("bf16", torch.bfloat16), ("fp32", torch.float32)) if capabilities.cpu_has_bf16() else (("fp32", torch.float32),)
+    peaks = {p: matmul_peak(dtype, seconds=0.5) for p, dtype in roofs} if o.roofline else {}
     records = []
     bar = tqdm(configs, desc=f"bench {mode}", unit="run", disable=not o.progress, file=sys.stderr)
     for spec, cfg in bar:

@@ -50,6 +50,7 @@ class ExportResult:
     max_abs_diff: float | None = None
     rel_err: float | None = None  # max abs diff / the reference logits' spread across the checked images
     top1_agreement: float | None = None
+    correlation: float | None = None  # of the input-dependent logits (logit_agreement's input_correlation)
     tolerance: str = ""
     verified: bool | None = None  # None: verification skipped
     files: list[str] = field(default_factory=list)
@@ -57,7 +58,7 @@ class ExportResult:
     def errors(self) -> str:
         """The measured differences in words."""
         return (f"max abs diff {self.max_abs_diff:.3g}, error / logit spread {self.rel_err:.3g}, "
-                f"top-1 agreement {self.top1_agreement:.2f}")
+                f"top-1 agreement {self.top1_agreement:.2f}, input correlation {self.correlation:.3f}")
 
     def summary(self) -> str:
         """One line for people."""
@@ -133,8 +134,8 @@ def _export_and_verify(module: nn.Module, fmt: str, output: Path, side: int, bat
                                                      img_size=side, threads=opts.threads, seed=opts.seed + 1,
                                                      images=calibration)
             result.checked_batches, result.tolerance = batches, tolerance_for(opts.precision)
-            result.max_abs_diff, result.rel_err, result.top1_agreement = (
-                check.max_abs_diff, check.rel_err, check.top1_agreement)
+            result.max_abs_diff, result.rel_err, result.top1_agreement, result.correlation = (
+                check.max_abs_diff, check.rel_err, check.top1_agreement, check.correlation)
         ok = result.verified is not False
         # .xml travels with its .bin; other formats are one file.
         pairs = [(tmp, output)]

@@ -21,7 +21,8 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 from .._io import atomic_write_text
 from ..checkpoint import create_for_checkpoint, load_weights, read_qat_state
 from ..zoo import ModelSpec, build_model, fuse_model, resolve_model, target_for
-from .capabilities import cpu_has_int8_dot, torch_threads
+from . import capabilities
+from .capabilities import torch_threads
 from .names import INT8_RUNTIMES
 from .pt2e import QAT_RUNTIMES
 from .quantize import AccuracyReport, QuantizedArtifact, predict, quantize_for, quantize_qat, top1_report
@@ -164,7 +165,7 @@ def quantize_model(
     calib, _, _ = load_image_folder(calibration, transform, labelled=False, limit=calibration_images,
                                     what="calibration")
     run = Int8Run(spec.name, side)
-    if not cpu_has_int8_dot():
+    if not capabilities.cpu_has_int8_dot():
         run.notes.append("this CPU has no VNNI / AMX int8 instructions: the artifacts are valid, but int8 will run "
                          "slower here than on the deployment CPU")
     tune_set = None

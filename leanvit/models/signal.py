@@ -144,7 +144,11 @@ def logit_agreement(reference: Any, output: Any) -> dict[str, float]:
 
     Returns ``max_abs_error``; ``spread``: the reference logits' standard deviation across the batch, averaged
     over classes (what depends on the input; needs a batch of at least 2); ``relative_error``: max abs
-    error / spread; and ``top1_agreement``: the fraction of rows whose arg-max class is the same.
+    error / spread; ``top1_agreement``: the fraction of rows whose arg-max class is the same; and
+    ``input_correlation``: the correlation of the two input-dependent parts (each logit minus its mean over the
+    batch), over all rows and classes. An output that ignores its input scores 0 there (its rows are equal:
+    nothing is left once the batch mean is removed) and one that answers for the wrong input scores below 0,
+    however close its values are to the reference's; an output that only adds a constant keeps 1.
     """
     ref = torch.as_tensor(reference).detach().to("cpu", torch.float64)
     out = torch.as_tensor(output).detach().to("cpu", torch.float64)
@@ -155,9 +159,12 @@ def logit_agreement(reference: Any, output: Any) -> dict[str, float]:
         raise ValueError("logit_agreement needs a batch of at least 2 inputs: the spread is measured across it")
     max_abs = (out - ref).abs().max().item()
     spread = ref.std(dim=0).mean().item()
+    ref_part, out_part = ref - ref.mean(0), out - out.mean(0)
+    norms = (ref_part.norm() * out_part.norm()).item()
     return {
         "max_abs_error": max_abs,
         "spread": spread,
         "relative_error": max_abs / spread if spread > 0 else math.inf,
         "top1_agreement": (out.argmax(1) == ref.argmax(1)).double().mean().item(),
+        "input_correlation": (ref_part * out_part).sum().item() / norms if norms > 0 else 0.0,
     }

@@ -1,9 +1,10 @@
-"""Helpers shared by the training tests (imported by them; the one test here checks the helpers' image folder)."""
+"""Helpers shared by the training and dense-task tests: tiny configs, generated image folders, state
+comparisons and the kill-mid-epoch-and-resume run (a module, not a test file: pytest does not collect it)."""
 from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -19,15 +20,6 @@ TINY = {
     "train.epochs": 2, "log.progress": False, "log.tensorboard": False,
 }
 
-
-@pytest.fixture
-def one_thread():
-    """Run a test with one intra-op thread: on a shared 2-core machine, 2 OpenMP threads per process stall
-    for whole scheduler slices at every parallel region (measured: 0.45 s vs 4-18 s per step)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny_config(output: Path, recipe: str = "quick", **overrides: object) -> TrainConfig:
@@ -93,8 +85,3 @@ def killed_and_resumed(tmp_path: Path, config: Callable[..., TrainConfig], task_
     train(resumed, task=task_class(resumed))
     return read_checkpoint(tmp_path / "ref" / "last.ckpt"), read_checkpoint(out / "last.ckpt")
 
-
-def test_make_image_folder(tmp_path: Path) -> None:
-    root = make_image_folder(tmp_path, {"a": 2, "b": 3})
-    assert len(list((root / "train" / "b").iterdir())) == 3
-    assert Image.open(next((root / "val" / "a").iterdir())).size == (40, 30)
