@@ -23,6 +23,8 @@ from leanvit.train import load_config
 from leanvit.train.config import ConfigError
 from leanvit.train.data import BadImageError
 
+from conftest import fast_first
+
 H, W = 64, 96  # non-square, and not a multiple of every window / patch size
 
 
@@ -33,7 +35,7 @@ def _seed() -> None:
 
 # ------------------------------------------------------------------------------------------ models
 @pytest.mark.parametrize("arch", ["semantic_fpn", "upernet"])
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", fast_first(list_models(), [n for n in list_models() if n not in ("sepvit_s", "sepvit_b")]))
 def test_every_backbone_through_both_heads(arch: str, name: str) -> None:
     model = create_segmentor(arch, name, num_classes=5, channels=32, **(
         {"neck_channels": 32} if arch == "semantic_fpn" else {"aux_channels": 16}))
@@ -158,6 +160,7 @@ def test_exportable_pyramid_pooling_equals_adaptive_pooling() -> None:
 
 
 # ------------------------------------------------------------------------------------------ export
+@pytest.mark.slow
 @pytest.mark.parametrize("arch,name", [("upernet", "efficientvit_m0"), ("semantic_fpn", "shvit_s1")])
 def test_onnx_export_with_dynamic_size_is_verified_at_two_sizes(tmp_path: Path, arch: str, name: str) -> None:
     out = tmp_path / "seg.onnx"
@@ -167,20 +170,23 @@ def test_onnx_export_with_dynamic_size_is_verified_at_two_sizes(tmp_path: Path, 
     assert not list(tmp_path.glob(".seg.onnx.*")), "temporary files left behind"
 
 
+@pytest.mark.slow
 def test_openvino_export_with_dynamic_size(tmp_path: Path) -> None:
     out = tmp_path / "seg.xml"
     result = export_segmentor(_tiny("upernet"), out, "openvino", trace_size=(64, 64), verify_sizes=((64, 96), (96, 64)))
     assert out.is_file() and out.with_suffix(".bin").is_file() and len(result.max_abs_diff) == 2, result.summary()
 
 
+@pytest.mark.slow
 def test_sepvit_export_at_a_fixed_size_and_a_clear_error_for_dynamic(tmp_path: Path) -> None:
     model = _tiny("semantic_fpn", "sepvit_lite")
     # 64x96 pads every stage's windows (16x24 tokens, windows of 7): the traced padding must hold.
     fixed = export_segmentor(model, tmp_path / "fixed.onnx", "onnx", trace_size=(64, 96), dynamic_size=False)
     assert list(fixed.max_abs_diff) == ["1x64x96", "2x64x96"], fixed.summary()  # the batch stays free
     with pytest.raises(SegExportError, match="export with dynamic_size=False"):
-        # At 96x160 the last stage has several windows, at the traced 64x64 one: another graph.
-        export_segmentor(model, tmp_path / "dyn.onnx", "onnx", trace_size=(64, 64), verify_sizes=((96, 160), (64, 96)))
+        # Traced at 112x112 the first stages' maps are whole windows (no padding traced); 96x160 needs padding.
+        export_segmentor(model, tmp_path / "dyn.onnx", "onnx", trace_size=(112, 112),
+                         verify_sizes=((96, 160), (64, 96)))
     assert not (tmp_path / "dyn.onnx").exists()
 
 

@@ -37,6 +37,7 @@ from torchvision.utils import draw_segmentation_masks
 
 from .._io import atomic_write, atomic_write_text
 from ..train.data import BadImageError, load_skipping_bad, resumable_train_loader, sample_seed, sharded_eval_loader
+from .mmdet_pipeline import mmcv_rescale_size, resize_8bit_like_cv2
 from .shapes import SHAPE_CLASSES, SPLIT_SEED_OFFSET, render_scene, semantic_map
 
 __all__ = [
@@ -180,12 +181,6 @@ def open_folder(root: str | Path, split: str, classes: Sequence[str] | str | Pat
 
 
 # --------------------------------------------------------------------------------------------- transforms
-def _fit_size(h: int, w: int, long_side: float, short_side: float) -> tuple[int, int]:
-    # mmcv imrescale: the largest factor with long <= long_side and short <= short_side, ratio kept.
-    factor = min(long_side / max(h, w), short_side / min(h, w))
-    return max(1, int(h * factor + 0.5)), max(1, int(w * factor + 0.5))
-
-
 def _normalize(image: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     return TF.normalize(image.float() / 255.0, list(mean), list(std))
 
@@ -221,8 +216,8 @@ class SegTrainTransform:
         img = TF.pil_to_tensor(image)
         lo, hi = self.ratio_range
         r = lo + (hi - lo) * float(torch.rand(()))
-        size = _fit_size(img.shape[-2], img.shape[-1], self.scale[0] * r, self.scale[1] * r)
-        img = TF.resize(img, list(size), interpolation=v2.InterpolationMode.BILINEAR, antialias=False)
+        size = mmcv_rescale_size(img.shape[-2], img.shape[-1], self.scale[1] * r, self.scale[0] * r)
+        img = resize_8bit_like_cv2(img, size)
         lab = TF.resize(label[None], list(size), interpolation=v2.InterpolationMode.NEAREST)[0]
         y, x = self._crop_box(lab)
         ch, cw = self.crop
@@ -245,9 +240,8 @@ class SegEvalTransform:
 
     def __call__(self, image: Image.Image, label: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         img = TF.pil_to_tensor(image)
-        size = _fit_size(img.shape[-2], img.shape[-1], *self.scale)
-        img = TF.resize(img, list(size), interpolation=v2.InterpolationMode.BILINEAR, antialias=False)
-        return _normalize(img, self.mean, self.std), label
+        size = mmcv_rescale_size(img.shape[-2], img.shape[-1], self.scale[1], self.scale[0])
+        return _normalize(resize_8bit_like_cv2(img, size), self.mean, self.std), label
 
 
 # --------------------------------------------------------------------------------------------- loading

@@ -5,8 +5,9 @@
 - SHViT: unchanged (it runs at any input size);
 - EfficientViT-M: built for 448 px, so every stage has a 7x7 window as in the official detectors (the
   ImageNet stage-3 bias table is resized 16 -> 49 on load, as the official ``init_weights`` does);
-- SepViT: zero window tokens, pointwise attention wherever a 448 px input sees more than one window,
-  a learnable LayerNorm per output level, and the official drop-path rates (T 0.2, S 0.3, B 0.5).
+- SepViT: the official dense network (``dense_form``): zero window tokens, pointwise attention in every block
+  (kept where a map fits one window), a learnable LayerNorm per level on the main path, and the official
+  drop-path rates (T 0.2, S 0.3, B 0.5).
 
 ``DenseBackbone.train()`` keeps every BatchNorm of the body in eval mode when ``norm_eval`` is set (the
 official "norm_eval": running statistics stay the ImageNet ones, the affine terms still train).
@@ -39,8 +40,7 @@ def dense_model_kwargs(name: str) -> dict[str, Any]:
     if family == "efficientvit_m":
         return dict(img_size=DENSE_IMG_SIZE)
     if family == "sepvit":
-        return dict(window_token="zero", pointwise_ref_size=DENSE_IMG_SIZE, feature_norms=True,
-                    drop_path_rate=_SEPVIT_DROP_PATH.get(name, 0.1))
+        return dict(window_token="zero", dense_form=True, drop_path_rate=_SEPVIT_DROP_PATH.get(name, 0.1))
     return {}
 
 

@@ -47,7 +47,7 @@ def detections_to_coco(outputs: Sequence[dict[str, torch.Tensor]], image_ids: Se
         xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], 1).tolist()
         masks = out.get("masks")
         if masks is not None:
-            binary = (masks.detach()[:, 0] > 0.5).cpu().numpy().astype(np.uint8)
+            binary = (masks.detach()[:, 0] >= 0.5).cpu().numpy().astype(np.uint8)  # mmdet's mask_thr_binary
             rles = mask_utils.encode(np.asfortranarray(binary.transpose(1, 2, 0))) if len(binary) else []
         for i, (box, score, label) in enumerate(zip(xywh, scores, labels)):
             if not 0 <= label < len(category_ids):

@@ -9,7 +9,10 @@ official configurations (dense.md §3.3-3.7):
   strides from padded image / map size, wrong for the ceil-rounded stride-64/128 maps, and rounds anchors);
 - aligned RoIAlign with adaptive sampling (:class:`AlignedMultiScaleRoIAlign`);
 - RetinaNet 100 detections per image; RPN 2000/1000 pre-NMS, 1000 post-NMS proposals in training;
-- mmdet's head initialisation (Xavier FPN, N(0, 0.01) classifier, N(0, 0.001) box regressor).
+- mmdet's head initialisation (Xavier FPN, N(0, 0.01) classifier, N(0, 0.001) box regressor);
+- mmdet's input pipeline and mask pasting (``pipeline="official"``, :mod:`leanvit.dense.mmdet_pipeline`:
+  round-to-nearest resize of the 8-bit image, normalisation after it, ``grid_sample`` mask pasting);
+  ``pipeline="torchvision"`` keeps torchvision's ``GeneralizedRCNNTransform``.
 
 Class indices: RetinaNet predicts labels ``0 .. num_classes-1``; the R-CNNs have torchvision's background at 0
 and objects at ``1 .. num_classes`` (:func:`label_offset`).
@@ -30,6 +33,7 @@ from torchvision.ops import MultiScaleRoIAlign, roi_align
 from torchvision.ops.poolers import _convert_to_roi_format, _filter_input, _setup_scales
 
 from .backbone import DenseBackbone, create_backbone
+from .mmdet_pipeline import PIPELINES, MMDetTransform
 from .necks import DenseFPN, fpn_preset
 
 __all__ = [
@@ -188,11 +192,17 @@ def create_detector(arch: str, backbone: str | DenseBackbone, num_classes: int =
     ``detections_per_img``, ``rpn_post_nms_top_n_train``, ``box_roi_pool``, ``size_divisible``, ...) replaces the
     official value; ``fpn_channels`` sets the neck width (256); everything else goes to
     :func:`~leanvit.dense.backbone.create_backbone` (``norm_eval``, ``frozen_stages``, ``checkpoint``, ...).
-    The returned model carries ``leanvit_dense = {"arch", "backbone", "num_classes"}``.
+    ``pipeline``: "official" (mmdet's resize, normalisation order and mask pasting; the default) or
+    "torchvision" (``GeneralizedRCNNTransform`` as is). The returned model carries
+    ``leanvit_dense = {"arch", "backbone", "num_classes", "pipeline"}``.
     """
     _check_arch(arch)
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be an int >= 1 (object classes, without background), got {num_classes!r}")
+    pipeline = overrides.pop("pipeline", "official")
+    if pipeline not in PIPELINES:
+        raise ValueError(f"pipeline must be one of {', '.join(PIPELINES)} (official: mmdet's input pipeline and mask "
+                         f"pasting; torchvision: GeneralizedRCNNTransform), got {pipeline!r}")
     accepted = _accepted(arch)
     detector_kwargs = {k: v for k, v in overrides.items() if k in accepted}
     fpn_channels = int(overrides.pop("fpn_channels", 256))
@@ -212,5 +222,7 @@ def create_detector(arch: str, backbone: str | DenseBackbone, num_classes: int =
     classes = num_classes if arch == "retinanet" else num_classes + 1
     model = _ARCH_CLASS[arch](DetectionBackbone(body, neck), classes, **settings)
     _init_like_mmdet(model, arch)
-    model.leanvit_dense = dict(arch=arch, backbone=name, num_classes=num_classes)
+    if pipeline == "official":
+        model.transform = MMDetTransform.like(model.transform)
+    model.leanvit_dense = dict(arch=arch, backbone=name, num_classes=num_classes, pipeline=pipeline)
     return model

@@ -74,7 +74,7 @@ def draw_detections(image: torch.Tensor, output: dict[str, torch.Tensor], classe
     names = [f"{classes[i] if 0 <= i < len(classes) else i} {s:.2f}"
              for i, s in zip(labels.tolist(), output["scores"][keep].tolist())]
     if "masks" in output:
-        canvas = draw_segmentation_masks(canvas, output["masks"][keep][:, 0] > 0.5, alpha=0.45)
+        canvas = draw_segmentation_masks(canvas, output["masks"][keep][:, 0] >= 0.5, alpha=0.45)
     return draw_bounding_boxes(canvas, output["boxes"][keep], labels=names, width=2)
 
 

@@ -214,6 +214,11 @@ class LeanViTModel(nn.Module):
         """Hook: stage ``index``'s output as an NCHW intermediate (families may add a per-level norm)."""
         return x
 
+    def _after_stage(self, x: torch.Tensor, index: int) -> torch.Tensor:
+        """Hook: what a family applies to stage ``index``'s output on the main path, before the next stage
+        reads it (default nothing; SepViT's official dense form: its per-level LayerNorm)."""
+        return x
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Image -> last feature map (NCHW-shaped, memory format per :meth:`set_channels_last`)."""
         with self._activation_scope():
@@ -263,7 +268,7 @@ class LeanViTModel(nn.Module):
             x = self._embed(x)
             stages = self.stages if not stop_early else self.stages[: max_index + 1]
             for i, stage in enumerate(stages):
-                x = stage(x)
+                x = self._after_stage(stage(x), i)
                 if i in take:
                     intermediates.append(self._stage_out(x, i))
         if intermediates_only:

@@ -23,6 +23,13 @@ Window-token modes (``window_token``):
 Sizes that are not window multiples are zero-padded bottom/right *before* the block's first LayerNorm
 and cropped back after pointwise attention, exactly as the official dense code does (padded pixels
 therefore enter the attention as LayerNorm(0) = norm1.bias; there is no attention mask).
+
+``dense_form=True`` is the official dense backbone's network (liwei109/SepViT ``detection/sepvit.py`` and
+``segmentation/sepvit.py``, ``SepViT.forward`` and ``SepViTBlock.forward``), which differs from the
+classification one in two ways: every block has pointwise attention, and keeps its (zero) window token and
+pointwise step also where its map fits one window (the step then attends over that one window: the map is
+added to itself); and the per-level LayerNorms (``feature_norms``, the official ``norm_list``) sit on the main
+path, so each stage reads the previous stage's normalised map.
 """
 from __future__ import annotations
 
@@ -214,11 +221,14 @@ class SepViTBlock(nn.Module):
         drop: float = 0.0,
         attn_drop: float = 0.0,
         drop_path: float = 0.0,
+        one_window_pointwise: bool = False,
     ) -> None:
         super().__init__()
         self.window_size = window_size
         self.window_token_mode = window_token
         self.pointwise = pointwise
+        # official dense code: a map that fits one window still gets the token and the pointwise step
+        self.one_window_pointwise = one_window_pointwise
         # per_window: the (rows, cols) window grid at img_size; None when the block sees one window there.
         self.token_grid = token_grid if pointwise and window_token == "per_window" else None
         self.norm1 = nn.LayerNorm(dim, eps=_BLOCK_EPS)
@@ -245,7 +255,7 @@ class SepViTBlock(nn.Module):
         # (H + ws - 1) // ws, not -(-H // ws): traced for ONNX, integer division of a negative size truncates
         # toward zero, which made the window count one short and the padding negative at every padded size
         nh, nw = (H + ws - 1) // ws, (W + ws - 1) // ws
-        if not self.pointwise or nh * nw == 1:
+        if not self.pointwise or (nh * nw == 1 and not self.one_window_pointwise):
             # One window (or a block without pointwise attention): plain MHSA over the map, no token.
             return self.attn(self.norm1(x).view(B, 1, H * W, C)).view(B, H, W, C)
         if self.window_token_mode == "per_window" and (nh, nw) != self.token_grid:
@@ -298,8 +308,10 @@ class SepViT(LeanViTModel):
     the official dense backbones). ``inner_residuals`` toggles the official code's two residuals inside
     the attention (not in the paper's equations; on by default, as for the published numbers).
     ``feature_norms`` adds learnable
-    per-level LayerNorms for dense fine-tuning; without them intermediates use a parameter-free
-    LayerNorm, which is what the official dense backbone's freshly created ``extra_norm`` computes.
+    per-level LayerNorms (the official dense ``norm_list``): they normalise the intermediates, and with
+    ``dense_form`` also the main path (see the module docstring); without them intermediates use a
+    parameter-free LayerNorm. ``dense_form`` (the official dense network) implies ``feature_norms`` and
+    pointwise attention in every block.
     """
 
     def __init__(
@@ -314,6 +326,7 @@ class SepViT(LeanViTModel):
         inner_residuals: bool = True,
         pointwise_ref_size: int | tuple[int, int] = 224,
         feature_norms: bool = False,
+        dense_form: bool = False,
         num_classes: int = 1000,
         in_chans: int = 3,
         distillation: bool = False,
@@ -335,6 +348,8 @@ class SepViT(LeanViTModel):
         self.img_size = _pair(img_size)
         self.window_token = window_token
         self.fixed_input_size = window_token == "per_window"
+        self.dense_form = dense_form
+        feature_norms = feature_norms or dense_form
         self.patch_embed = PatchEmbed(in_chans, embed_dims[0], 7, 4, tokens_in=False, drop=drop_rate)
         n_blocks = sum(depths)
         # Linear stochastic-depth rule (as torch.linspace, in Python so that meta-device builds work).
@@ -347,10 +362,10 @@ class SepViT(LeanViTModel):
             for j, ws in enumerate(sizes):
                 grid = (-(-H // ws), -(-W // ws))
                 blocks.append(SepViTBlock(
-                    dim, heads, ws, pointwise=-(-rH // ws) * -(-rW // ws) > 1,
+                    dim, heads, ws, pointwise=dense_form or -(-rH // ws) * -(-rW // ws) > 1,
                     token_grid=grid if grid[0] * grid[1] > 1 else None, window_token=window_token,
                     inner_residuals=inner_residuals, mlp_ratio=mlp_ratio, drop=drop_rate,
-                    attn_drop=attn_drop_rate, drop_path=dpr[sum(depths[:s]) + j],
+                    attn_drop=attn_drop_rate, drop_path=dpr[sum(depths[:s]) + j], one_window_pointwise=dense_form,
                 ))
             down = nn.Identity() if s == 0 else PatchEmbed(
                 embed_dims[s - 1], dim, 3, 2, tokens_in=True, drop=drop_rate)
@@ -411,11 +426,19 @@ class SepViT(LeanViTModel):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Image -> final LayerNorm'd feature map, NCHW (a channels-last view, no copy)."""
         self._check_input(x)
-        x = self.norm(self.stages(self.patch_embed(x)))
-        return x.permute(0, 3, 1, 2)
+        x = self.patch_embed(x)
+        for i, stage in enumerate(self.stages):
+            x = self._after_stage(stage(x), i)
+        return self.norm(x).permute(0, 3, 1, 2)
+
+    def _after_stage(self, x: torch.Tensor, index: int) -> torch.Tensor:
+        # official dense SepViT.forward: x = norm_list[i](x) on the main path, before the next patch embedding
+        return self.feature_norms[index](x) if self.dense_form else x
 
     def _stage_out(self, x: torch.Tensor, index: int) -> torch.Tensor:
-        if self.feature_norms is not None:
+        if self.dense_form:
+            pass  # normalised on the main path already (_after_stage)
+        elif self.feature_norms is not None:
             x = self.feature_norms[index](x)
         else:
             x = F.layer_norm(x, x.shape[-1:], eps=_BLOCK_EPS)
