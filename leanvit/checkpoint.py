@@ -19,6 +19,7 @@ from torch import nn
 
 from ._io import atomic_write
 from ._text import error_reason
+from .errors import InvalidValueError, MissingFileError
 from .models import create_model, family_class, get_config, list_models
 from .models._layouts import Layout, StateDict
 
@@ -29,7 +30,7 @@ __all__ = [
 ]
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InvalidValueError):
     """A checkpoint that cannot be loaded into the given model; the message says why and what to do."""
 
 
@@ -59,7 +60,7 @@ def read_state_dict(
         return unwrap_state_dict(source, prefer_ema), {}
     path = Path(source)
     if not path.exists():
-        raise FileNotFoundError(f"checkpoint file not found: {path}")
+        raise MissingFileError(f"checkpoint file not found: {path}")
     if path.is_dir():
         raise CheckpointError(f"{path} is a directory; pass the checkpoint file inside it")
     with open(path, "rb") as f:

@@ -15,11 +15,11 @@ import sys
 import types
 from typing import Any
 
-import timm.models._registry as timm_registry
-from timm.models import build_model_with_cfg, generate_default_cfgs, resolve_pretrained_cfg
+from timm.models import build_model_with_cfg, generate_default_cfgs, is_model, register_model, resolve_pretrained_cfg
 from torch import nn
 
 from .checkpoint import load_checkpoint
+from .errors import InvalidValueError
 from .models import LeanViTModel, family_class, get_config, list_models
 from .models import create_model as build_leanvit_model
 from .weights import fetch
@@ -44,8 +44,8 @@ def _check_feature_cls(name: str, feature_cls: Any) -> None:
     cls = family_class(get_config(name).family)
     if isinstance(feature_cls, str) and feature_cls.lower() in _HOOK_FEATURE_CLASSES \
             and cls._stage_out is not LeanViTModel._stage_out:
-        raise ValueError(f"{name}: feature_cls={feature_cls!r} would return its raw NHWC stage outputs; use "
-                         "feature_cls='getter' (the default for leanvit models)")
+        raise InvalidValueError(f"{name}: feature_cls={feature_cls!r} would return its raw NHWC stage outputs; use "
+                                "feature_cls='getter' (the default for leanvit models)")
 
 
 def _entrypoint(name: str, timm_name: str) -> Any:
@@ -98,11 +98,11 @@ def register_with_timm(prefix: str = "leanvit_") -> list[str]:
     for name in list_models():
         timm_name = prefix + name
         done.append(timm_name)
-        if timm_name in timm_registry._model_entrypoints:
+        if is_model(timm_name):
             continue
         entry = _entrypoint(name, timm_name)
         setattr(module, timm_name, entry)
         # timm's register_model reads the module's default_cfgs (tags, which one has weights).
         module.default_cfgs.update(generate_default_cfgs(_timm_cfgs(name, timm_name)))
-        timm_registry.register_model(entry)
+        register_model(entry)
     return done

@@ -28,6 +28,7 @@ from torch import nn
 from . import models
 from ._io import atomic_write
 from .checkpoint import CheckpointError, load_checkpoint, read_state_dict
+from .errors import InvalidValueError, OperationError
 from .models import PretrainedWeights, WeightFile
 
 __all__ = ["create_model", "fetch", "cached_file", "weights_cache_dir", "WeightsError", "WeightsEntry",
@@ -39,7 +40,7 @@ _OFFLINE_ENVS = ("LEANVIT_OFFLINE", "HF_HUB_OFFLINE")
 _CHUNK = 1 << 20
 
 
-class WeightsError(RuntimeError):
+class WeightsError(OperationError):
     """Published weights that could not be found or downloaded; the message says what was tried and how
     to provide the file by hand."""
 
@@ -165,7 +166,7 @@ def create_model(
     """
     tag = pretrained if isinstance(pretrained, str) else None
     if (pretrained or pretrained_file is not None) and checkpoint is not None:
-        raise ValueError("pass either pretrained/pretrained_file (published weights) or checkpoint, not both")
+        raise InvalidValueError("pass either pretrained/pretrained_file (published weights) or checkpoint, not both")
     model = models.create_model(name, pretrained_tag=tag if pretrained else None, **kwargs)
     if pretrained_file is not None or pretrained:
         path = pretrained_file if pretrained_file is not None else fetch(

@@ -15,6 +15,7 @@ from timm.models import get_pretrained_cfg
 from timm.utils import reparameterize_model
 from torch import nn
 
+from .errors import InvalidValueError, UnknownNameError
 from .models import LeanViTModel, count_macs, count_params, create_model, fuse, get_config, is_model, list_models
 
 __all__ = [
@@ -95,11 +96,11 @@ def _timm_names() -> list[str]:
     return timm.list_models()
 
 
-def _unknown(name: str) -> KeyError:
+def _unknown(name: str) -> UnknownNameError:
     candidates = list(dict.fromkeys(list_models() + _timm_names()))  # shared names once
     close = difflib.get_close_matches(name.split(":", 1)[-1], candidates, n=5, cutoff=0.6)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
-    return KeyError(
+    return UnknownNameError(
         f"unknown model {name!r}: not a leanvit model (leanvit.list_models()) nor a timm model "
         f"(timm.list_models()).{hint}"
     )
@@ -109,7 +110,7 @@ def resolve_model(name: str) -> ModelSpec:
     """Look ``name`` up (``leanvit:`` / ``timm:`` prefixes force a registry). Raises KeyError with suggestions."""
     source, _, bare = name.rpartition(":")
     if source not in ("", "leanvit", "timm"):
-        raise KeyError(f"unknown registry prefix {source!r} in {name!r}: use 'leanvit:NAME' or 'timm:NAME'")
+        raise UnknownNameError(f"unknown registry prefix {source!r} in {name!r}: use 'leanvit:NAME' or 'timm:NAME'")
     if source in ("", "leanvit") and is_model(bare):
         cfg = get_config(bare)
         return ModelSpec(bare, "leanvit", _LEANVIT_FAMILY_LABEL.get(cfg.family, cfg.family), cfg.img_size, cfg.top1)
@@ -137,7 +138,7 @@ def build_model(spec: ModelSpec, img_size: int | None = None) -> nn.Module:
         try:
             model = timm.create_model(spec.name, pretrained=False, **kwargs)
         except TypeError as e:
-            raise ValueError(f"timm model {spec.name} cannot be built for img_size={side}: {e}") from e
+            raise InvalidValueError(f"timm model {spec.name} cannot be built for img_size={side}: {e}") from e
     return model.eval()
 
 

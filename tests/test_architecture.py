@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "leanvit"
 
 # Lower index = lower layer. A module may import only from its own layer or lower ones.
 LAYERS = [
-    ("_io", "_text", "_flags", "layers"),
+    ("_io", "_text", "_flags", "errors", "layers"),
     ("models",),
     ("zoo",),
     ("checkpoint",),
@@ -175,3 +175,23 @@ def test_the_contract_catches_an_upward_import(tmp_path, monkeypatch):
         assert "bad.py:4 imports leanvit.zoo inside a function" in str(e)
     else:
         raise AssertionError("the local-import test did not catch an import inside a function")
+
+
+def test_no_private_names_of_other_packages() -> None:
+    """leanvit uses torch / torchvision / timm through their public API: no ``from pkg... import _name`` and no
+    import of an underscored module of torchvision or timm (their private helpers change without notice)."""
+    found = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                top = node.module.split(".")[0]
+                if top in ("torchvision", "timm"):
+                    private = [a.name for a in node.names if a.name.startswith("_")]
+                    if private or any(p.startswith("_") for p in node.module.split(".")[1:]):
+                        found.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.module} {private}")
+            elif isinstance(node, ast.Import):
+                for a in node.names:
+                    parts = a.name.split(".")
+                    if parts[0] in ("torchvision", "timm") and any(p.startswith("_") for p in parts[1:]):
+                        found.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {a.name}")
+    assert not found, found

@@ -5,6 +5,7 @@ epochs) calibrated on its training images: what int8 keeps is measured on held-o
 """
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 
@@ -13,9 +14,11 @@ import pytest
 import torch
 from PIL import Image
 
-from leanvit.cli import main
+from leanvit.cli import build_parser, main
 from leanvit.deploy.export import export_model
 from leanvit.deploy.int8 import load_image_folder, quantize_model
+from leanvit.deploy.names import CALIBRATION_IMAGES
+from leanvit.deploy.options import ExportOptions
 from leanvit.deploy.quantize import mcnemar_exact, quantize_for, top1_report
 from leanvit.models import signal_images, signal_weights_
 from leanvit.zoo import build_model, fuse_model, resolve_model
@@ -118,3 +121,11 @@ def test_int8_export_and_quantize_cli(digits_run, tmp_path, capsys) -> None:
     captured = capsys.readouterr()
     assert "onnxruntime int8 (default)" in captured.out and "McNemar" in captured.out
     assert "lost more than -100" in captured.err
+
+
+def test_both_commands_calibrate_on_the_same_number_of_images() -> None:
+    # leanvit quantize and leanvit export --precision int8 made different artifacts by default (256 vs 128 images)
+    quantize_default = build_parser("quantize").parse_args(["quantize", "m", "--calibration", "c", "--out", "o"])
+    assert (ExportOptions().calibration_images == quantize_default.calibration_images
+            == inspect.signature(quantize_model).parameters["calibration_images"].default == CALIBRATION_IMAGES)
+

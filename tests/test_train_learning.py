@@ -55,3 +55,24 @@ def test_loop_options_bf16_channels_last_accumulation(tmp_path: Path) -> None:
     assert summary["global_step"] == 3
     trainer_cfg = (tmp_path / "config.yaml").read_text()
     assert "amp: bf16" in trainer_cfg and "updates_per_epoch: 3" in trainer_cfg
+
+
+@pytest.mark.slow
+def test_trailing_partial_accumulation_group_is_averaged_over_its_own_size(tmp_path: Path) -> None:
+    # 48 images / batch 8 = 6 micro-batches, accum 4: one group of 4, then a tail of 2. A loss whose gradient
+    # on the head bias is 1 per micro-batch must give a gradient of exactly 1 at both updates (the tail was
+    # divided by 4 and gave 0.5).
+    trainer = Trainer(tiny_config(tmp_path, train__accum_steps=4, train__epochs=1))
+    bias = trainer.model.head.linear.bias if hasattr(trainer.model.head, "linear") else trainer.model.head.bias
+    trainer.task.loss = lambda model, inputs, targets: bias.sum() + 0 * model(inputs).sum()
+    seen: list[float] = []
+    real_step = trainer._optimizer_step
+
+    def recording_step() -> None:
+        seen.append(float(bias.grad.mean()))
+        real_step()
+
+    trainer._optimizer_step = recording_step
+    trainer.train_epoch()
+    assert seen == pytest.approx([1.0, 1.0], abs=1e-6), seen
+

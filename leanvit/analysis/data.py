@@ -17,6 +17,7 @@ from timm.models import load_checkpoint as timm_load_checkpoint
 from torch import nn
 
 from ..checkpoint import load_checkpoint
+from ..errors import InvalidValueError
 from ..models import create_model
 from ..train.data import eval_transform, open_source
 from ..zoo import resolve_model
@@ -60,11 +61,11 @@ def labelled_batches(
     """(images, labels) batches from ``split`` ('val' or 'train') of ``data``: ``max_images`` of them drawn
     with ``seed`` (all, in order, when None)."""
     if split not in ("val", "train"):
-        raise ValueError(f"split must be 'val' or 'train', got {split!r}")
+        raise InvalidValueError(f"split must be 'val' or 'train', got {split!r}")
     bundle = open_source(data, img_size=img_size, need_train=split == "train")
     source = bundle.val if split == "val" else bundle.train
     if len(source) == 0:
-        raise ValueError(f"the {split} split of {data!r} has no images")
+        raise InvalidValueError(f"the {split} split of {data!r} has no images")
     mean, std, crop_pct = _normalisation(model)
     transform = eval_transform(img_size, mean, std, crop_pct)
     order = torch.randperm(len(source), generator=torch.Generator().manual_seed(seed)).tolist()

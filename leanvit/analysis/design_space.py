@@ -26,6 +26,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from ..errors import InvalidValueError
 from ..models import count_macs, count_params
 from ..bench.timing import interleaved_medians
 from ..models import fuse
@@ -99,7 +100,7 @@ def build_point(point: DesignPoint) -> nn.Module:
         return SHViT(**point.switches).eval()
     if point.family == "efficientvit_m":
         return EfficientViTM(img_size=point.img_size, **point.switches).eval()
-    raise ValueError(f"unknown family {point.family!r} (shvit or efficientvit_m)")
+    raise InvalidValueError(f"unknown family {point.family!r} (shvit or efficientvit_m)")
 
 
 def _stage1_tokens(model: nn.Module, img_size: int) -> int:
@@ -115,7 +116,7 @@ def study_rows(
     ``measure_speed``, jit throughput at ``batch_size`` on ``threads`` threads with the ratio to the first row.
     ``img_size`` replaces every point's input side (smoke runs; (b') then equals (b))."""
     if study not in STUDIES:
-        raise ValueError(f"unknown study {study!r}; choose from {', '.join(STUDIES)}")
+        raise InvalidValueError(f"unknown study {study!r}; choose from {', '.join(STUDIES)}")
     _, points = STUDIES[study]
     if img_size:
         points = [DesignPoint(p.label, p.family, p.switches, img_size, p.note) for p in points]

@@ -23,6 +23,7 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import nn
 
+from ..errors import InvalidValueError
 from .taps import HeadTap, tapped
 
 __all__ = [
@@ -44,7 +45,7 @@ def _check(target: str, reduce: str, granularity: str) -> None:
     for value, allowed, what in ((target, TARGETS, "target"), (reduce, REDUCES, "reduce"),
                                  (granularity, GRANULARITIES, "granularity")):
         if value not in allowed:
-            raise ValueError(f"unknown {what} {value!r}; choose from {', '.join(allowed)}")
+            raise InvalidValueError(f"unknown {what} {value!r}; choose from {', '.join(allowed)}")
 
 
 def cosine_matrix(x: torch.Tensor) -> torch.Tensor:
@@ -57,7 +58,7 @@ def reduce_similarity(cos: torch.Tensor, reduce: str) -> torch.Tensor:
     """(S, h, h) similarity matrices -> (S,) layer values; h >= 2."""
     h = cos.shape[-1]
     if h < 2:
-        raise ValueError("head similarity needs at least two heads")
+        raise InvalidValueError("head similarity needs at least two heads")
     off = ~torch.eye(h, dtype=torch.bool, device=cos.device)
     pairs = cos[:, off].view(-1, h, h - 1)  # row i: cos(X_i, X_j) for j != i
     if reduce == "mean_pairs":
@@ -66,7 +67,7 @@ def reduce_similarity(cos: torch.Tensor, reduce: str) -> torch.Tensor:
         return pairs.amax(dim=(1, 2))
     if reduce == "mean_of_max":
         return pairs.amax(dim=2).mean(dim=1)
-    raise ValueError(f"unknown reduce {reduce!r}; choose from {', '.join(REDUCES)}")
+    raise InvalidValueError(f"unknown reduce {reduce!r}; choose from {', '.join(REDUCES)}")
 
 
 def _features(tap: HeadTap, target: str, images: int, drop_cls: bool) -> torch.Tensor:
@@ -112,7 +113,7 @@ def head_similarity(
                 counts[name] = counts.get(name, 0) + values.numel()
         heads = {name: tap.num_heads for name, tap in taps.items()}
     if not counts:
-        raise ValueError("no images: the data gave no batch")
+        raise InvalidValueError("no images: the data gave no batch")
     return [dict(layer=i + 1, module=name, heads=heads[name], target=target, reduce=reduce, granularity=granularity,
                  drop_cls=drop_cls, similarity=sums[name] / counts[name], samples=counts[name])
             for i, name in enumerate(sums)]
@@ -130,7 +131,7 @@ def accuracy(model: nn.Module, batches: Sequence[tuple[torch.Tensor, torch.Tenso
         correct += int((_logits(model(x)).argmax(dim=-1) == y).sum())
         total += y.numel()
     if not total:
-        raise ValueError("no images: the data gave no batch")
+        raise InvalidValueError("no images: the data gave no batch")
     return 100.0 * correct / total
 
 
@@ -151,7 +152,7 @@ def head_ablation(
         names = list(taps) if layers is None else list(layers)
         for index, name in enumerate(names):
             if name not in taps:
-                raise ValueError(f"unknown attention layer {name!r}; layers: {', '.join(taps)}")
+                raise InvalidValueError(f"unknown attention layer {name!r}; layers: {', '.join(taps)}")
             tap = taps[name]
             tap.cascade_mask = cascade_mask
             remove, leave = [], []

@@ -28,6 +28,7 @@ from torch.overrides import TorchFunctionMode
 from torch.profiler import ProfilerActivity, profile, record_function
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..errors import InvalidValueError
 from ..models.counting import flop_formulas
 from ..deploy.capabilities import quiet_deprecations
 from ..deploy.writers import compile_openvino, to_openvino
@@ -174,7 +175,7 @@ def op_breakdown(
     """Profile ``model(x)`` (``backend`` 'eager' or 'jit' = ``torch.jit.trace``): the raw per-call op rows
     (``time``, microseconds summed over ``iters``) and the byte/FLOP rows (``counts``, one eager forward)."""
     if backend not in ("eager", "jit"):
-        raise ValueError(f"backend must be 'eager' or 'jit' (OpenVINO: openvino_breakdown), got {backend!r}")
+        raise InvalidValueError(f"backend must be 'eager' or 'jit' (OpenVINO: openvino_breakdown), got {backend!r}")
     model = model.eval()
     counts = count_bytes_and_flops(model, x, scope_depth)
     torch.set_flush_denormal(True)  # denormals would time the weights, not the model

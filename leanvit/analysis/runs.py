@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from .._io import atomic_write
+from ..errors import InvalidValueError
 from ..zoo import target_for
 from ..deploy.capabilities import torch_threads
 from ..zoo import fuse_model
@@ -99,7 +100,7 @@ def run_head_similarity(
     chosen = dict(heads.DEFINITIONS[definition]) if definition else {}
     chosen.update({k: v for k, v in dict(target=target, reduce=reduce).items() if v})
     if set(chosen) != {"target", "reduce"}:
-        raise ValueError("give --definition (shvit or efficientvit) or both --target and --reduce")
+        raise InvalidValueError("give --definition (shvit or efficientvit) or both --target and --reduce")
     args = dict(models=list(models), data=data, definition=definition, granularity=granularity, drop_cls=drop_cls,
                 images=images, batch_size=batch_size, seed=seed, img_size=img_size, checkpoint=checkpoint, **chosen)
     rows = []
@@ -163,7 +164,7 @@ def run_taylor(
     pruning and after fine-tuning go into the JSON, and the pruned / fine-tuned models are saved as
     safetensors files that :func:`taylor.load_pruned` rebuilds (no pickle)."""
     if finetune_epochs and not prune:
-        raise ValueError("--finetune-epochs needs --prune")
+        raise InvalidValueError("--finetune-epochs needs --prune")
     args = dict(model=model_name, data=data, keep=keep, images=images, batch_size=batch_size, seed=seed, qk=qk,
                 normalize=normalize, img_size=img_size, checkpoint=checkpoint, prune=prune, parts=list(parts),
                 finetune_epochs=finetune_epochs, lr=lr)

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..errors import InvalidValueError
 from ..models.counting import flop_formulas
 from ..bench.timing import interleaved_medians
 from ..models import create_model, get_config, list_models
@@ -99,8 +100,8 @@ def sepvit_block_rows(name: str, img_size: int | None = None) -> list[dict[str, 
     """One row per block of SepViT variant ``name``: the formula that applies, the counted MACs, the difference."""
     cfg = get_config(name)
     if cfg.family != "sepvit":
-        raise ValueError(f"{name} is not a SepViT variant (SepViT models: "
-                         f"{', '.join(n for n in list_models() if get_config(n).family == 'sepvit')})")
+        raise InvalidValueError(f"{name} is not a SepViT variant (SepViT models: "
+                                f"{', '.join(n for n in list_models() if get_config(n).family == 'sepvit')})")
     side = img_size or cfg.img_size
     with torch.device("meta"):
         model: SepViT = create_model(name, img_size=side, window_token="zero")

@@ -25,6 +25,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from ..errors import InvalidValueError
 from ..models.efficientvit_m import CascadedGroupAttention
 from ..models.sepvit import SeparableAttention
 
@@ -227,7 +228,7 @@ def _make_tap(name: str, module: nn.Module, prefix_tokens: int) -> HeadTap | Non
     for cls, tap_cls in _timm_classes():
         if isinstance(module, cls):
             if tap_cls is LeViTTap and module.use_conv:
-                raise ValueError(f"{name}: LeViT attention in conv mode is not supported; use the linear-mode model")
+                raise InvalidValueError(f"{name}: LeViT attention in conv mode is not supported; use the linear-mode model")
             head_dim = module.val_dim if tap_cls is LeViTTap else module.proj.in_features // module.num_heads
             tap = tap_cls(name, module, module.num_heads, head_dim)
             tap.prefix_tokens = prefix_tokens if tap_cls is TimmAttentionTap else 0
@@ -248,7 +249,7 @@ def find_heads(model: nn.Module) -> dict[str, HeadTap]:
         if tap is not None and tap.num_heads > 1:
             taps[name] = tap
     if not taps:
-        raise ValueError(
+        raise InvalidValueError(
             f"{type(model).__name__} has no supported multi-head attention module (supported: leanvit "
             "EfficientViT-M and SepViT; timm ViT/DeiT, Swin, LeViT). SHViT uses a single head per layer"
         )

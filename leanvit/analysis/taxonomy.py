@@ -7,6 +7,7 @@ intensity, calls it memory-bound). Views are listed apart, at ~0 cost. An op not
 never a silent "other": extend :data:`OP_CATEGORIES` instead.
 """
 from __future__ import annotations
+from ..errors import UnknownNameError
 
 __all__ = ["OP_CATEGORIES", "COMPUTE", "MEMORY_BOUND", "category_of", "UnknownOpError"]
 
@@ -47,7 +48,7 @@ _DUNDER = {"__add__": "add", "__radd__": "add", "__iadd__": "add_", "__mul__": "
            "__getitem__": "slice", "__neg__": "neg", "__pow__": "pow", "__setitem__": "index_put_"}
 
 
-class UnknownOpError(KeyError):
+class UnknownOpError(UnknownNameError):
     """An op the taxonomy does not list."""
 
 

@@ -27,6 +27,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .._io import atomic_write
+from ..errors import InvalidValueError
 from ..layers.conv_norm import ConvNorm
 from ..models.counting import count_macs, count_params
 from ..models.efficientvit_m import CascadedGroupAttention
@@ -63,10 +64,10 @@ class GateSite:
 def _qkv_layout(prefix: str, qk: str, q: int, k: int, v: int) -> tuple[list[tuple[str, str]], dict[str, int]]:
     if qk == "joint":
         if q != k:
-            raise ValueError(f"joint Q/K gates need equal q and k widths, got {q} and {k}")
+            raise InvalidValueError(f"joint Q/K gates need equal q and k widths, got {q} and {k}")
         return [("Q", f"{prefix}qk"), ("K", f"{prefix}qk"), ("V", f"{prefix}v")], {f"{prefix}qk": q, f"{prefix}v": v}
     if qk != "separate":
-        raise ValueError(f"qk must be 'joint' or 'separate', got {qk!r}")
+        raise InvalidValueError(f"qk must be 'joint' or 'separate', got {qk!r}")
     return ([("Q", f"{prefix}q"), ("K", f"{prefix}k"), ("V", f"{prefix}v")],
             {f"{prefix}q": q, f"{prefix}k": k, f"{prefix}v": v})
 
@@ -111,7 +112,7 @@ def find_gate_sites(model: nn.Module, qk: str = "joint") -> list[GateSite]:
             sites.append(GateSite(block, module.qkv, 1, layout, sizes, C))
             sites.append(_ffn_site(block, parent.ffn.m.pw1, C, 1, "ffn"))
     if not sites:
-        raise ValueError(f"{type(model).__name__} has no supported attention block for Taylor importance")
+        raise InvalidValueError(f"{type(model).__name__} has no supported attention block for Taylor importance")
     return sites
 
 
@@ -148,7 +149,7 @@ def taylor_importance(
         for p, flag in zip(params, flags):
             p.requires_grad_(flag)
     if not count:
-        raise ValueError("no images: the data gave no batch")
+        raise InvalidValueError("no images: the data gave no batch")
     return sites, {k: v / count for k, v in sums.items()}, count
 
 
@@ -157,9 +158,9 @@ def kept_channels(
 ) -> tuple[dict[tuple[int, str], torch.Tensor], list[dict[str, Any]]]:
     """Keep the globally top ``keep`` fraction of gated channels: ({gate: bool mask}, rows per block/component)."""
     if not 0 < keep <= 1:
-        raise ValueError(f"keep must be in (0, 1], got {keep}")
+        raise InvalidValueError(f"keep must be in (0, 1], got {keep}")
     if normalize not in ("mean", "none"):
-        raise ValueError(f"normalize must be 'mean' or 'none', got {normalize!r}")
+        raise InvalidValueError(f"normalize must be 'mean' or 'none', got {normalize!r}")
     keys = list(importance)
     scores = [importance[k] / importance[k].mean().clamp_min(1e-300) if normalize == "mean" else importance[k]
               for k in keys]
@@ -213,7 +214,7 @@ def _conv_like(conv: nn.Conv2d, in_chs: int, out_chs: int, groups: int) -> nn.Co
 
 def _select_bn(bn: nn.BatchNorm2d, rows: torch.Tensor) -> nn.BatchNorm2d:
     out = nn.BatchNorm2d(len(rows), bn.eps, bn.momentum, bn.affine, bn.track_running_stats,
-                         device=bn.weight.device, dtype=bn.weight.dtype)
+                                device=bn.weight.device, dtype=bn.weight.dtype)
     out.load_state_dict({k: (v[rows] if v.dim() else v) for k, v in bn.state_dict().items()})
     return out.train(bn.training)
 
@@ -227,9 +228,9 @@ def _select_out(layer: nn.Module, rows: torch.Tensor) -> nn.Module:
     if isinstance(layer, nn.Conv2d):
         depthwise = layer.groups == layer.out_channels == layer.in_channels and layer.groups > 1
         if layer.groups != 1 and not depthwise:
-            raise ValueError(f"cannot slice grouped conv {layer}")
+            raise InvalidValueError(f"cannot slice grouped conv {layer}")
         out = _conv_like(layer, len(rows) if depthwise else layer.in_channels, len(rows),
-                         len(rows) if depthwise else 1)
+                                len(rows) if depthwise else 1)
     elif isinstance(layer, nn.Linear):
         out = nn.Linear(layer.in_features, len(rows), bias=layer.bias is not None, device=layer.weight.device,
                         dtype=layer.weight.dtype)
@@ -249,7 +250,7 @@ def _select_in(layer: nn.Module, cols: torch.Tensor) -> nn.Module:
         return layer
     if isinstance(layer, nn.Conv2d):
         if layer.groups != 1:
-            raise ValueError(f"cannot slice the inputs of grouped conv {layer}")
+            raise InvalidValueError(f"cannot slice the inputs of grouped conv {layer}")
         out = _conv_like(layer, len(cols), layer.out_channels, 1)
     elif isinstance(layer, nn.Linear):
         out = nn.Linear(len(cols), layer.out_features, bias=layer.bias is not None, device=layer.weight.device,
@@ -326,7 +327,7 @@ def _prune_ffn(model: nn.Module, parents: dict, site: GateSite, mask: torch.Tens
     parent, name = parents[id(site.module)]  # ConvFFN (pw1 -> act -> pw2) or timm Mlp (fc1 -> act -> ... -> fc2)
     second = "pw2" if name == "pw1" else "fc2"
     if isinstance(getattr(parent, "norm", None), nn.Module) and not isinstance(parent.norm, nn.Identity):
-        raise ValueError(f"{type(parent).__name__} with a hidden norm is not supported")
+        raise InvalidValueError(f"{type(parent).__name__} with a hidden norm is not supported")
     keep = _kept(mask, len(mask))
     setattr(parent, name, _select_out(getattr(parent, name), keep))
     setattr(parent, second, _select_in(getattr(parent, second), keep))
@@ -414,7 +415,7 @@ def prune_channels(
     parts = tuple(parts)
     unknown = set(parts) - set(PRUNABLE_PARTS)
     if unknown:
-        raise ValueError(f"unknown parts {sorted(unknown)}; choose from {PRUNABLE_PARTS}")
+        raise InvalidValueError(f"unknown parts {sorted(unknown)}; choose from {PRUNABLE_PARTS}")
     stats: dict[str, Any] = dict(params_before=count_params(model), macs_before=count_macs(model, img_size))
     removed = dict(q=0, k=0, v=0, ffn=0)
     parents = _parents(model)
@@ -461,9 +462,9 @@ def finetune_pruned(
     non-finite loss raises :class:`leanvit.train.NonFiniteLossError` before the bad update, as in training.
     """
     if epochs < 0:
-        raise ValueError(f"epochs must be >= 0, got {epochs}")
+        raise InvalidValueError(f"epochs must be >= 0, got {epochs}")
     if epochs and not batches:
-        raise ValueError("no images to fine-tune on: the data gave no batch")
+        raise InvalidValueError("no images to fine-tune on: the data gave no batch")
     loss_fn = loss_fn or nn.CrossEntropyLoss()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
@@ -515,7 +516,7 @@ def load_pruned(path: str | Path) -> nn.Module:
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
         if meta.get("format") != "leanvit-taylor-pruned-1":
-            raise ValueError(f"{path} is not a pruned model written by leanvit analyze taylor --prune")
+            raise InvalidValueError(f"{path} is not a pruned model written by leanvit analyze taylor --prune")
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     masks = {}
     for name in [k for k in tensors if k.startswith(_MASK_PREFIX)]:

@@ -9,6 +9,7 @@ from typing import Any, Sequence
 
 from .._io import atomic_write_bytes
 from .._text import format_cell, text_table
+from ..errors import InvalidValueError
 
 __all__ = ["COLUMNS", "format_table", "to_markdown", "write_results", "plot_speed_accuracy"]
 
@@ -93,7 +94,7 @@ def write_results(records: Sequence[dict[str, Any]], path: str | Path) -> Path:
             writer.writerow(row)
         atomic_write_bytes(path, buf.getvalue().encode())
     else:
-        raise ValueError(f"results file must end in .json or .csv, got {path.name!r}")
+        raise InvalidValueError(f"results file must end in .json or .csv, got {path.name!r}")
     return path
 
 
@@ -108,7 +109,7 @@ def plot_speed_accuracy(records: Sequence[dict[str, Any]], path: str | Path, tit
 
     path = Path(path)
     if path.suffix.lower() not in (".png", ".svg", ".pdf"):
-        raise ValueError(f"plot file must end in .png, .svg or .pdf, got {path.name!r}")
+        raise InvalidValueError(f"plot file must end in .png, .svg or .pdf, got {path.name!r}")
     points = [r for r in records if r.get("throughput") and r.get("top1") is not None and not r.get("error")]
     fig = Figure(figsize=(8, 5.5), dpi=120)
     ax = fig.subplots()

@@ -29,6 +29,7 @@ from ..deploy.names import BACKENDS, INT8_BACKENDS, INT8_RUNTIMES, PRECISIONS
 from ..deploy.quantize import quantize_for
 from ..deploy.runtime import build_runtime
 from ..deploy.verify import compare_runtime, run_in_batches, verification_images
+from ..errors import InvalidValueError, OperationError
 from ..models import count_macs, count_params
 from ..models.signal import signal_images, signal_weights_
 from ..zoo import ModelSpec, build_model, count_unfused_norms, fuse_model, resolve_model, target_for
@@ -87,18 +88,18 @@ def _as_list(value: str | Sequence[str] | None) -> list[str | None]:
 def _validate(mode: str, device: str, batch_size: int | None, threads: int | None, img_size: int | None,
               warmup: float | None, duration: float | None) -> None:
     if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
+        raise InvalidValueError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
     if device != "cpu" and not device.startswith("cuda"):
-        raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {device!r}")
+        raise InvalidValueError(f"device must be 'cpu' or 'cuda[:N]', got {device!r}")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("device cuda requested but no CUDA GPU is visible; use --device cpu")
+        raise InvalidValueError("device cuda requested but no CUDA GPU is visible; use --device cpu")
     for name, value, low in (("batch_size", batch_size, 1), ("threads", threads, 1), ("img_size", img_size, 32)):
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < low):
-            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+            raise InvalidValueError(f"{name} must be an integer >= {low}, got {value!r}")
     if warmup is not None and warmup < 0:
-        raise ValueError(f"warmup must be >= 0 seconds, got {warmup}")
+        raise InvalidValueError(f"warmup must be >= 0 seconds, got {warmup}")
     if duration is not None and duration <= 0:
-        raise ValueError(f"duration must be > 0 seconds, got {duration}")
+        raise InvalidValueError(f"duration must be > 0 seconds, got {duration}")
 
 
 def benchmark(models: str | Sequence[str], options: BenchOptions | None = None, **changes: Any) -> list[dict[str, Any]]:
@@ -124,29 +125,29 @@ def benchmark(models: str | Sequence[str], options: BenchOptions | None = None, 
     warmup, duration, clock, channels_last, jit_optimize = o.warmup, o.duration, o.clock, o.channels_last, o.jit_optimize
     names = [models] if isinstance(models, str) else list(models)
     if not names:
-        raise ValueError("no models given")
+        raise InvalidValueError("no models given")
     _validate(mode, device, batch_size, threads, img_size, warmup, duration)
     if clock not in ("wall", "cpu"):
-        raise ValueError(f"clock must be 'wall' or 'cpu', got {clock!r}")
+        raise InvalidValueError(f"clock must be 'wall' or 'cpu', got {clock!r}")
     if clock == "cpu" and (device != "cpu" or threads != 1):
-        raise ValueError("clock='cpu' (process CPU time) equals latency only for single-threaded CPU runs: "
-                         "use it with device cpu and threads 1")
+        raise InvalidValueError("clock='cpu' (process CPU time) equals latency only for single-threaded CPU runs: "
+                                "use it with device cpu and threads 1")
     if o.roofline and (device != "cpu" or threads != 1 or mode not in ("throughput", "latency")):
-        raise ValueError("roofline fractions compare with the single-thread CPU matmul peak: use them with device "
-                         "cpu, threads 1 and mode throughput or latency")
+        raise InvalidValueError("roofline fractions compare with the single-thread CPU matmul peak: use them with device "
+                                "cpu, threads 1 and mode throughput or latency")
     default_batch, default_precision = _defaults(mode, device)
     specs = [resolve_model(n) for n in names]  # fails fast on unknown names
     configs: list[tuple[ModelSpec, BenchConfig]] = []
     for spec, bk, prec in itertools.product(specs, _as_list(o.backend), _as_list(o.precision)):
         if bk not in BACKENDS:
-            raise ValueError(f"unknown backend {bk!r}; choose from {', '.join(BACKENDS)}")
+            raise InvalidValueError(f"unknown backend {bk!r}; choose from {', '.join(BACKENDS)}")
         prec = prec or default_precision
         if prec not in PRECISIONS:
-            raise ValueError(f"unknown precision {prec!r}; choose from {', '.join(PRECISIONS)}")
+            raise InvalidValueError(f"unknown precision {prec!r}; choose from {', '.join(PRECISIONS)}")
         if channels_last and bk in ("onnxruntime", "openvino"):
-            raise ValueError(f"channels_last applies to the PyTorch backends, not {bk} (it picks its own layout)")
+            raise InvalidValueError(f"channels_last applies to the PyTorch backends, not {bk} (it picks its own layout)")
         if mode == "train" and bk != "eager":
-            raise ValueError(f"train mode measures eager PyTorch training steps; got backend {bk!r}")
+            raise InvalidValueError(f"train mode measures eager PyTorch training steps; got backend {bk!r}")
         if jit_optimize:
             check_jit_optimize(bk, device)  # refused before anything runs, not recorded as a per-run error
         used, note = check_precision(prec, bk, device, o.allow_fallback)
@@ -337,7 +338,7 @@ def _run_isolated(cfg: BenchConfig) -> dict[str, Any]:
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        raise RuntimeError(f"isolated run failed (exit {proc.returncode}): {' | '.join(tail)}")
+        raise OperationError(f"isolated run failed (exit {proc.returncode}): {' | '.join(tail)}")
     rec = json.loads(lines[-1])
     rec["memory_method"] = f"{rec.get('memory_method')} (fresh process)"
     return rec

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import numpy as np
+from ..errors import InvalidValueError
 
 __all__ = ["TimingStats", "measure", "interleaved_medians"]
 
@@ -59,7 +60,7 @@ def measure(
     time other jobs hold the core.
     """
     if warmup_s < 0 or duration_s <= 0:
-        raise ValueError(f"need warmup >= 0 and duration > 0 seconds, got {warmup_s} and {duration_s}")
+        raise InvalidValueError(f"need warmup >= 0 and duration > 0 seconds, got {warmup_s} and {duration_s}")
     sync = sync or (lambda: None)
     warm = 0
     start = time.perf_counter()

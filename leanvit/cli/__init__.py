@@ -10,6 +10,8 @@ import argparse
 import importlib
 import sys
 
+from ..errors import LeanViTError
+
 # command -> (module that registers it, one-line help for the top-level listing)
 COMMANDS = {
     "models": ("leanvit.cli.models", "table of variants: params, MACs, resolution, paper top-1"),
@@ -68,10 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(command).parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (KeyError, ValueError, FileNotFoundError, RuntimeError) as e:
-        # Library errors are written for people: print them without a traceback.
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        print(f"leanvit {args.command}: error: {msg}", file=sys.stderr)
+    except LeanViTError as e:
+        # leanvit's own errors are written for people: one line, no traceback. Anything else (a shape error
+        # inside torch, a bug) is raised with its traceback.
+        print(f"leanvit {args.command}: error: {e}", file=sys.stderr)
         return 1
 
 

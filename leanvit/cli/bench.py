@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..bench.options import PAPER_DURATION_S, PAPER_WARMUP_S, add_option_flags, options_from_args
+from ..errors import InvalidValueError
 
 __all__ = ["register"]
 
@@ -48,7 +49,7 @@ def _bench(args: argparse.Namespace) -> int:
     from ..bench.runner import benchmark
 
     if args.out is not None and args.out.suffix.lower() not in (".json", ".csv"):
-        raise ValueError(f"--out must end in .json or .csv, got {args.out.name!r}")
+        raise InvalidValueError(f"--out must end in .json or .csv, got {args.out.name!r}")
     options = options_from_args(args)
     if args.paper:
         options = options.replace(warmup=PAPER_WARMUP_S if options.warmup is None else options.warmup,

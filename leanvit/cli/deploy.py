@@ -7,13 +7,15 @@ command runs.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from ..deploy.names import FORMATS
-from ..deploy.options import add_export_flags, export_options_from_args
+from ..deploy.options import ExportOptions, add_export_flags, export_options_from_args
+from ..errors import InvalidValueError
 
 __all__ = ["register"]
 
@@ -55,6 +57,10 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+# what a segmentation checkpoint's export takes of the export flags (the rest would be silently dropped)
+_SEGMENTOR_EXPORT_FIELDS = ("img_size",)
+
+
 def _export_segmentor(args: argparse.Namespace) -> int:
     from ..dense.seg_export import SegExportError
     from ..dense.seg_predict import export_checkpoint
@@ -62,6 +68,14 @@ def _export_segmentor(args: argparse.Namespace) -> int:
     if args.format not in ("onnx", "openvino"):
         print(f"leanvit export: error: segmentors export to onnx or openvino, not {args.format}", file=sys.stderr)
         return 2
+    given, defaults = export_options_from_args(args), ExportOptions()
+    ignored = [f for f in dataclasses.fields(ExportOptions)
+               if f.name not in _SEGMENTOR_EXPORT_FIELDS and getattr(given, f.name) != getattr(defaults, f.name)]
+    if ignored:
+        flags = ", ".join(f.metadata["flag"] or "--" + f.name.replace("_", "-") for f in ignored)
+        raise InvalidValueError(f"{flags} do(es) not apply to a segmentation checkpoint: its export is fp32, verified "
+                                "at two sizes, with a free image size traced at --img-size (leanvit segment export "
+                                "--fixed-size for a fixed one); drop the flag(s)")
     side = args.img_size or 512
     try:
         result = export_checkpoint(args.model, args.output, args.format, size=(side, side))
@@ -73,7 +87,7 @@ def _export_segmentor(args: argparse.Namespace) -> int:
 
 
 def _register_quantize(subparsers: Any) -> None:
-    from ..deploy.names import INT8_RUNTIMES
+    from ..deploy.names import CALIBRATION_IMAGES, INT8_RUNTIMES
 
     p = subparsers.add_parser(
         "quantize", help="int8 artifacts for OpenVINO / ONNX Runtime / ExecuTorch / PyTorch with fp32 vs int8 top-1",
@@ -92,7 +106,8 @@ def _register_quantize(subparsers: Any) -> None:
     p.add_argument("--scheme", default="default", choices=("default", "weights"),
                    help="default: every op the quantiser takes; weights: conv / linear only, attention in float")
     p.add_argument("--img-size", type=int, help="input side (default: the model's)")
-    p.add_argument("--calibration-images", type=int, default=256)
+    p.add_argument("--calibration-images", type=int, default=CALIBRATION_IMAGES,
+                   help=f"calibration images used (default {CALIBRATION_IMAGES}, as leanvit export --precision int8)")
     p.add_argument("--val-images", type=int, help="use the first N validation images (default: all)")
     p.add_argument("--max-drop", type=float, help="top-1 points int8 may lose: exit 1 when a runtime loses more "
                    "on --val; with --tune, also keep the fewest modules in float that meet it on the tuning images")

@@ -36,6 +36,7 @@ from torchvision.transforms.v2 import functional as TF
 from torchvision.utils import draw_segmentation_masks
 
 from .._io import atomic_write, atomic_write_text
+from ..errors import InvalidValueError, MissingFileError
 from ..train.data import BadImageError, load_skipping_bad, resumable_train_loader, sample_seed, sharded_eval_loader
 from .mmdet_pipeline import mmcv_rescale_size, resize_8bit_like_cv2
 from .shapes import SHAPE_CLASSES, SPLIT_SEED_OFFSET, render_scene, semantic_map
@@ -90,7 +91,7 @@ class SegmentationSource(Dataset):
 
     def _bad(self, path: Path, reason: str) -> Exception:
         if self.strict:
-            return ValueError(f"{path}: {reason}")
+            return InvalidValueError(f"{path}: {reason}")
         return BadImageError(str(path), reason)
 
     def load(self, index: int) -> tuple[Image.Image, torch.Tensor]:
@@ -122,17 +123,17 @@ class SegmentationSource(Dataset):
 def _pairs(images_dir: Path, labels_dir: Path, strict: bool) -> tuple[list[tuple[Path, Path]], dict[str, list[str]]]:
     images = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not images:
-        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {images_dir}")
+        raise MissingFileError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {images_dir}")
     pairs, missing = [], []
     for p in images:
         label = labels_dir / f"{p.stem}.png"
         (pairs.append((p, label)) if label.is_file() else missing.append(str(p)))
     if missing and strict:
-        raise ValueError(f"{len(missing)} image(s) in {images_dir} have no label PNG in {labels_dir} "
-                         f"(first: {missing[0]}); add the labels or drop strict to skip them")
+        raise InvalidValueError(f"{len(missing)} image(s) in {images_dir} have no label PNG in {labels_dir} "
+                                f"(first: {missing[0]}); add the labels or drop strict to skip them")
     if not pairs:
-        raise FileNotFoundError(f"none of the {len(images)} images in {images_dir} has a label PNG of the same stem "
-                                f"in {labels_dir}")
+        raise MissingFileError(f"none of the {len(images)} images in {images_dir} has a label PNG of the same stem "
+                               f"in {labels_dir}")
     return pairs, {"missing label": missing} if missing else {}
 
 
@@ -143,8 +144,8 @@ def _split_dir(parent: Path, split: str) -> Path:
         if (parent / n).is_dir():
             return parent / n
     found = sorted(p.name for p in parent.iterdir() if p.is_dir()) if parent.is_dir() else []
-    raise FileNotFoundError(f"no {split!r} split in {parent} (looked for {', '.join(names)}; found: "
-                            f"{', '.join(found) or 'nothing'})")
+    raise MissingFileError(f"no {split!r} split in {parent} (looked for {', '.join(names)}; found: "
+                           f"{', '.join(found) or 'nothing'})")
 
 
 def open_ade20k(root: str | Path, split: str = "training", strict: bool = False) -> SegmentationSource:
@@ -152,8 +153,8 @@ def open_ade20k(root: str | Path, split: str = "training", strict: bool = False)
     root = Path(root).expanduser()
     base = root / "ADEChallengeData2016" if (root / "ADEChallengeData2016").is_dir() else root
     if not (base / "images").is_dir() or not (base / "annotations").is_dir():
-        raise FileNotFoundError(f"{root} is not an ADE20K folder: expected ADEChallengeData2016/images/{{training,"
-                                "validation}} and ADEChallengeData2016/annotations/{training,validation}")
+        raise MissingFileError(f"{root} is not an ADE20K folder: expected ADEChallengeData2016/images/{{training,"
+                               "validation}} and ADEChallengeData2016/annotations/{training,validation}")
     pairs, skipped = _pairs(_split_dir(base / "images", split), _split_dir(base / "annotations", split), strict)
     return SegmentationSource(pairs, list(ADE20K_CLASSES), f"ADE20K {split}", reduce_zero_label=True,
                               strict=strict, skipped=skipped)
@@ -164,17 +165,17 @@ def open_folder(root: str | Path, split: str, classes: Sequence[str] | str | Pat
     """``ROOT/images/<split>`` + ``ROOT/annotations/<split>`` (or ``labels/``) with a class list."""
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise FileNotFoundError(f"segmentation data folder {root} does not exist")
+        raise MissingFileError(f"segmentation data folder {root} does not exist")
     if classes is None or isinstance(classes, (str, Path)):
         path = Path(classes) if classes is not None else root / "classes.txt"
         if not path.is_file():
-            raise FileNotFoundError(f"no class list: write the class names one per line to {path} (or pass classes)")
+            raise MissingFileError(f"no class list: write the class names one per line to {path} (or pass classes)")
         classes = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     if not classes:
-        raise ValueError("the class list is empty")
+        raise InvalidValueError("the class list is empty")
     labels = next((root / d for d in ("annotations", "labels") if (root / d).is_dir()), None)
     if not (root / "images").is_dir() or labels is None:
-        raise FileNotFoundError(f"{root} needs images/<split>/ and annotations/<split>/ (or labels/<split>/) folders")
+        raise MissingFileError(f"{root} needs images/<split>/ and annotations/<split>/ (or labels/<split>/) folders")
     pairs, skipped = _pairs(_split_dir(root / "images", split), _split_dir(labels, split), strict)
     return SegmentationSource(pairs, list(classes), f"{root} {split}", reduce_zero_label=reduce_zero_label,
                               strict=strict, skipped=skipped)

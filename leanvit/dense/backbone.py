@@ -24,6 +24,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..checkpoint import CheckpointError, load_checkpoint, read_state_dict
+from ..errors import InvalidValueError
 from ..models import create_model, get_config
 
 __all__ = ["DenseBackbone", "create_backbone", "dense_model_kwargs", "backbone_state_dict", "DENSE_IMG_SIZE"]
@@ -70,10 +71,10 @@ class DenseBackbone(nn.Module):
         indices = list(range(num_stages)) if out_indices is None else [int(i) for i in out_indices]
         bad = [i for i in indices if not -num_stages <= i < num_stages]
         if bad or not indices:
-            raise ValueError(f"out_indices {out_indices!r} must be non-empty stage indices in [0, {num_stages - 1}]")
+            raise InvalidValueError(f"out_indices {out_indices!r} must be non-empty stage indices in [0, {num_stages - 1}]")
         indices = sorted({i % num_stages for i in indices})
         if not -1 <= frozen_stages <= num_stages:
-            raise ValueError(f"frozen_stages must be in [-1, {num_stages}] (-1 = nothing frozen), got {frozen_stages}")
+            raise InvalidValueError(f"frozen_stages must be in [-1, {num_stages}] (-1 = nothing frozen), got {frozen_stages}")
         self.model = model
         self.out_indices = indices
         self.out_channels = [int(model.feature_info[i]["num_chs"]) for i in indices]

@@ -30,6 +30,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from ..errors import InvalidValueError, MissingFileError
 from ..train.data import (BadImageError, ResumableSampler, load_skipping_bad, resumable_train_loader, sample_rng,
                           sharded_eval_loader)
 
@@ -53,17 +54,17 @@ def coco_split(root: str | os.PathLike, split: str) -> CocoSplit:
     """The ``split`` ("train" / "val") of a COCO-layout ``root``; a clear error names what is missing."""
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise FileNotFoundError(f"COCO data directory {root} does not exist; expected ROOT/annotations/"
-                                f"instances_{split}2017.json and ROOT/{split}2017/ (or --data shapes)")
+        raise MissingFileError(f"COCO data directory {root} does not exist; expected ROOT/annotations/"
+                               f"instances_{split}2017.json and ROOT/{split}2017/ (or --data shapes)")
     ann = root / "annotations" / f"instances_{split}2017.json"
     images = root / f"{split}2017"
     if not ann.is_file():
         found = sorted(p.name for p in (root / "annotations").glob("*.json")) if (root / "annotations").is_dir() else []
-        raise FileNotFoundError(f"no {ann} (found: {', '.join(found) or 'nothing'}); the COCO layout is "
-                                f"ROOT/annotations/instances_{{train,val}}2017.json + ROOT/{{train,val}}2017/. For "
-                                "another json set task.options.{train,val}_json and {train,val}_images")
+        raise MissingFileError(f"no {ann} (found: {', '.join(found) or 'nothing'}); the COCO layout is "
+                               f"ROOT/annotations/instances_{{train,val}}2017.json + ROOT/{{train,val}}2017/. For "
+                               "another json set task.options.{train,val}_json and {train,val}_images")
     if not images.is_dir():
-        raise FileNotFoundError(f"no image folder {images} for {ann.name}")
+        raise MissingFileError(f"no image folder {images} for {ann.name}")
     return CocoSplit(ann, images)
 
 
@@ -72,12 +73,12 @@ def read_coco_json(path: str | os.PathLike) -> dict[str, Any]:
     try:
         data = json.loads(Path(path).read_text())
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e}); is the annotation file truncated?") from None
+        raise InvalidValueError(f"{path} is not valid JSON ({e}); is the annotation file truncated?") from None
     missing = [k for k in ("images", "annotations", "categories") if not isinstance(data.get(k), list)]
     if missing:
-        raise ValueError(f"{path} is not a COCO detection file: it has no {', '.join(missing)} list(s)")
+        raise InvalidValueError(f"{path} is not a COCO detection file: it has no {', '.join(missing)} list(s)")
     if not data["categories"]:
-        raise ValueError(f"{path} defines no categories")
+        raise InvalidValueError(f"{path} defines no categories")
     return data
 
 
@@ -118,8 +119,8 @@ class CocoDetection(Dataset):
         self.records = self._index()
         if not self.records:
             counts = ", ".join(f"{k} {v}" for k, v in sorted(self.skipped.items())) or "no images listed"
-            raise ValueError(f"{split.annotations} has no usable {'training ' if train else ''}images ({counts}); "
-                             f"check that the image files are in {split.images} and the boxes are valid")
+            raise InvalidValueError(f"{split.annotations} has no usable {'training ' if train else ''}images ({counts}); "
+                                    f"check that the image files are in {split.images} and the boxes are valid")
         if self.skipped:
             log.warning("%s: %s", split.annotations.name, ", ".join(f"{v} {k}" for k, v in sorted(self.skipped.items())))
 
@@ -186,7 +187,7 @@ class CocoDetection(Dataset):
             rle = dict(segmentation, counts=segmentation["counts"].encode("ascii")
                        if isinstance(segmentation["counts"], str) else segmentation["counts"])
         else:
-            raise ValueError("no segmentation")
+            raise InvalidValueError("no segmentation")
         return mask_utils.decode(rle)
 
     def load(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:

@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from ..errors import InvalidValueError
 
 __all__ = ["STAT_NAMES", "detections_to_coco", "coco_evaluate", "format_table", "coco_backend"]
 
@@ -86,9 +87,9 @@ def coco_evaluate(gt: dict[str, Any] | str, results: list[dict[str, Any]], iou_t
     metrics: dict[str, float] = {}
     for iou_type in iou_types:
         if iou_type not in ("bbox", "segm"):
-            raise ValueError(f"iou type must be bbox or segm, got {iou_type!r}")
+            raise InvalidValueError(f"iou type must be bbox or segm, got {iou_type!r}")
         if iou_type == "segm" and any("segmentation" not in r for r in results):
-            raise ValueError("segm evaluation needs masks in every result (a Mask R-CNN)")
+            raise InvalidValueError("segm evaluation needs masks in every result (a Mask R-CNN)")
         if not results:
             metrics.update({f"{iou_type}_{n}": 0.0 for n in STAT_NAMES})
             continue

@@ -10,6 +10,7 @@ from typing import Any, Callable, ClassVar
 
 from torch import nn
 
+from ..errors import InvalidValueError
 from ..train.config import ConfigError, TrainConfig
 from ..train.distributed import DistInfo
 from ..train.task import Task
@@ -84,5 +85,5 @@ class DenseTask(Task):
     def check_resume(self, checkpoint: dict[str, Any]) -> None:
         super().check_resume(checkpoint)
         if checkpoint.get("arch") != self.arch:
-            raise ValueError(f"cannot resume: {self.cfg.resume} is a {checkpoint.get('arch')} checkpoint, but this "
-                             f"run trains {self.arch}")
+            raise InvalidValueError(f"cannot resume: {self.cfg.resume} is a {checkpoint.get('arch')} checkpoint, but this "
+                                    f"run trains {self.arch}")

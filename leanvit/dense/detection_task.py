@@ -22,6 +22,7 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
+from ..errors import InvalidValueError
 from ..train.config import ConfigError, TrainConfig
 from ..train.distributed import DistInfo, barrier, gather_objects
 from ..train.engine import autocast
@@ -112,12 +113,12 @@ class DetectionTask(DenseTask):
                           if train_split is not None else None)
         ref = self.train_set or self.val_set
         if self.train_set is not None and self.train_set.category_ids != self.val_set.category_ids:
-            raise ValueError(f"{train_split.annotations} and {val_split.annotations} define different categories; "
-                             "both splits need the same category ids")
+            raise InvalidValueError(f"{train_split.annotations} and {val_split.annotations} define different categories; "
+                                    "both splits need the same category ids")
         self.classes, self.category_ids = list(ref.classes), list(ref.category_ids)
         self.num_classes = self.cfg.model.num_classes or len(self.classes)
         if self.num_classes < len(self.classes):
-            raise ValueError(f"model.num_classes={self.num_classes} but the data has {len(self.classes)} categories")
+            raise InvalidValueError(f"model.num_classes={self.num_classes} but the data has {len(self.classes)} categories")
         self.description = str(self.cfg.data.path)
         self.train_size = len(self.train_set) if self.train_set is not None else 0
         self.val_size = len(self.val_set)

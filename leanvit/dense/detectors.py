@@ -20,6 +20,7 @@ and objects at ``1 .. num_classes`` (:func:`label_offset`).
 from __future__ import annotations
 
 import inspect
+import math
 from collections import OrderedDict
 from typing import Any
 
@@ -29,9 +30,9 @@ from torchvision.models.detection import FasterRCNN, MaskRCNN, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
-from torchvision.ops import MultiScaleRoIAlign, roi_align
-from torchvision.ops.poolers import _convert_to_roi_format, _filter_input, _setup_scales
+from torchvision.ops import MultiScaleRoIAlign, box_area, roi_align
 
+from ..errors import InvalidValueError
 from .backbone import DenseBackbone, create_backbone
 from .mmdet_pipeline import PIPELINES, MMDetTransform
 from .necks import DenseFPN, fpn_preset
@@ -53,7 +54,7 @@ class FixedStrideAnchorGenerator(AnchorGenerator):
                  strides: tuple[int, ...]) -> None:
         super().__init__(sizes, aspect_ratios)
         if len(strides) != len(sizes):
-            raise ValueError(f"one stride per level: {len(sizes)} size tuples but strides {strides}")
+            raise InvalidValueError(f"one stride per level: {len(sizes)} size tuples but strides {strides}")
         self.strides = tuple(int(s) for s in strides)
 
     def generate_anchors(self, scales: list[float], aspect_ratios: list[float], dtype: torch.dtype = torch.float32,
@@ -67,7 +68,7 @@ class FixedStrideAnchorGenerator(AnchorGenerator):
 
     def forward(self, image_list: ImageList, feature_maps: list[torch.Tensor]) -> list[torch.Tensor]:
         if len(feature_maps) != len(self.strides):
-            raise ValueError(f"{len(feature_maps)} feature maps for anchors at {len(self.strides)} strides")
+            raise InvalidValueError(f"{len(feature_maps)} feature maps for anchors at {len(self.strides)} strides")
         grid_sizes = [list(f.shape[-2:]) for f in feature_maps]
         device = feature_maps[0].device
         strides = [[torch.tensor(s, dtype=torch.int64, device=device)] * 2 for s in self.strides]
@@ -78,21 +79,33 @@ class FixedStrideAnchorGenerator(AnchorGenerator):
 
 
 class AlignedMultiScaleRoIAlign(MultiScaleRoIAlign):
-    """torchvision's multi-level RoIAlign (same level mapping and scale inference) with ``aligned=True``
-    (mmcv's default, half-pixel corrected) and ``sampling_ratio=0`` (adaptive) by default."""
+    """torchvision's multi-level RoIAlign (same level mapping and scale inference, written out here on public
+    API) with ``aligned=True`` (mmcv's default, half-pixel corrected) and ``sampling_ratio=0`` (adaptive) by
+    default."""
 
     def __init__(self, featmap_names: list[str], output_size: int | tuple[int, int], sampling_ratio: int = 0,
                  aligned: bool = True) -> None:
         super().__init__(featmap_names, output_size, sampling_ratio)
         self.aligned = aligned
 
+    def _levels(self, boxes: list[torch.Tensor], feats: list[torch.Tensor],
+                image_shapes: list[tuple[int, int]]) -> torch.Tensor:
+        """Each box's level index: torchvision's rule (FPN eq. 1), floor(4 + log2(sqrt(area) / 224) + 1e-6)
+        clamped to the levels present, whose scales are powers of 2 inferred from the largest image."""
+        if self.scales is None:
+            size = (max(s[0] for s in image_shapes), max(s[1] for s in image_shapes))
+            self.scales = [2.0 ** round(math.log2(f.shape[-2] / size[0])) for f in feats]
+        k_min, k_max = int(-math.log2(self.scales[0])), int(-math.log2(self.scales[-1]))
+        side = torch.sqrt(torch.cat([box_area(b) for b in boxes]))
+        levels = torch.floor(self.canonical_level + torch.log2(side / self.canonical_scale) + 1e-6)
+        return levels.clamp(min=k_min, max=k_max).to(torch.int64) - k_min
+
     def forward(self, x: dict[str, torch.Tensor], boxes: list[torch.Tensor],
                 image_shapes: list[tuple[int, int]]) -> torch.Tensor:
-        feats = _filter_input(x, self.featmap_names)
-        if self.scales is None or self.map_levels is None:
-            self.scales, self.map_levels = _setup_scales(feats, image_shapes, self.canonical_scale, self.canonical_level)
-        rois = _convert_to_roi_format(boxes)
-        levels = self.map_levels(boxes)
+        feats = [v for k, v in x.items() if k in self.featmap_names]
+        levels = self._levels(boxes, feats, image_shapes)
+        # (batch index, x0, y0, x1, y1) rows, as roi_align takes them
+        rois = torch.cat([torch.cat([torch.full_like(b[:, :1], i), b], dim=1) for i, b in enumerate(boxes)])
         out = feats[0].new_zeros((len(rois), feats[0].shape[1], *self.output_size))
         for level, (feat, scale) in enumerate(zip(feats, self.scales)):
             idx = torch.where(levels == level)[0]
@@ -136,7 +149,7 @@ def label_offset(arch: str) -> int:
 
 def _check_arch(arch: str) -> None:
     if arch not in ARCHS:
-        raise ValueError(f"unknown detector {arch!r}; choose one of {', '.join(ARCHS)}")
+        raise InvalidValueError(f"unknown detector {arch!r}; choose one of {', '.join(ARCHS)}")
 
 
 def _official_settings(arch: str, strides: tuple[int, ...]) -> dict[str, Any]:
@@ -198,11 +211,11 @@ def create_detector(arch: str, backbone: str | DenseBackbone, num_classes: int =
     """
     _check_arch(arch)
     if not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be an int >= 1 (object classes, without background), got {num_classes!r}")
+        raise InvalidValueError(f"num_classes must be an int >= 1 (object classes, without background), got {num_classes!r}")
     pipeline = overrides.pop("pipeline", "official")
     if pipeline not in PIPELINES:
-        raise ValueError(f"pipeline must be one of {', '.join(PIPELINES)} (official: mmdet's input pipeline and mask "
-                         f"pasting; torchvision: GeneralizedRCNNTransform), got {pipeline!r}")
+        raise InvalidValueError(f"pipeline must be one of {', '.join(PIPELINES)} (official: mmdet's input pipeline and mask "
+                                f"pasting; torchvision: GeneralizedRCNNTransform), got {pipeline!r}")
     accepted = _accepted(arch)
     detector_kwargs = {k: v for k, v in overrides.items() if k in accepted}
     fpn_channels = int(overrides.pop("fpn_channels", 256))
@@ -212,8 +225,8 @@ def create_detector(arch: str, backbone: str | DenseBackbone, num_classes: int =
         body = create_backbone(backbone, **backbone_kwargs)
     elif isinstance(backbone, DenseBackbone):
         if backbone_kwargs:
-            raise ValueError(f"unknown option(s) {sorted(backbone_kwargs)} for {arch} on a built backbone; "
-                             f"detector options: {sorted(accepted)}")
+            raise InvalidValueError(f"unknown option(s) {sorted(backbone_kwargs)} for {arch} on a built backbone; "
+                                    f"detector options: {sorted(accepted)}")
         name, body = backbone.model.leanvit_cfg.name, backbone
     else:
         raise TypeError(f"backbone must be a leanvit model name or a DenseBackbone, got {type(backbone).__name__}")

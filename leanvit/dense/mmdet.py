@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..checkpoint import CheckpointError, convert_state_dict, read_state_dict
+from ..errors import InvalidValueError
 
 __all__ = ["mmdet_to_torchvision", "torchvision_to_mmdet", "load_mmdet_checkpoint", "OFFICIAL_CHECKPOINTS"]
 
@@ -143,7 +144,7 @@ def torchvision_to_mmdet(model_or_state_dict: nn.Module | Mapping[str, torch.Ten
     else:
         sd = dict(model_or_state_dict)
     if family is None:
-        raise ValueError("pass family= ('shvit' | 'efficientvit_m' | 'sepvit') with a state dict")
+        raise InvalidValueError("pass family= ('shvit' | 'efficientvit_m' | 'sepvit') with a state dict")
     body = {k[len(_BODY):]: v for k, v in sd.items() if k.startswith(_BODY)}
     out = {"backbone." + k: v for k, v in convert_state_dict(body, family, src="leanvit", dst="official").items()}
     for k, v in sd.items():

@@ -19,6 +19,7 @@ from typing import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from ..errors import InvalidValueError
 
 __all__ = ["DenseFPN", "EXTRA_CONV_SOURCES", "fpn_preset"]
 
@@ -49,19 +50,19 @@ class DenseFPN(nn.Module):
         in_channels = [int(c) for c in in_channels]
         used = len(in_channels) - start_level
         if not 0 <= start_level < len(in_channels):
-            raise ValueError(f"start_level {start_level} must index one of the {len(in_channels)} input levels")
+            raise InvalidValueError(f"start_level {start_level} must index one of the {len(in_channels)} input levels")
         n_coarser = num_outs - used - num_extra_trans_convs
         # Fewer outputs than levels drops the coarsest ones (their laterals still feed the top-down path).
         n_smoothed = min(used, num_outs - num_extra_trans_convs)
         if num_extra_trans_convs < 0 or n_smoothed < 1:
-            raise ValueError(
+            raise InvalidValueError(
                 f"num_outs={num_outs} leaves no input level beside {num_extra_trans_convs} transposed-conv levels; "
                 "raise num_outs or use fewer transposed convs"
             )
         if add_extra_convs is True:
             add_extra_convs = "on_input"  # mmdet's meaning of True
         if add_extra_convs not in (False, *EXTRA_CONV_SOURCES):
-            raise ValueError(f"add_extra_convs must be False or one of {EXTRA_CONV_SOURCES}, got {add_extra_convs!r}")
+            raise InvalidValueError(f"add_extra_convs must be False or one of {EXTRA_CONV_SOURCES}, got {add_extra_convs!r}")
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.num_outs = num_outs
@@ -102,7 +103,7 @@ class DenseFPN(nn.Module):
         """Backbone maps (finest first, a list or the backbone's dict) -> the pyramid, finest first."""
         inputs = list(feats.values()) if isinstance(feats, Mapping) else list(feats)
         if len(inputs) != len(self.in_channels):
-            raise ValueError(f"DenseFPN was built for {len(self.in_channels)} input levels, got {len(inputs)}")
+            raise InvalidValueError(f"DenseFPN was built for {len(self.in_channels)} input levels, got {len(inputs)}")
         inputs_used = inputs[self.start_level:]
         laterals = [conv(x) for conv, x in zip(self.lateral_convs, inputs_used)]
         for i in range(len(laterals) - 1, 0, -1):
@@ -151,4 +152,4 @@ def fpn_preset(arch: str, in_channels: Sequence[int], in_strides: Sequence[int],
         trans = max((finest // 4).bit_length() - 1, 0)
         num_outs = 4 if arch == "semantic_fpn" else 5
         return DenseFPN(in_channels, out_channels, num_outs, in_strides=in_strides, num_extra_trans_convs=trans)
-    raise ValueError(f"unknown architecture {arch!r} for fpn_preset; choose retinanet, mask_rcnn, faster_rcnn, semantic_fpn")
+    raise InvalidValueError(f"unknown architecture {arch!r} for fpn_preset; choose retinanet, mask_rcnn, faster_rcnn, semantic_fpn")

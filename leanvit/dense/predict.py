@@ -19,6 +19,7 @@ from torch import nn
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
 from .._io import atomic_write, atomic_write_text
+from ..errors import InvalidValueError, MissingFileError
 from ..train.distributed import cleanup, init_distributed
 from .coco import build_eval_loader, iter_images
 from .coco_eval import format_table
@@ -48,8 +49,8 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str, *, ema: bool =
         task = DetectionTask(cfg, need_train=False)
         task.open_data(info)
         if task.category_ids != meta["category_ids"]:
-            raise ValueError(f"{data} has other categories ({len(task.category_ids)}) than the checkpoint was "
-                             f"trained on ({len(meta['category_ids'])})")
+            raise InvalidValueError(f"{data} has other categories ({len(task.category_ids)}) than the checkpoint was "
+                                    f"trained on ({len(meta['category_ids'])})")
         val_loader = build_eval_loader(task.val_set, batch_size, workers, info.rank, info.world_size)
         model.to(info.device)
         metrics, skipped = evaluate_detections(model, val_loader, task.val_set, info, progress=progress)
@@ -84,7 +85,7 @@ def predict_images(checkpoint: str | os.PathLike, images: Sequence[str], out_dir
     """Run the checkpoint's detector on ``images``; write ``out_dir/<stem>.png`` drawings and return the detections."""
     missing = [p for p in images if not Path(p).is_file()]
     if missing:
-        raise FileNotFoundError(f"image file(s) not found: {', '.join(missing[:5])}")
+        raise MissingFileError(f"image file(s) not found: {', '.join(missing[:5])}")
     model, meta = load_detector(checkpoint, ema)
     model.to(device)
     out = Path(out_dir)

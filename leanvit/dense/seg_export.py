@@ -22,6 +22,7 @@ from torch import nn
 from ..deploy.capabilities import require
 from ..deploy.verify import FP32_ATOL
 from ..deploy.writers import compile_openvino
+from ..errors import InvalidValueError, OperationError
 from ..models import fuse
 
 __all__ = ["SegExportError", "SegExportResult", "export_segmentor", "FORMATS"]
@@ -30,7 +31,7 @@ FORMATS = ("onnx", "openvino")
 ATOL = FP32_ATOL  # fp32 logits, the classification exports' bound; measured here <= 5e-7 (docs/segmentation.md)
 
 
-class SegExportError(RuntimeError):
+class SegExportError(OperationError):
     """The artifact's outputs differ from PyTorch's beyond the tolerance (or it could not be run)."""
 
 
@@ -100,13 +101,13 @@ def export_segmentor(
     size, so its graphs only hold for the traced size).
     """
     if format not in FORMATS:
-        raise ValueError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
+        raise InvalidValueError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
     if not verify_sizes:
-        raise ValueError("verify_sizes is empty: the export is checked at sizes other than the trace size")
+        raise InvalidValueError("verify_sizes is empty: the export is checked at sizes other than the trace size")
     output = Path(output)
     suffix = ".onnx" if format == "onnx" else ".xml"
     if output.suffix != suffix:
-        raise ValueError(f"{format} output must end in {suffix}, got {output}")
+        raise InvalidValueError(f"{format} output must end in {suffix}, got {output}")
     fused = fuse(model, target="onnx")
     sizes = list(verify_sizes) if dynamic_size else [tuple(trace_size)] * 2
     example = torch.randn(1, 3, *trace_size)

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import Conv2dNormActivation
+from ..errors import InvalidValueError
 
 __all__ = [
     "ConvModule", "resize_to", "adaptive_avg_pool2d_exportable", "PyramidPooling", "SemanticFPNHead",
@@ -100,9 +101,9 @@ class SemanticFPNHead(_DecodeHead):
                  channels: int = 128, dropout: float = 0.1) -> None:
         super().__init__(channels, num_classes, dropout)
         if len(in_channels) != len(strides):
-            raise ValueError(f"SemanticFPNHead: {len(in_channels)} input channel counts but {len(strides)} strides")
+            raise InvalidValueError(f"SemanticFPNHead: {len(in_channels)} input channel counts but {len(strides)} strides")
         if any(s & (s - 1) for s in strides) or list(strides) != sorted(strides):
-            raise ValueError(f"SemanticFPNHead needs increasing power-of-two strides, got {list(strides)}")
+            raise InvalidValueError(f"SemanticFPNHead needs increasing power-of-two strides, got {list(strides)}")
         self.strides = list(strides)
         self.scale_heads = nn.ModuleList()
         for c_in, s in zip(in_channels, strides):

@@ -10,6 +10,7 @@ import math
 from typing import Sequence
 
 import torch
+from ..errors import InvalidValueError
 
 __all__ = ["SegConfusion"]
 
@@ -19,7 +20,7 @@ class SegConfusion:
 
     def __init__(self, num_classes: int, ignore_index: int = 255) -> None:
         if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+            raise InvalidValueError(f"num_classes must be >= 1, got {num_classes}")
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.int64)
@@ -33,17 +34,17 @@ class SegConfusion:
         if pred.dim() == label.dim() + 1:
             pred = pred.argmax(dim=1)
         if pred.shape != label.shape:
-            raise ValueError(f"prediction {tuple(pred.shape)} and label {tuple(label.shape)} differ in size; "
-                             "resize the logits to the label size before scoring")
+            raise InvalidValueError(f"prediction {tuple(pred.shape)} and label {tuple(label.shape)} differ in size; "
+                                    "resize the logits to the label size before scoring")
         pred, label = pred.reshape(-1).long().cpu(), label.reshape(-1).long().cpu()
         valid = label != self.ignore_index
         pred, label = pred[valid], label[valid]
         bad = (label < 0) | (label >= self.num_classes)
         if bad.any():
-            raise ValueError(f"label value(s) {sorted(set(label[bad].tolist()))[:5]} outside 0..{self.num_classes - 1} "
-                             f"(and not the ignore index {self.ignore_index}); check num_classes / reduce_zero_label")
+            raise InvalidValueError(f"label value(s) {sorted(set(label[bad].tolist()))[:5]} outside 0..{self.num_classes - 1} "
+                                    f"(and not the ignore index {self.ignore_index}); check num_classes / reduce_zero_label")
         if pred.numel() and (pred.min() < 0 or pred.max() >= self.num_classes):
-            raise ValueError(f"predicted class outside 0..{self.num_classes - 1}")
+            raise InvalidValueError(f"predicted class outside 0..{self.num_classes - 1}")
         counts = torch.bincount(label * self.num_classes + pred, minlength=self.num_classes ** 2)
         self.matrix += counts.reshape(self.num_classes, self.num_classes)
 

@@ -18,6 +18,7 @@ from PIL import Image
 from torch import nn
 
 from .._io import atomic_write, atomic_write_text
+from ..errors import InvalidValueError, MissingFileError
 from ..train.distributed import cleanup, init_distributed
 from .ade20k import SegEvalTransform, build_seg_loaders, colorize, overlay, palette
 from .seg_export import SegExportResult, export_segmentor
@@ -41,7 +42,7 @@ def load_segmentor(checkpoint: str | os.PathLike, ema: bool = False) -> tuple[Se
 def _inference_options(meta: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(overrides) - set(EVAL_DEFAULTS))
     if unknown:
-        raise ValueError(f"unknown inference option(s) {unknown}; valid: {', '.join(EVAL_DEFAULTS)}")
+        raise InvalidValueError(f"unknown inference option(s) {unknown}; valid: {', '.join(EVAL_DEFAULTS)}")
     return {**EVAL_DEFAULTS, **meta.get("inference", {}), **{k: v for k, v in overrides.items() if v is not None}}
 
 
@@ -60,8 +61,8 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str, *, ema: bool =
         task = SegmentationTask(cfg, need_train=False)
         task.open_data(info)
         if task.classes != meta["classes"]:
-            raise ValueError(f"{data} has other classes ({len(task.classes)}) than the checkpoint was trained on "
-                             f"({len(meta['classes'])})")
+            raise InvalidValueError(f"{data} has other classes ({len(task.classes)}) than the checkpoint was trained on "
+                                    f"({len(meta['classes'])})")
         _, val_loader, _ = build_seg_loaders(None, task.val_set, None, SegEvalTransform(tuple(task.options["eval_scale"])),
                                              batch_size=1, eval_batch_size=1, workers=workers, seed=0,
                                              rank=info.rank, world=info.world_size)
@@ -91,7 +92,7 @@ def predict_images(checkpoint: str | os.PathLike, images: Sequence[str], out_dir
     """Segment ``images``; write ``out_dir/<stem>_mask.png`` and ``<stem>_overlay.png``; return class shares."""
     missing = [p for p in images if not Path(p).is_file()]
     if missing:
-        raise FileNotFoundError(f"image file(s) not found: {', '.join(missing[:5])}")
+        raise MissingFileError(f"image file(s) not found: {', '.join(missing[:5])}")
     model, meta = load_segmentor(checkpoint, ema)
     options = _inference_options(meta, inference)
     model.to(device)

@@ -26,6 +26,7 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
+from ..errors import InvalidValueError, MissingFileError
 from ..train.config import ConfigError, TrainConfig
 from ..train.distributed import DistInfo, barrier
 from ..train.engine import autocast
@@ -66,8 +67,8 @@ def open_segmentation_split(path: str, split: str, options: dict[str, Any]) -> S
     """One split of an ADE20K root or a labelled folder (see the module docstring)."""
     root = Path(path).expanduser()
     if not root.exists():
-        raise FileNotFoundError(f"segmentation data {root} does not exist; pass an ADE20K root, a folder with "
-                                "images/<split>/ + annotations/<split>/ + classes.txt, or 'shapes'")
+        raise MissingFileError(f"segmentation data {root} does not exist; pass an ADE20K root, a folder with "
+                               "images/<split>/ + annotations/<split>/ + classes.txt, or 'shapes'")
     strict = bool(options.get("strict", False))
     ade_split = {"train": "training", "val": "validation"}.get(split, split)
     if (root / "ADEChallengeData2016").is_dir() or root.name == "ADEChallengeData2016":
@@ -118,11 +119,11 @@ class SegmentationTask(DenseTask):
         self.train_set = open_segmentation_split(path, cfg.data.train_split, o) if self.need_train else None
         self.val_set = open_segmentation_split(path, cfg.data.val_split or "val", o)
         if self.train_set is not None and self.train_set.classes != self.val_set.classes:
-            raise ValueError("the training and validation splits list different classes")
+            raise InvalidValueError("the training and validation splits list different classes")
         self.classes = list(self.val_set.classes)
         self.num_classes = cfg.model.num_classes or len(self.classes)
         if self.num_classes < len(self.classes):
-            raise ValueError(f"model.num_classes={self.num_classes} but the data has {len(self.classes)} classes")
+            raise InvalidValueError(f"model.num_classes={self.num_classes} but the data has {len(self.classes)} classes")
         self.description = self.val_set.description.rsplit(" ", 1)[0]
         self.train_size = len(self.train_set) if self.train_set is not None else 0
         self.val_size = len(self.val_set)

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import InvalidValueError
 from .backbone import DenseBackbone, create_backbone
 from .necks import fpn_preset
 from .seg_heads import FCNHead, FinerLevels, SemanticFPNHead, UPerHead, resize_to
@@ -50,7 +51,7 @@ class Segmentor(nn.Module):
                  loss_average: str = "all") -> None:
         super().__init__()
         if loss_average not in ("all", "valid"):
-            raise ValueError(f"loss_average must be 'all' (mmseg 0.10) or 'valid', got {loss_average!r}")
+            raise InvalidValueError(f"loss_average must be 'all' (mmseg 0.10) or 'valid', got {loss_average!r}")
         self.backbone = backbone
         self.neck = neck
         self.finer = finer
@@ -104,15 +105,15 @@ def create_segmentor(arch: str, backbone: str | DenseBackbone, num_classes: int 
     keyword goes to :func:`~leanvit.dense.backbone.create_backbone` (``norm_eval``, ``checkpoint``, ...).
     """
     if arch not in ARCHS:
-        raise ValueError(f"unknown segmentor {arch!r}; choose one of {', '.join(ARCHS)}")
+        raise InvalidValueError(f"unknown segmentor {arch!r}; choose one of {', '.join(ARCHS)}")
     if num_classes < 1:
-        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        raise InvalidValueError(f"num_classes must be >= 1, got {num_classes}")
     opts, backbone_kwargs = _options(arch, dict(overrides))
     if isinstance(backbone, str):
         backbone = create_backbone(backbone, **backbone_kwargs)
     elif backbone_kwargs:
-        raise ValueError(f"unknown option(s) {sorted(backbone_kwargs)} for {arch} on a built backbone; head options: "
-                         f"{sorted({**_HEAD_OPTIONS[arch], **_COMMON_OPTIONS})}")
+        raise InvalidValueError(f"unknown option(s) {sorted(backbone_kwargs)} for {arch} on a built backbone; head options: "
+                                f"{sorted({**_HEAD_OPTIONS[arch], **_COMMON_OPTIONS})}")
     channels, strides = list(backbone.out_channels), list(backbone.strides)
     extra = (strides[0] // 4).bit_length() - 1  # transposed-conv levels down to stride 4 (2 for stride 16)
     common = dict(ignore_index=opts["ignore_index"], loss_average=opts["loss_average"])
@@ -156,11 +157,11 @@ def segment(model: Segmentor, images: torch.Tensor, out_size: Sequence[int] | No
     resized / mirrored copies, as mmseg's ``--aug-test``.
     """
     if mode not in ("whole", "slide"):
-        raise ValueError(f"inference mode must be 'whole' or 'slide', got {mode!r}")
+        raise InvalidValueError(f"inference mode must be 'whole' or 'slide', got {mode!r}")
     if mode == "slide" and not 0 < stride <= crop:
-        raise ValueError(f"sliding-window stride must be in 1..crop ({crop}), got {stride}")
+        raise InvalidValueError(f"sliding-window stride must be in 1..crop ({crop}), got {stride}")
     if not scales or any(s <= 0 for s in scales):
-        raise ValueError(f"scales must be positive ratios, got {list(scales)}")
+        raise InvalidValueError(f"scales must be positive ratios, got {list(scales)}")
     size = tuple(out_size) if out_size is not None else tuple(images.shape[-2:])
     probs = None
     for scale in scales:

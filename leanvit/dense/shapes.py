@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from .._io import atomic_write, atomic_write_text
+from ..errors import InvalidValueError
 
 __all__ = ["SHAPE_CLASSES", "Scene", "render_scene", "semantic_map", "shapes_coco", "write_shapes_coco",
            "SPLIT_SEED_OFFSET"]
@@ -68,7 +69,7 @@ def render_scene(index: int, seed: int = 0, size: int = 160, max_objects: int = 
                  min_side: int | None = None, max_side: int | None = None) -> Scene:
     """Render scene ``index`` of the dataset ``seed`` as a ``size`` x ``size`` image (deterministic)."""
     if size < 32:
-        raise ValueError(f"shapes images need size >= 32, got {size}")
+        raise InvalidValueError(f"shapes images need size >= 32, got {size}")
     rng = np.random.default_rng([seed, index])
     lo = min_side or max(12, size // 10)
     hi = max_side or max(lo + 1, int(size * 0.45))

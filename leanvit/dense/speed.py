@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..bench.timing import interleaved_medians
+from ..errors import InvalidValueError, UnknownNameError
 from ..models import get_config, is_model
 from ..zoo import fuse_model
 from .backbone import DENSE_IMG_SIZE, create_backbone
@@ -71,7 +72,7 @@ def _backbones(names: Sequence[str], with_timm: bool, baseline: str | None) -> d
     calls: dict[str, nn.Module] = {}
     for name in names:
         if not is_model(name):
-            raise KeyError(f"{name!r} is not a leanvit model (leanvit.list_models())")
+            raise UnknownNameError(f"{name!r} is not a leanvit model (leanvit.list_models())")
         calls[name] = _StageMaps(fuse_model(create_backbone(name).model, "torch"))
         family = get_config(name).family
         if with_timm and family in ("shvit", "efficientvit_m") and name in timm.list_models():
@@ -81,7 +82,7 @@ def _backbones(names: Sequence[str], with_timm: bool, baseline: str | None) -> d
     if baseline == "resnet50":
         calls["resnet50"] = resnet50_features()
     elif baseline is not None:
-        raise ValueError(f"unknown baseline {baseline!r}; use 'resnet50' or None")
+        raise InvalidValueError(f"unknown baseline {baseline!r}; use 'resnet50' or None")
     return calls
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from torch import nn
 
+from ..errors import InvalidValueError
 from ..train.config import TrainConfig, config_from_dict
 from ..train.state import read_checkpoint
 from .dense_task import DenseTask
@@ -30,13 +31,13 @@ def load_trained_model(checkpoint: str | os.PathLike, task: type[DenseTask], *, 
     """
     ck = read_checkpoint(checkpoint)
     if ck.get("task") != task.name:
-        raise ValueError(f"{checkpoint} is not a {task.name} checkpoint (task: {ck.get('task', 'classification')}); "
-                         f"use {other_commands}")
+        raise InvalidValueError(f"{checkpoint} is not a {task.name} checkpoint (task: {ck.get('task', 'classification')}); "
+                                f"use {other_commands}")
     kwargs = {k: v for k, v in ck[f"{task.model_kind}_kwargs"].items() if k != "checkpoint"}
     model = task.build(ck["arch"], ck["model_name"], num_classes=ck["num_classes"], **kwargs)
     weights = ck.get("ema") if ema else ck["model"]
     if weights is None:
-        raise ValueError(f"{checkpoint} has no EMA weights; drop --ema")
+        raise InvalidValueError(f"{checkpoint} has no EMA weights; drop --ema")
     model.load_state_dict(weights)
     return model.eval(), {k: v for k, v in ck.items() if k not in _TRAINING_STATE}
 

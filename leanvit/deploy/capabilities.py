@@ -23,6 +23,7 @@ from typing import Any, Iterator
 
 import torch
 
+from ..errors import InvalidValueError, OperationError
 from .names import BACKENDS, INT8_BACKENDS, PRECISIONS
 
 __all__ = [
@@ -31,11 +32,11 @@ __all__ = [
 ]
 
 
-class MissingBackendError(RuntimeError):
+class MissingBackendError(OperationError):
     """An optional package a backend needs is not installed; the message names the pip extra."""
 
 
-class UnsupportedPrecisionError(ValueError):
+class UnsupportedPrecisionError(InvalidValueError):
     """The requested precision is not available for this backend on this hardware."""
 
 
@@ -59,7 +60,7 @@ def require_backend(backend: str) -> None:
     elif backend == "executorch":
         require("executorch", "mobile", "the executorch backend")
     elif backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+        raise InvalidValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
 
 
 def cpu_has_bf16() -> bool:
@@ -90,11 +91,11 @@ def check_precision(
     ``allow_fallback`` is set, in which case fp32 is used and ``note`` says why.
     """
     if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+        raise InvalidValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
     require_backend(backend)
     cuda = device.startswith("cuda")
     if backend == "openvino" and cuda:
-        raise ValueError("the openvino backend runs on CPU only here; use --device cpu")
+        raise InvalidValueError("the openvino backend runs on CPU only here; use --device cpu")
     problem = ""
     if precision == "int8":
         if backend not in INT8_BACKENDS or cuda:
@@ -135,11 +136,11 @@ def check_jit_optimize(backend: str, device: str = "cpu") -> None:
     convolutions stay aten ops.
     """
     if backend != "jit":
-        raise ValueError(f"jit_optimize (--jit-optimize) rewrites a TorchScript trace, so it applies to the jit "
-                         f"backend only, not {backend!r}: use backend jit, or drop jit_optimize for {backend}")
+        raise InvalidValueError(f"jit_optimize (--jit-optimize) rewrites a TorchScript trace, so it applies to the jit "
+                                f"backend only, not {backend!r}: use backend jit, or drop jit_optimize for {backend}")
     if device.startswith("cuda"):
-        raise ValueError(f"jit_optimize (--jit-optimize) is CPU-only: optimize_for_inference's gain here is oneDNN "
-                         f"weight pre-packing, unmeasured on {device}; drop it on CUDA (plain jit, or compile)")
+        raise InvalidValueError(f"jit_optimize (--jit-optimize) is CPU-only: optimize_for_inference's gain here is oneDNN "
+                                f"weight pre-packing, unmeasured on {device}; drop it on CUDA (plain jit, or compile)")
 
 
 @contextlib.contextmanager

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import InvalidValueError, OperationError
 from ..zoo import fuse_model, resolve_model, target_for
 from .capabilities import UnsupportedPrecisionError, check_precision, torch_threads
 from .int8 import build_for, eval_transform, load_image_folder
@@ -74,7 +75,7 @@ class ExportResult:
         return asdict(self)
 
 
-class ExportVerificationError(RuntimeError):
+class ExportVerificationError(OperationError):
     """The exported artifact does not reproduce the PyTorch model; ``result`` has the numbers."""
     def __init__(self, message: str, result: ExportResult) -> None:
         super().__init__(message)
@@ -93,17 +94,17 @@ def _check_arguments(fmt: str, output: Path, opts: ExportOptions) -> None:
         raise UnsupportedPrecisionError(f"{fmt} exports in {' or '.join(FORMAT_PRECISIONS[fmt])}, not "
                                         f"{opts.precision} (fp16 is Core ML's precision; elsewhere a GPU setting)")
     if opts.precision == "int8" and opts.calibration is None:
-        raise ValueError("int8 export calibrates on real images: pass --calibration DIR (a folder of images of the "
-                         "task; random noise calibrates badly, docs/deploy.md)")
+        raise InvalidValueError("int8 export calibrates on real images: pass --calibration DIR (a folder of images of the "
+                                "task; random noise calibrates badly, docs/deploy.md)")
     if opts.precision == "bf16" and fmt == "openvino":
         check_precision("bf16", "openvino")
     if opts.img_size is not None and opts.img_size < 32:
-        raise ValueError(f"img_size must be >= 32 (the models downsample by 16 or more), got {opts.img_size}")
+        raise InvalidValueError(f"img_size must be >= 32 (the models downsample by 16 or more), got {opts.img_size}")
     if opts.batch_size is not None and opts.batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {opts.batch_size}")
+        raise InvalidValueError(f"batch_size must be >= 1, got {opts.batch_size}")
     if fmt == "onnx" and opts.dynamo and opts.dynamic_batch and opts.batch_size == 1:
-        raise ValueError("the dynamo exporter specialises a batch-1 trace to batch 1: trace with batch >= 2 "
-                         "(--batch-size 2, the default) for --dynamic-batch")
+        raise InvalidValueError("the dynamo exporter specialises a batch-1 trace to batch 1: trace with batch >= 2 "
+                                "(--batch-size 2, the default) for --dynamic-batch")
 
 
 def _export_and_verify(module: nn.Module, fmt: str, output: Path, side: int, batch_size: int,
@@ -175,7 +176,7 @@ def export_model(
         module = build_for(spec, side, opts.checkpoint)
     else:
         if opts.checkpoint is not None:
-            raise ValueError("pass checkpoint= only with a model name; load weights into a module yourself")
+            raise InvalidValueError("pass checkpoint= only with a model name; load weights into a module yourself")
         module = model.eval()
         side = opts.img_size or int(getattr(module, "pretrained_cfg", {}).get("input_size", (3, 224, 224))[-1])
     batch_size = opts.batch_size or (2 if (opts.dynamo and opts.dynamic_batch) else 1)

@@ -20,10 +20,11 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 
 from .._io import atomic_write_text
 from ..checkpoint import create_for_checkpoint, load_weights, read_qat_state
+from ..errors import InvalidValueError, MissingFileError
 from ..zoo import ModelSpec, build_model, fuse_model, resolve_model, target_for
 from . import capabilities
 from .capabilities import torch_threads
-from .names import INT8_RUNTIMES
+from .names import CALIBRATION_IMAGES, INT8_RUNTIMES
 from .pt2e import QAT_RUNTIMES
 from .quantize import AccuracyReport, QuantizedArtifact, predict, quantize_for, quantize_qat, top1_report
 from .tuning import KeepFloatSearch, tune_runtime
@@ -63,12 +64,12 @@ def load_image_folder(folder: str | Path, transform: Any, *, labelled: bool, lim
 
     root = Path(folder).expanduser()
     if not root.is_dir():
-        raise FileNotFoundError(f"{what} folder {root} does not exist (or is a file): pass a directory of images"
-                                + (" in class sub-folders" if labelled else ""))
+        raise MissingFileError(f"{what} folder {root} does not exist (or is a file): pass a directory of images"
+                               + (" in class sub-folders" if labelled else ""))
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())  # torchvision's find_classes order
     if labelled and not classes:
-        raise FileNotFoundError(f"{what} folder {root} has no class sub-folders: labelled images go in "
-                                "ROOT/<class>/<image> (ImageFolder layout)")
+        raise MissingFileError(f"{what} folder {root} has no class sub-folders: labelled images go in "
+                               "ROOT/<class>/<image> (ImageFolder layout)")
     # ImageFolder's own listing (extensions, class indices), as leanvit train reads class folders
     samples = make_dataset(str(root), {c: i for i, c in enumerate(classes)}, extensions=IMAGE_SUFFIXES,
                            allow_empty=True) if classes else []
@@ -80,7 +81,7 @@ def load_image_folder(folder: str | Path, transform: Any, *, labelled: bool, lim
     for rank in range(max((len(p) for p in per_class), default=0)):  # interleave the classes
         files += [(p[rank], i) for i, p in enumerate(per_class) if rank < len(p)]
     if not files:
-        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {what} folder {root}")
+        raise MissingFileError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {what} folder {root}")
     files = files[:limit] if limit else files
     tensors, labels, bad = [], [], []
     for path, label in files:
@@ -93,8 +94,8 @@ def load_image_folder(folder: str | Path, transform: Any, *, labelled: bool, lim
     if bad:
         warnings.warn(f"skipped {len(bad)} unreadable file(s) in {root}: {'; '.join(bad[:3])}", stacklevel=2)
     if not tensors:
-        raise ValueError(f"none of the {len(files)} image files in {what} folder {root} could be read "
-                         f"(first: {bad[0]})")
+        raise InvalidValueError(f"none of the {len(files)} image files in {what} folder {root} could be read "
+                                f"(first: {bad[0]})")
     return torch.stack(tensors), (torch.tensor(labels) if labelled else None), classes
 
 
@@ -137,7 +138,7 @@ def quantize_model(
     checkpoint: str | Path | None = None,
     val: str | Path | None = None,
     img_size: int | None = None,
-    calibration_images: int = 256,
+    calibration_images: int = CALIBRATION_IMAGES,
     val_images: int | None = None,
     scheme: str = "default",
     batch_size: int = 16,
@@ -157,7 +158,7 @@ def quantize_model(
     unbiased. ``compiled=False`` evaluates the PyTorch int8 graph eagerly (no ~1 min inductor compile)."""
     unknown = [r for r in runtimes if r not in INT8_RUNTIMES]
     if unknown:
-        raise ValueError(f"unknown int8 runtime(s) {', '.join(unknown)}; choose from {', '.join(INT8_RUNTIMES)}")
+        raise InvalidValueError(f"unknown int8 runtime(s) {', '.join(unknown)}; choose from {', '.join(INT8_RUNTIMES)}")
     spec = resolve_model(model)
     side = img_size or spec.img_size
     module = build_for(spec, side, checkpoint)
@@ -170,19 +171,19 @@ def quantize_model(
                          "slower here than on the deployment CPU")
     tune_set = None
     if (max_drop is None) != (tune is None):
-        raise ValueError("the keep-float search needs both max_drop (top-1 points) and tune (labelled images "
-                         "disjoint from val); without tune, max_drop is only checked by the command line")
+        raise InvalidValueError("the keep-float search needs both max_drop (top-1 points) and tune (labelled images "
+                                "disjoint from val); without tune, max_drop is only checked by the command line")
     if tune is not None:
         if val is not None and Path(tune).resolve() == Path(val).resolve():
-            raise ValueError("tune and val are the same folder: choosing on the validation images would make the "
-                             "reported drop optimistic; tune on held-out training images")
+            raise InvalidValueError("tune and val are the same folder: choosing on the validation images would make the "
+                                    "reported drop optimistic; tune on held-out training images")
         tune_set = load_image_folder(tune, transform, labelled=True, limit=tune_images, what="tuning")[:2]
     images = labels = None
     if val is not None:
         images, labels, classes = load_image_folder(val, transform, labelled=True, limit=val_images, what="validation")
         if len(classes) > getattr(module, "num_classes", len(classes)):
-            raise ValueError(f"validation folder has {len(classes)} classes but the model predicts "
-                             f"{module.num_classes}: pass the checkpoint trained on these classes")
+            raise InvalidValueError(f"validation folder has {len(classes)} classes but the model predicts "
+                                    f"{module.num_classes}: pass the checkpoint trained on these classes")
     qat = read_qat_state(checkpoint) if checkpoint is not None and spec.source == "leanvit" else None
     if qat is not None:
         run.notes.append(f"the checkpoint was quantisation-aware fine-tuned ({qat[0]}): {QAT_RUNTIMES[qat[0]]} int8 "

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from .._io import atomic_write_bytes
+from ..errors import InvalidValueError
 from .capabilities import quiet_deprecations, require
 
 __all__ = [
@@ -98,7 +99,7 @@ def convert_coreml(model: nn.Module, example: torch.Tensor, *, precision: str = 
     """A Core ML mlprogram (``coremltools.models.MLModel``) of ``model`` at the example's shape, iOS 16."""
     ct = require("coremltools", "mobile", "Core ML export")
     if precision not in ("fp16", "fp32"):
-        raise ValueError(f"Core ML precision must be fp16 or fp32, got {precision!r}")
+        raise InvalidValueError(f"Core ML precision must be fp16 or fp32, got {precision!r}")
     with quiet_deprecations(), torch.no_grad():
         program = torch.export.export(as_nchw(model), (example,)).run_decompositions({})
         compute = ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32

@@ -3,7 +3,7 @@ reads them for its help text)."""
 from __future__ import annotations
 
 __all__ = ["BACKENDS", "PRECISIONS", "FORMATS", "EXPORT_PRECISIONS", "FORMAT_PRECISIONS", "INT8_RUNTIMES",
-           "INT8_BACKENDS"]
+           "INT8_BACKENDS", "CALIBRATION_IMAGES"]
 
 BACKENDS = ("eager", "jit", "compile", "onnxruntime", "openvino", "executorch")
 # int8: post-training quantised artifacts (leanvit.deploy.quantize) for onnxruntime / openvino / executorch /
@@ -22,3 +22,6 @@ EXPORT_PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 INT8_RUNTIMES = {"openvino": ".xml", "onnxruntime": ".onnx", "executorch": ".pte", "pytorch": ".safetensors"}
 # bench backend -> the int8 runtime it times (compile: the PT2E graph compiled by inductor)
 INT8_BACKENDS = {"onnxruntime": "onnxruntime", "openvino": "openvino", "executorch": "executorch", "compile": "pytorch"}
+# calibration images an int8 artifact is calibrated on by default, whichever command makes it (leanvit quantize,
+# leanvit export --precision int8): the int8 protocol of docs/deploy.md measured its drops with 256
+CALIBRATION_IMAGES = 256

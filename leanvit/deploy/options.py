@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .._flags import add_dataclass_flags, dataclass_from_args, option
-from .names import EXPORT_PRECISIONS
+from .names import CALIBRATION_IMAGES, EXPORT_PRECISIONS
 
 __all__ = ["ExportOptions", "add_export_flags", "export_options_from_args"]
 
@@ -27,7 +27,7 @@ class ExportOptions:
                                    choices=EXPORT_PRECISIONS)
     calibration: Path | None = option(None, "int8: folder of calibration images (class folders or flat; "
                                       "real images of the task, not noise)", type=Path)
-    calibration_images: int = option(128, "int8: calibration images used", type=int)
+    calibration_images: int = option(CALIBRATION_IMAGES, "int8: calibration images used", type=int)
     dynamo: bool = option(False, "ONNX: torch.export-based exporter (default: TorchScript-based, opset 17)")
     opset: int | None = option(None, "ONNX opset (default: 17 legacy, exporter default dynamo)", type=int)
     verify: bool = option(True, "skip the check against PyTorch", flag="--no-verify")

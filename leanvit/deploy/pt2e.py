@@ -24,6 +24,7 @@ from torch import nn
 
 from .._io import atomic_write
 from ..checkpoint import QAT_STATE_PREFIX
+from ..errors import InvalidValueError
 from ..models import create_model
 from ..zoo import fuse_model
 from .capabilities import quiet_deprecations, require
@@ -86,7 +87,7 @@ def prepare_qat_graph(model: nn.Module, side: int, scheme: str) -> torch.fx.Grap
     """``model`` (unfused, trained) exported in training mode and prepared for quantisation-aware training
     with ``scheme``'s quantizer (``xnnpack``): BN-folded fake-quantised convs / linears."""
     if scheme not in QAT_QUANTIZERS:
-        raise ValueError(f"QAT scheme must be one of {', '.join(QAT_QUANTIZERS)}, got {scheme!r}")
+        raise InvalidValueError(f"QAT scheme must be one of {', '.join(QAT_QUANTIZERS)}, got {scheme!r}")
     graph = export_for_pt2e(copy.deepcopy(model).train(), side)
     with quiet_deprecations():
         return _pt2e().prepare_qat_pt2e(graph, QAT_QUANTIZERS[scheme](qat=True))
@@ -114,9 +115,9 @@ def _restore_observers(prepared: torch.fx.GraphModule, stored: dict[str, torch.T
     came from in the error when the graphs differ."""
     expected = set(_observer_state(prepared))
     if set(stored) != expected:
-        raise ValueError(f"the observer state of {source} ({len(stored)} tensors) does not fit this install's "
-                         f"graph ({len(expected)}): made with another model, scheme or torch / torchao version; "
-                         "quantise (or fine-tune) again here")
+        raise InvalidValueError(f"the observer state of {source} ({len(stored)} tensors) does not fit this install's "
+                                f"graph ({len(expected)}): made with another model, scheme or torch / torchao version; "
+                                "quantise (or fine-tune) again here")
     # Buffer by buffer: load_state_dict skips some observer buffers (per-channel observers' eps), and the
     # per-channel ranges change shape from their empty initial value.
     for key, value in stored.items():
@@ -128,10 +129,10 @@ def _identity(fused: nn.Module) -> dict[str, Any]:
     """What rebuilds ``fused``: a leanvit model's registry name, class count and distillation head."""
     cfg = getattr(fused, "pretrained_cfg", None) or {}
     if getattr(fused, "leanvit_cfg", None) is None or not cfg.get("architecture"):
-        raise ValueError("PyTorch int8 artifacts are rebuilt from leanvit's architectures: quantise timm models "
-                         "for openvino or onnxruntime instead")
+        raise InvalidValueError("PyTorch int8 artifacts are rebuilt from leanvit's architectures: quantise timm models "
+                                "for openvino or onnxruntime instead")
     if getattr(fused, "fuse_target", "torch") != "torch":
-        raise ValueError(f"the PyTorch int8 route quantises fuse(target='torch'), got {fused.fuse_target!r}")
+        raise InvalidValueError(f"the PyTorch int8 route quantises fuse(target='torch'), got {fused.fuse_target!r}")
     return {"model": cfg["architecture"], "num_classes": int(fused.num_classes),
             "distillation": bool(getattr(fused, "distillation", False))}
 
@@ -181,10 +182,10 @@ def load_pytorch_int8(path: str | Path) -> tuple[torch.fx.GraphModule, dict[str,
             raw = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # noqa: BLE001 - any decoder failure is one clear error
-        raise ValueError(f"{path} is not a readable safetensors file (missing, truncated or corrupt?): {e}") from e
+        raise InvalidValueError(f"{path} is not a readable safetensors file (missing, truncated or corrupt?): {e}") from e
     if raw.get("format") != json.dumps(PT2E_FORMAT):
-        raise ValueError(f"{path} is not a leanvit PyTorch int8 artifact (a checkpoint? quantise it: "
-                         "leanvit quantize MODEL --checkpoint FILE --runtime pytorch)")
+        raise InvalidValueError(f"{path} is not a leanvit PyTorch int8 artifact (a checkpoint? quantise it: "
+                                "leanvit quantize MODEL --checkpoint FILE --runtime pytorch)")
     meta = {k: json.loads(v) for k, v in raw.items()}
     model = create_model(meta["model"], num_classes=meta["num_classes"], img_size=meta["img_size"],
                          distillation=meta["distillation"]).eval()

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from .._io import atomic_write, atomic_write_bytes
+from ..errors import InvalidValueError
 from .capabilities import preserved_signal_stack, quiet_deprecations, require, torch_threads
 from .mobile import as_nchw, lower_to_executorch
 from .names import INT8_RUNTIMES
@@ -118,10 +119,10 @@ def top1_report(fp32_preds: torch.Tensor, int8_preds: torch.Tensor, labels: torc
 
 def _check_calibration(calibration: torch.Tensor, example: torch.Tensor) -> None:
     if calibration.dim() != 4 or calibration.shape[1:] != example.shape[1:]:
-        raise ValueError(f"calibration images must be (N, {', '.join(map(str, example.shape[1:]))}) like the "
-                         f"model's input, got {tuple(calibration.shape)}")
+        raise InvalidValueError(f"calibration images must be (N, {', '.join(map(str, example.shape[1:]))}) like the "
+                                f"model's input, got {tuple(calibration.shape)}")
     if len(calibration) == 0:
-        raise ValueError("no calibration images: pass real images of the task (a few hundred)")
+        raise InvalidValueError("no calibration images: pass real images of the task (a few hundred)")
 
 
 def in_modules(module_path: str, modules: Sequence[str]) -> bool:
@@ -212,8 +213,8 @@ def quantize_executorch(fused: nn.Module, example: torch.Tensor, calibration: to
     _check_calibration(calibration, example)
     batch = example.shape[0]
     if len(calibration) < batch:
-        raise ValueError(f"{len(calibration)} calibration images cannot fill one batch of the program ({batch}): "
-                         "pass more images or a smaller example batch")
+        raise InvalidValueError(f"{len(calibration)} calibration images cannot fill one batch of the program ({batch}): "
+                                "pass more images or a smaller example batch")
     quantizer = xnnpack_quantizer(scheme, keep_float)
     with quiet_deprecations(), torch.no_grad():
         graph = torch.export.export(as_nchw(fused), (example,)).module()
@@ -233,7 +234,7 @@ def quantize_qat(runtime: str, model: nn.Module, example: torch.Tensor, scheme: 
     """The int8 artifact of a quantisation-aware fine-tuned ``model`` (unfused, its learned fake-quant
     ``state``) for the runtime its ``scheme`` simulated (:data:`~leanvit.deploy.pt2e.QAT_RUNTIMES`)."""
     if QAT_RUNTIMES.get(scheme) != runtime:
-        raise ValueError(f"a {scheme} QAT checkpoint converts for {QAT_RUNTIMES.get(scheme)}, not {runtime}")
+        raise InvalidValueError(f"a {scheme} QAT checkpoint converts for {QAT_RUNTIMES.get(scheme)}, not {runtime}")
     side = int(example.shape[-1])
     with quiet_deprecations(), torch.no_grad():
         program = torch.export.export(converted_qat(model, side, scheme, state), (example,))
@@ -254,12 +255,12 @@ def quantize_for(runtime: str, fused: nn.Module, example: torch.Tensor, calibrat
     the modules named in ``keep_float`` (dotted names in ``fused``, e.g. ``stages.1.blocks.0.mixer``) stay
     in float (:func:`leanvit.deploy.tuning.search_keep_float` finds them)."""
     if runtime not in _QUANTIZERS:
-        raise ValueError(f"int8 runtimes: {', '.join(_QUANTIZERS)}; got {runtime!r}")
+        raise InvalidValueError(f"int8 runtimes: {', '.join(_QUANTIZERS)}; got {runtime!r}")
     if scheme not in SCHEMES:
-        raise ValueError(f"scheme must be one of {', '.join(SCHEMES)}, got {scheme!r}")
+        raise InvalidValueError(f"scheme must be one of {', '.join(SCHEMES)}, got {scheme!r}")
     suffix = INT8_RUNTIMES[runtime]
     if Path(path).suffix != suffix:
-        raise ValueError(f"{runtime} int8 output must end in {suffix}, got {Path(path).name!r}")
+        raise InvalidValueError(f"{runtime} int8 output must end in {suffix}, got {Path(path).name!r}")
     with torch_threads(threads):
         description = _QUANTIZERS[runtime](fused, example, calibration.float(), Path(path), scheme, tuple(keep_float))
     return QuantizedArtifact(runtime, str(path), scheme, len(calibration), description, tuple(keep_float))

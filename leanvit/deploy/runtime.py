@@ -23,6 +23,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from ..errors import InvalidValueError
 from .capabilities import (
     MissingBackendError, UnsupportedPrecisionError, check_jit_optimize, quiet_deprecations, require, require_backend,
 )
@@ -94,11 +95,11 @@ class TorchRuntime(Runtime):
         jit_optimize: bool = False,
     ) -> None:
         if mode not in ("eager", "jit", "compile"):
-            raise ValueError(f"unknown PyTorch mode {mode!r}; choose eager, jit or compile")
+            raise InvalidValueError(f"unknown PyTorch mode {mode!r}; choose eager, jit or compile")
         if jit_optimize:
             check_jit_optimize(mode, device)  # before the model moves anywhere
         if bf16_mode not in ("autocast", "convert"):
-            raise ValueError(f"bf16_mode must be 'autocast' or 'convert', got {bf16_mode!r}")
+            raise InvalidValueError(f"bf16_mode must be 'autocast' or 'convert', got {bf16_mode!r}")
         self.backend, self.precision, self.device = mode, precision, device
         self.jit_optimize = jit_optimize
         self.convert = precision == "bf16" and bf16_mode == "convert" and not device.startswith("cuda")
@@ -214,7 +215,7 @@ class OpenVinoRuntime(Runtime):
                 precision = {v: k for k, v in _OV_HINTS.items()}.get(hint, precision)
         else:
             if example is None:
-                raise ValueError("converting a torch module to OpenVINO needs an example input")
+                raise InvalidValueError("converting a torch module to OpenVINO needs an example input")
             ov_model = to_openvino(model, example)
         config: dict[str, Any] = {"PERFORMANCE_HINT": performance_hint}
         if threads:
@@ -311,7 +312,7 @@ def build_runtime(
             export_executorch(model.cpu(), example.cpu(), path)
             return ExecuTorchRuntime(path, threads=threads)  # the program is read into memory
     if device.startswith("cuda"):
-        raise ValueError("the openvino backend runs on CPU only here; use --device cpu")
+        raise InvalidValueError("the openvino backend runs on CPU only here; use --device cpu")
     return OpenVinoRuntime(model, example=example, threads=threads, precision=precision)
 
 
@@ -334,10 +335,10 @@ def load_artifact(path: str | Path, *, threads: int | None = 1, precision: str |
     if suffix == ".safetensors":
         return open_pytorch_int8(path)
     if suffix == ".mlpackage":
-        raise ValueError(f"{path} is a Core ML package: Core ML runs it on macOS / iOS only "
-                         "(coremltools.models.MLModel(path).predict there)")
-    raise ValueError(f"cannot tell the format of {path}: expected .onnx, .xml (OpenVINO), .pt/.ts (TorchScript), "
-                     ".pte (ExecuTorch) or .safetensors (PyTorch int8)")
+        raise InvalidValueError(f"{path} is a Core ML package: Core ML runs it on macOS / iOS only "
+                                "(coremltools.models.MLModel(path).predict there)")
+    raise InvalidValueError(f"cannot tell the format of {path}: expected .onnx, .xml (OpenVINO), .pt/.ts (TorchScript), "
+                            ".pte (ExecuTorch) or .safetensors (PyTorch int8)")
 
 
 def open_pytorch_int8(path: str | Path, *, batch_size: int = 1, compiled: bool = True) -> TorchRuntime:

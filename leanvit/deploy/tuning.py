@@ -25,6 +25,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from ..errors import InvalidValueError
 from .mobile import as_nchw
 from .names import INT8_RUNTIMES
 from .pt2e import calibrated_pt2e, converted_pt2e, x86_quantizer, xnnpack_quantizer
@@ -116,7 +117,7 @@ def search_keep_float(trial: Callable[[tuple[str, ...]], Model], fp32: Model, im
     At most ``max_units`` (default: half the units) are kept; ``met`` says whether the bound was reached.
     """
     if len(images) == 0 or len(images) != len(labels):
-        raise ValueError(f"tuning needs labelled images: got {len(images)} images and {len(labels)} labels")
+        raise InvalidValueError(f"tuning needs labelled images: got {len(images)} images and {len(labels)} labels")
     reference = run_in_batches(fp32, images, batch_size)
     fp32_top1, _ = _score(reference, reference, labels)
     trials = 0

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import InvalidValueError
 from ..models.signal import logit_agreement, signal_images
 from .runtime import Runtime, load_artifact, run_in_batches
 
@@ -129,7 +130,7 @@ def verify_artifact(artifact: str | Path, reference_model: torch.nn.Module, *, p
     in ``batches`` on ``images`` (default: :func:`verification_images`); returns the worst check and whether
     it meets :func:`tolerance_for` ``precision``."""
     if not batches:
-        raise ValueError("verify_artifact needs at least one batch size")
+        raise InvalidValueError("verify_artifact needs at least one batch size")
     runtime = load_artifact(artifact, threads=threads, precision=None if precision == "int8" else precision)
     worst: LogitCheck | None = None
     for i, batch_size in enumerate(batches):

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import InvalidValueError, MissingFileError
 from .capabilities import preserved_signal_stack, quiet_deprecations, require
 from .mobile import export_coreml, export_executorch
 from .names import FORMATS
@@ -57,8 +58,8 @@ def export_onnx(
         if dynamo:
             require("onnxscript", "onnx", "the dynamo ONNX exporter")
             if dynamic_batch and example.shape[0] < 2:
-                raise ValueError("the dynamo exporter specialises a batch-1 trace to batch 1: "
-                                 "trace with batch >= 2 for --dynamic-batch")
+                raise InvalidValueError("the dynamo exporter specialises a batch-1 trace to batch 1: "
+                                        "trace with batch >= 2 for --dynamic-batch")
             shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
             torch.onnx.export(model, (example,), str(path), dynamo=True, external_data=False, opset_version=opset,
                               dynamic_shapes=shapes, optimize=True, verbose=False, **names)
@@ -116,11 +117,11 @@ def export_torchscript(model: nn.Module, example: torch.Tensor, path: str | Path
 def check_output_path(fmt: str, output: Path) -> None:
     """Raise unless ``fmt`` is a known format, ``output`` has its suffix and its directory exists."""
     if fmt not in FORMATS:
-        raise ValueError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
+        raise InvalidValueError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
     if output.suffix.lower() not in FORMATS[fmt]:
-        raise ValueError(f"{fmt} output must end in {' or '.join(FORMATS[fmt])}, got {output.name!r}")
+        raise InvalidValueError(f"{fmt} output must end in {' or '.join(FORMATS[fmt])}, got {output.name!r}")
     if not output.parent.exists():
-        raise FileNotFoundError(f"output directory {output.parent} does not exist")
+        raise MissingFileError(f"output directory {output.parent} does not exist")
 
 
 def write_artifact(fmt: str, model: nn.Module, example: torch.Tensor, path: Path, *, dynamo: bool = False,
@@ -129,7 +130,7 @@ def write_artifact(fmt: str, model: nn.Module, example: torch.Tensor, path: Path
     (int8 artifacts are written by :mod:`.quantize`, which calibrates first.)"""
     if fmt in ("executorch", "coreml"):
         if dynamic_batch:
-            raise ValueError(f"{fmt} programs have a static shape here: drop --dynamic-batch")
+            raise InvalidValueError(f"{fmt} programs have a static shape here: drop --dynamic-batch")
         if fmt == "executorch":
             return export_executorch(model, example, path)
         return export_coreml(model, example, path, precision=precision)
@@ -139,4 +140,4 @@ def write_artifact(fmt: str, model: nn.Module, example: torch.Tensor, path: Path
         return export_openvino(model, example, path, dynamic_batch=dynamic_batch, precision=precision)
     if fmt == "torchscript":
         return export_torchscript(model, example, path, precision=precision)
-    raise ValueError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
+    raise InvalidValueError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")

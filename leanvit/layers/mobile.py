@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from ..errors import InvalidValueError
 
 __all__ = ["explicit_attention", "SpatialGroupNorm", "ChannelLayerNorm", "mobile_norm"]
 
@@ -60,7 +61,7 @@ class SpatialGroupNorm(_AffineNorm):
     def from_group_norm(cls, norm: nn.GroupNorm) -> "SpatialGroupNorm":
         """The same normalisation as a single-group, affine ``norm``."""
         if norm.num_groups != 1 or not norm.affine:
-            raise ValueError(f"only an affine GroupNorm with one group has this form, got {norm}")
+            raise InvalidValueError(f"only an affine GroupNorm with one group has this form, got {norm}")
         return cls._copy_of(norm, norm.num_channels)
 
     @staticmethod
@@ -85,7 +86,7 @@ class ChannelLayerNorm(_AffineNorm):
     def from_layer_norm(cls, norm: nn.LayerNorm) -> "ChannelLayerNorm":
         """The same normalisation as ``norm`` (over one trailing dim, with affine parameters)."""
         if len(norm.normalized_shape) != 1 or not norm.elementwise_affine or norm.bias is None:
-            raise ValueError(f"only a LayerNorm over one dim with weight and bias has this form, got {norm}")
+            raise InvalidValueError(f"only a LayerNorm over one dim with weight and bias has this form, got {norm}")
         return cls._copy_of(norm, norm.normalized_shape[0])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn import functional as F
+from ..errors import OperationError
 
 __all__ = ["RecomputeNormActivations", "conv_norm_recomputable", "CHEAP_CONV_MACS"]
 
@@ -46,7 +47,7 @@ def _unpack(packed: Any) -> torch.Tensor:
     if not isinstance(packed, _Recipe):
         return packed
     if torch.is_grad_enabled():  # backward(create_graph=True): a rebuilt tensor has no history
-        raise RuntimeError(
+        raise OperationError(
             "double backward (create_graph=True) through activations that leanvit rebuilds in backward is "
             "not supported: call model.set_recompute_norm_activations(False) (or --set "
             "model.recompute_activations=false) for higher-order gradients"

@@ -10,16 +10,33 @@ import contextlib
 from typing import Any, Callable
 
 import torch
-from timm.models._features import feature_take_indices
 from torch import nn
 from torch.utils.checkpoint import checkpoint_sequential
 
+from ..errors import InvalidValueError
 from ..layers import ConvStem, Subsample
 from ..layers.recompute import RecomputeNormActivations
 from ._layouts import Adapter, Layout
 
 __all__ = ["LeanViTModel", "Stage", "DistilledLogits"]
 
+
+
+def _take_indices(count: int, indices: int | list[int] | None) -> tuple[list[int], int]:
+    """timm's ``forward_intermediates`` convention (timm keeps its helper private): ``None`` takes all ``count``
+    stages, an int n the last n, a list those indices (negative from the end); returns them and the largest."""
+    if indices is None:
+        indices = count
+    if isinstance(indices, int):
+        if not 0 < indices <= count:
+            raise InvalidValueError(f"indices={indices}: take between 1 and {count} stages")
+        take = list(range(count - indices, count))
+    else:
+        take = [count + i if i < 0 else i for i in indices]
+        bad = [i for i, t in zip(indices, take) if not 0 <= t < count]
+        if bad:
+            raise InvalidValueError(f"stage indices {bad} out of range for {count} stages")
+    return take, max(take)
 
 class Stage(nn.Module):
     """``downsample`` (Identity for the first stage) followed by ``blocks``, with grad checkpointing."""
@@ -85,9 +102,9 @@ class LeanViTModel(nn.Module):
     def _set_heads(self, num_classes: int, global_pool: str) -> None:
         """timm's rules: ``global_pool`` is ``'avg'`` or ``''`` (no pooling, only with 0 classes)."""
         if global_pool not in GLOBAL_POOL_TYPES:
-            raise ValueError(f"global_pool must be 'avg' or '' (no pooling), got {global_pool!r}")
+            raise InvalidValueError(f"global_pool must be 'avg' or '' (no pooling), got {global_pool!r}")
         if global_pool == "" and num_classes:
-            raise ValueError(f"global_pool='' (unpooled feature maps out) needs num_classes=0, got {num_classes}")
+            raise InvalidValueError(f"global_pool='' (unpooled feature maps out) needs num_classes=0, got {num_classes}")
         self.num_classes = num_classes
         self.global_pool = global_pool
         self.head = self._make_head(self.num_features, num_classes)
@@ -134,7 +151,7 @@ class LeanViTModel(nn.Module):
         ``.reshape`` always works; call ``.contiguous()`` before a ``.view`` that needs NCHW order.
         """
         if mode not in ("auto", True, False):
-            raise ValueError(f"channels_last must be 'auto', True or False, got {mode!r}")
+            raise InvalidValueError(f"channels_last must be 'auto', True or False, got {mode!r}")
         self.channels_last = mode
 
     def uses_channels_last(self, x: torch.Tensor) -> bool:
@@ -261,8 +278,8 @@ class LeanViTModel(nn.Module):
         ``indices`` may be an int n (the last n stages) or a list of stage indices (negative allowed).
         """
         if output_fmt != "NCHW":
-            raise ValueError(f"only output_fmt='NCHW' is supported, got {output_fmt!r}")
-        take, max_index = feature_take_indices(len(self.stages), indices)
+            raise InvalidValueError(f"only output_fmt='NCHW' is supported, got {output_fmt!r}")
+        take, max_index = _take_indices(len(self.stages), indices)
         intermediates = []
         with self._activation_scope():
             x = self._embed(x)
@@ -279,7 +296,7 @@ class LeanViTModel(nn.Module):
         self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
     ) -> list[int]:
         """Drop stages (and the head) not needed to produce ``indices``; returns the kept indices."""
-        take, max_index = feature_take_indices(len(self.stages), indices)
+        take, max_index = _take_indices(len(self.stages), indices)
         self.stages = self.stages[: max_index + 1]
         if prune_head:
             self.reset_classifier(0)

@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 from torch import nn
 
+from ..errors import InvalidValueError, UnknownNameError
 from ._pretrained import PretrainedWeights
 
 __all__ = ["ModelConfig", "register_variant", "list_models", "get_config", "is_model", "create_model",
@@ -72,14 +73,14 @@ class ModelConfig:
     def weight_set(self, tag: str | None = None) -> PretrainedWeights:
         """The weight set ``tag`` (default: the first); a clear error when there is none."""
         if not self.weights:
-            raise ValueError(f"{self.name} has no published weights. {self.weights_note}".strip())
+            raise InvalidValueError(f"{self.name} has no published weights. {self.weights_note}".strip())
         if tag is None:
             return self.weights[0]
         tag = tag.removeprefix(self.name + ".")
         for w in self.weights:
             if w.tag == tag:
                 return w
-        raise ValueError(f"{self.name} has no weight set {tag!r}; known tags: {', '.join(self.pretrained_tags)}")
+        raise InvalidValueError(f"{self.name} has no weight set {tag!r}; known tags: {', '.join(self.pretrained_tags)}")
 
     def to_pretrained_cfg(self, tag: str | None = None) -> dict[str, Any]:
         """timm-style ``pretrained_cfg`` for weight set ``tag`` (the first by default; a weightless config for
@@ -131,9 +132,9 @@ def register_variant(cls: type[nn.Module], cfg: ModelConfig) -> Callable[..., nn
     ``create_model("shvit_s1", num_classes=10)``.
     """
     if cfg.name in _REGISTRY:
-        raise ValueError(f"model name {cfg.name!r} is registered twice")
+        raise InvalidValueError(f"model name {cfg.name!r} is registered twice")
     if _FAMILIES.setdefault(cfg.family, cls) is not cls:
-        raise ValueError(f"family {cfg.family!r} is already implemented by {_FAMILIES[cfg.family].__name__}")
+        raise InvalidValueError(f"family {cfg.family!r} is already implemented by {_FAMILIES[cfg.family].__name__}")
     _REGISTRY[cfg.name] = _Entry(cls, cfg)
 
     def build(**kwargs: Any) -> nn.Module:
@@ -155,10 +156,10 @@ def list_models(pattern: str = "*", family: str | None = None) -> list[str]:
     )
 
 
-def _unknown(name: str) -> KeyError:
+def _unknown(name: str) -> UnknownNameError:
     close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
-    return KeyError(f"unknown model {name!r}.{hint} See leanvit.list_models() for all {len(_REGISTRY)} names.")
+    return UnknownNameError(f"unknown model {name!r}.{hint} See leanvit.list_models() for all {len(_REGISTRY)} names.")
 
 
 def is_model(name: str) -> bool:
@@ -176,7 +177,7 @@ def get_config(name: str) -> ModelConfig:
 def family_class(family: str) -> type[nn.Module]:
     """The model class that implements ``family`` (its checkpoint layouts are class attributes)."""
     if family not in _FAMILIES:
-        raise KeyError(f"unknown model family {family!r}; known: {', '.join(sorted(_FAMILIES))}")
+        raise UnknownNameError(f"unknown model family {family!r}; known: {', '.join(sorted(_FAMILIES))}")
     return _FAMILIES[family]
 
 
@@ -201,7 +202,7 @@ def create_model(
     if name not in _REGISTRY:
         raise _unknown(name)
     if not isinstance(num_classes, int) or num_classes < 0:
-        raise ValueError(f"num_classes must be an int >= 0 (0 removes the head), got {num_classes!r}")
+        raise InvalidValueError(f"num_classes must be an int >= 0 (0 removes the head), got {num_classes!r}")
     entry = _REGISTRY[name]
     cfg = entry.cfg
     model = entry.cls(**asdict(cfg.arch), num_classes=num_classes, img_size=img_size or cfg.img_size,

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..errors import InvalidValueError, OperationError
 from ..layers import ConvFFN, ConvNorm, NormLinear, Residual, depthwise_residual, explicit_attention
 from ._base import LeanViTModel
 from ._layouts import (Layout, StateDict, conv_bn_leanvit_to_official, conv_bn_official_to_leanvit, identity_layout,
@@ -45,7 +46,7 @@ def resize_attention_biases(biases: torch.Tensor, window: int) -> torch.Tensor:
     heads, n = biases.shape
     old = int(round(n ** 0.5))
     if old * old != n:
-        raise ValueError(f"attention bias table with {n} entries is not a square window")
+        raise InvalidValueError(f"attention bias table with {n} entries is not a square window")
     if old == window:
         return biases
     grid = biases.reshape(1, heads, old, old).float()
@@ -69,12 +70,12 @@ class CascadedGroupAttention(nn.Module):
         # v_ratio scales each head's value width against its input split, cascade=False feeds every head its
         # own split only, mixer="mhsa" feeds every head all channels (plain multi-head attention, no cascade).
         if mixer not in ("cga", "mhsa"):
-            raise ValueError(f"mixer must be 'cga' or 'mhsa', got {mixer!r}")
+            raise InvalidValueError(f"mixer must be 'cga' or 'mhsa', got {mixer!r}")
         split = dim // num_heads
         val_dim = split if v_ratio == 1.0 else max(1, round(v_ratio * split))
         if cascade and mixer == "cga" and val_dim != split:
-            raise ValueError(f"v_ratio={v_ratio} gives {val_dim}-channel head outputs that cannot be added to the "
-                             f"next head's {split}-channel split: use cascade=False")
+            raise InvalidValueError(f"v_ratio={v_ratio} gives {val_dim}-channel head outputs that cannot be added to the "
+                                    f"next head's {split}-channel split: use cascade=False")
         self.num_heads = num_heads
         self.key_dim = key_dim
         self.val_dim = val_dim
@@ -176,7 +177,7 @@ class CascadedGroupAttention(nn.Module):
 def _depthwise_rows(conv: nn.Conv2d, start: int, stop: int, scale: float = 1.0) -> nn.Conv2d:
     """A new depthwise conv computing channels ``start:stop`` of depthwise ``conv`` (weight and bias times ``scale``)."""
     if conv.groups != conv.out_channels:
-        raise ValueError(f"expected a depthwise conv, got groups={conv.groups} for {conv.out_channels} channels")
+        raise InvalidValueError(f"expected a depthwise conv, got groups={conv.groups} for {conv.out_channels} channels")
     rows = stop - start
     out = nn.Conv2d(rows, rows, conv.kernel_size, conv.stride, conv.padding, conv.dilation, groups=rows,
                     device=conv.weight.device, dtype=conv.weight.dtype)
@@ -189,7 +190,7 @@ def _depthwise_rows(conv: nn.Conv2d, start: int, stop: int, scale: float = 1.0) 
 def _linear_rows(conv: nn.Conv2d, start: int, stop: int) -> nn.Linear:
     """A Linear computing output channels ``start:stop`` of a dense 1x1 ``conv`` on (..., C) tokens."""
     if conv.kernel_size != (1, 1) or conv.groups != 1:
-        raise ValueError(f"only a dense 1x1 conv is a Linear on tokens, not {conv}")
+        raise InvalidValueError(f"only a dense 1x1 conv is a Linear on tokens, not {conv}")
     out = nn.Linear(conv.in_channels, stop - start, device=conv.weight.device, dtype=conv.weight.dtype)
     with torch.no_grad():
         out.weight.copy_(conv.weight[start:stop].flatten(1))
@@ -232,8 +233,8 @@ class _SplitQKVCascadedAttention(nn.Module):
     def set_window(self, window: int) -> None:
         """The bias table was gathered for one window: refuse to change it."""
         if window != self.window:
-            raise RuntimeError("the deploy form of CascadedGroupAttention has a fixed window: "
-                               "call set_input_size() before leanvit.fuse()")
+            raise OperationError("the deploy form of CascadedGroupAttention has a fixed window: "
+                                 "call set_input_size() before leanvit.fuse()")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, _, H, W = x.shape

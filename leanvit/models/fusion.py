@@ -8,6 +8,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..errors import InvalidValueError
 from ..layers import mobile_norm
 
 __all__ = ["TARGETS", "MOBILE_TARGETS", "fuse", "fuse_"]
@@ -74,7 +75,7 @@ def fuse(model: nn.Module, channels_last: bool | None = None, *, target: str = "
     Models without anything to fold (SepViT) come back as an equivalent eval-mode copy.
     """
     if target not in TARGETS:
-        raise ValueError(f"unknown fuse target {target!r}; choose from {', '.join(map(repr, TARGETS))}")
+        raise InvalidValueError(f"unknown fuse target {target!r}; choose from {', '.join(map(repr, TARGETS))}")
     fused = copy.deepcopy(model).eval()
     fuse_(fused)
     with torch.no_grad():

@@ -47,6 +47,7 @@ from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 from timm.layers import DropPath, Mlp, trunc_normal_
 
+from ..errors import InvalidValueError
 from ..layers import explicit_attention
 from ._base import LeanViTModel
 from ._layouts import Layout
@@ -130,7 +131,7 @@ class SeparableAttention(nn.Module):
                  attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
         super().__init__()
         if dim % num_heads:
-            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+            raise InvalidValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.pointwise = pointwise
@@ -260,7 +261,7 @@ class SepViTBlock(nn.Module):
             return self.attn(self.norm1(x).view(B, 1, H * W, C)).view(B, H, W, C)
         if self.window_token_mode == "per_window" and (nh, nw) != self.token_grid:
             grid = f"a {self.token_grid[0]}x{self.token_grid[1]} grid" if self.token_grid else "absent (one window)"
-            raise ValueError(
+            raise InvalidValueError(
                 f"this block's per-window tokens are {grid} but the {H}x{W} map gives {nh}x{nw} windows of "
                 f"{ws}; run the model at its img_size or use window_token='shared' or 'zero'"
             )
@@ -338,12 +339,12 @@ class SepViT(LeanViTModel):
         super().__init__()
         window_token = _MODE_ALIASES.get(window_token, window_token)
         if window_token not in WINDOW_TOKEN_MODES:
-            raise ValueError(f"window_token must be one of {', '.join(WINDOW_TOKEN_MODES)}; got {window_token!r}")
+            raise InvalidValueError(f"window_token must be one of {', '.join(WINDOW_TOKEN_MODES)}; got {window_token!r}")
         if not (len(embed_dims) == len(num_heads) == len(depths)):
-            raise ValueError("embed_dims, num_heads and depths must have one entry per stage")
+            raise InvalidValueError("embed_dims, num_heads and depths must have one entry per stage")
         window_sizes = window_sizes or default_window_sizes(tuple(depths))
         if [len(w) for w in window_sizes] != list(depths):
-            raise ValueError(f"window_sizes needs one window per block: depths {depths}, got {window_sizes}")
+            raise InvalidValueError(f"window_sizes needs one window per block: depths {depths}, got {window_sizes}")
         self.in_chans = in_chans
         self.img_size = _pair(img_size)
         self.window_token = window_token
@@ -416,7 +417,7 @@ class SepViT(LeanViTModel):
     def _check_input(self, x: torch.Tensor) -> None:
         if self.window_token == "per_window" and tuple(x.shape[-2:]) != self.img_size:
             h, w = self.img_size
-            raise ValueError(
+            raise InvalidValueError(
                 f"SepViT with window_token='per_window' only runs at its img_size {h}x{w} (one learnable token "
                 f"per window position); got a {x.shape[-2]}x{x.shape[-1]} input. Resize the input, create the "
                 f"model with img_size=({x.shape[-2]}, {x.shape[-1]}) (a checkpoint's tokens are then interpolated), "

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..errors import InvalidValueError
 from ..layers import ConvFFN, ConvNorm, ConvStem, NormLinear, Residual, depthwise_residual, explicit_attention
 from ._base import LeanViTModel
 from ._layouts import (Layout, StateDict, conv_bn_leanvit_to_official, conv_bn_official_to_leanvit, is_conv_bn_official,
@@ -165,14 +166,14 @@ class SHViT(LeanViTModel):
     ) -> None:
         super().__init__()
         if not (len(embed_dim) == len(depth) == len(partial_dim) == len(block_types)):
-            raise ValueError("embed_dim, depth, partial_dim and block_types need one entry per stage")
+            raise InvalidValueError("embed_dim, depth, partial_dim and block_types need one entry per stage")
         self._build_conv_bn_backbone(in_chans, embed_dim, lambda i, dim: nn.Sequential(*[
             SHViTBlock(dim, qk_dim, partial_dim[i], block_types[i] == "s") for _ in range(depth[i])
         ]))
         if stem_stride != 16:  # macro-design switch (SHViT Fig. 2): log2(stride) stride-2 convs, widths up to d0
             layers = {4: 2, 8: 3, 32: 5}.get(stem_stride)
             if layers is None:
-                raise ValueError(f"stem_stride must be 4, 8, 16 or 32, got {stem_stride}")
+                raise InvalidValueError(f"stem_stride must be 4, 8, 16 or 32, got {stem_stride}")
             d0 = embed_dim[0]
             self.patch_embed = StridedConvStem(in_chans, tuple(d0 // 2 ** (layers - 1 - i) for i in range(layers)))
             for i, info in enumerate(self.feature_info):

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+from ..errors import InvalidValueError
 
 __all__ = ["signal_weights_", "logit_agreement", "signal_images"]
 
@@ -153,10 +154,10 @@ def logit_agreement(reference: Any, output: Any) -> dict[str, float]:
     ref = torch.as_tensor(reference).detach().to("cpu", torch.float64)
     out = torch.as_tensor(output).detach().to("cpu", torch.float64)
     if ref.shape != out.shape or ref.ndim != 2:
-        raise ValueError(f"logit_agreement needs two (batch, classes) arrays of one shape, got "
-                         f"{tuple(ref.shape)} and {tuple(out.shape)}")
+        raise InvalidValueError(f"logit_agreement needs two (batch, classes) arrays of one shape, got "
+                                f"{tuple(ref.shape)} and {tuple(out.shape)}")
     if ref.shape[0] < 2:
-        raise ValueError("logit_agreement needs a batch of at least 2 inputs: the spread is measured across it")
+        raise InvalidValueError("logit_agreement needs a batch of at least 2 inputs: the spread is measured across it")
     max_abs = (out - ref).abs().max().item()
     spread = ref.std(dim=0).mean().item()
     ref_part, out_part = ref - ref.mean(0), out - out.mean(0)

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..checkpoint import load_checkpoint
+from ..errors import InvalidValueError
 from ..models import create_model, get_config, is_model
 from .config import TrainConfig
 
@@ -53,8 +54,8 @@ def build_student(cfg: TrainConfig, num_classes: int, img_size: int) -> nn.Modul
     try:
         model = create_model(cfg.model.name, num_classes=num_classes, img_size=img_size, distillation=distill, **kwargs)
     except TypeError as e:
-        raise ValueError(f"{cfg.model.name} does not accept {sorted(kwargs)} ({e}); "
-                         "remove model.drop_path / model.kwargs for this family") from e
+        raise InvalidValueError(f"{cfg.model.name} does not accept {sorted(kwargs)} ({e}); "
+                                "remove model.drop_path / model.kwargs for this family") from e
     if cfg.finetune.checkpoint:
         # drop_head=True keeps a fitting head and re-initialises one with another class count; a
         # distillation head present on one side only is the one mismatch allowed (strict=False + check).
@@ -63,8 +64,8 @@ def build_student(cfg: TrainConfig, num_classes: int, img_size: int) -> nn.Modul
         for what in ("missing", "unexpected"):
             bad = [k for k in report[what] if not k.startswith("head_dist.")]
             if bad:
-                raise ValueError(f"fine-tune checkpoint {cfg.finetune.checkpoint} does not fit {cfg.model.name}: "
-                                 f"{len(bad)} {what} tensors (first: {bad[:3]})")
+                raise InvalidValueError(f"fine-tune checkpoint {cfg.finetune.checkpoint} does not fit {cfg.model.name}: "
+                                        f"{len(bad)} {what} tensors (first: {bad[:3]})")
         log.info("fine-tuning from %s (%s layout%s)", cfg.finetune.checkpoint, report["layout"],
                  ", new classifier head" if report["dropped_head"] else "")
     if cfg.model.grad_checkpointing:
@@ -80,7 +81,7 @@ def freeze_early_stages(model: nn.Module, n: int) -> list[nn.Module]:
         return []
     stages = list(model.stages)
     if n > len(stages):
-        raise ValueError(f"finetune.freeze_stages={n} but {model.leanvit_cfg.name} has {len(stages)} stages")
+        raise InvalidValueError(f"finetune.freeze_stages={n} but {model.leanvit_cfg.name} has {len(stages)} stages")
     frozen = [model.patch_embed] + stages[:n]
     for m in frozen:
         m.requires_grad_(False)
@@ -98,7 +99,7 @@ def build_teacher(cfg: TrainConfig, num_classes: int, img_size: int) -> nn.Modul
         import timm
 
         if not timm.is_model(d.teacher):
-            raise ValueError(f"unknown teacher {d.teacher!r}: neither a leanvit nor a timm model name")
+            raise InvalidValueError(f"unknown teacher {d.teacher!r}: neither a leanvit nor a timm model name")
         teacher = timm.create_model(d.teacher, pretrained=False, num_classes=num_classes)
         # timm's loader reads with weights_only=True and unwraps 'state_dict' / 'model' entries.
         timm.models.load_checkpoint(teacher, d.teacher_checkpoint, strict=True)
@@ -135,7 +136,7 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module, lr: float) -> torch.opti
             extra["betas"] = tuple(o.betas)
     if o.no_decay_names is not None:
         if o.layer_decay is not None:
-            raise ValueError("optim.no_decay_names and optim.layer_decay cannot be combined; unset one of them")
+            raise InvalidValueError("optim.no_decay_names and optim.layer_decay cannot be combined; unset one of them")
         groups = name_rule_param_groups(model, o.weight_decay, o.no_decay_names)
         return create_optimizer_v2(groups, opt=o.opt, lr=lr, weight_decay=o.weight_decay, momentum=o.momentum,
                                    **extra)
@@ -156,7 +157,7 @@ def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, updates_
     warmup_epochs: float = s.warmup_epochs
     if s.warmup_steps is not None:
         if s.step_on != "update":
-            raise ValueError("sched.warmup_steps counts optimizer updates: it needs sched.step_on=update")
+            raise InvalidValueError("sched.warmup_steps counts optimizer updates: it needs sched.step_on=update")
         warmup_epochs = s.warmup_steps / updates_per_epoch
     warmup_lr = s.warmup_lr if s.warmup_ratio is None or lr is None else s.warmup_ratio * lr
     # timm's multistep applies milestone m one schedule index early (t == m - 1); shift by one index so that
@@ -176,8 +177,8 @@ def build_mixup(cfg: TrainConfig, num_classes: int) -> Any:
     if not (a.mixup > 0 or a.cutmix > 0 or a.cutmix_minmax):
         return None
     if cfg.train.batch_size % 2:
-        raise ValueError(f"Mixup/CutMix pair images within a batch: train.batch_size must be even, got "
-                         f"{cfg.train.batch_size} (or set aug.mixup=0 aug.cutmix=0)")
+        raise InvalidValueError(f"Mixup/CutMix pair images within a batch: train.batch_size must be even, got "
+                                f"{cfg.train.batch_size} (or set aug.mixup=0 aug.cutmix=0)")
     from timm.data import Mixup
 
     return Mixup(mixup_alpha=a.mixup, cutmix_alpha=a.cutmix, cutmix_minmax=a.cutmix_minmax, prob=a.mixup_prob,

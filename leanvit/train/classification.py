@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from . import build
+from ..errors import InvalidValueError
 from .config import TrainConfig
 from .data import build_loaders, build_transforms, open_source
 from .distributed import DistInfo
@@ -46,8 +47,8 @@ class ClassificationTask(Task):
         self.train_size, self.val_size = len(self.bundle.train), len(self.bundle.val)
         self.num_classes = cfg.model.num_classes or len(self.classes)
         if self.num_classes < len(self.classes):
-            raise ValueError(f"model.num_classes={self.num_classes} but {self.description} has "
-                             f"{len(self.classes)} classes; leave model.num_classes unset to use the data's")
+            raise InvalidValueError(f"model.num_classes={self.num_classes} but {self.description} has "
+                                    f"{len(self.classes)} classes; leave model.num_classes unset to use the data's")
 
     def build_model(self, info: DistInfo) -> nn.Module:
         model = build.build_student(self.cfg, self.num_classes, self.spec.img_size)

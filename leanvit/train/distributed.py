@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 
 from .._text import error_reason
+from ..errors import OperationError
 
 __all__ = ["DistInfo", "CollectiveError", "init_distributed", "cleanup", "all_reduce_sum", "gather_objects",
            "broadcast_object", "barrier", "name_collective_failures"]
@@ -85,7 +86,7 @@ def init_distributed(device: str = "auto", timeout_s: int = 1800) -> DistInfo:
     _slurm_env()
     want_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     if want_cuda and not torch.cuda.is_available():
-        raise RuntimeError("train.device=cuda but CUDA is not available; use train.device=cpu")
+        raise OperationError("train.device=cuda but CUDA is not available; use train.device=cpu")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -148,7 +149,7 @@ def broadcast_object(obj: Any, info: DistInfo) -> Any:
     return box[0]
 
 
-class CollectiveError(RuntimeError):
+class CollectiveError(OperationError):
     """A collective operation failed or timed out: another process died or hangs."""
 
 

@@ -16,12 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import InvalidValueError, OperationError
 from .distributed import DistInfo, all_reduce_sum
 
 __all__ = ["NonFiniteLossError", "build_criterion", "DistillationLoss", "autocast", "amp_dtype", "evaluate_model"]
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(OperationError):
     """The loss became NaN or infinite; training stops before the bad update is applied."""
 
 
@@ -47,7 +48,7 @@ class DistillationLoss(nn.Module):
     def __init__(self, base: nn.Module, teacher: nn.Module, kind: str, alpha: float, tau: float) -> None:
         super().__init__()
         if kind not in ("soft", "hard"):
-            raise ValueError(f"distillation type must be soft or hard, got {kind!r}")
+            raise InvalidValueError(f"distillation type must be soft or hard, got {kind!r}")
         self.base = base
         self.teacher = teacher
         self.kind = kind
@@ -56,8 +57,8 @@ class DistillationLoss(nn.Module):
 
     def forward(self, inputs: torch.Tensor, outputs: Any, targets: torch.Tensor) -> torch.Tensor:
         if not isinstance(outputs, (tuple, list)):
-            raise ValueError("distillation needs a student built with distillation=True that returns "
-                             "(class_logits, dist_logits) in train mode")
+            raise InvalidValueError("distillation needs a student built with distillation=True that returns "
+                                    "(class_logits, dist_logits) in train mode")
         cls_out, dist_out = outputs
         base = self.base(cls_out, targets)
         with torch.no_grad():
@@ -83,7 +84,7 @@ def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
             return None  # CPUs without bf16 units run autocast slower than fp32
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if amp == "fp16" and device.type != "cuda":
-        raise ValueError("train.amp=fp16 needs a CUDA device; use bf16 on CPU")
+        raise InvalidValueError("train.amp=fp16 needs a CUDA device; use bf16 on CPU")
     return torch.bfloat16 if amp == "bf16" else torch.float16
 
 
@@ -136,7 +137,7 @@ def evaluate_model(
     model.train(was_training)
     correct1, correct5, loss_sum, n, model_time = all_reduce_sum([correct1, correct5, loss_sum, n, model_time], info)
     if n == 0:
-        raise ValueError("the evaluation split has no images")
+        raise InvalidValueError("the evaluation split has no images")
     return dict(
         top1=100.0 * correct1 / n, top5=100.0 * correct5 / n, loss=loss_sum / n, images=int(n),
         # model time is summed over processes, which run concurrently: per-process mean x world size.

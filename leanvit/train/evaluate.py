@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 
 from .._io import atomic_write
 from ..checkpoint import convert_state_dict, load_checkpoint, read_state_dict
+from ..errors import InvalidValueError, MissingFileError
 from ..models import create_model, get_config
 from ..models import fuse as fuse_model
 from .config import TrainConfig, config_from_dict
@@ -35,17 +36,17 @@ def _read_weights(model_name: str, checkpoint: str | os.PathLike, ema: bool) -> 
     """(leanvit-layout state dict, facts from a training checkpoint or {})."""
     path = Path(checkpoint)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint file not found: {path}")
+        raise MissingFileError(f"checkpoint file not found: {path}")
     try:  # a leanvit training checkpoint carries its class count, resolution and class names
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # noqa: BLE001 - safetensors or another format: read_state_dict explains failures
         obj = None
     if is_training_checkpoint(obj):
         if obj["model_name"] != model_name:
-            raise ValueError(f"{path} holds {obj['model_name']} weights, not {model_name}; "
-                             f"run: leanvit eval {obj['model_name']} --checkpoint {path} ...")
+            raise InvalidValueError(f"{path} holds {obj['model_name']} weights, not {model_name}; "
+                                    f"run: leanvit eval {obj['model_name']} --checkpoint {path} ...")
         if ema and obj.get("ema") is None:
-            raise ValueError(f"{path} has no EMA weights (the run had ema.enable=false); drop --ema")
+            raise InvalidValueError(f"{path} has no EMA weights (the run had ema.enable=false); drop --ema")
         facts = dict(num_classes=obj["num_classes"], img_size=obj["img_size"], classes=obj.get("classes"),
                      data=obj["config"]["data"])
         return obj["ema"] if ema else obj["model"], facts
@@ -86,7 +87,7 @@ def evaluate(
     sd, facts = _read_weights(model_name, checkpoint, ema)
     num_classes = num_classes or facts.get("num_classes") or _head_classes(sd)
     if not num_classes:
-        raise ValueError(f"cannot tell the class count of {checkpoint}; pass --num-classes")
+        raise InvalidValueError(f"cannot tell the class count of {checkpoint}; pass --num-classes")
     img_size = img_size or facts.get("img_size") or mc.img_size
     crop_pct = crop_pct or mc.crop_pct
     info = init_distributed(device)
@@ -105,10 +106,10 @@ def evaluate(
         cfg.data.val_split = split or cfg.data.val_split
         bundle = open_source(data, cfg, img_size, need_train=False)
         if facts.get("classes") and data not in ("fake",) and list(facts["classes"]) != bundle.classes:
-            raise ValueError(f"the classes of {data} ({bundle.classes[:5]}...) differ from the ones {checkpoint} "
-                             f"was trained on ({list(facts['classes'])[:5]}...); accuracy would be meaningless")
+            raise InvalidValueError(f"the classes of {data} ({bundle.classes[:5]}...) differ from the ones {checkpoint} "
+                                    f"was trained on ({list(facts['classes'])[:5]}...); accuracy would be meaningless")
         if len(bundle.classes) > num_classes:
-            raise ValueError(f"{data} has {len(bundle.classes)} classes but the model predicts {num_classes}")
+            raise InvalidValueError(f"{data} has {len(bundle.classes)} classes but the model predicts {num_classes}")
         dataset = AugmentedDataset(bundle.val, eval_transform(img_size, mc.mean, mc.std, crop_pct, mc.interpolation))
         loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate,
                             sampler=ShardSampler(len(dataset), info.rank, info.world_size),

@@ -20,6 +20,7 @@ from torch import nn
 from ..checkpoint import QAT_STATE_PREFIX
 from ..deploy.capabilities import require
 from ..deploy.pt2e import QAT_QUANTIZERS, prepare_qat_graph
+from ..errors import InvalidValueError, OperationError
 
 __all__ = ["FakeQuantModel"]
 
@@ -30,8 +31,8 @@ def _check_norms(model: nn.Module) -> None:
     zero = [name for name, m in model.named_modules()
             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None and bool((m.weight == 0).any())]
     if zero:
-        raise ValueError(f"quantisation-aware fine-tuning needs trained BatchNorm scales; {len(zero)} norm(s) have "
-                         f"zero gamma (first: {zero[0]}): start from a trained checkpoint (finetune.checkpoint)")
+        raise InvalidValueError(f"quantisation-aware fine-tuning needs trained BatchNorm scales; {len(zero)} norm(s) have "
+                                f"zero gamma (first: {zero[0]}): start from a trained checkpoint (finetune.checkpoint)")
 
 
 class FakeQuantModel(nn.Module):
@@ -41,7 +42,7 @@ class FakeQuantModel(nn.Module):
     def __init__(self, model: nn.Module, img_size: int, scheme: str) -> None:
         super().__init__()
         if scheme not in QAT_QUANTIZERS:
-            raise ValueError(f"finetune.qat must be one of {', '.join(QAT_QUANTIZERS)}, got {scheme!r}")
+            raise InvalidValueError(f"finetune.qat must be one of {', '.join(QAT_QUANTIZERS)}, got {scheme!r}")
         _check_norms(model)
         self.float_keys = tuple(model.state_dict())
         self.num_classes = getattr(model, "num_classes", None)
@@ -75,6 +76,6 @@ class FakeQuantModel(nn.Module):
         saved = set(self.state_dict())
         missing = [k for k in result.missing_keys if k in saved]
         if strict and (missing or result.unexpected_keys):
-            raise RuntimeError(f"QAT state does not fit this model: {len(missing)} missing (first: {missing[:3]}), "
-                               f"{len(result.unexpected_keys)} unexpected (first: {result.unexpected_keys[:3]})")
+            raise OperationError(f"QAT state does not fit this model: {len(missing)} missing (first: {missing[:3]}), "
+                                 f"{len(result.unexpected_keys)} unexpected (first: {result.unexpected_keys[:3]})")
         return result

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from ..errors import InvalidValueError, MissingFileError
 from .config import TrainConfig, apply_overrides, config_from_dict, config_to_dict, load_recipe
 from .distributed import DistInfo, all_reduce_sum, broadcast_object
 from .state import read_checkpoint
@@ -56,7 +57,7 @@ def open_resume_checkpoint(path: str | Path) -> ResumePoint:
     first = run / "last.ckpt"
     candidates = run_checkpoints(run)
     if not candidates:
-        raise FileNotFoundError(f"checkpoint {first} not found (and no checkpoints/*.ckpt in {run})")
+        raise MissingFileError(f"checkpoint {first} not found (and no checkpoints/*.ckpt in {run})")
     problems = []
     for candidate in candidates:
         try:
@@ -68,9 +69,9 @@ def open_resume_checkpoint(path: str | Path) -> ResumePoint:
             log.warning("%s cannot be read (%s); resuming from %s instead, the newest readable checkpoint of the run",
                         first, problems[0].split(": ", 1)[-1] if problems else "missing", candidate)
         return ResumePoint(candidate, state)
-    raise ValueError(f"cannot resume {run}: none of its {len(candidates)} checkpoint(s) is readable, nothing was "
-                     "changed. " + "; ".join(problems) + ". Restore a good copy, or start a new run in another "
-                     "--output")
+    raise InvalidValueError(f"cannot resume {run}: none of its {len(candidates)} checkpoint(s) is readable, nothing was "
+                            "changed. " + "; ".join(problems) + ". Restore a good copy, or start a new run in another "
+                            "--output")
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -101,7 +102,7 @@ def _check_auto_config(cfg: TrainConfig, point: ResumePoint) -> None:
     if refused:
         listing = ", ".join(f"{k} (run: {a!r}, now: {b!r})" for k, (a, b) in sorted(refused.items()))
         sets = " ".join(f"--set {k}={b}" for k, (_, b) in sorted(refused.items()))
-        raise ValueError(
+        raise InvalidValueError(
             f"{cfg.output} holds a run whose config differs from this command's in {listing}. Rerun the run's own "
             f"command to continue it, continue it with these changes explicitly: --resume {point.path} {sets}, or "
             "start a new run in another --output"
@@ -153,9 +154,9 @@ def select_resume(cfg: TrainConfig, info: DistInfo) -> tuple[TrainConfig, Resume
         except (ValueError, OSError) as e:
             problem = e
     if all_reduce_sum([1.0 if problem else 0.0], info)[0]:
-        raise ValueError(f"{'rank ' + str(info.rank) if problem else 'another process'} cannot read {payload}"
-                         f"{f' ({problem})' if problem else ''}; the output folder must be on a file system that "
-                         "every node sees")
+        raise InvalidValueError(f"{'rank ' + str(info.rank) if problem else 'another process'} cannot read {payload}"
+                                f"{f' ({problem})' if problem else ''}; the output folder must be on a file system that "
+                                "every node sees")
     return replace(cfg, resume=str(point.path)), point
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from .._io import atomic_write
 from .._text import error_reason
+from ..errors import InvalidValueError, MissingFileError, OperationError
 
 __all__ = [
     "FORMAT", "CheckpointWriteError", "capture_rng", "restore_rng", "write_checkpoint", "read_checkpoint",
@@ -26,7 +27,7 @@ FORMAT = "leanvit-train-v1"
 log = logging.getLogger("leanvit.train")
 
 
-class CheckpointWriteError(RuntimeError):
+class CheckpointWriteError(OperationError):
     """A checkpoint could not be written; the previous file at that path is untouched."""
 
 
@@ -117,14 +118,14 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if path.is_dir():
         path = path / "last.ckpt"
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found")
+        raise MissingFileError(f"checkpoint {path} not found")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any decoder failure is one clear message
-        raise ValueError(f"{path} is not a readable checkpoint (truncated or corrupt?): "
-                         f"{error_reason(e, 200)}") from e
+        raise InvalidValueError(f"{path} is not a readable checkpoint (truncated or corrupt?): "
+                                f"{error_reason(e, 200)}") from e
     if not is_training_checkpoint(obj):
-        raise ValueError(
+        raise InvalidValueError(
             f"{path} is not a leanvit training checkpoint (no training state to resume); "
             "to start from its weights use --finetune instead of --resume"
         )

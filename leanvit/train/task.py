@@ -46,6 +46,7 @@ from torch import nn
 from tqdm import tqdm
 
 from . import build
+from ..errors import InvalidValueError
 from .config import ConfigError, TrainConfig
 from .distributed import DistInfo, gather_objects
 from .state import read_checkpoint
@@ -156,11 +157,11 @@ class Task:
     def check_resume(self, checkpoint: dict[str, Any]) -> None:
         saved_task = checkpoint.get("task", "classification")
         if saved_task != self.name:
-            raise ValueError(f"cannot resume: {self.cfg.resume} is a {saved_task} checkpoint, but this run trains "
-                             f"{self.name}")
+            raise InvalidValueError(f"cannot resume: {self.cfg.resume} is a {saved_task} checkpoint, but this run trains "
+                                    f"{self.name}")
         saved = checkpoint.get("model_name")
         if saved != self.model_name:
-            raise ValueError(
+            raise InvalidValueError(
                 f"cannot resume: {self.cfg.resume} is a checkpoint of {saved}, but this run builds "
                 f"{self.model_name}. Resume with the model it was trained with, or start from its weights with "
                 "--finetune"

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from . import build
+from ..errors import InvalidValueError
 from .classification import ClassificationTask
 from .config import TrainConfig, config_to_dict, save_config
 from .distributed import DistInfo, all_reduce_sum, cleanup, gather_objects, init_distributed, name_collective_failures
@@ -80,7 +81,7 @@ class Trainer:
         model = self.task.build_model(self.info)
         if cfg.model.sync_bn and self.info.distributed:
             if self.device.type != "cuda":
-                raise ValueError("model.sync_bn needs CUDA (SyncBatchNorm cannot run on CPU/gloo); turn it off")
+                raise InvalidValueError("model.sync_bn needs CUDA (SyncBatchNorm cannot run on CPU/gloo); turn it off")
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.frozen = self.task.frozen_modules(model)
         model.to(self.device)
@@ -166,8 +167,8 @@ class Trainer:
             self.model.load_state_dict(ck["model"])
         except RuntimeError as e:
             first = str(e).strip().splitlines()[-1].strip()
-            raise ValueError(f"cannot resume from {self.cfg.resume}: its weights do not fit this "
-                             f"{self.task.model_name} ({first}); was it trained with other model options?") from e
+            raise InvalidValueError(f"cannot resume from {self.cfg.resume}: its weights do not fit this "
+                                    f"{self.task.model_name} ({first}); was it trained with other model options?") from e
         if self.ema is not None:
             if ck.get("ema") is None:
                 log.warning("the checkpoint has no EMA weights; EMA restarts from the current weights")
@@ -214,9 +215,10 @@ class Trainer:
             value /= self.info.world_size
         return value.item()
 
-    def train_step(self, inputs: Any, targets: Any, update: bool) -> float:
+    def train_step(self, inputs: Any, targets: Any, update: bool, group_size: int | None = None) -> float:
         """One micro-batch (on the device): forward, loss, backward; ``update`` also steps the optimizer.
-        Returns the loss."""
+        ``group_size``: how many micro-batches this update accumulates (default ``train.accum_steps``; fewer in
+        an epoch's trailing partial group), the loss is divided by it. Returns the loss."""
         cfg = self.cfg
         sync = contextlib.nullcontext()
         if self.info.distributed and not update:
@@ -232,7 +234,7 @@ class Trainer:
                     "the learning rate (optim.lr / optim.lr_base), enable clipping (optim.clip_grad), or use "
                     "train.amp=none/bf16 instead of fp16"
                 )
-            loss = loss / cfg.train.accum_steps
+            loss = loss / (group_size or cfg.train.accum_steps)
             if self.scaler is not None:
                 self.scaler.scale(loss).backward()
             else:
@@ -285,7 +287,9 @@ class Trainer:
             images_b, targets_b = self.task.to_device(images_b, targets_b, self.device)
             i = self.batches_done
             update = (i + 1) % accum == 0 or i + 1 == total
-            loss = self.train_step(images_b, targets_b, update)
+            # the trailing partial group averages over its own micro-batches (as timm's train.py), not accum
+            group = min(accum, total - i // accum * accum)
+            loss = self.train_step(images_b, targets_b, update, group_size=group)
             self.batches_done += 1
             loss_sum, n_loss = loss_sum + loss, n_loss + 1
             images += self.task.batch_size(images_b) * self.info.world_size
