@@ -36,7 +36,11 @@ def test_dense_backbone_equals_the_official_dense_forward(case: tuple[str, tuple
         want, got = official(images), list(backbone(images).values())
     assert [g.shape for g in got] == [w.shape for w in want]
     for stage, (w, g) in enumerate(zip(want, got)):
-        assert_logits_close(w, g, rel=1e-4), stage
+        error = (w - g).abs().max().item()
+        assert error <= 1e-4 * w.abs().max().item(), (stage, error)  # relative to the map's magnitude
+        # and against the part that depends on the input (2 images): 1.3e-4 at most with AVX2 kernels
+        # (make test-avx2, 512x768), 6-8 before the dense form was fixed
+        assert_logits_close(w, g, rel=1e-3)
 
 
 def test_the_two_official_differences_each_matter() -> None:
