@@ -10,7 +10,7 @@ import argparse
 import dataclasses
 from typing import Any, Sequence, TypeVar
 
-__all__ = ["option", "add_dataclass_flags", "dataclass_from_args"]
+__all__ = ["option", "add_dataclass_flags", "dataclass_from_args", "flag_name", "changed_flags"]
 
 T = TypeVar("T")
 
@@ -33,8 +33,22 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, options_class: type, ex
         kwargs = dict(meta["argparse"])
         if f.type in ("bool",) and "action" not in kwargs:
             kwargs["action"] = "store_false" if default else "store_true"
-        flag = meta["flag"] or "--" + f.name.replace("_", "-")
-        parser.add_argument(flag, dest=f.name, default=default, help=meta["help"], **kwargs)
+        parser.add_argument(flag_name(f), dest=f.name, default=default, help=meta["help"], **kwargs)
+
+
+def flag_name(field: dataclasses.Field) -> str:
+    """The command-line flag of an :func:`option` field (``--batch-size`` for ``batch_size``, or its own)."""
+    return field.metadata.get("flag") or "--" + field.name.replace("_", "-")
+
+
+def changed_flags(options: Any, exclude: Sequence[str] = ()) -> list[str]:
+    """The flags of ``options``' fields (a dataclass instance) whose values differ from the class defaults,
+    leaving out those in ``exclude``: what a caller that cannot apply them must refuse."""
+    def default(f: dataclasses.Field) -> Any:
+        return f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+
+    return [flag_name(f) for f in dataclasses.fields(options)
+            if f.name not in exclude and getattr(options, f.name) != default(f)]
 
 
 def dataclass_from_args(options_class: type[T], args: argparse.Namespace) -> T:

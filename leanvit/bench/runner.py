@@ -160,9 +160,11 @@ def benchmark(models: str | Sequence[str], options: BenchOptions | None = None, 
         )))
     isolate = o.isolate if o.isolate is not None else mode == "memory" and device == "cpu"
     env = environment(device)
-    # bf16's roof only where bf16 is native: emulated (AVX2 CPUs) its "peak" is ~100x below fp32's and says nothing
-    roofs = (("bf16", torch.bfloat16), ("fp32", torch.float32)) if capabilities.cpu_has_bf16() else (("fp32", torch.float32),)
-    peaks = {p: matmul_peak(dtype, seconds=0.5) for p, dtype in roofs} if o.roofline else {}
+    peaks: dict[str, float] = {}
+    if o.roofline:
+        # bf16's roof only where bf16 is native: emulated (AVX2 CPUs) its "peak" is ~100x below fp32's, meaningless
+        roofs = {"bf16": torch.bfloat16, "fp32": torch.float32} if capabilities.cpu_has_bf16() else {"fp32": torch.float32}
+        peaks = {p: matmul_peak(dtype, seconds=0.5) for p, dtype in roofs.items()}
     records = []
     bar = tqdm(configs, desc=f"bench {mode}", unit="run", disable=not o.progress, file=sys.stderr)
     for spec, cfg in bar:

@@ -7,14 +7,14 @@ command runs.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from ..deploy.names import FORMATS
-from ..deploy.options import ExportOptions, add_export_flags, export_options_from_args
+from .._flags import changed_flags
+from ..deploy.options import add_export_flags, export_options_from_args
 from ..errors import InvalidValueError
 
 __all__ = ["register"]
@@ -62,26 +62,18 @@ _SEGMENTOR_EXPORT_FIELDS = ("img_size",)
 
 
 def _export_segmentor(args: argparse.Namespace) -> int:
-    from ..dense.seg_export import SegExportError
     from ..dense.seg_predict import export_checkpoint
 
     if args.format not in ("onnx", "openvino"):
         print(f"leanvit export: error: segmentors export to onnx or openvino, not {args.format}", file=sys.stderr)
         return 2
-    given, defaults = export_options_from_args(args), ExportOptions()
-    ignored = [f for f in dataclasses.fields(ExportOptions)
-               if f.name not in _SEGMENTOR_EXPORT_FIELDS and getattr(given, f.name) != getattr(defaults, f.name)]
+    ignored = changed_flags(export_options_from_args(args), exclude=_SEGMENTOR_EXPORT_FIELDS)
     if ignored:
-        flags = ", ".join(f.metadata["flag"] or "--" + f.name.replace("_", "-") for f in ignored)
-        raise InvalidValueError(f"{flags} do(es) not apply to a segmentation checkpoint: its export is fp32, verified "
+        raise InvalidValueError(f"{', '.join(ignored)} do(es) not apply to a segmentation checkpoint: its export is fp32, verified "
                                 "at two sizes, with a free image size traced at --img-size (leanvit segment export "
                                 "--fixed-size for a fixed one); drop the flag(s)")
     side = args.img_size or 512
-    try:
-        result = export_checkpoint(args.model, args.output, args.format, size=(side, side))
-    except SegExportError as e:
-        print(f"leanvit export: error: {e}", file=sys.stderr)
-        return 1
+    result = export_checkpoint(args.model, args.output, args.format, size=(side, side))  # errors: printed by main()
     print(result.summary())
     return 0
 

@@ -58,7 +58,7 @@ BF16_SPREAD_RTOL = 4.0
 # 4 in most cases), because chaotic random weights make bf16 rounding as large as the inputs' effect. The
 # correlation of the input-dependent parts (logit_agreement's input_correlation) separates the two. Measured on
 # 4 signal_images, signal_weights_ seeds 0, 2, 3, fused model vs its bf16 form (weights+activations converted,
-# and autocast), AMD EPYC Zen 3 (AVX2; bf16 emulated by torch 2.14.1, same rounding as native):
+# and autocast), eager torch 2.14.1 on a 2-core AMD EPYC (family 25 model 17, Zen 4 class, native AVX512-BF16):
 #   working bf16:   efficientvit_m0 64 px 0.49-0.98 (seed 0: 0.49 / 0.76, whose rel error 7.9 / 3.9 is the
 #                   chaotic case), 224 px >= 0.996; shvit_s1 64 / 224 px >= 0.998; sepvit_lite 224 px 1.000
 #   broken graphs:  batch-mean logits or the logits of a zero image 0.000; rows answered for the wrong

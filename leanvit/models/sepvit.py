@@ -437,12 +437,10 @@ class SepViT(LeanViTModel):
         return self.feature_norms[index](x) if self.dense_form else x
 
     def _stage_out(self, x: torch.Tensor, index: int) -> torch.Tensor:
-        if self.dense_form:
-            pass  # normalised on the main path already (_after_stage)
-        elif self.feature_norms is not None:
-            x = self.feature_norms[index](x)
-        else:
-            x = F.layer_norm(x, x.shape[-1:], eps=_BLOCK_EPS)
+        # dense_form: already normalised on the main path (_after_stage)
+        if not self.dense_form:
+            norm = self.feature_norms[index] if self.feature_norms is not None else None
+            x = norm(x) if norm is not None else F.layer_norm(x, x.shape[-1:], eps=_BLOCK_EPS)
         return x.permute(0, 3, 1, 2).contiguous()
 
     def forward_intermediates(
