@@ -4,7 +4,7 @@ Trains ``--arch`` (retinanet | mask_rcnn | faster_rcnn | semantic_fpn | upernet)
 images and evaluates on ``--val`` *other* images (COCO AP, or mIoU) every ``--eval-every`` epochs, through
 leanvit's one training loop, then prints the curve from the run's metrics.csv. ``--backbone-checkpoint``
 starts the backbone from classification weights (e.g. a short ``leanvit train`` run); without it the backbone is randomly initialised and BatchNorm trains (norm_eval off),
-which in CPU minutes barely generalises (dense.md §8.3). Example::
+which in CPU minutes barely generalises (docs/benchmarks.md). Example::
 
     PYTHONPATH=. python benchmarks/dense_learning.py --arch mask_rcnn --epochs 30 --out runs/dense_curve
     PYTHONPATH=. python benchmarks/dense_learning.py --arch semantic_fpn --epochs 30 --out runs/seg_curve

@@ -47,9 +47,10 @@ from leanvit.bench.timing import interleaved_medians
 from leanvit.deploy.capabilities import check_precision
 from leanvit.deploy.runtime import OpenVinoRuntime, Runtime, build_runtime
 from leanvit.deploy.verify import BF16_SPREAD_RTOL
-from leanvit.models import count_macs, logit_agreement, signal_images, signal_weights_
+from leanvit.models import count_macs, create_model, logit_agreement, signal_images, signal_weights_
 from leanvit.models.fusion import TARGETS
-from leanvit.zoo import build_model, fuse_model, resolve_model, target_for
+from leanvit.deploy.routes import target_for
+from leanvit.zoo import fuse_model, resolve_model
 
 DEFAULT_MODELS = ["shvit_s1", "shvit_s4", "efficientvit_m0", "efficientvit_m5"]
 MAX_REL_ERR = BF16_SPREAD_RTOL  # error / logit spread, the export's bf16 bound
@@ -120,7 +121,7 @@ def _paths(name: str, batch: int, with_compile: bool, with_torch_form: bool) -> 
     lean_spec, timm_spec = resolve_model(f"leanvit:{name}"), resolve_model(f"timm:{name}")
     side = lean_spec.img_size
     x = signal_images(batch, side, seed=0)
-    raw = signal_weights_(build_model(lean_spec, side), seed=0)
+    raw = signal_weights_(create_model(lean_spec.ref, img_size=side).eval(), seed=0)
     lean = {target: fuse_model(raw, target=target) for target in TARGETS}
     macs = count_macs(lean["torch"], side, fuse_first=False)
     with torch.inference_mode():
@@ -146,7 +147,7 @@ def _paths(name: str, batch: int, with_compile: bool, with_torch_form: bool) -> 
         p = RunPath(label, "leanvit" if shipped else "reference", lp.precision, rt, rt.prepare(x), batch)
         p.rel_err = _rel_err(ref, rt.to_torch(rt.run(p.x)))
         out.append(p)
-    timm_fused = fuse_model(signal_weights_(build_model(timm_spec, side), seed=0))
+    timm_fused = fuse_model(signal_weights_(create_model(timm_spec.ref, img_size=side).eval(), seed=0))
     with torch.inference_mode():
         timm_ref = timm_fused(x).float()  # timm's own random weights: its paths are checked against its eager
     for tp in TIMM_JIT_PATHS:

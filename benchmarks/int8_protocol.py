@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 
 from leanvit.deploy.int8 import quantize_model
+from leanvit.deploy.int8_storage import int8_weight_storage
 from leanvit.train import Trainer, load_config
 from leanvit.train.data import Mnist5kSource
 
@@ -65,6 +66,8 @@ def main() -> None:
     p.add_argument("--noise", action="store_true", help="also calibrate on random noise (default scheme)")
     p.add_argument("--max-drop", type=float, help="run the keep-float search for this bound on tune/ (500 training "
                    "images disjoint from calib/); val/ reports the result")
+    p.add_argument("--target-cpu", default="auto", choices=("auto", "vnni", "no-vnni"),
+                   help="CPU class the artifacts are quantised for (leanvit.deploy.int8_policy; auto: this machine's)")
     p.add_argument("--out", type=Path, default=Path("out/int8"))
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -85,17 +88,22 @@ def main() -> None:
             run = quantize_model(name, folder, run_dir / f"int8_{scheme}_{folder.name}{'_tuned' if tuned else ''}",
                                  runtimes=args.runtimes, checkpoint=ckpt, val=val, img_size=args.img_size,
                                  calibration_images=args.calibration, scheme=scheme,
-                                 max_drop=args.max_drop if tuned else None, tune=tune if tuned else None)
+                                 max_drop=args.max_drop if tuned else None, tune=tune if tuned else None,
+                                 target_cpu=args.target_cpu)
             for r in run.results:
-                print(f"{name:16s} {folder.name:6s} {r.summary()}")
+                storage = int8_weight_storage(r.artifact.path)  # read from the written file
+                print(f"{name:16s} {folder.name:6s} {r.summary()}\n  {storage.summary()}")
                 rows.append(dict(model=name, calibration=folder.name, scheme=scheme, runtime=r.artifact.runtime,
-                                 keep_float=len(r.artifact.keep_float), **r.accuracy.to_dict()))
+                                 target_cpu=r.artifact.target_cpu, keep_float=len(r.artifact.keep_float),
+                                 int8_weights=storage.share, **r.accuracy.to_dict()))
             print(f"  ({time.time() - t0:.0f} s)")
     (args.out / "protocol.json").write_text(json.dumps(rows, indent=2))
-    print("| model | calibration | scheme | runtime | in float | fp32 top-1 | int8 top-1 | drop | flips | McNemar p |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| model | calibration | scheme | runtime | target CPU | weights int8 | in float | fp32 top-1 | int8 top-1 | "
+          "drop | flips | McNemar p |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['model']} | {r['calibration']} | {r['scheme']} | {r['runtime']} | {r['keep_float']} | "
+        print(f"| {r['model']} | {r['calibration']} | {r['scheme']} | {r['runtime']} | {r['target_cpu']} | "
+              f"{100 * r['int8_weights']:.0f} % | {r['keep_float']} | "
               f"{r['fp32_top1']:.1f} | {r['int8_top1']:.1f} | {r['drop']:+.1f} | {r['flips']} | {r['mcnemar_p']:.2g} |")
 
 

@@ -28,12 +28,12 @@ import torch
 
 from leanvit.bench.env import environment
 from leanvit.bench.timing import interleaved_medians
-from leanvit.deploy.names import INT8_RUNTIMES
+from leanvit.deploy.routes import int8_route, target_for
 from leanvit.deploy.quantize import quantize_for
 from leanvit.deploy.runtime import ExecuTorchRuntime, OpenVinoRuntime, Runtime
 from leanvit.deploy.mobile import export_executorch
-from leanvit.models import signal_images, signal_weights_
-from leanvit.zoo import build_model, fuse_model, resolve_model, target_for
+from leanvit.models import create_model, signal_images, signal_weights_
+from leanvit.zoo import fuse_model, resolve_model
 
 DEFAULT_MODELS = ["shvit_s1", "shvit_s2", "shvit_s3", "shvit_s4", "efficientvit_m0", "efficientvit_m1",
                   "efficientvit_m2", "efficientvit_m3", "efficientvit_m4", "efficientvit_m5"]
@@ -44,14 +44,14 @@ def _paths(name: str, batch: int, tmp: Path, executorch: bool) -> dict[str, Runt
     side = lean_spec.img_size
     x = signal_images(batch, side, seed=0)
     calib = signal_images(32, side, seed=2)
-    raw = signal_weights_(build_model(lean_spec, side), seed=0)
-    timm_fused = fuse_model(signal_weights_(build_model(timm_spec, side), seed=0))
+    raw = signal_weights_(create_model(lean_spec.ref, img_size=side).eval(), seed=0)
+    timm_fused = fuse_model(signal_weights_(create_model(timm_spec.ref, img_size=side).eval(), seed=0))
     paths: dict[str, Runtime] = {"timm openvino default": OpenVinoRuntime(timm_fused, example=x, precision=None)}
     paths["leanvit openvino bf16"] = OpenVinoRuntime(fuse_model(raw, target="openvino"), example=x, precision="bf16")
     runtimes = ["openvino", "onnxruntime", "pytorch"] + (["executorch"] if executorch else [])
     for rt in runtimes:
         fused = fuse_model(raw, target=target_for(rt))
-        art = quantize_for(rt, fused, x, calib, tmp / f"{name}_{batch}{INT8_RUNTIMES[rt]}")
+        art = quantize_for(rt, fused, x, calib, tmp / f"{name}_{batch}{int8_route(rt).int8_suffix}")
         paths[f"leanvit int8 {rt}"] = art.open(1, batch_size=batch)
     if executorch:
         pte = tmp / f"{name}_{batch}_fp32.pte"

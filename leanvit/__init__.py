@@ -8,12 +8,11 @@ The names below are imported on first use (PEP 562), so ``import leanvit`` and t
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
-# public name -> module that defines it
+# public name -> module that provides it
 _EXPORTS = {
     "ModelConfig": "leanvit.models",
     "get_config": "leanvit.models",
@@ -22,27 +21,17 @@ _EXPORTS = {
     "count_macs": "leanvit.models",
     "count_params": "leanvit.models",
     "fuse": "leanvit.models",
-    "create_model": "leanvit.weights",
-    "load_checkpoint": "leanvit.checkpoint",
-    "save_checkpoint": "leanvit.checkpoint",
-    "convert_state_dict": "leanvit.checkpoint",
-    "read_state_dict": "leanvit.checkpoint",
-    "CheckpointError": "leanvit.checkpoint",
+    "create_model": "leanvit.models",
+    "load_checkpoint": "leanvit.models",
+    "save_checkpoint": "leanvit.models",
+    "convert_state_dict": "leanvit.models",
+    "read_state_dict": "leanvit.models",
+    "CheckpointError": "leanvit.models",
     "register_with_timm": "leanvit.timm_bridge",
-    "list_weights": "leanvit.weights",
-    "WeightsError": "leanvit.weights",
+    "list_weights": "leanvit.models",
+    "WeightsError": "leanvit.models",
 }
 
 __all__ = ["__version__", *_EXPORTS]
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value  # later lookups skip __getattr__
-        return value
-    raise AttributeError(f"module 'leanvit' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -1,9 +1,9 @@
-"""Plain text for the command line: one formatter for every table leanvit prints, one for error reasons."""
+"""Plain text: one formatter for every table leanvit prints or writes (fixed-width, markdown), one for error reasons."""
 from __future__ import annotations
 
 from typing import Any, Sequence
 
-__all__ = ["text_table", "format_cell", "error_reason"]
+__all__ = ["text_table", "markdown_table", "format_cell", "error_reason"]
 
 
 def format_cell(value: Any, fmt: str) -> str:
@@ -24,6 +24,13 @@ def text_table(headers: Sequence[str], rows: Sequence[Sequence[str]], left_colum
     lines += ["  ".join(c.ljust(w) if i < left_columns else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
               for r in rows]
     return "\n".join(lines)
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """GitHub markdown table of already formatted cells, ending in a newline."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
 
 
 def error_reason(error: BaseException, limit: int = 300) -> str:

@@ -5,7 +5,7 @@ Importing leanvit never touches timm's registry (timm already owns ``shvit_s1`` 
 ``build_model_with_cfg`` with one pretrained cfg per published weight set (``leanvit_shvit_s1.in1k``), so
 ``features_only`` / ``out_indices`` / ``feature_cls``, ``pretrained_cfg_overlay``, ``checkpoint_path`` and
 timm's data config behave as for timm's own models. ``pretrained=True`` fetches the weights with
-:func:`leanvit.weights.fetch` (cache, ``LEANVIT_WEIGHTS_DIR``, mirrors) and timm's loader reads them through
+:func:`leanvit.models.weights.fetch` (cache, ``LEANVIT_WEIGHTS_DIR``, mirrors) and timm's loader reads them through
 :func:`leanvit.load_checkpoint`, which converts any supported layout.
 """
 from __future__ import annotations
@@ -18,11 +18,8 @@ from typing import Any
 from timm.models import build_model_with_cfg, generate_default_cfgs, is_model, register_model, resolve_pretrained_cfg
 from torch import nn
 
-from .checkpoint import load_checkpoint
 from .errors import InvalidValueError
-from .models import LeanViTModel, family_class, get_config, list_models
-from .models import create_model as build_leanvit_model
-from .weights import fetch
+from .models import LeanViTModel, create_model, family_class, fetch, get_config, list_models, load_checkpoint
 
 __all__ = ["register_with_timm", "TIMM_MODULE"]
 
@@ -60,8 +57,9 @@ def _entrypoint(name: str, timm_name: str) -> Any:
         if pretrained and not (cfg.file or cfg.state_dict):
             cfg.file = str(fetch(name, cfg.tag or None, cache_dir=kwargs.pop("cache_dir", None)))
         kwargs.pop("cache_dir", None)
+        # timm builds through leanvit's factory, then sets the pretrained cfg and loads the weights itself
         return build_model_with_cfg(
-            functools.partial(build_leanvit_model, name, pretrained_tag=cfg.tag or None),
+            functools.partial(create_model, name),
             timm_name,
             pretrained,
             pretrained_cfg=cfg,

@@ -1,39 +1,29 @@
-"""Which model a name means, how to build it with random weights, and how to fuse it.
+"""What a model name means for tables and plots (its registry, family label, native size, paper top-1), and
+how to fuse any model for a runtime.
 
-A name is looked up in leanvit's registry first, then timm's. leanvit reuses the papers' names
-(``shvit_s1``, ``efficientvit_m0``), which timm also has: write ``timm:shvit_s1`` for timm's port and
-``leanvit:shvit_s1`` to be explicit. Unknown names get close matches from both registries.
+Names are resolved as :func:`leanvit.create_model` resolves them (``leanvit.models.factory.split_name``:
+leanvit's registry first, then timm's; ``timm:NAME`` / ``leanvit:NAME`` force one), which also builds them.
 """
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-import timm
 from timm.models import get_pretrained_cfg
 from timm.utils import reparameterize_model
 from torch import nn
 
-from .errors import InvalidValueError, UnknownNameError
-from .models import LeanViTModel, count_macs, count_params, create_model, fuse, get_config, is_model, list_models
+from .models import (LeanViTModel, count_macs, count_params, create_model, fuse, get_config, is_model, list_models,
+                     split_name)
 
 __all__ = [
-    "ModelSpec", "resolve_model", "build_model", "fuse_model", "target_for", "count_unfused_norms",
+    "ModelSpec", "resolve_model", "fuse_model", "count_unfused_norms",
     "TIMM_TOP1", "zoo_table",
 ]
 
-# Bench backends and export formats -> fuse target (anything else runs in PyTorch).
-_RUNTIME_TARGETS = {"openvino": "openvino", "onnxruntime": "onnx", "onnx": "onnx", "executorch": "executorch",
-                    "coreml": "coreml"}
-
-
-def target_for(runtime: str) -> str:
-    """The ``leanvit.fuse`` target for a ``leanvit bench`` backend or ``leanvit export`` format name."""
-    return _RUNTIME_TARGETS.get(runtime, "torch")
 
 # ImageNet-1k top-1 of timm baselines (best in1k-only tag at the native resolution), from the
-# project spec (ecosystem.md section 9, timm results/). name -> (family label, top-1).
+# timm's results/ tables (results-imagenet.csv). name -> (family label, top-1).
 TIMM_TOP1: dict[str, tuple[str, float]] = {
     "efficientvit_m0": ("EfficientViT-M (timm)", 63.3),
     "efficientvit_m2": ("EfficientViT-M (timm)", 70.8),
@@ -91,62 +81,31 @@ class ModelSpec:
         """Name as shown in tables: timm models that shadow a leanvit name keep their prefix."""
         return f"timm:{self.name}" if self.source == "timm" and is_model(self.name) else self.name
 
-
-def _timm_names() -> list[str]:
-    return timm.list_models()
-
-
-def _unknown(name: str) -> UnknownNameError:
-    candidates = list(dict.fromkeys(list_models() + _timm_names()))  # shared names once
-    close = difflib.get_close_matches(name.split(":", 1)[-1], candidates, n=5, cutoff=0.6)
-    hint = f" Did you mean: {', '.join(close)}?" if close else ""
-    return UnknownNameError(
-        f"unknown model {name!r}: not a leanvit model (leanvit.list_models()) nor a timm model "
-        f"(timm.list_models()).{hint}"
-    )
+    @property
+    def ref(self) -> str:
+        """The name with its registry (``leanvit:shvit_s1``, ``timm:shvit_s1``): what ``create_model`` takes to
+        build exactly this model."""
+        return f"{self.source}:{self.name}"
 
 
 def resolve_model(name: str) -> ModelSpec:
-    """Look ``name`` up (``leanvit:`` / ``timm:`` prefixes force a registry). Raises KeyError with suggestions."""
-    source, _, bare = name.rpartition(":")
-    if source not in ("", "leanvit", "timm"):
-        raise UnknownNameError(f"unknown registry prefix {source!r} in {name!r}: use 'leanvit:NAME' or 'timm:NAME'")
-    if source in ("", "leanvit") and is_model(bare):
+    """Look ``name`` up (``leanvit:`` / ``timm:`` prefixes force a registry); unknown names raise
+    :class:`~leanvit.errors.UnknownNameError` with suggestions. Build it with ``create_model(spec.ref, ...)``."""
+    source, bare = split_name(name)
+    if source == "leanvit":
         cfg = get_config(bare)
         return ModelSpec(bare, "leanvit", _LEANVIT_FAMILY_LABEL.get(cfg.family, cfg.family), cfg.img_size, cfg.top1)
-    if source in ("", "timm") and bare in _timm_names():
-        pcfg = get_pretrained_cfg(bare)
-        side = int(pcfg.input_size[-1]) if pcfg is not None and pcfg.input_size else 224
-        family, top1 = TIMM_TOP1.get(bare, (bare.split("_")[0], None))
-        return ModelSpec(bare, "timm", family, side, top1)
-    raise _unknown(name)
-
-
-def build_model(spec: ModelSpec, img_size: int | None = None) -> nn.Module:
-    """Random-weight eval model at ``img_size`` (native when None); ``leanvit.checkpoint.load_weights`` loads
-    a checkpoint into it."""
-    side = img_size or spec.img_size
-    if spec.source == "leanvit":
-        model = create_model(spec.name, img_size=side)
-    else:
-        kwargs = {}
-        pcfg = get_pretrained_cfg(spec.name)
-        # Fixed-size timm models (LeViT, EfficientFormerV2, EfficientViT-M) bake the size into
-        # position/bias tables: they must be built for a non-native size.
-        if side != spec.img_size and pcfg is not None and pcfg.fixed_input_size:
-            kwargs["img_size"] = side
-        try:
-            model = timm.create_model(spec.name, pretrained=False, **kwargs)
-        except TypeError as e:
-            raise InvalidValueError(f"timm model {spec.name} cannot be built for img_size={side}: {e}") from e
-    return model.eval()
+    pcfg = get_pretrained_cfg(bare)
+    side = int(pcfg.input_size[-1]) if pcfg is not None and pcfg.input_size else 224
+    family, top1 = TIMM_TOP1.get(bare, (bare.split("_")[0], None))
+    return ModelSpec(bare, "timm", family, side, top1)
 
 
 def fuse_model(model: nn.Module, target: str = "torch") -> nn.Module:
     """Inference form: a deep copy with BatchNorms folded / branches reparameterized.
 
     leanvit models use ``leanvit.fuse`` with ``target`` (the runtime that will run it:
-    "torch", "openvino" or "onnx"; see :func:`target_for`); everything else timm's
+    "torch", "openvino" or "onnx"; see :func:`leanvit.deploy.routes.target_for`); everything else timm's
     ``reparameterize_model`` (``fuse()`` / ``reparameterize()`` / ``switch_to_deploy()`` per module),
     whatever the target.
     """

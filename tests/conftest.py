@@ -74,7 +74,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def paper_tables() -> dict:
-    """Per-variant targets, vendored from the project spec (tests/data/paper_tables.json)."""
+    """Per-variant targets, transcribed from the papers' tables (tests/data/paper_tables.json)."""
     return json.loads((DATA_DIR / "paper_tables.json").read_text())["variants"]
 
 

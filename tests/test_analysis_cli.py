@@ -1,7 +1,10 @@
 """`leanvit analyze <tool>` end to end on small models (random weights: well-formed outputs, not paper values)."""
 from __future__ import annotations
 
+import argparse
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -119,3 +122,64 @@ def test_load_pruned_refuses_other_files(tmp_path: Path) -> None:
     save_file({"w": torch.zeros(2)}, str(other))
     with pytest.raises(ValueError, match="is not a pruned model written by leanvit analyze taylor --prune"):
         taylor.load_pruned(other)
+
+
+# --- flags generated from leanvit.analysis.options: each reaches its run_* function as the tool's argument
+@pytest.mark.parametrize("argv, tool, positional, keywords", [
+    (["head-similarity", "m", "--data", "d"], "run_head_similarity", ["m"],
+     dict(definition="shvit", target=None, reduce=None, batch_size=32, images=128)),
+    (["head-similarity", "m", "n", "--data", "d", "--target", "head_output", "--batch", "4", "--drop-cls"],
+     "run_head_similarity", ["m", "n"], dict(definition=None, target="head_output", batch_size=4, drop_cls=True)),
+    (["head-ablation", "m", "--data", "d", "--no-cascade-mask", "--seed", "3"], "run_head_ablation", "m",
+     dict(cascade_mask=False, seed=3, num_classes=None)),
+    (["taylor", "m", "--data", "d", "--keep", "0.25", "--parts", "q,k", "--qk", "separate", "--prune"], "run_taylor",
+     "m", dict(keep=0.25, parts=["q", "k"], qk="separate", prune=True, normalize="mean", images=128, lr=1e-4)),
+    (["design-space", "evit-fig7", "--no-speed", "--duration", "0.5", "--batch", "2"], "run_design_space",
+     ["evit-fig7"], dict(measure_speed=False, duration_s=0.5, batch_size=2, threads=1, rounds=3)),
+    (["block-complexity", "--time", "1.5"], "run_block_complexity", ["sepvit_lite", "sepvit_t", "sepvit_s", "sepvit_b"],
+     dict(time_s=1.5, batch_size=16, img_size=None)),
+    (["op-breakdown", "m", "--backend", "jit", "--batch", "2", "--checkpoint", "c.pt"], "run_op_breakdown", ["m"],
+     dict(backend="jit", batch_size=2, checkpoint="c.pt", iters=5, warmup=3, threads=1)),
+])
+def test_flags_reach_the_tool(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, argv: list[str],
+                              tool: str, positional: object, keywords: dict) -> None:
+    import leanvit.analysis
+
+    calls = []
+    monkeypatch.setattr(leanvit.analysis, tool, lambda *a, **k: calls.append((a, k)) or [Path("written.md")])
+    assert main(["analyze", *argv, "--out", "o"]) == 0
+    (args, kwargs), = calls
+    assert args == (positional, "o") and {k: kwargs[k] for k in keywords} == keywords
+    assert capsys.readouterr().out == "written.md\n"
+
+
+def test_options_match_the_library() -> None:
+    """The names the options offer are the ones the tools take; renamed flags keep their metavar."""
+    import inspect
+
+    from leanvit import analysis
+    from leanvit.analysis import design_space, options
+    from leanvit.cli import build_parser
+
+    assert options.STUDY_NAMES == tuple(design_space.STUDIES)
+    for tool, opts in options.TOOL_OPTIONS.items():
+        run = getattr(analysis, "run_" + tool.replace("-", "_"))
+        positional, keywords = options.run_arguments(opts(**{f.name: "x" for f in _positional(opts)}))
+        inspect.signature(run).bind(*positional, **keywords)  # every field is an argument of the tool
+    analyze = _subparser(build_parser("analyze"), "analyze")
+    assert "[--batch BATCH]" in _subparser(analyze, "taylor").format_usage()  # not BATCH_SIZE
+
+
+def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
+
+
+def _positional(opts: type) -> list:
+    import dataclasses
+
+    return [f for f in dataclasses.fields(opts) if not (f.metadata.get("flag") or "-").startswith("-")]
+
+
+def test_analyze_flags_load_without_torch() -> None:
+    code = "import sys; from leanvit.cli import build_parser; build_parser('analyze'); print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"

@@ -4,22 +4,24 @@
   line and the two layers.
 - No function-local imports of leanvit's own modules, except in ``leanvit/cli`` (command modules import
   the library when their command runs, so that ``--help`` is instant).
+- No function-local imports of the standard library or of a hard dependency outside ``leanvit/cli`` (they
+  defer nothing); optional packages (pip extras) and the few heavy imports in ``DEFERRED_IMPORTS`` stay local.
 - No import cycles between modules.
 """
 from __future__ import annotations
 
 import ast
+import sys
+import tomllib
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "leanvit"
 
 # Lower index = lower layer. A module may import only from its own layer or lower ones.
 LAYERS = [
-    ("_io", "_text", "_flags", "errors", "layers"),
+    ("_io", "_text", "_flags", "_lazy", "errors", "layers"),
     ("models",),
-    ("zoo",),
-    ("checkpoint",),
-    ("weights", "timm_bridge"),
+    ("zoo", "timm_bridge"),
     ("deploy",),
     ("bench",),
     ("train",),
@@ -116,6 +118,44 @@ def test_no_function_local_imports_of_leanvit():
     assert not problems, "move these imports to the top of their module:\n" + "\n".join(problems)
 
 
+# Hard-dependency or torch imports that are worth deferring: module -> why.
+DEFERRED_IMPORTS = {
+    "torch._inductor": "about 3 s to import; only torch.compile's freezing needs it",
+    "torch.utils.tensorboard": "needs the optional tensorboard package (the train extra)",
+}
+_IMPORT_NAMES = {"pyyaml": "yaml"}  # distribution -> import name where they differ
+
+
+def _hard_dependencies() -> set[str]:
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
+    names = {d.split(">")[0].split("=")[0].split("<")[0].split("[")[0].strip().lower() for d in project["dependencies"]}
+    return {_IMPORT_NAMES.get(n, n.replace("-", "_")) for n in names}
+
+
+def _function_local_imports(path: Path) -> list[tuple[str, int]]:
+    """(module, line) of every absolute import inside a function of ``path``."""
+    found = []
+    for fn in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for node in ast.walk(fn):
+                if isinstance(node, ast.Import):
+                    found += [(a.name, node.lineno) for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                    found.append((node.module, node.lineno))
+    return sorted(set(found), key=lambda f: f[1])
+
+
+def test_no_function_local_imports_of_hard_dependencies_or_the_standard_library():
+    eager = _hard_dependencies() | set(sys.stdlib_module_names)
+    problems = [
+        f"{path.relative_to(PACKAGE.parent)}:{line} imports {module} inside a function"
+        for path in _sources() if _area(_module_name(path)) != "cli"
+        for module, line in _function_local_imports(path)
+        if module.split(".")[0] in eager and not any(module == d or module.startswith(d + ".") for d in DEFERRED_IMPORTS)
+    ]
+    assert not problems, "these defer nothing; move them to the top of their module:\n" + "\n".join(problems)
+
+
 def test_no_import_cycles():
     modules = {_module_name(p): p for p in _sources()}
     graph: dict[str, set[str]] = {}
@@ -161,7 +201,9 @@ def test_the_contract_catches_an_upward_import(tmp_path, monkeypatch):
     (fake / "models" / "__init__.py").write_text("")
     (fake / "bench" / "__init__.py").write_text("")
     (fake / "zoo.py").write_text("")
-    (fake / "models" / "bad.py").write_text("from ..bench import runner\n\ndef f():\n    from .. import zoo\n")
+    (fake / "models" / "bad.py").write_text("from ..bench import runner\n\ndef f():\n    from .. import zoo\n"
+                                            "    import shutil\n    from timm.data import Mixup\n"
+                                            "    import torch._inductor.config\n    import onnx\n")
     monkeypatch.setattr(__import__(__name__), "PACKAGE", fake)
     try:
         test_imports_run_down_the_layers()
@@ -175,6 +217,14 @@ def test_the_contract_catches_an_upward_import(tmp_path, monkeypatch):
         assert "bad.py:4 imports leanvit.zoo inside a function" in str(e)
     else:
         raise AssertionError("the local-import test did not catch an import inside a function")
+    try:
+        test_no_function_local_imports_of_hard_dependencies_or_the_standard_library()
+    except AssertionError as e:
+        found = str(e).split("assert ")[0]  # the message, without pytest's repr of the list
+        assert "bad.py:5 imports shutil inside" in found and "bad.py:6 imports timm.data inside" in found, found
+        assert "bad.py:7" not in found and "bad.py:8" not in found, found  # deferred / optional: allowed
+    else:
+        raise AssertionError("the local-import test did not catch a stdlib / hard-dependency import in a function")
 
 
 def test_no_private_names_of_other_packages() -> None:

@@ -13,9 +13,15 @@ import openvino  # noqa: F401
 import pytest
 import torch
 
-from leanvit.bench.report import plot_speed_accuracy, write_results
-from leanvit.bench.runner import benchmark
-from leanvit.cli import main
+import dataclasses
+
+import leanvit.bench.roofline as roofline
+import leanvit.bench.runner as runner
+from leanvit.bench.options import DEMO_OPTIONS, ROUND_SPREAD_BOUND_PCT, BenchOptions, options_from_args
+from leanvit.bench.report import format_table, plot_speed_accuracy, write_results
+from leanvit.bench.runner import AUTO_ROUTES, benchmark
+from leanvit.bench.timing import TimingStats, round_spread_pct
+from leanvit.cli import build_parser, main
 import leanvit.deploy.capabilities as caps
 from leanvit.deploy.capabilities import MissingBackendError, UnsupportedPrecisionError
 
@@ -185,12 +191,102 @@ def test_cli_bench_writes_json_and_plot(tmp_path, capsys) -> None:
 
 
 @pytest.mark.slow
-def test_cli_demo(tmp_path) -> None:
-    rc = main(["demo", "--out", str(tmp_path), "--models", LEANVIT, "--baselines", TIMM, "--img-size", "64",
-               "--batch-size", "2", "--warmup", "0", "--duration", "0.05", "--no-progress"])
+def test_cli_demo(tmp_path, capsys) -> None:
+    rc = main(["demo", "--out", str(tmp_path), "--models", LEANVIT, "efficientvit_m1", "--baselines", TIMM,
+               "--img-size", "64", "--batch-size", "2", "--warmup", "0", "--duration", "0.05", "--no-progress"])
     assert rc == 0
     assert {"results.md", "results.csv", "results.json", "speed.png"} <= {p.name for p in tmp_path.iterdir()}
-    assert LEANVIT in (tmp_path / "results.md").read_text()
+    report = (tmp_path / "results.md").read_text()
+    assert LEANVIT in report and "## Rankings within each family" in report and "rounds %" in report
+    records = json.loads((tmp_path / "results.json").read_text())
+    # the papers' protocol and OpenVINO for each model, all timed in the same interleaved rounds on the CPU clock
+    assert sorted((r["model"], r["backend"]) for r in records) == sorted(
+        (m, b) for m in (LEANVIT, "efficientvit_m1", TIMM) for b in ("jit", "openvino"))
+    for rec in records:
+        assert rec["error"] is None and rec["clock"] == "cpu" and rec["rounds"] == DEMO_OPTIONS.rounds
+        assert len(rec["round_medians_ms"]) == DEMO_OPTIONS.rounds
+        assert rec["unsteady"] == (rec["round_spread_pct"] > ROUND_SPREAD_BOUND_PCT)
+    assert "EfficientViT-M (leanvit): " in capsys.readouterr().out  # each family's measured order, printed
+
+
+# --- the options object: flags, per-run options, interleaved rounds, the auto route -----------------------------------
+def _parse(*argv: str):
+    return build_parser(argv[0]).parse_args(list(argv))
+
+
+def test_bench_flags_are_the_options_fields() -> None:
+    """Every BenchOptions field is a `leanvit bench` flag, and the flags read back into the same object."""
+    assert all(hasattr(_parse("bench", LEANVIT), f.name) for f in dataclasses.fields(BenchOptions))
+    args = _parse("bench", LEANVIT, "--batch-size", "4", "--rounds", "3", "--no-fuse", "--clock", "cpu",
+                  "--seed", "7", "--backend", "auto")
+    assert options_from_args(args) == BenchOptions(batch_size=4, rounds=3, fuse=False, clock="cpu", seed=7,
+                                                   backend="auto")
+    assert options_from_args(_parse("bench", LEANVIT)) == BenchOptions()  # the defaults are the class's
+    # `leanvit demo` takes the same flags, with the demo's defaults
+    demo = options_from_args(_parse("demo"))
+    # (mode, count_macs and isolate are no demo flags: run_demo measures throughput with MACs, in one process)
+    assert demo == DEMO_OPTIONS.replace(mode=BenchOptions.mode, isolate=None, count_macs=False)
+
+
+def _stats(median_ms: float) -> TimingStats:
+    return TimingStats.from_times([median_ms / 1e3 * f for f in (0.98, 1.0, 1.03)])
+
+
+@pytest.mark.parametrize("medians_ms,unsteady", [((10.0, 10.0, 11.5), True), ((10.0, 10.5, 10.0), False)])
+def test_rounds_that_disagree_are_marked(monkeypatch, medians_ms: tuple, unsteady: bool) -> None:
+    rounds = [_stats(m) for m in medians_ms]
+    fields = runner._timing_fields(TimingStats.pooled(rounds), 2, rounds)
+    assert fields["latency_ms"] == pytest.approx(10.0) and fields["throughput"] == pytest.approx(200.0)
+    assert fields["round_medians_ms"] == pytest.approx(list(medians_ms))
+    spread = 100 * (max(medians_ms) - min(medians_ms)) / 10.0
+    assert fields["round_spread_pct"] == pytest.approx(spread) == round_spread_pct([m / 1e3 for m in medians_ms])
+    assert fields["unsteady"] is unsteady  # 15 % and 5 % against the 10 % bound
+    assert fields["best_round_throughput"] == pytest.approx(2 / (min(medians_ms) / 1e3))  # the fastest round
+    rec = dict(model=LEANVIT, backend="jit", rounds=3, **fields)
+    table = format_table([rec])
+    assert ("unsteady: efficientvit_m0 (jit): its 3 rounds differ by" in table) is unsteady
+    assert (f"{spread:.1f}!" in table) is unsteady
+    monkeypatch.setattr(runner, "ROUND_SPREAD_BOUND_PCT", 20.0)  # the bound is the documented constant
+    assert runner._timing_fields(TimingStats.pooled(rounds), 2, rounds)["unsteady"] is False
+
+
+def test_auto_keeps_each_models_fastest_route() -> None:
+    rec = dict(model=LEANVIT, precision="fp32", channels_last=False, jit_optimize=False, error=None)
+    records = [dict(rec, backend="jit", latency_ms=3.0), dict(rec, backend="openvino", latency_ms=1.5),
+               dict(rec, backend="onnxruntime", latency_ms=1.0, error="RuntimeError: broken"),
+               dict(rec, model=TIMM, backend="jit", latency_ms=2.0), dict(rec, model=TIMM, backend="eager",
+                                                                         latency_ms=2.5)]
+    picked = runner._pick_fastest(records)
+    assert [(r["model"], r["backend"]) for r in picked] == [(LEANVIT, "openvino"), (TIMM, "jit")]  # failed: no pick
+    assert picked[0]["route"] == "openvino fp32 (fastest of 3)"
+    assert picked[0]["route_candidates_ms"] == {"jit fp32": 3.0, "openvino fp32": 1.5, "onnxruntime fp32": 1.0}
+
+
+@pytest.mark.slow
+def test_latency_mode_picks_and_reports_its_route(capsys, tmp_path) -> None:
+    """`leanvit bench --mode latency`: batch 1, 1 thread, every exact route raced, the fastest kept and named."""
+    out = tmp_path / "latency.json"
+    rc = main(["bench", LEANVIT, "--mode", "latency", "--img-size", "64", "--warmup", "0", "--duration", "0.02",
+               "--no-progress", "--out", str(out)])
+    assert rc == 0
+    assert "route picked" in capsys.readouterr().out
+    rec, = json.loads(out.read_text())
+    assert rec["batch_size"] == 1 and rec["threads"] == 1 and rec["error"] is None
+    assert set(rec["route_candidates_ms"]) == {f"{b} fp32" for b in AUTO_ROUTES}
+    assert rec["latency_ms"] == min(rec["route_candidates_ms"].values())
+    assert rec["route"].startswith(f"{rec['backend']} fp32") and rec["rounds"] == runner.AUTO_ROUNDS
+    assert rec["rel_err"] < 1e-3  # an exact route
+
+
+@pytest.mark.slow
+def test_rounds_interleave_every_run() -> None:
+    records = benchmark([LEANVIT, TIMM], backend="eager", rounds=2, **FAST)
+    for rec in records:
+        assert rec["error"] is None and rec["throughput"] == pytest.approx(2 / (rec["latency_ms"] / 1e3), rel=1e-6)
+        # each round: its window, at least one call (a call longer than the window is one by itself)
+        assert rec["rounds"] == 2 and len(rec["round_medians_ms"]) == 2 and rec["iterations"] >= 2
+        assert rec["latency_ms"] == pytest.approx(sum(rec["round_medians_ms"]) / 2)  # median of two rounds
+        assert rec["peak_memory_mb"] is None  # every runtime is alive at once: no per-run peak
 
 
 # --- bad input ---------------------------------------------------------------------------------------
@@ -240,6 +336,12 @@ def test_bf16_onnxruntime_is_refused() -> None:
     (dict(clock="cpu", threads=2), "single-threaded"),
     (dict(clock="tsc"), "clock must be"),
     (dict(backend="onnxruntime", channels_last=True), "channels_last applies to the PyTorch backends"),
+    (dict(rounds=0), "rounds must be an integer >= 1"),
+    (dict(rounds=2, mode="memory"), "rounds interleave timed runs"),
+    (dict(rounds=2, isolate=True), "rounds interleave timed runs"),
+    (dict(backend="auto,jit"), "give it alone"),
+    (dict(backend="auto", precision="bf16"), "picks the fastest exact route"),
+    (dict(backend="auto", mode="train"), "picks the fastest exact route"),
 ])
 def test_invalid_settings(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
@@ -273,10 +375,9 @@ def test_interleaved_medians_alternates_calls() -> None:
 @pytest.mark.slow
 def test_int8_with_roofline_fractions(monkeypatch) -> None:
     # (the executorch backend's lowering costs ~40 s a model: tests/test_mobile.py covers it)
-    import leanvit.bench.runner as runner
-
-    real_peak = runner.matmul_peak
-    monkeypatch.setattr(runner, "matmul_peak", lambda dtype, seconds: real_peak(dtype, seconds=0.05))  # faster
+    monkeypatch.setattr(roofline, "_SIZES", (512,))  # faster; tests/test_roofline.py checks the peaks themselves
+    real_peaks = runner.cpu_peaks
+    monkeypatch.setattr(runner, "cpu_peaks", lambda seconds: real_peaks(seconds=0.05))
     small = dict(FAST, img_size=32)
     if not caps.cpu_has_int8_dot():  # the probe refuses int8 here (test_int8_refusals); run the path a VNNI CPU takes
         with pytest.raises(UnsupportedPrecisionError, match="VNNI"):
@@ -295,6 +396,11 @@ def test_int8_with_roofline_fractions(monkeypatch) -> None:
             assert 0 < rec["roofline_bf16_pct"] <= rec["roofline_fp32_pct"]
         else:
             assert "roofline_bf16_pct" not in rec and "matmul_peak_bf16_gmacs" not in rec
+            assert rec["non_native_vs_fp32"]["bf16"] > 0  # shown only with its measured cost
+        # int8's roof where the CPU has int8 dot products (forced above where it lacks them)
+        assert rec["roofline_int8_pct"] == pytest.approx(
+            100 * rec["macs_m"] * 1e6 * rec["throughput"] / (rec["matmul_peak_int8_gmacs"] * 1e9))
+    assert "matmul peak, 1 thread: fp32" in format_table(records)
     with pytest.raises(ValueError, match="roofline"):
         benchmark([LEANVIT], roofline=True, threads=2, **FAST)
 

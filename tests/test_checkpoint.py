@@ -1,6 +1,7 @@
 """Checkpoint loading/saving across the leanvit, timm and official layouts, and every bad input."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 
@@ -9,11 +10,15 @@ import timm
 import torch
 
 import leanvit
-from leanvit.checkpoint import CheckpointError
+from leanvit.models.checkpoint import CheckpointError
+from leanvit.models.efficientvit_m import EfficientViTM
+from leanvit.models.sepvit import SepViT
+from leanvit.models.shvit import SHViT
 from leanvit.models.signal import signal_images, signal_weights_
 from conftest import CONV_FAMILY_MODELS, assert_logits_close, fast_first
 
-# --- an independent timm -> official rewrite, straight from the spec tables (shvit.md §6, efficientvit_m.md §6).
+# --- an independent timm -> official rewrite, straight from the official key names
+# (ysj9909/SHViT model/shvit.py, microsoft/Cream EfficientViT/classification/model/efficientvit.py).
 _DOWN_SHVIT = {"0": "0.0", "1": "0.1", "2": "1", "3": "2.0", "4": "2.1"}
 _DOWN_EFFVIT = {"res1": "0", "patchmerge": "1", "res2": "2"}
 
@@ -254,3 +259,46 @@ def test_create_model_with_checkpoint_and_module_prefix(tmp_path):
     model = leanvit.create_model("efficientvit_m1", checkpoint=path)
     x = torch.randn(1, 3, 224, 224)
     assert torch.equal(_logits(model, x), _logits(src, x))
+
+
+def _sepvit_lite(**kwargs):
+    return SepViT(**dataclasses.asdict(leanvit.get_config("sepvit_lite").arch), **kwargs)
+
+
+@pytest.mark.parametrize("build", [
+    lambda: SHViT(num_classes=10),
+    lambda: EfficientViTM(num_classes=10, img_size=160),
+    lambda: _sepvit_lite(num_classes=10, img_size=96),
+], ids=["shvit", "efficientvit_m", "sepvit"])
+def test_directly_built_models_save_and_load_back(build, tmp_path):
+    """#24 defect 6: a model built from its class (not by name) carries what saving needs (its family is a
+    class attribute); the file loads back into the same construction, bit-exactly."""
+    src = signal_weights_(build())
+    path = leanvit.save_checkpoint(src, tmp_path / "direct.safetensors")
+    dst = build()
+    assert leanvit.load_checkpoint(dst, path)["layout"] == "leanvit"
+    x = signal_images(2, 96)
+    assert torch.equal(_logits(dst, x), _logits(src, x))
+    if type(src).checkpoint_layouts:  # a foreign layout round trip needs the family too
+        official = leanvit.save_checkpoint(src, tmp_path / "direct.pth", layout=type(src).checkpoint_layouts[0].name)
+        again = build()
+        leanvit.load_checkpoint(again, official)
+        assert torch.equal(_logits(again, x), _logits(src, x))
+
+
+def test_create_model_takes_class_count_and_distillation_from_the_checkpoint(tmp_path):
+    """The one factory builds a name shaped like its checkpoint (what deploying a fine-tuned file needs)."""
+    src = signal_weights_(SHViT(num_classes=10, distillation=True))  # shvit_s1's architecture
+    path = leanvit.save_checkpoint(src, tmp_path / "ft.safetensors")
+    model = leanvit.create_model("shvit_s1", checkpoint=path)
+    assert (model.num_classes, model.distillation) == (10, True)
+    x = signal_images(2, 96)
+    assert torch.equal(_logits(model, x), _logits(src, x))
+    with pytest.raises(CheckpointError, match="10 classes but the model has 7"):
+        leanvit.create_model("shvit_s1", checkpoint=path, num_classes=7)
+
+
+def test_family_is_a_class_attribute_and_the_configs_agree():
+    for cls in (SHViT, EfficientViTM, SepViT):
+        names = leanvit.list_models(family=cls.family)
+        assert names and all(leanvit.get_config(n).family == cls.family for n in names)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,12 +13,14 @@ import pytest
 import torch
 
 from leanvit.cli import main as cli_main
-from leanvit.dense.coco import CocoDetection, DetectionSamples, coco_split, hflip, read_coco_json
+from leanvit.dense.coco import CocoDetection, RandomHorizontalFlip, coco_split, hflip, read_coco_json
 from leanvit.dense.coco_eval import coco_evaluate, detections_to_coco, format_table
 from leanvit.dense.detection_task import DetectionTask
 from leanvit.dense.shapes import SHAPE_CLASSES, render_scene, semantic_map, shapes_coco, write_shapes_coco
-from leanvit.train import load_config
+from leanvit.train import ConfigError, load_config
 from leanvit.train.build import build_optimizer, build_scheduler, name_rule_param_groups
+from leanvit.train.data import SampleDataset
+from leanvit.train.task import TASKS, task_class
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +85,7 @@ def test_flip_mirrors_image_boxes_and_masks(shapes_root: Path) -> None:
         ys, xs = torch.nonzero(mask, as_tuple=True)
         assert box.tolist() == [xs.min().item(), ys.min().item(), xs.max().item() + 1, ys.max().item() + 1]
     # The training flip is a pure function of (seed, epoch, rank, position): resumable, worker-independent.
-    samples = DetectionSamples(ds, flip_prob=0.5, seed=0)
+    samples = SampleDataset(ds, RandomHorizontalFlip(0.5), seed=0)
     flips = [torch.equal(samples[(e, 0, 0, 0)][0], image.flip(-1)) for e in range(20)]
     assert flips == [torch.equal(samples[(e, 0, 0, 0)][0], image.flip(-1)) for e in range(20)]
     assert 3 <= sum(flips) <= 17
@@ -119,7 +123,7 @@ def test_bad_annotations_and_files_are_skipped_and_counted(shapes_root: Path, tm
 def test_corrupt_image_is_skipped_at_load_time(shapes_root: Path, tmp_path: Path) -> None:
     root = _copy(shapes_root, tmp_path)
     (root / "train2017" / "train_000001.png").write_bytes(b"not a png")
-    ds = DetectionSamples(CocoDetection(coco_split(root, "train"), train=True))
+    ds = SampleDataset(CocoDetection(coco_split(root, "train"), train=True))
     image, target, skipped = ds[1]
     assert skipped == (str(root / "train2017" / "train_000001.png"),)
     assert target["image_id"] == 3 and image.shape == (3, 96, 96)  # the next image instead
@@ -228,3 +232,25 @@ def test_bad_detection_configs_are_refused(sets: dict, message: str) -> None:
     cfg = load_config("faster_rcnn_shvit_s4_1x", sets)
     with pytest.raises(ValueError, match=message):
         DetectionTask(cfg)
+
+
+def test_tasks_are_found_by_name_without_import_side_effects() -> None:
+    # TASKS names each task's class; importing leanvit.dense (or leanvit.train) imports and registers nothing.
+    code = ("import sys, leanvit.dense, leanvit.train.task as t; before = dict(t.TASKS); "
+            "tasks = lambda: sorted(m for m in sys.modules if m.endswith('_task')); print(tasks()); "
+            "from leanvit.dense import DetectionTask; print(tasks(), t.TASKS == before); "
+            "print(t.task_class('segmentation').__module__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines() == ["[]", "['leanvit.dense.dense_task', 'leanvit.dense.detection_task'] True",
+                                "leanvit.dense.segmentation_task"]
+    assert all(isinstance(v, str) for v in TASKS.values()) and task_class("detection") is DetectionTask
+    with pytest.raises(ConfigError, match="unknown task.name='pose'; known tasks: classification, detection"):
+        task_class("pose")
+
+
+def test_dense_eval_batch_is_the_training_batch() -> None:
+    cfg = load_config("retinanet_shvit_s4_1x", {"train.batch_size": 3})
+    assert DetectionTask(cfg).eval_batch_size == 2  # the recipe's data.eval_batch_size (mmdet: 2 per GPU)
+    cfg.data.eval_batch_size = None
+    assert DetectionTask(cfg).eval_batch_size == 3
+

@@ -1,4 +1,5 @@
-"""Official mmdet 2.x COCO checkpoints -> leanvit's torchvision detectors (dense.md §1.2, §6).
+"""Official mmdet 2.x COCO checkpoints -> leanvit's torchvision detectors (`EfficientViTFPN` of ysj9909/SHViT
+downstream/efficientvit_fpn.py; mmdet 2.x parameter names).
 
 No checkpoint is downloaded: mmdet-layout state dicts are built from the documented key names and shapes,
 and the loaded torchvision model is compared with an independent plain-torch re-implementation of the
@@ -25,7 +26,7 @@ def _conv(sd: dict, name: str, out_c: int, in_c: int, k: int, gen: torch.Generat
 
 
 def mmdet_state_dict(arch: str, backbone: str, num_classes: int = 80, seed: int = 0) -> dict[str, torch.Tensor]:
-    """An mmdet-layout detector state dict with the documented names and shapes (dense.md §6.2)."""
+    """An mmdet-layout detector state dict with mmdet 2.x's names and shapes (docs/detection.md)."""
     gen = torch.Generator().manual_seed(seed)
     official = leanvit.convert_state_dict(leanvit.create_model(backbone, num_classes=0, img_size=448).state_dict(),
                                           leanvit.get_config(backbone).family, src="leanvit", dst="official")
@@ -67,7 +68,7 @@ def _c(sd: dict, name: str, x: torch.Tensor, **kw) -> torch.Tensor:
 
 
 def reference_neck(sd: dict, feats: list[torch.Tensor], arch: str) -> list[torch.Tensor]:
-    """EfficientViTFPN forward, written from dense.md §1.2 (mmdet semantics)."""
+    """EfficientViTFPN forward, written from ysj9909/SHViT downstream/efficientvit_fpn.py (mmdet semantics)."""
     lat = [_c(sd, f"neck.lateral_convs.{i}.conv", f) for i, f in enumerate(feats)]
     for i in (2, 1):
         lat[i - 1] = lat[i - 1] + F.interpolate(lat[i], size=lat[i - 1].shape[-2:], mode="nearest")

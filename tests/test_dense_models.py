@@ -1,4 +1,4 @@
-"""Dense backbones, the papers' neck and the three torchvision detectors (dense.md §1.2, §3)."""
+"""Dense backbones, the papers' neck and the three torchvision detectors (docs/detection.md)."""
 from __future__ import annotations
 
 import math
@@ -148,7 +148,7 @@ def test_norm_eval_and_frozen_stages() -> None:
 
 
 def test_neck_shapes_match_official_at_800x1216() -> None:
-    # SHViT-S4 at 800x1216 (dense.md §1.2): backbone 50x76, 25x38, 13x19.
+    # SHViT-S4 at 800x1216 (strides 16/32/64, each stride-2 step rounds up): backbone 50x76, 25x38, 13x19.
     feats = [torch.rand(1, c, h, w) for c, (h, w) in zip((224, 336, 448), ((50, 76), (25, 38), (13, 19)))]
     rcnn = fpn_preset("mask_rcnn", (224, 336, 448), (16, 32, 64), out_channels=8)
     sizes = [tuple(o.shape[-2:]) for o in rcnn(feats).values()]
@@ -216,6 +216,7 @@ def test_backbone_loads_imagenet_weights() -> None:
     fresh = [k for k in body.state_dict() if k not in shared]
     assert fresh and all(k.startswith("feature_norms.") or ".attn.pw_qk." in k or ".attn.token_norm." in k for k in fresh)
     assert all(torch.equal(v, body.state_dict()[k]) for k, v in shared.items())
+    assert not any(k.startswith(("norm.", "head.")) for k in body.state_dict())  # SepViT's unused final norm
     with pytest.raises(leanvit.CheckpointError, match="shvit_s2"):
         create_backbone("shvit_s1", checkpoint=leanvit.create_model("shvit_s2").state_dict())
 

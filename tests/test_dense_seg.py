@@ -9,13 +9,16 @@ import math
 from pathlib import Path
 
 import numpy as np
+import onnxruntime
 import pytest
 import torch
 from PIL import Image
 
+import leanvit
+
 from leanvit.dense import SegConfusion, create_segmentor, segment
 from leanvit.dense.ade20k import open_ade20k, open_folder, write_shapes_segmentation
-from leanvit.dense.seg_export import SegExportError, export_segmentor
+from leanvit.deploy.export import ExportVerificationError, export_segmentor
 from leanvit.dense.seg_heads import adaptive_avg_pool2d_exportable
 from leanvit.dense.segmentation_task import SegmentationTask
 from leanvit.models import list_models
@@ -164,17 +167,31 @@ def test_exportable_pyramid_pooling_equals_adaptive_pooling() -> None:
 @pytest.mark.parametrize("arch,name", [("upernet", "efficientvit_m0"), ("semantic_fpn", "shvit_s1")])
 def test_onnx_export_with_dynamic_size_is_verified_at_two_sizes(tmp_path: Path, arch: str, name: str) -> None:
     out = tmp_path / "seg.onnx"
-    result = export_segmentor(_tiny(arch, name), out, "onnx", trace_size=(64, 64), verify_sizes=((64, 96), (96, 48)))
-    assert out.is_file() and list(result.max_abs_diff) == ["1x64x96", "2x96x48"], result.summary()
-    assert max(result.max_abs_diff.values()) <= 1e-4
+    model = _tiny(arch, name)
+    result = export_segmentor(model, out, "onnx", trace_size=(64, 64), verify_sizes=((64, 96), (96, 48)))
+    assert out.is_file() and result.verified, result.summary()
+    assert result.checked_batches == [1, 2] and result.checked_sizes == [(64, 96), (96, 48)]
+    assert result.max_abs_diff <= 1e-4 and result.top1_agreement == 1.0  # per-pixel classes
     assert not list(tmp_path.glob(".seg.onnx.*")), "temporary files left behind"
+    # the artifact itself: input "images" with a free batch, height and width; run at a third size
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["images"]
+    assert [d if isinstance(d, str) else None for d in session.get_inputs()[0].shape] == ["batch", None, "height",
+                                                                                        "width"]
+    x = torch.randn(3, 3, 80, 112)
+    with torch.no_grad():
+        expected = leanvit.fuse(model, target="onnx")(x)
+    got = torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
+    assert got.shape == expected.shape and (got - expected).abs().max() <= 1e-4
 
 
 @pytest.mark.slow
 def test_openvino_export_with_dynamic_size(tmp_path: Path) -> None:
     out = tmp_path / "seg.xml"
     result = export_segmentor(_tiny("upernet"), out, "openvino", trace_size=(64, 64), verify_sizes=((64, 96), (96, 64)))
-    assert out.is_file() and out.with_suffix(".bin").is_file() and len(result.max_abs_diff) == 2, result.summary()
+    assert out.is_file() and out.with_suffix(".bin").is_file() and result.verified, result.summary()
+    assert result.checked_sizes == [(64, 96), (96, 64)] and "from ONNX" in result.exporter
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["seg.bin", "seg.xml"]
 
 
 @pytest.mark.slow
@@ -182,12 +199,15 @@ def test_sepvit_export_at_a_fixed_size_and_a_clear_error_for_dynamic(tmp_path: P
     model = _tiny("semantic_fpn", "sepvit_lite")
     # 64x96 pads every stage's windows (16x24 tokens, windows of 7): the traced padding must hold.
     fixed = export_segmentor(model, tmp_path / "fixed.onnx", "onnx", trace_size=(64, 96), dynamic_size=False)
-    assert list(fixed.max_abs_diff) == ["1x64x96", "2x64x96"], fixed.summary()  # the batch stays free
-    with pytest.raises(SegExportError, match="export with dynamic_size=False"):
+    assert fixed.verified and fixed.checked_batches == [1, 2], fixed.summary()  # the batch stays free
+    assert fixed.checked_sizes == [(64, 96), (64, 96)]
+    with pytest.raises(ExportVerificationError, match="export with dynamic_size=False") as info:
         # Traced at 112x112 the first stages' maps are whole windows (no padding traced); 96x160 needs padding.
         export_segmentor(model, tmp_path / "dyn.onnx", "onnx", trace_size=(112, 112),
                          verify_sizes=((96, 160), (64, 96)))
-    assert not (tmp_path / "dyn.onnx").exists()
+    assert info.value.result.verified is False
+    # one failure policy with the classifiers' exports: the artifact is kept for inspection as PATH.failed
+    assert not (tmp_path / "dyn.onnx").exists() and (tmp_path / "dyn.onnx.failed").is_file()
 
 
 def test_export_refuses_bad_arguments(tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
 """``leanvit segment train | eval | predict`` end to end on the synthetic shapes scenes (a few CPU updates).
 
-Not a quality test (dense.md §8.3 explains why CPU minutes do not train a segmentor): the commands run, a
+Not a quality test (docs/benchmarks.md shows why CPU minutes do not train a segmentor): the commands run, a
 checkpoint's evaluation reproduces the training-time one, predictions are written, and errors are clear.
 """
 from __future__ import annotations

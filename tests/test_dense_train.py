@@ -1,7 +1,7 @@
 """Detection training through leanvit's one loop: synthetic COCO json -> loader -> training -> COCO AP.
 
 Quality only, never time: small detectors must fit a fixed set of synthetic images (evaluated on those
-same images; randomly initialised backbones do not generalise in CPU minutes, dense.md §8.3). Also: a
+same images; randomly initialised backbones do not generalise in CPU minutes, docs/benchmarks.md). Also: a
 resume from a mid-epoch checkpoint gives the uninterrupted run's weights, a 2-process gloo DDP run stays
 in sync and evaluates like one process, and the eval / predict commands work on a trained checkpoint.
 """
@@ -22,7 +22,7 @@ from PIL import Image
 
 from leanvit.cli import main as cli_main
 from leanvit.dense.detection_task import DetectionTask
-from leanvit.dense.predict import evaluate_checkpoint
+from leanvit.dense.options import DetectionEvalOptions
 from leanvit.dense.shapes import write_shapes_coco
 from leanvit.train import Trainer, load_config, train
 
@@ -118,7 +118,7 @@ def test_retinanet_learns_above_untrained(tmp_path: Path) -> None:
     # positive anchors (with 12-57 px objects it reached only AP50 0.017 in 100 updates, measured).
     root = _fit_set(tmp_path / "data", min_side=32, max_side=64)
     untrained, summary = _fit(tmp_path, "retinanet", root, steps=100)
-    # Measured here: untrained AP50 0.0, 0.070 after 100 updates (RetinaNet fits slower than the R-CNNs, §8.3).
+    # Measured here: untrained AP50 0.0, 0.070 after 100 updates (RetinaNet fits slower than the R-CNNs).
     assert untrained["bbox_AP50"] < 0.01
     assert summary["row"]["bbox_AP50"] >= 0.05, (untrained, summary["row"])
 
@@ -185,6 +185,7 @@ def test_two_process_gloo_detection_training(tmp_path: Path) -> None:
     assert results[0]["steps"] == 2  # 4 images / (2 per process x 2 processes) = 1 update per epoch
     row = last_metrics_row(tmp_path / "run")
     # Detections gathered from both ranks score exactly like a single-process evaluation of the same weights.
-    single = evaluate_checkpoint(tmp_path / "run" / "last.ckpt", "shapes", workers=0, device="cpu", progress=False)
+    single = DetectionTask.evaluate_checkpoint(DetectionEvalOptions(
+        checkpoint=str(tmp_path / "run" / "last.ckpt"), data="shapes", workers=0, device="cpu", progress=False))
     assert single["images"] == 3  # sharded 2 + 1, no padding
     assert row["bbox_AP"] == pytest.approx(single["metrics"]["bbox_AP"], abs=1e-4)

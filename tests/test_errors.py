@@ -9,17 +9,17 @@ import pytest
 import leanvit
 import leanvit.bench.runner as runner
 from leanvit.analysis.taxonomy import UnknownOpError
-from leanvit.checkpoint import CheckpointError
+from leanvit.models.checkpoint import CheckpointError
 from leanvit.cli import main
-from leanvit.dense.seg_export import SegExportError
 from leanvit.deploy.capabilities import MissingBackendError, UnsupportedPrecisionError
 from leanvit.deploy.export import ExportVerificationError
+from leanvit.deploy.verify import ArtifactRunError
 from leanvit.errors import LeanViTError, UnknownNameError
 from leanvit.train.config import ConfigError
 from leanvit.train.distributed import CollectiveError
 from leanvit.train.engine import NonFiniteLossError
 from leanvit.train.state import CheckpointWriteError
-from leanvit.weights import WeightsError
+from leanvit.models.weights import WeightsError
 
 PACKAGE = Path(leanvit.__file__).parent
 
@@ -43,7 +43,7 @@ def test_cli_prints_leanvit_errors_and_raises_everything_else(monkeypatch, capsy
 
 @pytest.mark.parametrize("cls", [CheckpointError, WeightsError, UnsupportedPrecisionError, MissingBackendError,
                                  ExportVerificationError, ConfigError, NonFiniteLossError, CheckpointWriteError,
-                                 CollectiveError, SegExportError, UnknownOpError])
+                                 CollectiveError, ArtifactRunError, UnknownOpError])
 def test_named_errors_are_leanvit_errors(cls: type) -> None:
     assert issubclass(cls, LeanViTError)
 
@@ -67,7 +67,7 @@ def test_no_builtin_value_key_or_file_error_is_raised_directly() -> None:
 
 
 def test_segmentation_checkpoint_export_refuses_flags_it_cannot_apply(tmp_path, capsys) -> None:
-    # A segmentation checkpoint goes to the segmentor exporter, which used to drop these flags without a word.
+    # A segmentation checkpoint's export used to drop these flags without a word; the route table refuses them.
     ckpt = tmp_path / "best.ckpt"
     ckpt.write_bytes(b"not read: the flags are refused first")
     out = tmp_path / "seg.onnx"

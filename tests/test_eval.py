@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,9 +14,12 @@ from PIL import Image
 from torchvision import transforms as T
 
 import leanvit
-from leanvit.cli import main
+from leanvit._flags import dataclass_from_args
+from leanvit.cli import build_parser, main
+from leanvit.dense.options import SegmentationEvalOptions
 from leanvit.models.signal import signal_weights_
 from leanvit.train import load_config, read_checkpoint, train
+from leanvit.train.options import ClassificationEvalOptions
 
 from helpers.training import make_image_folder
 
@@ -109,3 +114,25 @@ def test_eval_errors_are_clear(tmp_path: Path, capsys: pytest.CaptureFixture) ->
     leanvit.save_checkpoint(leanvit.create_model("efficientvit_m0", num_classes=2, img_size=32), weights)
     assert main(["eval", "efficientvit_m0", "--checkpoint", str(weights), "--data", str(tmp_path / "nope")]) == 1
     assert "does not exist" in capsys.readouterr().err
+    # A dense training checkpoint: the command that evaluates it is named (the task table), no KeyError.
+    torch.save({"format": "leanvit-train-v1", "task": "segmentation", "model_name": "efficientvit_m0"},
+               tmp_path / "seg.ckpt")
+    assert main(["eval", "efficientvit_m0", "--checkpoint", str(tmp_path / "seg.ckpt"), "--data", str(root)]) == 1
+    assert "is a segmentation checkpoint, not a classification one; use leanvit segment eval" in capsys.readouterr().err
+
+
+def test_eval_task_command_flags_come_from_options_without_torch() -> None:
+    # Every flag of eval / detect * / segment * / train is generated from an options dataclass (instant --help).
+    code = ("import sys; from leanvit.cli import build_parser; "
+            "[build_parser(c) for c in ('eval', 'train', 'detect', 'segment')]; print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+    args = build_parser("eval").parse_args(["eval", "shvit_s1", "--checkpoint", "c.pth", "--data", "d", "--amp",
+                                            "bf16", "--no-progress", "--batch-size", "8"])
+    assert dataclass_from_args(ClassificationEvalOptions, args) == ClassificationEvalOptions(
+        model="shvit_s1", checkpoint="c.pth", data="d", amp="bf16", progress=False, batch_size=8)
+    args = build_parser("segment").parse_args(["segment", "eval", "--checkpoint", "c", "--data", "d", "--scales",
+                                               "0.5", "1", "--flip"])
+    options = dataclass_from_args(SegmentationEvalOptions, args)
+    assert (options.scales, options.flip, options.mode, options.batch_size, options.workers) == ([0.5, 1.0], True,
+                                                                                                 None, 1, 2)

@@ -23,8 +23,8 @@ from leanvit.deploy.export import ExportVerificationError, export_model
 from leanvit.deploy.options import ExportOptions, export_options_from_args
 from leanvit.deploy.runtime import load_artifact
 from leanvit.deploy.verify import BF16_MIN_CORRELATION, BF16_SPREAD_RTOL, FP32_ATOL
-from leanvit.models import logit_agreement, signal_images, signal_weights_
-from leanvit.zoo import build_model, fuse_model, resolve_model
+from leanvit.models import create_model, logit_agreement, signal_images, signal_weights_
+from leanvit.zoo import fuse_model
 
 from conftest import fast_first
 
@@ -34,7 +34,7 @@ SUFFIX = {"onnx": ".onnx", "openvino": ".xml", "torchscript": ".pt"}
 
 
 def _model(name: str) -> torch.nn.Module:
-    return signal_weights_(build_model(resolve_model(name), SIDE), seed=3, img_size=SIDE)
+    return signal_weights_(create_model(name, img_size=SIDE).eval(), seed=3, img_size=SIDE)
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "openvino", "torchscript"])
@@ -210,7 +210,7 @@ def test_openvino_export_uses_split_qkv_form(tmp_path) -> None:
     side = SIDE + 8  # not a multiple of the windows: padded attention windows
     # Calibrated at the size it runs at: with 64-px BatchNorm statistics its 72-px logits reach ~1e7 (measured),
     # which no absolute bound can judge.
-    model = signal_weights_(build_model(resolve_model(LEANVIT), side), seed=3, img_size=side)
+    model = signal_weights_(create_model(LEANVIT, img_size=side).eval(), seed=3, img_size=side)
     out = tmp_path / "m.xml"
     result = export_model(model, "openvino", out, img_size=side)
     assert result.verified and result.max_abs_diff <= FP32_ATOL  # 1.2e-4 measured (verify.py)

@@ -63,14 +63,17 @@ def m0():
 # native (2x2 windows in stage 1, sliced); non-square, padded windows; 6x6 windows (the permute fallback)
 @pytest.mark.parametrize("shape", fast_first([(2, 3, 224, 224), (2, 3, 160, 225), (2, 3, 672, 672)], [(2, 3, 160, 225)]))
 def test_openvino_target_splits_qkv_and_matches(m0, shape):
-    from leanvit.models.efficientvit_m import (
-        CascadedGroupAttention, LocalWindowAttention, _SlicedWindowAttention, _SplitQKVCascadedAttention,
+    from leanvit.layers import WindowedAttention
+    from leanvit.models.efficientvit_m import CascadedGroupAttention
+    from leanvit.models.efficientvit_m_deploy import (
+        MobileWindowAttention, SlicedWindowAttention, SplitQKVCascadedAttention,
     )
 
     fused = leanvit.fuse(m0, target="openvino")
-    attns = [m for m in fused.modules() if isinstance(m, _SplitQKVCascadedAttention)]
-    windows = [m for m in fused.modules() if isinstance(m, LocalWindowAttention)]
-    assert len(windows) == 6 and all(isinstance(w, _SlicedWindowAttention) for w in windows)
+    attns = [m for m in fused.modules() if isinstance(m, SplitQKVCascadedAttention)]
+    windows = [m for m in fused.modules() if isinstance(m, WindowedAttention)]
+    assert len(windows) == 6 and all(type(w) is SlicedWindowAttention for w in windows)
+    assert not any(isinstance(w, MobileWindowAttention) for w in windows)  # OpenVINO keeps its timed chunk
     assert fused.fuse_target == "openvino"
     assert len(attns) == sum(isinstance(m, CascadedGroupAttention) for m in m0.modules()) == 6
     assert not any(isinstance(m, CascadedGroupAttention) for m in fused.modules())
@@ -86,18 +89,20 @@ def test_openvino_target_splits_qkv_and_matches(m0, shape):
 
 @pytest.mark.parametrize("target", ["torch", "onnx"])
 def test_torch_and_onnx_targets_keep_one_qkv_conv(m0, target):
-    from leanvit.models.efficientvit_m import CascadedGroupAttention, _SlicedWindowAttention
+    from leanvit.models.efficientvit_m import CascadedGroupAttention
+    from leanvit.models.efficientvit_m_deploy import SlicedWindowAttention
 
     fused = leanvit.fuse(m0, target=target)
     assert sum(isinstance(m, CascadedGroupAttention) for m in fused.modules()) == 6
-    assert not any(isinstance(m, _SlicedWindowAttention) for m in fused.modules())
+    assert not any(isinstance(m, SlicedWindowAttention) for m in fused.modules())
     assert fused.fuse_target == target
 
 
 def test_bad_fuse_target(m0):
-    from leanvit.zoo import target_for
+    from leanvit.deploy.routes import target_for
 
     with pytest.raises(ValueError, match="'torch', 'openvino', 'onnx'"):
         leanvit.fuse(m0, target="tensorrt")
-    assert [target_for(r) for r in ("openvino", "onnxruntime", "onnx", "jit", "torchscript")] == [
-        "openvino", "onnx", "onnx", "torch", "torch"]
+    assert [target_for(r) for r in ("openvino", "onnxruntime", "onnx", "jit", "torchscript", "executorch", "coreml",
+                                    "pytorch")] == ["openvino", "onnx", "onnx", "torch", "torch", "executorch", "coreml",
+                                                    "torch"]

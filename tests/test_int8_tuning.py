@@ -15,12 +15,13 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from leanvit.deploy.int8 import build_for, eval_transform, load_image_folder, quantize_model
+from leanvit.deploy.images import load_image_folder, model_eval_transform
+from leanvit.deploy.int8 import quantize_model
 from leanvit.deploy.pt2e import load_pytorch_int8
 from leanvit.deploy.quantize import quantize_for
 from leanvit.deploy.tuning import quantizable_units, search_keep_float, tune_runtime
-from leanvit.models import signal_images, signal_weights_
-from leanvit.zoo import build_model, fuse_model, resolve_model
+from leanvit.models import create_model, signal_images, signal_weights_
+from leanvit.zoo import fuse_model
 
 from conftest import assert_logits_close
 
@@ -69,7 +70,7 @@ def test_search_keeps_the_sensitive_unit_in_float() -> None:
 
 def test_quantizable_units_partition_the_layers() -> None:
     for name in ("shvit_s1", "efficientvit_m0", "sepvit_lite"):
-        fused = fuse_model(build_model(resolve_model(name), SIDE), target="onnx")
+        fused = fuse_model(create_model(name, img_size=SIDE).eval(), target="onnx")
         units = quantizable_units(fused)
         assert units[0] == "patch_embed" and units[-1] == "head", name
         assert any(u.endswith(".mixer") or u.endswith(".attn") for u in units), name
@@ -79,7 +80,7 @@ def test_quantizable_units_partition_the_layers() -> None:
 @pytest.mark.openvino_host_isa
 @pytest.mark.slow
 def test_keep_float_leaves_those_modules_unquantised(tmp_path) -> None:
-    model = signal_weights_(build_model(resolve_model("shvit_s1"), SIDE), seed=3, img_size=SIDE)
+    model = signal_weights_(create_model("shvit_s1", img_size=SIDE).eval(), seed=3, img_size=SIDE)
     calib, example = signal_images(8, SIDE, seed=1), torch.zeros(2, 3, SIDE, SIDE)
     kept = "stages.1.blocks.0.mixer"
     art = quantize_for("onnxruntime", fuse_model(model, target="onnx"), example, calib, tmp_path / "m.onnx",
@@ -103,8 +104,9 @@ def test_keep_float_leaves_those_modules_unquantised(tmp_path) -> None:
 
 def _digits(digits_run, target: str, calibration: int, folder: str, images: int):
     """The digits model fused for ``target``, calibration images and labelled images from ``folder``."""
-    fused = fuse_model(build_for(resolve_model("efficientvit_m0"), SIDE, digits_run["ckpt"]), target=target)
-    transform = eval_transform(fused, SIDE)
+    model = create_model("efficientvit_m0", img_size=SIDE, checkpoint=digits_run["ckpt"]).eval()
+    fused = fuse_model(model, target=target)
+    transform = model_eval_transform(fused, SIDE)
     calib, _, _ = load_image_folder(digits_run["calib"], transform, labelled=False, limit=calibration)
     x, labels, _ = load_image_folder(digits_run[folder], transform, labelled=True, limit=images)
     return fused, calib, x, labels
@@ -134,7 +136,7 @@ def test_pytorch_int8_artifact_is_rebuilt_not_unpickled(digits_run, tmp_path) ->
     (tmp_path / "cut.safetensors").write_bytes(Path(art.path).read_bytes()[:1000])
     with pytest.raises(ValueError, match="truncated or corrupt"):
         load_pytorch_int8(tmp_path / "cut.safetensors")
-    timm_fused = fuse_model(build_model(resolve_model("timm:efficientvit_m0"), SIDE))
+    timm_fused = fuse_model(create_model("timm:efficientvit_m0", img_size=SIDE).eval())
     with pytest.raises(ValueError, match="rebuilt from leanvit"):
         quantize_for("pytorch", timm_fused, torch.zeros(2, 3, SIDE, SIDE), calib, tmp_path / "t.safetensors")
     with pytest.raises(ValueError, match="cannot fill one batch"):

@@ -15,8 +15,8 @@ from leanvit.bench.runner import benchmark
 from leanvit.cli import main
 from leanvit.deploy.runtime import TorchRuntime, build_runtime
 from leanvit.deploy.verify import BF16_MIN_CORRELATION, BF16_SPREAD_RTOL
-from leanvit.models import logit_agreement, signal_weights_
-from leanvit.zoo import build_model, fuse_model, resolve_model
+from leanvit.models import create_model, logit_agreement, signal_weights_
+from leanvit.zoo import fuse_model
 
 LEANVIT, TIMM = "efficientvit_m0", "mobilenetv3_small_050"
 SIDE, BATCH = 64, 2
@@ -24,7 +24,7 @@ SIDE, BATCH = 64, 2
 
 def _fused(name: str) -> torch.nn.Module:
     """The fused eval model `leanvit bench` times, with signal weights (so folding is not trivial)."""
-    return fuse_model(signal_weights_(build_model(resolve_model(name), SIDE), seed=0, img_size=SIDE))
+    return fuse_model(signal_weights_(create_model(name, img_size=SIDE).eval(), seed=0, img_size=SIDE))
 
 
 def _example() -> torch.Tensor:

@@ -50,7 +50,7 @@ def test_macs_match_paper(name):
     table = paper_tables()[name]
     macs_m = leanvit.count_macs(leanvit.create_model(name)) / 1e6
     assert abs(macs_m - table["macs_m"]) / table["macs_m"] <= 0.005
-    # Same counter, same convention as the spec's FlopCounterMode column: agree to 0.1M.
+    # Same counter, same convention as the table's flopcounter_fused_div2 column: agree to 0.1M.
     assert abs(macs_m - table["macs_m_detail"]["flopcounter_fused_div2"]) < 0.1
 
 
@@ -200,3 +200,23 @@ def test_register_with_timm():
     feat = timm.create_model("leanvit_shvit_s1", features_only=True, feature_cls="getter")
     outs = feat(torch.randn(1, 3, 224, 224))
     assert [o.shape[1] for o in outs] == [128, 224, 320]
+
+
+def test_one_factory_for_leanvit_and_timm_names(tmp_path):
+    """``create_model`` is the one way to build a model from a name: leanvit's registry first, ``timm:NAME`` for
+    timm's port (same weights layout for EfficientViT-M), options that do not apply refused."""
+    ours = leanvit.create_model("leanvit:efficientvit_m0", img_size=160)
+    theirs = leanvit.create_model("timm:efficientvit_m0", img_size=160, num_classes=10)
+    assert isinstance(ours, leanvit.models.LeanViTModel) and not isinstance(theirs, leanvit.models.LeanViTModel)
+    assert theirs.num_classes == 10 and theirs.patch_embed is not None
+    path = tmp_path / "timm.pth"
+    torch.save(signal_weights_(theirs).state_dict(), path)
+    loaded = leanvit.create_model("timm:efficientvit_m0", img_size=160, num_classes=10, checkpoint=path)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), theirs.state_dict().values()))
+    assert leanvit.models.split_name("levit_128s") == ("timm", "levit_128s")
+    with pytest.raises(ValueError, match="leanvit options"):
+        leanvit.create_model("timm:efficientvit_m0", distillation=True)
+    with pytest.raises(ValueError, match="only apply to pretrained"):
+        leanvit.create_model("shvit_s1", cache_dir=tmp_path)
+    with pytest.raises(KeyError, match="unknown registry prefix"):
+        leanvit.create_model("hf:shvit_s1")

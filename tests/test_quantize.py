@@ -16,12 +16,13 @@ from PIL import Image
 
 from leanvit.cli import build_parser, main
 from leanvit.deploy.export import export_model
-from leanvit.deploy.int8 import load_image_folder, quantize_model
-from leanvit.deploy.names import CALIBRATION_IMAGES
+from leanvit.deploy.images import load_image_folder
+from leanvit.deploy.int8 import quantize_model
+from leanvit.deploy.routes import CALIBRATION_IMAGES
 from leanvit.deploy.options import ExportOptions
 from leanvit.deploy.quantize import mcnemar_exact, quantize_for, top1_report
-from leanvit.models import signal_images, signal_weights_
-from leanvit.zoo import build_model, fuse_model, resolve_model
+from leanvit.models import create_model, signal_images, signal_weights_
+from leanvit.zoo import fuse_model
 
 SIDE = 32  # the digits_run fixture's side (conftest.py)
 
@@ -58,7 +59,7 @@ def test_image_folder_errors(tmp_path) -> None:
 
 @pytest.mark.slow
 def test_onnxruntime_schemes_quantise_what_they_say(tmp_path) -> None:
-    model = signal_weights_(build_model(resolve_model("shvit_s1"), SIDE), seed=3, img_size=SIDE)
+    model = signal_weights_(create_model("shvit_s1", img_size=SIDE).eval(), seed=3, img_size=SIDE)
     fused = fuse_model(model, target="onnx")
     calib, example = signal_images(8, SIDE, seed=1), torch.zeros(2, 3, SIDE, SIDE)
 

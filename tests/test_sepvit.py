@@ -13,14 +13,15 @@ from torch.nn import functional as F
 from torch.utils import flop_counter
 
 import leanvit
+from leanvit.layers import select_out_channels
 from leanvit.models.sepvit import (
-    SepViTBlock, adapt_window_tokens, looks_like_official_sepvit, sepvit_leanvit_to_official,
+    SeparableAttention, SepViTBlock, adapt_window_tokens, looks_like_official_sepvit, sepvit_leanvit_to_official,
     sepvit_official_to_leanvit,
 )
 from leanvit.models.signal import signal_images, signal_weights_
 from conftest import assert_logits_close
 
-# name: (params, GMACs at 224) from the spec (official model definition; fvcore MACs).
+# name: (params, GMACs at 224) of liwei109/SepViT classification/sepvit.py (fvcore MACs).
 TARGETS = {
     "sepvit_lite": (3_661_128, 0.57),
     "sepvit_t": (31_182_856, 4.52),
@@ -68,6 +69,37 @@ def test_count_macs_counts_cpu_attention() -> None:
         "count_macs misses aten._scaled_dot_product_flash_attention_for_cpu: register it with "
         "torch.utils.flop_counter (same formula as aten._scaled_dot_product_flash_attention)"
     )
+
+
+@pytest.mark.parametrize("pointwise", [True, False])
+def test_heads_of_their_own_qk_widths(pointwise: bool) -> None:
+    # Per-head Q/K widths (what leanvit.analysis.taylor.prune_channels sets): removing Q/K channels whose q rows
+    # are zero leaves every logit as it was (the scale stays head_dim ** -0.5), in the eager and the mobile form.
+    torch.manual_seed(0)
+    attn = SeparableAttention(32, 2, pointwise=pointwise).eval()
+    kept = [torch.tensor([0, 3, 5, 9]), torch.arange(1, 16, 2)]
+    C, d = 32, 16
+    with torch.no_grad():
+        for head, keep in enumerate(kept):
+            dropped = torch.ones(d, dtype=torch.bool)
+            dropped[keep] = False
+            rows = head * d + dropped.nonzero().flatten()
+            attn.qkv.weight[rows] = 0
+            attn.qkv.bias[rows] = 0
+    q_rows = torch.cat([head * d + keep for head, keep in enumerate(kept)])
+    narrow = SeparableAttention(32, 2, pointwise=pointwise).eval()
+    narrow.load_state_dict(attn.state_dict())
+    narrow.qkv = select_out_channels(attn.qkv, torch.cat([q_rows, C + q_rows, torch.arange(2 * C, 3 * C)]))
+    narrow.qk_dims = [len(keep) for keep in kept]
+    if pointwise:  # 2 x 2 windows of 2 x 2 pixels, each with its token first
+        seq, grid = torch.randn(2, 4, 5, C), (2, 2, 2, 4, 4)
+    else:
+        seq, grid = torch.randn(2, 1, 9, C), None
+    with torch.no_grad():
+        reference = attn(seq, grid)
+        torch.testing.assert_close(narrow(seq, grid), reference, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(narrow.deploy_form("executorch")(seq, grid), reference, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(attn.deploy_form("executorch")(seq, grid), reference, atol=1e-5, rtol=1e-5)
 
 
 def test_blocks_with_one_window_are_plain_attention() -> None:
@@ -175,7 +207,7 @@ def test_block_without_pointwise_attention_is_global_at_any_size() -> None:
 
 # ------------------------------------------------------------------------------------------- checkpoints
 def _expected_official_keys(dims: tuple[int, ...], depths: tuple[int, ...]) -> set[str]:
-    """Official key names written independently from the spec's list (1000 classes, 224)."""
+    """Official key names written independently from liwei109/SepViT classification/sepvit.py (1000 classes, 224)."""
     keys = set()
     maps = [56, 28, 14, 7]
     for i in range(4):

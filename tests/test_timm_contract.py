@@ -10,7 +10,7 @@ from PIL import Image
 from timm.models import PretrainedCfg
 
 import leanvit
-from leanvit.checkpoint import save_checkpoint
+from leanvit.models.checkpoint import save_checkpoint
 
 TIMM_NAMES = leanvit.register_with_timm()
 # SepViT-T/S/B share SepViT-Lite's structure (strides, heads, token grids) at 2-15x its cost: the forward

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 import leanvit
-from leanvit.checkpoint import QAT_STATE_PREFIX, create_for_checkpoint, read_qat_state, read_state_dict
-from leanvit.deploy.int8 import eval_transform, load_image_folder
+from leanvit.models import create_model
+from leanvit.models.checkpoint import QAT_STATE_PREFIX, read_qat_state, read_state_dict
+from leanvit.deploy.images import load_image_folder, model_eval_transform
 from leanvit.deploy.pt2e import converted_qat
 from leanvit.train import ConfigError, Trainer, load_config
 from leanvit.train.qat import FakeQuantModel
@@ -51,7 +52,7 @@ def test_qat_fine_tunes_and_deploys(digits_run, tmp_path) -> None:
     assert state and not any(k.startswith(QAT_STATE_PREFIX) for k in state)
     raw = torch.load(tmp_path / "qat" / "last.ckpt", weights_only=True)["model"]
     assert any(k.startswith(QAT_STATE_PREFIX) for k in raw)
-    model = create_for_checkpoint("efficientvit_m0", tmp_path / "qat" / "last.ckpt", SIDE)
+    model = create_model("efficientvit_m0", img_size=SIDE, checkpoint=tmp_path / "qat" / "last.ckpt")
     assert model.num_classes == 10
 
     with pytest.raises(RuntimeError, match="does not fit"):
@@ -65,7 +66,7 @@ def test_qat_fine_tunes_and_deploys(digits_run, tmp_path) -> None:
     graph = converted_qat(model, SIDE, scheme, qat_state)
     assert sum("quantize_per" in str(n.target) for n in graph.graph.nodes) > 100  # conv-BN pairs in int8
     fused = fuse_model(model, target="executorch")
-    images, labels, _ = load_image_folder(digits_run["val"], eval_transform(model, SIDE), labelled=True, limit=120)
+    images, labels, _ = load_image_folder(digits_run["val"], model_eval_transform(model, SIDE), labelled=True, limit=120)
     with torch.no_grad():
         int8, fp32 = graph(images), fused(images)
     assert float((int8.argmax(-1) == labels).float().mean()) > 0.8

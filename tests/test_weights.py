@@ -16,9 +16,11 @@ from safetensors.torch import save_file
 
 import leanvit
 import leanvit.models
-from leanvit.checkpoint import save_checkpoint
+from leanvit.models.checkpoint import save_checkpoint
 from leanvit.cli import main as cli_main
-from leanvit.weights import WeightsError, cached_file, fetch
+from leanvit.models.sepvit import sepvit_lite
+from leanvit.models.shvit import shvit_s1
+from leanvit.models.weights import WeightsError, cached_file, fetch
 
 EVIT_OFFICIAL = "xinyuliu-jeffrey/EfficientViT_Model_Zoo/releases/download/v1.0/efficientvit_m0.pth"
 SHVIT_TIMM = "timm/shvit_s1.in1k/resolve/main/model.safetensors"
@@ -174,7 +176,7 @@ def _set_sha256(monkeypatch, name: str, sha256: str) -> None:
     files = tuple(dataclasses.replace(f, sha256=sha256) for f in weights.files)
     patched = dataclasses.replace(cfg, weights=(dataclasses.replace(weights, files=files),))
     real = leanvit.models.get_config
-    monkeypatch.setattr(leanvit.models, "get_config", lambda n: patched if n == name else real(n))
+    monkeypatch.setattr(leanvit.models.weights, "get_config", lambda n: patched if n == name else real(n))
 
 
 def test_offline_error_names_model_urls_and_where_to_put_the_file(serve, tmp_path, monkeypatch):
@@ -236,3 +238,22 @@ def test_weights_command_lists_sources_and_cache(serve, checkpoints, capsys):
     assert "efficientvit_m0.pth" in row_m0 and row_m1.rstrip().endswith("no")
     assert cli_main(["weights", "sepvit_t"]) == 0
     assert "no published weights" in capsys.readouterr().out
+
+
+def test_importable_builders_take_pretrained_like_timm(checkpoints, tmp_path, monkeypatch):
+    """#24 defect 6: ``shvit_s1(pretrained=True)`` is ``create_model("shvit_s1", pretrained=True)`` (a TypeError
+    before); with another class count the body is loaded and the head stays fresh."""
+    local = tmp_path / "local"
+    local.mkdir()
+    (local / "shvit_s1.in1k.safetensors").write_bytes(checkpoints["shvit"].read_bytes())  # timm's hub copy
+    monkeypatch.setenv("LEANVIT_WEIGHTS_DIR", str(local))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = shvit_s1(pretrained=True)
+    assert torch.equal(_logits(model), _reference_logits("shvit_s1", checkpoints["shvit"])[0])
+    assert model.pretrained_cfg["file"] == str(local / "shvit_s1.in1k.safetensors")
+    ten = shvit_s1(pretrained="in1k", num_classes=10)
+    assert ten.num_classes == 10
+    assert torch.equal(ten.stages[2].blocks[0].state_dict()["mixer.m.qkv.conv.weight"],
+                       model.stages[2].blocks[0].state_dict()["mixer.m.qkv.conv.weight"])
+    with pytest.raises(ValueError, match="no published weights"):
+        sepvit_lite(pretrained=True)

@@ -1,4 +1,4 @@
-"""Models and labelled images for the analyses.
+"""Labelled images for the analyses (models come from ``leanvit.create_model``).
 
 Labelled images serve the weight-dependent analyses (head similarity and ablation, Taylor importance).
 
@@ -11,46 +11,19 @@ from __future__ import annotations
 
 from typing import Iterator
 
-import timm
 import torch
-from timm.models import load_checkpoint as timm_load_checkpoint
 from torch import nn
 
-from ..checkpoint import load_checkpoint
 from ..errors import InvalidValueError
-from ..models import create_model
+from ..models._registry import IMAGENET_MEAN, IMAGENET_STD
 from ..train.data import eval_transform, open_source
-from ..zoo import resolve_model
 
-__all__ = ["labelled_batches", "load_model"]
-
-
-def load_model(name: str, img_size: int | None = None, checkpoint: str | None = None,
-               num_classes: int | None = None, **model_kwargs: object) -> tuple[nn.Module, int]:
-    """(eval model, input side) for a leanvit name or ``timm:NAME``: random weights, or ``checkpoint``
-    (leanvit's loader for leanvit models, timm's for timm models). Nothing is downloaded."""
-    spec = resolve_model(name)
-    side = img_size or spec.img_size
-    classes = 1000 if num_classes is None else num_classes
-    if spec.source == "leanvit":
-        model = create_model(spec.name, num_classes=classes, img_size=side, **model_kwargs)
-        if checkpoint:
-            load_checkpoint(model, checkpoint)
-    else:
-        kwargs = dict(model_kwargs, num_classes=classes)
-        if img_size:
-            kwargs["img_size"] = side
-        model = timm.create_model(spec.name, pretrained=False, **kwargs)
-        if checkpoint:
-            timm_load_checkpoint(model, checkpoint)
-    return model.eval(), side
+__all__ = ["labelled_batches"]
 
 
 def _normalisation(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...], float]:
-    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-
     cfg = getattr(model, "pretrained_cfg", None) or {}
-    return (tuple(cfg.get("mean", IMAGENET_DEFAULT_MEAN)), tuple(cfg.get("std", IMAGENET_DEFAULT_STD)),
+    return (tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD)),
             float(cfg.get("crop_pct", 0.875)))
 
 

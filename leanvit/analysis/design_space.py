@@ -9,7 +9,7 @@ Studies (``STUDIES``):
 
 - ``shvit-macro`` (SHViT Fig. 2): (a) 4x4 patchify + 4 stages, (b) 16x16 patchify + 3 stages, (b') = (b) at
   256, (b'') = (b) with attention in stage 1. The paper's per-stage widths are in an image table not yet
-  transcribed: these presets are **provisional** (analyses.md Sec. 3): (b) = SHViT-S1, (a) = two extra
+  transcribed: these presets are **provisional** (leanvit's choice): (b) = SHViT-S1, (a) = two extra
   leading stages at strides 4 and 8 (widths w1/4, w1/2, depth 2) then (b)'s first two stages.
 - ``shvit-tab6`` (SHViT Tab. 6 speed rows on S3): no attention, partial ratio 1/8, 1/4.67 (default), 1/2.
   Row (1) (SHSA -> MHSA) is not built: leanvit has no MHSA block for SHViT yet.

@@ -24,21 +24,13 @@ import torch
 from torch import nn
 
 from ..errors import InvalidValueError
+from .options import DEFINITIONS, GRANULARITIES, REDUCES, TARGETS
 from .taps import HeadTap, tapped
 
 __all__ = [
     "TARGETS", "REDUCES", "GRANULARITIES", "DEFINITIONS", "cosine_matrix", "reduce_similarity",
     "tap_similarity", "head_similarity", "accuracy", "head_ablation",
 ]
-
-TARGETS = ("attention_map", "head_output")
-REDUCES = ("mean_pairs", "max_max", "mean_of_max")
-GRANULARITIES = ("image", "batch")
-# The papers' definitions by name.
-DEFINITIONS = {
-    "shvit": dict(target="attention_map", reduce="mean_pairs"),
-    "efficientvit": dict(target="head_output", reduce="max_max"),
-}
 
 
 def _check(target: str, reduce: str, granularity: str) -> None:

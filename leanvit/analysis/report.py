@@ -12,11 +12,14 @@ import math
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import torch
+
 from .._io import atomic_write_bytes, atomic_write_text
+from .._text import markdown_table
 from ..bench.env import environment
 from ..bench.report import write_results
 
-__all__ = ["markdown_table", "write_table", "save_figure", "run_record"]
+__all__ = ["write_table", "save_figure", "run_record"]
 
 
 def _cell(value: Any) -> str:
@@ -29,19 +32,8 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
-    """A GitHub markdown table of ``rows`` (all keys in first-seen order unless ``columns`` is given)."""
-    if columns is None:
-        columns = list(dict.fromkeys(k for r in rows for k in r))
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_cell(r.get(c)) for c in columns) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
-
-
 def run_record(tool: str, arguments: dict[str, Any], device: str = "cpu", **settings: Any) -> dict[str, Any]:
     """What a result was measured on and with: the tool, its arguments, the environment and the settings."""
-    import torch
-
     return dict(tool=tool, arguments=arguments, environment=environment(device),
                 threads=torch.get_num_threads(), **settings)
 
@@ -50,9 +42,13 @@ def write_table(
     out_dir: str | Path, name: str, rows: Sequence[dict[str, Any]], meta: dict[str, Any],
     *, title: str = "", notes: Sequence[str] = (), columns: Sequence[str] | None = None,
 ) -> list[Path]:
-    """Write ``NAME.md`` (title, notes, table), ``NAME.json`` (``meta`` + rows) and ``NAME.csv``, atomically."""
+    """Write ``NAME.md`` (title, notes, table), ``NAME.json`` (``meta`` + rows) and ``NAME.csv``, atomically.
+
+    The table has ``columns``, or every key of ``rows`` in first-seen order."""
     out = Path(out_dir)
-    md = (f"## {title}\n\n" if title else "") + "".join(f"{n}\n\n" for n in notes) + markdown_table(rows, columns)
+    columns = list(columns) if columns is not None else list(dict.fromkeys(k for r in rows for k in r))
+    table = markdown_table(columns, [[_cell(r.get(c)) for c in columns] for r in rows])
+    md = (f"## {title}\n\n" if title else "") + "".join(f"{n}\n\n" for n in notes) + table
     paths = [atomic_write_text(out / f"{name}.md", md)]
     payload = dict(meta, rows=list(rows))
     paths.append(atomic_write_text(out / f"{name}.json", json.dumps(payload, indent=2, default=str) + "\n"))

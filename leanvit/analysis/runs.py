@@ -13,11 +13,12 @@ import torch
 
 from .._io import atomic_write
 from ..errors import InvalidValueError
-from ..zoo import target_for
+from ..deploy.routes import target_for
 from ..deploy.capabilities import torch_threads
-from ..zoo import fuse_model
+from ..models import create_model
+from ..zoo import fuse_model, resolve_model
 from . import design_space, heads, optime, sepvit_complexity, taylor
-from .data import labelled_batches, load_model
+from .data import labelled_batches
 from .report import run_record, save_figure, write_table
 
 __all__ = [
@@ -42,7 +43,8 @@ def run_op_breakdown(
     with torch_threads(threads):
         balance = optime.machine_balance() if roofline else None
         for name in models:
-            model, side = load_model(name, img_size, checkpoint)
+            side = img_size or resolve_model(name).img_size
+            model = create_model(name, img_size=side, checkpoint=checkpoint).eval()
             fused = fuse_model(model, target_for(backend))
             x = torch.randn(batch_size, 3, side, side)
             meta = run_record("op-breakdown", args, backend=backend, batch_size=batch_size, dtype="float32",
@@ -105,7 +107,8 @@ def run_head_similarity(
                 images=images, batch_size=batch_size, seed=seed, img_size=img_size, checkpoint=checkpoint, **chosen)
     rows = []
     for name in models:
-        model, side = load_model(name, img_size, checkpoint, num_classes)
+        side = img_size or resolve_model(name).img_size
+        model = create_model(name, img_size=side, checkpoint=checkpoint, num_classes=num_classes).eval()
         batches = _batches(data, model, side, images, batch_size, seed)
         for r in heads.head_similarity(model, batches, granularity=granularity, drop_cls=drop_cls, **chosen):
             rows.append(dict(model=name, **r, similarity_pct=100 * r["similarity"]))
@@ -137,7 +140,8 @@ def run_head_ablation(
     """Remove-1 / leave-1 top-1 change per layer (best head of each)."""
     args = dict(model=model_name, data=data, images=images, batch_size=batch_size, seed=seed, img_size=img_size,
                 checkpoint=checkpoint, cascade_mask=cascade_mask)
-    model, side = load_model(model_name, img_size, checkpoint, num_classes)
+    side = img_size or resolve_model(model_name).img_size
+    model = create_model(model_name, img_size=side, checkpoint=checkpoint, num_classes=num_classes).eval()
     rows = heads.head_ablation(model, _batches(data, model, side, images, batch_size, seed), cascade_mask=cascade_mask)
     rows = [dict(model=model_name, **r) for r in rows]
     slug = _slug(model_name)
@@ -168,7 +172,8 @@ def run_taylor(
     args = dict(model=model_name, data=data, keep=keep, images=images, batch_size=batch_size, seed=seed, qk=qk,
                 normalize=normalize, img_size=img_size, checkpoint=checkpoint, prune=prune, parts=list(parts),
                 finetune_epochs=finetune_epochs, lr=lr)
-    model, side = load_model(model_name, img_size, checkpoint, num_classes)
+    side = img_size or resolve_model(model_name).img_size
+    model = create_model(model_name, img_size=side, checkpoint=checkpoint, num_classes=num_classes).eval()
     batches = _batches(data, model, side, images, batch_size, seed, split="train")
     sites, importance, n = taylor.taylor_importance(model, batches, qk=qk)
     masks, rows = taylor.kept_channels(sites, importance, keep, normalize)

@@ -16,6 +16,8 @@ import time
 from typing import Any
 
 import torch
+from timm.models.swin_transformer import SwinTransformerBlock
+from timm.models.twins import GlobalSubSampleAttn, LocallyGroupedAttn
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -26,7 +28,7 @@ from ..models import create_model, get_config, list_models
 from ..models.sepvit import SepViT, stage_sizes
 
 __all__ = [
-    "msa_macs", "swin_wmsa_macs", "dwa_macs", "pwa_macs", "dssa_macs", "twins_gsa_macs", "mlp_macs",
+    "msa_macs", "swin_wmsa_macs", "dwa_macs", "pwa_macs", "dssa_macs", "twins_gsa_macs",
     "sepvit_block_rows", "block_pair_rows", "TWINS_SR_RATIOS",
 ]
 
@@ -79,11 +81,6 @@ def twins_gsa_macs(H: int, W: int, C: int, k: int) -> int:
     return 3 * n * C * C + 2 * m * C * C + 2 * n * m * C
 
 
-def mlp_macs(H: int, W: int, C: int, ratio: float = 4.0) -> int:
-    """Two-layer MLP with hidden width ratio x C: 2 ratio HWC^2."""
-    return int(2 * ratio * H * W * C * C)
-
-
 def _count(fn: Any, *args: Any) -> dict[str, int]:
     """MACs of ``fn(*args)`` per module FQN (root class name stripped) and in total (key '')."""
     counter = FlopCounterMode(display=False, custom_mapping=flop_formulas())
@@ -124,15 +121,11 @@ def sepvit_block_rows(name: str, img_size: int | None = None) -> list[dict[str, 
 
 
 def _swin_pair(H: int, W: int, C: int, heads: int, M: int) -> nn.ModuleList:
-    from timm.models.swin_transformer import SwinTransformerBlock
-
     return nn.ModuleList(SwinTransformerBlock(C, (H, W), num_heads=heads, window_size=M, shift_size=shift)
                          for shift in (0, M // 2))
 
 
 def _twins_pair(C: int, heads: int, M: int, k: int) -> nn.ModuleList:
-    from timm.models.twins import GlobalSubSampleAttn, LocallyGroupedAttn
-
     return nn.ModuleList([LocallyGroupedAttn(C, heads, ws=M), GlobalSubSampleAttn(C, heads, sr_ratio=k)])
 
 

@@ -23,6 +23,9 @@ import contextlib
 from typing import Iterator
 
 import torch
+from timm.layers.attention import Attention
+from timm.models.levit import Attention as LeViTAttention
+from timm.models.swin_transformer import WindowAttention
 from torch import nn
 
 from ..errors import InvalidValueError
@@ -210,14 +213,9 @@ class CascadedGroupAttentionTap(HeadTap):
         return hook
 
 
-def _timm_classes() -> list[tuple[type, type[HeadTap]]]:
-    try:
-        from timm.layers.attention import Attention
-        from timm.models.levit import Attention as LeViTAttention
-        from timm.models.swin_transformer import WindowAttention
-    except ImportError:  # pragma: no cover - timm is a core dependency
-        return []
-    return [(Attention, TimmAttentionTap), (WindowAttention, SwinTap), (LeViTAttention, LeViTTap)]
+# timm's attention modules and their taps (timm is a core dependency).
+_TIMM_TAPS: tuple[tuple[type, type[HeadTap]], ...] = (
+    (Attention, TimmAttentionTap), (WindowAttention, SwinTap), (LeViTAttention, LeViTTap))
 
 
 def _make_tap(name: str, module: nn.Module, prefix_tokens: int) -> HeadTap | None:
@@ -225,7 +223,7 @@ def _make_tap(name: str, module: nn.Module, prefix_tokens: int) -> HeadTap | Non
         return CascadedGroupAttentionTap(name, module, module.num_heads, module.val_dim)
     if isinstance(module, SeparableAttention):
         return SeparableAttentionTap(name, module, module.num_heads, module.head_dim)
-    for cls, tap_cls in _timm_classes():
+    for cls, tap_cls in _TIMM_TAPS:
         if isinstance(module, cls):
             if tap_cls is LeViTTap and module.use_conv:
                 raise InvalidValueError(f"{name}: LeViT attention in conv mode is not supported; use the linear-mode model")

@@ -20,21 +20,23 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import torch
+from timm.layers.attention import Attention
+from timm.models.swin_transformer import WindowAttention
 from torch import nn
 
-import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .._io import atomic_write
 from ..errors import InvalidValueError
-from ..layers.conv_norm import ConvNorm
+from ..layers import ConvNorm, select_in_channels, select_out_channels
+from ..models import create_model
 from ..models.counting import count_macs, count_params
 from ..models.efficientvit_m import CascadedGroupAttention
 from ..models.sepvit import SeparableAttention
 from ..models.shvit import SingleHeadAttention
 from ..train.engine import NonFiniteLossError
-from .data import load_model
+from .options import NORMALIZATIONS, PRUNABLE_PARTS
 
 __all__ = ["GateSite", "find_gate_sites", "taylor_importance", "kept_channels", "prune_channels",
            "PRUNABLE_PARTS", "finetune_pruned", "save_pruned", "load_pruned"]
@@ -81,9 +83,6 @@ def _ffn_site(block: str, module: nn.Module, embed_dim: int, dim: int, key: str)
 def find_gate_sites(model: nn.Module, qk: str = "joint") -> list[GateSite]:
     """Gate sites of every attention block: timm ViT/DeiT/Swin (fused ``qkv`` Linear + ``mlp.fc1``), leanvit
     SepViT (the same), EfficientViT-M (per-head ``qkvs`` + both FFNs' ``pw1``) and SHViT (``qkv`` + ``pw1``)."""
-    from timm.layers.attention import Attention
-    from timm.models.swin_transformer import WindowAttention
-
     sites: list[GateSite] = []
     for name, module in model.named_modules():
         if isinstance(module, (Attention, WindowAttention, SeparableAttention)):
@@ -159,7 +158,7 @@ def kept_channels(
     """Keep the globally top ``keep`` fraction of gated channels: ({gate: bool mask}, rows per block/component)."""
     if not 0 < keep <= 1:
         raise InvalidValueError(f"keep must be in (0, 1], got {keep}")
-    if normalize not in ("mean", "none"):
+    if normalize not in NORMALIZATIONS:
         raise InvalidValueError(f"normalize must be 'mean' or 'none', got {normalize!r}")
     keys = list(importance)
     scores = [importance[k] / importance[k].mean().clamp_min(1e-300) if normalize == "mean" else importance[k]
@@ -198,69 +197,8 @@ def _kept_rows(sites: list[GateSite], masks: dict[tuple[int, str], torch.Tensor]
     return rows
 
 
-
-PRUNABLE_PARTS = ("q", "k", "v", "ffn")
-
-
-# --- physical pruning: exact slicing of the known layers --------------------------------------------------------
-# Each helper returns a new layer holding only the selected output rows / input columns (BatchNorms of conv-BN
-# pairs are sliced with their convs), so pruning a channel whose output is exactly zero leaves the function as is.
-
-
-def _conv_like(conv: nn.Conv2d, in_chs: int, out_chs: int, groups: int) -> nn.Conv2d:
-    return nn.Conv2d(in_chs, out_chs, conv.kernel_size, conv.stride, conv.padding, conv.dilation, groups=groups,
-                     bias=conv.bias is not None, device=conv.weight.device, dtype=conv.weight.dtype)
-
-
-def _select_bn(bn: nn.BatchNorm2d, rows: torch.Tensor) -> nn.BatchNorm2d:
-    out = nn.BatchNorm2d(len(rows), bn.eps, bn.momentum, bn.affine, bn.track_running_stats,
-                                device=bn.weight.device, dtype=bn.weight.dtype)
-    out.load_state_dict({k: (v[rows] if v.dim() else v) for k, v in bn.state_dict().items()})
-    return out.train(bn.training)
-
-
-@torch.no_grad()
-def _select_out(layer: nn.Module, rows: torch.Tensor) -> nn.Module:
-    """``layer`` computing only output channels ``rows`` (ConvNorm, Conv2d dense or depthwise, Linear)."""
-    if isinstance(layer, ConvNorm):
-        layer.conv, layer.bn = _select_out(layer.conv, rows), _select_bn(layer.bn, rows)
-        return layer
-    if isinstance(layer, nn.Conv2d):
-        depthwise = layer.groups == layer.out_channels == layer.in_channels and layer.groups > 1
-        if layer.groups != 1 and not depthwise:
-            raise InvalidValueError(f"cannot slice grouped conv {layer}")
-        out = _conv_like(layer, len(rows) if depthwise else layer.in_channels, len(rows),
-                                len(rows) if depthwise else 1)
-    elif isinstance(layer, nn.Linear):
-        out = nn.Linear(layer.in_features, len(rows), bias=layer.bias is not None, device=layer.weight.device,
-                        dtype=layer.weight.dtype)
-    else:
-        raise TypeError(f"cannot slice the outputs of {type(layer).__name__}")
-    out.weight.copy_(layer.weight[rows])
-    if layer.bias is not None:
-        out.bias.copy_(layer.bias[rows])
-    return out
-
-
-@torch.no_grad()
-def _select_in(layer: nn.Module, cols: torch.Tensor) -> nn.Module:
-    """``layer`` reading only input channels ``cols`` (ConvNorm / dense Conv2d / Linear)."""
-    if isinstance(layer, ConvNorm):
-        layer.conv = _select_in(layer.conv, cols)
-        return layer
-    if isinstance(layer, nn.Conv2d):
-        if layer.groups != 1:
-            raise InvalidValueError(f"cannot slice the inputs of grouped conv {layer}")
-        out = _conv_like(layer, len(cols), layer.out_channels, 1)
-    elif isinstance(layer, nn.Linear):
-        out = nn.Linear(len(cols), layer.out_features, bias=layer.bias is not None, device=layer.weight.device,
-                        dtype=layer.weight.dtype)
-    else:
-        raise TypeError(f"cannot slice the inputs of {type(layer).__name__}")
-    out.weight.copy_(layer.weight[:, cols])
-    if layer.bias is not None:
-        out.bias.copy_(layer.bias)
-    return out
+# --- physical pruning: exact slicing of the known layers (leanvit.layers.slicing) ----------------------------
+# Pruning a channel whose output is exactly zero leaves the function as is.
 
 
 def _kept(mask: torch.Tensor | None, n: int, minimum: int = 1) -> torch.Tensor:
@@ -285,40 +223,6 @@ def _qk_mask(site_index: int, site: GateSite, masks: dict[tuple[int, str], torch
     return masks[(site_index, f"{prefix}q")] & masks[(site_index, f"{prefix}k")]
 
 
-class _PrunedSeparableAttention(SeparableAttention):
-    """:class:`SeparableAttention` whose depthwise-attention heads have their own Q/K widths (``qk_dims``) after
-    :func:`prune_channels`; each head keeps the unpruned scale ``head_dim ** -0.5``. Values are not pruned."""
-
-    qk_dims: list[int]
-
-    def forward(self, seq: torch.Tensor, grid: tuple[int, int, int, int, int] | None = None) -> torch.Tensor:
-        B, N, L, C = seq.shape
-        h, d = self.num_heads, self.head_dim
-        drop = self.attn_drop if self.training else 0.0
-        width = sum(self.qk_dims)
-        q, k, v = self.qkv(seq).reshape(B * N, L, -1).split([width, width, C], dim=-1)
-        v = v.view(B * N, L, h, d).transpose(1, 2)
-        heads = [F.scaled_dot_product_attention(qi.unsqueeze(1), ki.unsqueeze(1), v[:, i:i + 1], dropout_p=drop,
-                                                scale=d ** -0.5)
-                 for i, (qi, ki) in enumerate(zip(q.split(self.qk_dims, -1), k.split(self.qk_dims, -1)))]
-        out = torch.cat(heads, dim=1).transpose(1, 2).reshape(B, N, L, C)
-        if self.inner_residuals:
-            out = out + seq
-        if grid is None:
-            return self.proj_drop(self.proj(out))
-        nh, nw, ws, H, W = grid
-        qk = self.pw_qk(self.token_act(self.token_norm(out[:, :, 0])))
-        pq, pk = qk.view(B, N, 2, h, d).permute(2, 0, 3, 1, 4).unbind(0)
-        feat = out[:, :, 1:].reshape(B, N, ws * ws, h, d).permute(0, 3, 1, 2, 4).reshape(B, h, N, ws * ws * d)
-        mixed = F.scaled_dot_product_attention(pq, pk, feat, dropout_p=drop)
-        if self.inner_residuals:
-            mixed = mixed + feat
-        x = mixed.view(B, h, nh, nw, ws, ws, d).permute(0, 2, 4, 3, 5, 1, 6).reshape(B, nh * ws, nw * ws, C)
-        if nh * ws != H or nw * ws != W:
-            x = x[:, :H, :W]
-        return self.proj_drop(self.proj(x))
-
-
 def _parents(model: nn.Module) -> dict[int, tuple[nn.Module, str]]:
     return {id(child): (parent, name) for parent in model.modules() for name, child in parent.named_children()}
 
@@ -329,8 +233,8 @@ def _prune_ffn(model: nn.Module, parents: dict, site: GateSite, mask: torch.Tens
     if isinstance(getattr(parent, "norm", None), nn.Module) and not isinstance(parent.norm, nn.Identity):
         raise InvalidValueError(f"{type(parent).__name__} with a hidden norm is not supported")
     keep = _kept(mask, len(mask))
-    setattr(parent, name, _select_out(getattr(parent, name), keep))
-    setattr(parent, second, _select_in(getattr(parent, second), keep))
+    setattr(parent, name, select_out_channels(getattr(parent, name), keep))
+    setattr(parent, second, select_in_channels(getattr(parent, second), keep))
     return len(mask) - len(keep)
 
 
@@ -345,8 +249,8 @@ def _prune_cga(module: CascadedGroupAttention, heads: list[tuple[int, GateSite]]
         # heads' without the cascade) can be removed exactly.
         v_prunable = "v" in parts and (i == last or not module.cascade)
         v = _kept(masks[(s, f"h{i}.v")] if v_prunable else None, vd)
-        module.qkvs[i] = _select_out(module.qkvs[i], torch.cat([qk, kd + qk, 2 * kd + v]))
-        module.dws[i] = _select_out(module.dws[i], qk)
+        module.qkvs[i] = select_out_channels(module.qkvs[i], torch.cat([qk, kd + qk, 2 * kd + v]))
+        module.dws[i] = select_out_channels(module.dws[i], qk)
         cols.append(offset + v)
         offset += vd
         key_dims.append(len(qk))
@@ -354,7 +258,7 @@ def _prune_cga(module: CascadedGroupAttention, heads: list[tuple[int, GateSite]]
         removed["q"] += kd - len(qk)
         removed["k"] += kd - len(qk)
         removed["v"] += vd - len(v)
-    module.proj[1] = _select_in(module.proj[1], torch.cat(cols))
+    module.proj[1] = select_in_channels(module.proj[1], torch.cat(cols))
     module.key_dims, module.val_dims = key_dims, val_dims
     return removed
 
@@ -365,8 +269,8 @@ def _prune_shsa(module: SingleHeadAttention, s: int, site: GateSite, masks: dict
     dim = module.proj[1].conv.in_channels if isinstance(module.proj[1], ConvNorm) else module.proj[1].in_channels
     qk = _kept(_qk_mask(s, site, masks, "", parts), qd)
     v = _kept(masks[(s, "v")] if "v" in parts else None, pd)
-    module.qkv = _select_out(module.qkv, torch.cat([qk, qd + qk, 2 * qd + v]))
-    module.proj[1] = _select_in(module.proj[1], torch.cat([v, torch.arange(pd, dim)]))
+    module.qkv = select_out_channels(module.qkv, torch.cat([qk, qd + qk, 2 * qd + v]))
+    module.proj[1] = select_in_channels(module.proj[1], torch.cat([v, torch.arange(pd, dim)]))
     module.qk_dim, module.v_dim = len(qk), len(v)
     return dict(q=qd - len(qk), k=qd - len(qk), v=pd - len(v))
 
@@ -378,8 +282,7 @@ def _prune_sepvit(module: SeparableAttention, s: int, site: GateSite, masks: dic
     mask = _qk_mask(s, site, masks, "", parts)
     per_head = [_kept(None if mask is None else mask[i * d:(i + 1) * d], d) + i * d for i in range(h)]
     qk = torch.cat(per_head)
-    module.qkv = _select_out(module.qkv, torch.cat([qk, C + qk, torch.arange(2 * C, 3 * C)]))
-    module.__class__ = _PrunedSeparableAttention
+    module.qkv = select_out_channels(module.qkv, torch.cat([qk, C + qk, torch.arange(2 * C, 3 * C)]))
     module.qk_dims = [len(p) for p in per_head]
     return dict(q=C - len(qk), k=C - len(qk), v=0)
 
@@ -409,8 +312,9 @@ def prune_channels(
     Not pruned: SepViT values (its inner residual adds the block input to the attention output channel by
     channel, and the pointwise attention mixes whole head maps), SepViT's pointwise-attention ``pw_qk``, and
     timm Attention / WindowAttention Q/K/V (FFN only). Every layer keeps at least one channel (per head for
-    Q/K), the lowest-index one if the mask drops all. Modules with pruned Q/K/V get a private subclass with
-    per-head widths (same state_dict keys, smaller tensors).
+    Q/K), the lowest-index one if the mask drops all. Attention modules with pruned Q/K/V record their per-head
+    widths (``key_dims`` / ``val_dims``, ``qk_dim`` / ``v_dim``, ``qk_dims``) and run them as they are (same
+    state_dict keys, smaller tensors).
     """
     parts = tuple(parts)
     unknown = set(parts) - set(PRUNABLE_PARTS)
@@ -523,7 +427,7 @@ def load_pruned(path: str | Path) -> nn.Module:
         index, key = name[len(_MASK_PREFIX):].split(":", 1)
         masks[(int(index), key)] = tensors.pop(name).bool()
     side = int(meta["img_size"])
-    model, _ = load_model(meta["model"], side, num_classes=int(meta["num_classes"]))
+    model = create_model(meta["model"], img_size=side, num_classes=int(meta["num_classes"])).eval()
     model, _ = prune_channels(model, find_gate_sites(model, meta["qk"]), masks, meta["parts"].split(","), img_size=side)
     model.load_state_dict(tensors)
     return model.eval()

@@ -1,4 +1,4 @@
-"""Child process of ``benchmark(..., isolate=True)``: run one BenchConfig, print its record as JSON.
+"""Child process of ``benchmark(..., isolate=True)``: measure one run, print its record as JSON.
 
 A fresh interpreter gives a clean RSS baseline (nothing left over from earlier models), so the peak
 memory it reports belongs to this model alone.
@@ -8,13 +8,14 @@ from __future__ import annotations
 import json
 import sys
 
-from .runner import BenchConfig, run_config
+from ..zoo import resolve_model
+from .options import BenchOptions
+from .runner import run_single
 
 
 def main(argv: list[str]) -> int:
-    """``python -m leanvit.bench._isolated '<BenchConfig as JSON>'``."""
-    cfg = BenchConfig(**json.loads(argv[0]))
-    print(json.dumps(run_config(cfg)), flush=True)
+    """``python -m leanvit.bench._isolated MODEL '<the run's BenchOptions as JSON>'``."""
+    print(json.dumps(run_single(resolve_model(argv[0]), BenchOptions(**json.loads(argv[1])))), flush=True)
     return 0
 
 

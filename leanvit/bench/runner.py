@@ -8,9 +8,11 @@ a timed window. Each configuration yields one flat record (dict) with the settin
 from __future__ import annotations
 
 import contextlib
+import copy
 import itertools
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -24,50 +26,29 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..deploy import capabilities
-from ..deploy.capabilities import check_jit_optimize, check_precision, quiet_deprecations, torch_threads
-from ..deploy.names import BACKENDS, INT8_BACKENDS, INT8_RUNTIMES, PRECISIONS
+from ..deploy.capabilities import (MissingBackendError, check_jit_optimize, check_precision, quiet_deprecations,
+                                   torch_threads)
+from ..deploy.routes import BACKENDS, PRECISIONS, backend_route, target_for
 from ..deploy.quantize import quantize_for
 from ..deploy.runtime import build_runtime
 from ..deploy.verify import compare_runtime, run_in_batches, verification_images
 from ..errors import InvalidValueError, OperationError
-from ..models import count_macs, count_params
+from ..models import count_macs, count_params, create_model
 from ..models.signal import signal_images, signal_weights_
-from ..zoo import ModelSpec, build_model, count_unfused_norms, fuse_model, resolve_model, target_for
+from ..zoo import ModelSpec, count_unfused_norms, fuse_model, resolve_model
 from .env import environment
 from .memory import PeakMemory, release_freed_memory, rss_mb
-from .roofline import matmul_peak
-from .options import MODES, BenchOptions
-from .timing import TimingStats, measure
+from .options import DEFAULT_DURATION_S, DEFAULT_WARMUP_S, MODES, ROUND_SPREAD_BOUND_PCT, BenchOptions
+from .roofline import cpu_peaks
+from .timing import TimingStats, interleaved_stats, measure, round_spread_pct
 
-__all__ = ["MODES", "BenchOptions", "BenchConfig", "benchmark", "run_config"]
+__all__ = ["MODES", "AUTO_BACKEND", "AUTO_ROUTES", "BenchOptions", "benchmark", "run_single"]
 
 _CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
-
-
-@dataclass(frozen=True)
-class BenchConfig:
-    """One measurement: a model under one mode / backend / precision / batch / thread setting."""
-
-    model: str
-    mode: str = "throughput"
-    backend: str = "jit"
-    precision: str = "fp32"
-    device: str = "cpu"
-    batch_size: int = 16
-    threads: int | None = 1
-    img_size: int | None = None
-    warmup_s: float = 2.0
-    duration_s: float = 10.0
-    fuse: bool = True
-    bf16_mode: str = "autocast"
-    compile_mode: str | None = None
-    count_macs: bool = False
-    perturb_bn: bool = True
-    clock: str = "wall"
-    channels_last: bool = False
-    jit_optimize: bool = False
-    note: str = ""
-    seed: int = 0
+# ``backend="auto"``: race these exact fp32 routes (those whose package is installed) and keep the fastest per model.
+AUTO_BACKEND = "auto"
+AUTO_ROUTES = ("eager", "jit", "onnxruntime", "openvino")
+AUTO_ROUNDS = 3  # interleaved rounds of an auto race when --rounds is not given
 
 
 def _defaults(mode: str, device: str) -> tuple[int, str]:
@@ -85,21 +66,53 @@ def _as_list(value: str | Sequence[str] | None) -> list[str | None]:
     return list(value)
 
 
-def _validate(mode: str, device: str, batch_size: int | None, threads: int | None, img_size: int | None,
-              warmup: float | None, duration: float | None) -> None:
-    if mode not in MODES:
-        raise InvalidValueError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise InvalidValueError(f"device must be 'cpu' or 'cuda[:N]', got {device!r}")
-    if device.startswith("cuda") and not torch.cuda.is_available():
+def _validate(o: BenchOptions) -> None:
+    """Refuse settings that cannot be measured, before anything runs."""
+    if o.mode not in MODES:
+        raise InvalidValueError(f"unknown mode {o.mode!r}; choose from {', '.join(MODES)}")
+    if o.device != "cpu" and not o.device.startswith("cuda"):
+        raise InvalidValueError(f"device must be 'cpu' or 'cuda[:N]', got {o.device!r}")
+    if o.device.startswith("cuda") and not torch.cuda.is_available():
         raise InvalidValueError("device cuda requested but no CUDA GPU is visible; use --device cpu")
-    for name, value, low in (("batch_size", batch_size, 1), ("threads", threads, 1), ("img_size", img_size, 32)):
+    for name, low in (("batch_size", 1), ("threads", 1), ("img_size", 32), ("rounds", 1)):
+        value = getattr(o, name)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < low):
             raise InvalidValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    if warmup is not None and warmup < 0:
-        raise InvalidValueError(f"warmup must be >= 0 seconds, got {warmup}")
-    if duration is not None and duration <= 0:
-        raise InvalidValueError(f"duration must be > 0 seconds, got {duration}")
+    if o.warmup is not None and o.warmup < 0:
+        raise InvalidValueError(f"warmup must be >= 0 seconds, got {o.warmup}")
+    if o.duration is not None and o.duration <= 0:
+        raise InvalidValueError(f"duration must be > 0 seconds, got {o.duration}")
+    if o.clock not in _CLOCKS:
+        raise InvalidValueError(f"clock must be 'wall' or 'cpu', got {o.clock!r}")
+    if o.clock == "cpu" and (o.device != "cpu" or o.threads != 1):
+        raise InvalidValueError("clock='cpu' (process CPU time) equals latency only for single-threaded CPU runs: "
+                                "use it with device cpu and threads 1")
+    if o.roofline and (o.device != "cpu" or o.threads != 1 or o.mode not in ("throughput", "latency")):
+        raise InvalidValueError("roofline fractions compare with the single-thread CPU matmul peak: use them with device "
+                                "cpu, threads 1 and mode throughput or latency")
+    if o.rounds is not None and (o.mode not in ("throughput", "latency") or o.isolate):
+        raise InvalidValueError("rounds interleave timed runs held in one process: use them with mode throughput or "
+                                "latency and without isolate")
+
+
+def _backends(o: BenchOptions) -> list[str]:
+    """The backends to run: the named ones, or for ``auto`` every exact fp32 route whose package is installed."""
+    names = _as_list(o.backend)
+    if AUTO_BACKEND not in names:
+        return names  # type: ignore[return-value]
+    if len(names) > 1:
+        raise InvalidValueError(f"backend {AUTO_BACKEND!r} races {', '.join(AUTO_ROUTES)} by itself: give it alone")
+    if o.mode not in ("throughput", "latency") or _as_list(o.precision) not in ([None], ["fp32"]) or o.device != "cpu":
+        raise InvalidValueError(f"backend {AUTO_BACKEND!r} picks the fastest exact route: CPU, fp32, mode throughput "
+                                "or latency")
+    available = []
+    for route in AUTO_ROUTES:
+        try:
+            capabilities.require_backend(route)
+        except MissingBackendError:
+            continue  # a route this install cannot run is not a candidate
+        available.append(route)
+    return available
 
 
 def benchmark(models: str | Sequence[str], options: BenchOptions | None = None, **changes: Any) -> list[dict[str, Any]]:
@@ -112,7 +125,10 @@ def benchmark(models: str | Sequence[str], options: BenchOptions | None = None, 
     10 s / 60 s). ``isolate`` runs each configuration in a fresh Python process (default: for
     ``memory`` mode on CPU, where an RSS peak is only meaningful in a clean process). ``jit_optimize``
     freezes and ``optimize_for_inference``-s the jit trace (CPU, backend jit only; see
-    :class:`~leanvit.deploy.runtime.TorchRuntime`).
+    :class:`~leanvit.deploy.runtime.TorchRuntime`). ``rounds`` times every run in interleaved rounds
+    in one process (each record then carries its rounds' medians, their spread, and ``unsteady`` beyond
+    :data:`~leanvit.bench.options.ROUND_SPREAD_BOUND_PCT`). ``backend="auto"`` races the exact fp32 routes
+    (:data:`AUTO_ROUTES`) in interleaved rounds and keeps each model's fastest, naming it in ``route``.
 
     All arguments are checked before anything runs: unknown models (KeyError with close names),
     missing backend packages (:class:`~leanvit.deploy.capabilities.MissingBackendError`, naming the pip
@@ -121,90 +137,119 @@ def benchmark(models: str | Sequence[str], options: BenchOptions | None = None, 
     ``error`` field and the others still run.
     """
     o = (options or BenchOptions()).replace(**changes)
-    mode, device, batch_size, threads, img_size = o.mode, o.device, o.batch_size, o.threads, o.img_size
-    warmup, duration, clock, channels_last, jit_optimize = o.warmup, o.duration, o.clock, o.channels_last, o.jit_optimize
     names = [models] if isinstance(models, str) else list(models)
     if not names:
         raise InvalidValueError("no models given")
-    _validate(mode, device, batch_size, threads, img_size, warmup, duration)
-    if clock not in ("wall", "cpu"):
-        raise InvalidValueError(f"clock must be 'wall' or 'cpu', got {clock!r}")
-    if clock == "cpu" and (device != "cpu" or threads != 1):
-        raise InvalidValueError("clock='cpu' (process CPU time) equals latency only for single-threaded CPU runs: "
-                                "use it with device cpu and threads 1")
-    if o.roofline and (device != "cpu" or threads != 1 or mode not in ("throughput", "latency")):
-        raise InvalidValueError("roofline fractions compare with the single-thread CPU matmul peak: use them with device "
-                                "cpu, threads 1 and mode throughput or latency")
-    default_batch, default_precision = _defaults(mode, device)
+    if o.backend is None:  # batch-1 latency on CPU is what an application sees: its fastest exact route
+        exact_cpu = o.device == "cpu" and _as_list(o.precision) in ([None], ["fp32"])
+        o = o.replace(backend=AUTO_BACKEND if o.mode == "latency" and exact_cpu else "jit")
+    _validate(o)
+    auto = AUTO_BACKEND in _as_list(o.backend)
+    if auto and o.rounds is None:
+        o = o.replace(rounds=AUTO_ROUNDS)
+    default_batch, default_precision = _defaults(o.mode, o.device)
     specs = [resolve_model(n) for n in names]  # fails fast on unknown names
-    configs: list[tuple[ModelSpec, BenchConfig]] = []
-    for spec, bk, prec in itertools.product(specs, _as_list(o.backend), _as_list(o.precision)):
+    runs: list[tuple[ModelSpec, BenchOptions, str]] = []
+    for spec, bk, prec in itertools.product(specs, _backends(o), _as_list(o.precision)):
         if bk not in BACKENDS:
-            raise InvalidValueError(f"unknown backend {bk!r}; choose from {', '.join(BACKENDS)}")
+            raise InvalidValueError(f"unknown backend {bk!r}; choose from {', '.join(BACKENDS)} or {AUTO_BACKEND}")
         prec = prec or default_precision
         if prec not in PRECISIONS:
             raise InvalidValueError(f"unknown precision {prec!r}; choose from {', '.join(PRECISIONS)}")
-        if channels_last and bk in ("onnxruntime", "openvino"):
+        if o.channels_last and bk in ("onnxruntime", "openvino"):
+            if auto:
+                continue  # the auto race keeps the PyTorch routes in NHWC; the others pick their own layout
             raise InvalidValueError(f"channels_last applies to the PyTorch backends, not {bk} (it picks its own layout)")
-        if mode == "train" and bk != "eager":
+        if o.mode == "train" and bk != "eager":
             raise InvalidValueError(f"train mode measures eager PyTorch training steps; got backend {bk!r}")
-        if jit_optimize:
-            check_jit_optimize(bk, device)  # refused before anything runs, not recorded as a per-run error
-        used, note = check_precision(prec, bk, device, o.allow_fallback)
-        configs.append((spec, BenchConfig(
-            model=spec.label, mode=mode, backend=bk, precision=used, device=device,
-            batch_size=batch_size or default_batch, threads=threads, img_size=img_size or spec.img_size,
-            warmup_s=2.0 if warmup is None else warmup, duration_s=10.0 if duration is None else duration,
-            fuse=o.fuse and mode != "train", bf16_mode=o.bf16_mode, compile_mode=o.compile_mode,
-            count_macs=o.count_macs or o.roofline, perturb_bn=o.perturb_bn, clock=clock, channels_last=channels_last, jit_optimize=jit_optimize, note=note,
-        )))
-    isolate = o.isolate if o.isolate is not None else mode == "memory" and device == "cpu"
-    env = environment(device)
-    peaks: dict[str, float] = {}
-    if o.roofline:
-        # bf16's roof only where bf16 is native: emulated (AVX2 CPUs) its "peak" is ~100x below fp32's, meaningless
-        roofs = {"bf16": torch.bfloat16, "fp32": torch.float32} if capabilities.cpu_has_bf16() else {"fp32": torch.float32}
-        peaks = {p: matmul_peak(dtype, seconds=0.5) for p, dtype in roofs.items()}
-    records = []
-    bar = tqdm(configs, desc=f"bench {mode}", unit="run", disable=not o.progress, file=sys.stderr)
-    for spec, cfg in bar:
-        bar.set_postfix_str(f"{cfg.model} {cfg.backend} {cfg.precision}")
-        try:
-            rec = _run_isolated(cfg) if isolate else run_config(cfg, spec)
-        except Exception as e:  # one broken model/backend pair must not lose the other results
-            rec = _record(cfg, spec, error=f"{type(e).__name__}: {e}")
-        rec.update(device=env["device"], cpu=env["cpu"], gpu=env["gpu"], versions=env["versions"])
-        if peaks and rec.get("throughput") and rec.get("macs_m"):
-            for p, peak in peaks.items():
-                rec[f"roofline_{p}_pct"] = 100.0 * rec["macs_m"] * 1e6 * rec["throughput"] / peak
-                rec[f"matmul_peak_{p}_gmacs"] = peak / 1e9
-        records.append(rec)
-        if rec.get("throughput"):
-            bar.set_postfix_str(f"{cfg.model} {cfg.backend}: {rec['throughput']:.0f} img/s")
-    return records
+        if o.jit_optimize and not (auto and bk != "jit"):
+            check_jit_optimize(bk, o.device)  # refused before anything runs, not recorded as a per-run error
+        used, note = check_precision(prec, bk, o.device, o.allow_fallback)
+        runs.append((spec, o.replace(
+            backend=bk, precision=used, batch_size=o.batch_size or default_batch, img_size=o.img_size or spec.img_size,
+            warmup=DEFAULT_WARMUP_S if o.warmup is None else o.warmup,
+            duration=DEFAULT_DURATION_S if o.duration is None else o.duration,
+            fuse=o.fuse and o.mode != "train", count_macs=o.count_macs or o.roofline,
+            jit_optimize=o.jit_optimize and bk == "jit"), note))
+    isolate = o.isolate if o.isolate is not None else o.mode == "memory" and o.device == "cpu"
+    env = environment(o.device)
+    peaks = cpu_peaks(seconds=0.5) if o.roofline else None
+    bar = tqdm(total=len(runs), desc=f"bench {o.mode}", unit="run", disable=not o.progress, file=sys.stderr)
+    if o.rounds is not None:
+        records = _race(runs, o.rounds, bar)
+    else:
+        records = []
+        for spec, run, note in runs:
+            bar.set_postfix_str(f"{spec.label} {run.backend} {run.precision}")
+            try:
+                rec = _run_isolated(spec, run) if isolate else run_single(spec, run)
+            except Exception as e:  # one broken model/backend pair must not lose the other results
+                rec = _record(spec, run, error=f"{type(e).__name__}: {e}")
+            records.append(rec)
+            bar.update()
+            if rec.get("throughput"):
+                bar.set_postfix_str(f"{spec.label} {run.backend}: {rec['throughput']:.0f} img/s")
+    bar.close()
+    for rec, (_, _, note) in zip(records, runs):
+        rec.update(device=env["device"], cpu=env["cpu"], gpu=env["gpu"], versions=env["versions"], note=note)
+        if peaks is not None:
+            rec.update(peaks.fields(rec.get("macs_m"), rec.get("throughput")))
+    return _pick_fastest(records) if auto else records
 
 
-def _record(cfg: BenchConfig, spec: ModelSpec, **values: Any) -> dict[str, Any]:
+def _pick_fastest(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One record per model from an auto race: the fastest route that ran and passed, with the others' p50 times."""
+    picked: list[dict[str, Any]] = []
+    for model in dict.fromkeys(r["model"] for r in records):
+        candidates = [r for r in records if r["model"] == model]
+        ok = [r for r in candidates if r.get("latency_ms") and not r.get("error")]
+        best = dict(min(ok, key=lambda r: r["latency_ms"]) if ok else candidates[0])
+        best["route"] = f"{_route_label(best)} (fastest of {len(candidates)})" if ok else None
+        best["route_candidates_ms"] = {_route_label(r): r.get("latency_ms") for r in candidates}
+        picked.append(best)
+    return picked
+
+
+def _route_label(rec: dict[str, Any]) -> str:
+    """A run's route, e.g. 'openvino fp32' or 'jit fp32 CL'."""
+    return f"{rec['backend']} {rec['precision']}" + (" CL" if rec.get("channels_last") else "") + (
+        " opt" if rec.get("jit_optimize") else "")
+
+
+def _record(spec: ModelSpec, run: BenchOptions, **values: Any) -> dict[str, Any]:
     """A result row: identity and settings first, then the measured values (None when not measured)."""
     rec: dict[str, Any] = dict(
-        model=cfg.model, source=spec.source, family=spec.family, top1=spec.top1, mode=cfg.mode,
-        backend=cfg.backend, precision=cfg.precision, device=cfg.device, batch_size=cfg.batch_size,
-        threads=cfg.threads, img_size=cfg.img_size, fused=cfg.fuse, channels_last=cfg.channels_last,
-        jit_optimize=cfg.jit_optimize,
+        model=spec.label, source=spec.source, family=spec.family, top1=spec.top1, mode=run.mode,
+        backend=run.backend, precision=run.precision, device=run.device, batch_size=run.batch_size,
+        threads=run.threads, img_size=run.img_size, fused=run.fuse, channels_last=run.channels_last,
+        jit_optimize=run.jit_optimize,
         throughput=None, latency_ms=None, latency_p90_ms=None, latency_p99_ms=None, spread_pct=None,
-        iterations=None, clock=cfg.clock, peak_memory_mb=None, setup_memory_mb=None, memory_method=None,
+        iterations=None, clock=run.clock, rounds=run.rounds, round_medians_ms=None, round_spread_pct=None,
+        unsteady=None, peak_memory_mb=None, setup_memory_mb=None, memory_method=None,
         max_abs_diff=None, rel_err=None, top1_agreement=None, params_m=None, macs_m=None, unfused_norms=None,
         setup_s=None,
-        warmup_s=cfg.warmup_s, duration_s=cfg.duration_s, note=cfg.note, error=None,
+        warmup_s=run.warmup, duration_s=run.duration, note="", error=None,
     )
     rec.update(values)
     return rec
 
 
-def _timing_fields(stats: TimingStats, batch: int) -> dict[str, Any]:
+def _timing_fields(stats: TimingStats, batch: int, rounds: Sequence[TimingStats] = ()) -> dict[str, Any]:
+    """Throughput and latency of one timed window, or of interleaved ``rounds`` (``stats`` pools their calls:
+    p50 is then the median of the rounds' medians, p90 / p99 / spread those of every call; ``best_round_throughput``
+    that of the fastest round)."""
+    if not rounds:
+        median_s, extra = stats.median_s, {}
+    else:
+        round_medians = [r.median_s for r in rounds]
+        median_s = statistics.median(round_medians)
+        spread = round_spread_pct(round_medians)
+        # load only ever adds time: the fastest round is the least disturbed estimate of the run's own speed
+        extra = dict(round_medians_ms=[1e3 * m for m in round_medians], round_spread_pct=spread,
+                     unsteady=spread > ROUND_SPREAD_BOUND_PCT, best_round_throughput=batch / min(round_medians))
     return dict(
-        throughput=batch / stats.median_s, latency_ms=1e3 * stats.median_s, latency_p90_ms=1e3 * stats.p90_s,
-        latency_p99_ms=1e3 * stats.p99_s, spread_pct=stats.spread_pct, iterations=stats.iterations,
+        throughput=batch / median_s, latency_ms=1e3 * median_s, latency_p90_ms=1e3 * stats.p90_s,
+        latency_p99_ms=1e3 * stats.p99_s, spread_pct=stats.spread_pct, iterations=stats.iterations, **extra,
     )
 
 
@@ -219,89 +264,177 @@ def _cudnn_benchmark(enabled: bool) -> Iterator[None]:
         torch.backends.cudnn.benchmark = saved
 
 
-def run_config(cfg: BenchConfig, spec: ModelSpec | None = None) -> dict[str, Any]:
-    """Run one configuration in this process and return its record."""
-    spec = spec or resolve_model(cfg.model)
-    cuda = cfg.device.startswith("cuda")
-    torch.manual_seed(cfg.seed)
+@contextlib.contextmanager
+def _run_context(run: BenchOptions) -> Iterator[None]:
+    """The process settings every run of ``run``'s kind is built and timed in (threads, cuDNN autotuning)."""
+    cuda = run.device.startswith("cuda")
+    with torch_threads(None if cuda else run.threads), quiet_deprecations(), _cudnn_benchmark(cuda):
+        yield
+
+
+@dataclass
+class _Prepared:
+    """A run built and ready to time: its runtime, timed input and the fp32 eager logits it is checked against."""
+
+    runtime: Any
+    x: Any
+    reference: torch.Tensor
+    values: dict[str, Any]  # record fields known before timing (params, MACs, set-up time and memory)
+
+    def call(self) -> Any:
+        return self.runtime.run(self.x)
+
+    def finish(self, spec: ModelSpec, run: BenchOptions, **values: Any) -> dict[str, Any]:
+        """The run's record: its logits checked against the reference on separate images, then ``values``."""
+        check_images = verification_images(run.batch_size, run.img_size, seed=run.seed + 1)
+        check = compare_runtime(self.reference, self.runtime, check_images, run.batch_size)
+        # int8 artifacts keep their float ops in the runtime's precision (OpenVINO: bf16 on AVX512-BF16 CPUs)
+        precision = run.precision if run.precision == "int8" else getattr(self.runtime, "effective_precision",
+                                                                          run.precision)
+        return _record(spec, run, precision=precision, max_abs_diff=check.max_abs_diff, rel_err=check.rel_err,
+                       top1_agreement=check.top1_agreement, **self.values, **values)
+
+
+def _built_model(spec: ModelSpec, run: BenchOptions, cache: dict[tuple, nn.Module] | None) -> nn.Module:
+    """``spec``'s random-weight eval model for ``run`` (the same weights for every route of one model: a race reuses
+    the last one built through ``cache`` instead of building and perturbing it again for each route)."""
+    key = (spec.ref, run.img_size, run.seed, run.perturb_bn)
+    if cache is not None and key in cache:
+        return cache[key]
+    torch.manual_seed(run.seed)
+    model = create_model(spec.ref, img_size=run.img_size).eval()
+    if run.perturb_bn:
+        signal_weights_(model, seed=run.seed, img_size=run.img_size)  # logits that depend on the input
+    if cache is not None:
+        cache.clear()  # runs come model by model: keep one
+        cache[key] = model
+    return model
+
+
+def _prepare(spec: ModelSpec, run: BenchOptions, base_mb: float | None,
+             cache: dict[tuple, nn.Module] | None = None) -> _Prepared:
+    """Build, fuse and compile ``spec`` for ``run`` (inference modes), with the reference logits."""
+    cuda = run.device.startswith("cuda")
+    t0 = time.perf_counter()
+    model = _built_model(spec, run, cache)
+    torch.manual_seed(run.seed)
+    example = torch.randn(run.batch_size, 3, run.img_size, run.img_size)
+    # fuse_model returns a copy; an unfused model is copied so that a runtime casting it leaves the cached one alone
+    model = fuse_model(model, target=target_for(run.backend)) if run.fuse else copy.deepcopy(model)
+    params = count_params(model) / 1e6
+    norms = count_unfused_norms(model)
+    macs = count_macs(model, run.img_size, fuse_first=False) / 1e6 if run.count_macs else None
+    # fp32 eager logits on separate test images (whole timed-size batches, >= 2 rows for the spread):
+    # what every backend/precision is compared with, also for batch-1 latency runs. The images are
+    # drawn again from their seed for the comparison, so the memory measurement does not hold them.
+    reference = run_in_batches(model, verification_images(run.batch_size, run.img_size, seed=run.seed + 1),
+                               run.batch_size)
+    if run.precision == "int8":
+        runtime = _int8_runtime(model, run, example)
+    else:
+        runtime = build_runtime(model, run.backend, example, precision=run.precision, device=run.device,
+                                threads=run.threads, bf16_mode=run.bf16_mode, compile_mode=run.compile_mode,
+                                channels_last=run.channels_last, jit_optimize=run.jit_optimize)
+    del model
+    setup_s = time.perf_counter() - t0
+    # CPU set-up memory needs the RSS from before the build; a race builds every run first and measures none (and
+    # skips the full garbage collection, whose cost grows with every runtime already built)
+    if base_mb is not None or cuda:
+        release_freed_memory()
+    setup_mb = torch.cuda.memory_allocated() / 2**20 if cuda else None if base_mb is None else rss_mb() - base_mb
+    return _Prepared(runtime, runtime.prepare(example.to(run.device)), reference,
+                     dict(params_m=params, macs_m=macs, unfused_norms=norms, setup_s=setup_s,
+                          setup_memory_mb=setup_mb))
+
+
+def run_single(spec: ModelSpec, run: BenchOptions) -> dict[str, Any]:
+    """Measure one run (``run``: a :class:`BenchOptions` with one backend and precision and its defaults resolved,
+    as :func:`benchmark` makes them) in this process; returns its record."""
+    cuda = run.device.startswith("cuda")
+    torch.manual_seed(run.seed)
     release_freed_memory()
     base_mb = None if cuda else rss_mb()  # CPU memory is counted from before the model exists
-    with torch_threads(None if cuda else cfg.threads), quiet_deprecations(), _cudnn_benchmark(cuda):
-        t0 = time.perf_counter()
-        model = build_model(spec, cfg.img_size)
-        if cfg.perturb_bn:
-            signal_weights_(model, seed=cfg.seed, img_size=cfg.img_size)  # logits that depend on the input
-        example = torch.randn(cfg.batch_size, 3, cfg.img_size, cfg.img_size)
-        if cfg.mode == "train":
-            return _run_train(cfg, spec, model, example, base_mb)
-        if cfg.fuse:
-            model = fuse_model(model, target=target_for(cfg.backend))  # e.g. OpenVINO's own deploy form
-        params = count_params(model) / 1e6
-        norms = count_unfused_norms(model)
-        macs = count_macs(model, cfg.img_size, fuse_first=False) / 1e6 if cfg.count_macs else None
-        # fp32 eager logits on separate test images (whole timed-size batches, >= 2 rows for the spread):
-        # what every backend/precision is compared with, also for batch-1 latency runs. The images are
-        # drawn again from their seed for the comparison, so the memory measurement does not hold them.
-        reference = run_in_batches(model, verification_images(cfg.batch_size, cfg.img_size, seed=cfg.seed + 1),
-                                   cfg.batch_size)
-        if cfg.precision == "int8":
-            runtime = _int8_runtime(model, cfg, example)
-        else:
-            runtime = build_runtime(model, cfg.backend, example, precision=cfg.precision, device=cfg.device,
-                                    threads=cfg.threads, bf16_mode=cfg.bf16_mode, compile_mode=cfg.compile_mode,
-                                    channels_last=cfg.channels_last, jit_optimize=cfg.jit_optimize)
-        del model
-        setup_s = time.perf_counter() - t0
-        release_freed_memory()
-        setup_mb = torch.cuda.memory_allocated() / 2**20 if cuda else rss_mb() - base_mb
-        x = runtime.prepare(example.to(cfg.device))
-        with PeakMemory(cfg.device, base_mb) as mem:
-            if cfg.mode == "memory":
+    with _run_context(run):
+        if run.mode == "train":
+            model = create_model(spec.ref, img_size=run.img_size).eval()
+            if run.perturb_bn:
+                signal_weights_(model, seed=run.seed, img_size=run.img_size)
+            return _run_train(spec, run, model, torch.randn(run.batch_size, 3, run.img_size, run.img_size), base_mb)
+        prepared = _prepare(spec, run, base_mb)
+        with PeakMemory(run.device, base_mb) as mem:
+            if run.mode == "memory":
                 # A few calls reach the steady-state peak; no long timed window needed.
-                stats = measure(lambda: runtime.run(x), warmup_s=0.0, duration_s=1e-9, min_iters=3,
-                                max_iters=3, min_warmup_iters=1, sync=runtime.synchronize)
+                stats = measure(prepared.call, warmup_s=0.0, duration_s=1e-9, min_iters=3, max_iters=3,
+                                min_warmup_iters=1, sync=prepared.runtime.synchronize)
             else:
-                stats = measure(lambda: runtime.run(x), warmup_s=cfg.warmup_s, duration_s=cfg.duration_s,
-                                sync=runtime.synchronize, clock=_CLOCKS[cfg.clock])
-        check_images = verification_images(cfg.batch_size, cfg.img_size, seed=cfg.seed + 1)
-        check = compare_runtime(reference, runtime, check_images, cfg.batch_size)
-    # int8 artifacts keep their float ops in the runtime's precision (OpenVINO: bf16 on AVX512-BF16 CPUs)
-    precision = cfg.precision if cfg.precision == "int8" else getattr(runtime, "effective_precision", cfg.precision)
-    # Three calls in memory mode are not a speed measurement: leave the timings empty.
-    timings = _timing_fields(stats, cfg.batch_size) if cfg.mode != "memory" else {}
-    return _record(cfg, spec, precision=precision, params_m=params, macs_m=macs, unfused_norms=norms,
-                   setup_s=setup_s, max_abs_diff=check.max_abs_diff, rel_err=check.rel_err,
-                   top1_agreement=check.top1_agreement, setup_memory_mb=setup_mb,
-                   peak_memory_mb=mem.peak_mb, memory_method=mem.method, **timings)
+                stats = measure(prepared.call, warmup_s=run.warmup, duration_s=run.duration,
+                                sync=prepared.runtime.synchronize, clock=_CLOCKS[run.clock])
+        # Three calls in memory mode are not a speed measurement: leave the timings empty.
+        timings = _timing_fields(stats, run.batch_size) if run.mode != "memory" else {}
+        return prepared.finish(spec, run, peak_memory_mb=mem.peak_mb, memory_method=mem.method, **timings)
 
 
-def _int8_runtime(model: nn.Module, cfg: BenchConfig, example: torch.Tensor) -> Any:
-    """The int8 artifact of ``model`` for ``cfg.backend`` (leanvit.deploy.quantize), opened in its runtime.
+def _race(runs: Sequence[tuple[ModelSpec, BenchOptions, str]], rounds: int, bar: Any) -> list[dict[str, Any]]:
+    """Build every run, then time them all in ``rounds`` interleaved rounds (one process, one thread setting:
+    all runs share ``benchmark``'s options). Peak memory is not measured: every runtime is alive at once."""
+    if not runs:
+        return []
+    first = runs[0][1]
+    prepared: dict[str, _Prepared] = {}
+    records: dict[int, dict[str, Any]] = {}
+    models: dict[tuple, nn.Module] = {}
+    with _run_context(first):
+        for i, (spec, run, _) in enumerate(runs):
+            bar.set_postfix_str(f"build {spec.label} {run.backend} {run.precision}")
+            try:
+                prepared[str(i)] = _prepare(spec, run, None, models)
+            except Exception as e:  # one broken model/backend pair must not lose the other results
+                records[i] = _record(spec, run, error=f"{type(e).__name__}: {e}")
+        models.clear()
+        bar.set_postfix_str(f"{len(prepared)} runs x {rounds} interleaved rounds")
+        # a call longer than the round's window is a window by itself: one is enough (the rounds give the spread)
+        stats = interleaved_stats({k: p.call for k, p in prepared.items()}, rounds=rounds, duration_s=first.duration,
+                                  warmup_s=first.warmup, clock=_CLOCKS[first.clock], min_iters=1,
+                                  sync={k: p.runtime.synchronize for k, p in prepared.items()})
+        for key, p in prepared.items():
+            spec, run, _ = runs[int(key)]
+            try:
+                records[int(key)] = p.finish(spec, run, **_timing_fields(TimingStats.pooled(stats[key]),
+                                                                         run.batch_size, stats[key]))
+            except Exception as e:
+                records[int(key)] = _record(spec, run, error=f"{type(e).__name__}: {e}")
+            bar.update()
+    return [records[i] for i in range(len(runs))]
+
+
+def _int8_runtime(model: nn.Module, run: BenchOptions, example: torch.Tensor) -> Any:
+    """The int8 artifact of ``model`` for ``run.backend`` (leanvit.deploy.quantize), opened in its runtime.
 
     Calibrated on the benchmark's own signal images: right for timing, meaningless for accuracy (random
     weights); ``leanvit quantize`` measures accuracy on real images."""
-    calibration = signal_images(32, cfg.img_size, seed=cfg.seed + 2)
+    calibration = signal_images(32, run.img_size, seed=run.seed + 2)
     with tempfile.TemporaryDirectory(prefix="leanvit-bench-int8-") as tmp:
-        runtime = INT8_BACKENDS[cfg.backend]
-        path = Path(tmp) / f"model{INT8_RUNTIMES[runtime]}"
-        artifact = quantize_for(runtime, model, example, calibration, path, threads=cfg.threads)
-        return artifact.open(cfg.threads, batch_size=cfg.batch_size)  # every runtime holds its program in memory
+        route = backend_route(run.backend)
+        runtime = route.int8
+        path = Path(tmp) / f"model{route.int8_suffix}"
+        artifact = quantize_for(runtime, model, example, calibration, path, threads=run.threads)
+        return artifact.open(run.threads, batch_size=run.batch_size)  # every runtime holds its program in memory
 
 
-def _run_train(cfg: BenchConfig, spec: ModelSpec, model: nn.Module, example: torch.Tensor,
+def _run_train(spec: ModelSpec, run: BenchOptions, model: nn.Module, example: torch.Tensor,
                base_mb: float | None) -> dict[str, Any]:
     """Training steps/s: forward (AMP on GPU / autocast bf16 on CPU when asked), cross-entropy, backward, AdamW."""
     t0 = time.perf_counter()
-    device = cfg.device
-    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    device = run.device
+    fmt = torch.channels_last if run.channels_last else torch.contiguous_format
     model = model.to(device=device, memory_format=fmt).train()
     params = count_params(model) / 1e6
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = example.to(device).contiguous(memory_format=fmt)
     num_classes = getattr(model, "num_classes", 1000) or 1000
-    target = torch.randint(0, num_classes, (cfg.batch_size,), device=device)
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
-    scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None  # fp16 AMP needs loss scaling
+    target = torch.randint(0, num_classes, (run.batch_size,), device=device)
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(run.precision)
+    scaler = torch.amp.GradScaler("cuda") if run.precision == "fp16" else None  # fp16 AMP needs loss scaling
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
@@ -322,19 +455,19 @@ def _run_train(cfg: BenchConfig, spec: ModelSpec, model: nn.Module, example: tor
     step()  # allocates optimizer state: part of the memory peak, not of the timings
     setup_s = time.perf_counter() - t0
     with PeakMemory(device, base_mb) as mem:
-        stats = measure(step, warmup_s=cfg.warmup_s, duration_s=cfg.duration_s, sync=sync, clock=_CLOCKS[cfg.clock])
-    return _record(cfg, spec, params_m=params, setup_s=setup_s, peak_memory_mb=mem.peak_mb,
-                   memory_method=mem.method, **_timing_fields(stats, cfg.batch_size))
+        stats = measure(step, warmup_s=run.warmup, duration_s=run.duration, sync=sync, clock=_CLOCKS[run.clock])
+    return _record(spec, run, params_m=params, setup_s=setup_s, peak_memory_mb=mem.peak_mb,
+                   memory_method=mem.method, **_timing_fields(stats, run.batch_size))
 
 
-def _run_isolated(cfg: BenchConfig) -> dict[str, Any]:
+def _run_isolated(spec: ModelSpec, run: BenchOptions) -> dict[str, Any]:
     """Run one configuration in a fresh interpreter (clean RSS baseline); returns its record."""
     env = dict(os.environ)
-    if cfg.threads:
+    if run.threads:
         # Thread pools are sized at import in the child; make them match before torch loads.
-        env.update(OMP_NUM_THREADS=str(cfg.threads), MKL_NUM_THREADS=str(cfg.threads))
+        env.update(OMP_NUM_THREADS=str(run.threads), MKL_NUM_THREADS=str(run.threads))
     proc = subprocess.run(
-        [sys.executable, "-m", "leanvit.bench._isolated", json.dumps(asdict(cfg))],
+        [sys.executable, "-m", "leanvit.bench._isolated", spec.label, json.dumps(asdict(run))],
         capture_output=True, text=True, env=env, timeout=1800,
     )
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]

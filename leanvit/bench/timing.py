@@ -2,18 +2,18 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 from ..errors import InvalidValueError
 
-__all__ = ["TimingStats", "measure", "interleaved_medians"]
+__all__ = ["TimingStats", "measure", "interleaved_stats", "interleaved_medians", "round_spread_pct"]
 
 
 @dataclass(frozen=True)
 class TimingStats:
-    """Per-call wall time statistics (seconds) over the timed window."""
+    """Per-call time statistics (seconds) over the timed window (``times``: each call's, in order)."""
 
     iterations: int
     warmup_iterations: int
@@ -24,6 +24,7 @@ class TimingStats:
     p10_s: float
     p90_s: float
     p99_s: float
+    times: tuple[float, ...] = field(default=(), repr=False, compare=False)
 
     @property
     def spread_pct(self) -> float:
@@ -36,7 +37,12 @@ class TimingStats:
         t = np.asarray(times, dtype=np.float64)
         p10, p50, p90, p99 = np.percentile(t, [10, 50, 90, 99])
         return cls(len(t), warmup_iterations, float(t.sum()), float(p50), float(t.mean()), float(t.std()),
-                   float(p10), float(p90), float(p99))
+                   float(p10), float(p90), float(p99), tuple(float(v) for v in t))
+
+    @classmethod
+    def pooled(cls, rounds: Sequence["TimingStats"]) -> "TimingStats":
+        """The statistics of every call of several timed windows together (e.g. interleaved rounds)."""
+        return cls.from_times([t for r in rounds for t in r.times], sum(r.warmup_iterations for r in rounds))
 
 
 def measure(
@@ -82,6 +88,36 @@ def measure(
     return TimingStats.from_times(times, warm)
 
 
+def interleaved_stats(
+    calls: Mapping[str, Callable[[], Any]],
+    *,
+    rounds: int,
+    duration_s: float,
+    warmup_s: float = 1.0,
+    clock: Callable[[], float] = time.perf_counter,
+    sync: Mapping[str, Callable[[], None]] | None = None,
+    min_iters: int = 3,
+) -> dict[str, list[TimingStats]]:
+    """Race ``calls`` in interleaved rounds (A B C ... A B C ...): each is warmed up once for ``warmup_s``,
+    then timed for ``duration_s`` (and at least ``min_iters`` calls) per round; returns each call's per-round
+    statistics.
+
+    On a shared machine, load that comes and goes then hits every call alike instead of whichever
+    happened to be timed at that moment (benchmarks/NOTES.md entries 2 and 15). ``sync`` (per key) runs
+    after every call of that key (``torch.cuda.synchronize`` on GPU)."""
+    if rounds < 1:
+        raise InvalidValueError(f"rounds must be >= 1, got {rounds}")
+    sync = sync or {}
+    for key, fn in calls.items():  # warm-up: warmup_s and at least two calls (TorchScript optimises after its first)
+        measure(fn, warmup_s=warmup_s, duration_s=1e-9, min_iters=1, clock=clock, sync=sync.get(key))
+    stats: dict[str, list[TimingStats]] = {key: [] for key in calls}
+    for _ in range(rounds):
+        for key, fn in calls.items():  # one call brings its weights back into the caches the others used
+            stats[key].append(measure(fn, warmup_s=0.0, min_warmup_iters=1, duration_s=duration_s, min_iters=min_iters,
+                                      clock=clock, sync=sync.get(key)))
+    return stats
+
+
 def interleaved_medians(
     calls: Mapping[str, Callable[[], Any]],
     *,
@@ -90,15 +126,12 @@ def interleaved_medians(
     warmup_s: float = 1.0,
     clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, list[float]]:
-    """Race ``calls`` in interleaved rounds (A B C ... A B C ...): each is warmed up once for ``warmup_s``,
-    then timed for ``duration_s`` per round; returns each call's per-round median call times (seconds).
+    """:func:`interleaved_stats`' per-round median call times (seconds) of each call."""
+    stats = interleaved_stats(calls, rounds=rounds, duration_s=duration_s, warmup_s=warmup_s, clock=clock)
+    return {key: [r.median_s for r in per_round] for key, per_round in stats.items()}
 
-    On a shared machine, load that comes and goes then hits every call alike instead of whichever
-    happened to be timed at that moment (benchmarks/NOTES.md entries 2 and 15)."""
-    for fn in calls.values():
-        measure(fn, warmup_s=warmup_s, duration_s=0.2, clock=clock)
-    medians: dict[str, list[float]] = {key: [] for key in calls}
-    for _ in range(rounds):
-        for key, fn in calls.items():
-            medians[key].append(measure(fn, warmup_s=0.1, duration_s=duration_s, min_iters=3, clock=clock).median_s)
-    return medians
+
+def round_spread_pct(round_medians: Sequence[float]) -> float:
+    """How far interleaved rounds disagree: (slowest - fastest round median) / their median, in percent."""
+    mid = float(np.median(round_medians))
+    return 100.0 * (max(round_medians) - min(round_medians)) / mid if mid > 0 else 0.0

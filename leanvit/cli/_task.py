@@ -11,11 +11,13 @@ import json
 import logging
 import os
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
+
+from .._flags import add_dataclass_flags
+from ..train.options import TrainCommandOptions
 
 __all__ = ["TRAIN_FLAG_KEYS", "DENSE_FLAG_KEYS", "setup_logging", "on_main_process", "print_evaluation",
-           "add_command_group", "add_train_flags", "add_checkpoint_eval_flags", "add_checkpoint_predict_flags",
-           "run_train", "best_metric_line"]
+           "add_command_group", "add_train_flags", "run_train", "best_metric_line"]
 
 # Command-line flags -> config keys (applied after the recipe, before --set); --resume is applied apart.
 TRAIN_FLAG_KEYS = {
@@ -23,9 +25,6 @@ TRAIN_FLAG_KEYS = {
     "output": "output", "max_steps": "train.max_steps", "seed": "train.seed", "finetune": "finetune.checkpoint",
 }
 DENSE_FLAG_KEYS = {**TRAIN_FLAG_KEYS, "backbone_checkpoint": "task.backbone_checkpoint"}
-
-_DENSE_BATCH_HELP = "images per process per step (official: 2 x 8 GPUs = 16)"
-_DENSE_RESUME_HELP = "training checkpoint to continue exactly (e.g. OUTPUT/last.ckpt)"
 
 
 def setup_logging() -> None:
@@ -60,62 +59,10 @@ def add_command_group(subparsers: argparse._SubParsersAction, command: str, *, h
     return group.add_subparsers(dest=f"{command}_command", metavar="SUBCOMMAND")
 
 
-def add_train_flags(p: argparse.ArgumentParser, *, recipe_help: str, data_help: str, finetune_help: str,
-                    set_help: str, model_help: str = "backbone (a leanvit model name; default: the recipe's)",
-                    backbone_checkpoint: bool = True, batch_size_help: str = _DENSE_BATCH_HELP,
-                    max_steps_help: str = "stop after this many optimizer updates",
-                    resume_help: str = _DENSE_RESUME_HELP, no_resume_help: str | None = None) -> None:
-    """The flags of every ``train`` command (see :data:`TRAIN_FLAG_KEYS`), with the task's help texts.
-
-    ``backbone_checkpoint`` adds ``--backbone-checkpoint`` (dense tasks); ``no_resume_help`` adds
-    ``--no-resume``, exclusive with ``--resume``.
-    """
-    p.add_argument("--recipe", help=recipe_help)
-    p.add_argument("--data", help=data_help)
-    p.add_argument("--model", help=model_help)
-    if backbone_checkpoint:
-        p.add_argument("--backbone-checkpoint",
-                       help="ImageNet weights for the backbone (leanvit, timm or official file)")
-    p.add_argument("--finetune", help=finetune_help)
-    p.add_argument("--output", help="output directory")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int, help=batch_size_help)
-    p.add_argument("--max-steps", type=int, help=max_steps_help)
-    p.add_argument("--seed", type=int)
-    if no_resume_help is None:
-        p.add_argument("--resume", help=resume_help)
-    else:
-        resume = p.add_mutually_exclusive_group()
-        resume.add_argument("--resume", help=resume_help)
-        resume.add_argument("--no-resume", action="store_true", help=no_resume_help)
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=set_help)
-    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-
-
-def add_checkpoint_eval_flags(p: argparse.ArgumentParser, *, checkpoint_help: str, data_help: str,
-                              batch_size_default: int | None = None) -> None:
-    """The flags of ``detect eval`` / ``segment eval``: a dense checkpoint, its data, and how to run.
-
-    ``batch_size_default`` adds ``--batch-size`` (images per evaluation batch) with that default.
-    """
-    p.add_argument("--checkpoint", required=True, help=checkpoint_help)
-    p.add_argument("--data", required=True, help=data_help)
-    p.add_argument("--ema", action="store_true", help="evaluate the EMA weights")
-    if batch_size_default is not None:
-        p.add_argument("--batch-size", type=int, default=batch_size_default)
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--out", help="write the results as JSON to this file")
-    p.add_argument("--no-progress", action="store_true")
-
-
-def add_checkpoint_predict_flags(p: argparse.ArgumentParser, *, checkpoint_help: str, out_help: str) -> None:
-    """The flags of ``detect predict`` / ``segment predict``: images, a dense checkpoint, the output folder."""
-    p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--checkpoint", required=True, help=checkpoint_help)
-    p.add_argument("--out", required=True, help=out_help)
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--ema", action="store_true")
+def add_train_flags(p: argparse.ArgumentParser, exclude: Sequence[str] = (), **helps: str) -> None:
+    """The flags of every ``train`` command (:class:`~leanvit.train.options.TrainCommandOptions`; see
+    :data:`TRAIN_FLAG_KEYS`) without those in ``exclude``, with the task's help texts (``helps``: field -> text)."""
+    add_dataclass_flags(p, TrainCommandOptions, exclude, helps)
 
 
 def best_metric_line(number_format: str) -> Callable[[dict[str, Any]], str | None]:

@@ -9,7 +9,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..bench.options import PAPER_DURATION_S, PAPER_WARMUP_S, add_option_flags, options_from_args
+from ..bench.options import DEMO_OPTIONS, PAPER_DURATION_S, PAPER_WARMUP_S, add_option_flags, options_from_args
 from ..errors import InvalidValueError
 
 __all__ = ["register"]
@@ -34,13 +34,16 @@ def register(subparsers: Any) -> None:
 
     d = subparsers.add_parser(
         "demo", help="benchmark the leanvit zoo and baselines on this machine",
-        description="Throughput of every leanvit model and a few timm baselines (fused, traced, batch 16, "
-                    "1 thread, short windows); writes results.md/.csv/.json and speed.png into --out.",
+        description="Throughput of every leanvit model and a few timm baselines (fused, batch 16, 1 thread): the "
+                    "papers' jit protocol and OpenVINO fp32, short windows in interleaved rounds on the process CPU "
+                    "clock (steady on a busy machine), each model's spread between rounds, unsteady results marked, "
+                    "each family's measured order checked against the papers'; writes results.md/.csv/.json and "
+                    "speed.png (fastest exact route next to the papers' protocol) into --out.",
     )
     d.add_argument("--out", type=Path, default=Path("out/demo"), help="output directory (default: out/demo)")
     d.add_argument("--models", nargs="*", default=None, help=DEMO_HELP)
     d.add_argument("--baselines", nargs="*", default=None, help="timm baselines (default: the papers' comparisons)")
-    add_option_flags(d, exclude=("mode", "count_macs", "isolate"), warmup=0.5, duration=1.5)
+    add_option_flags(d, exclude=("mode", "count_macs", "isolate"), defaults=DEMO_OPTIONS)
     d.set_defaults(func=_demo)
 
 

@@ -44,7 +44,7 @@ def _cmd_flops(args: argparse.Namespace) -> int:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from ..checkpoint import load_checkpoint, save_checkpoint
+    from ..models.checkpoint import load_checkpoint, save_checkpoint
     from ..models import create_model
 
     model = create_model(args.model, num_classes=args.num_classes, img_size=args.img_size)

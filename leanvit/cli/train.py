@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from .._flags import add_dataclass_flags, dataclass_from_args
+from ..train.options import ClassificationEvalOptions
 from ._task import TRAIN_FLAG_KEYS, add_train_flags, print_evaluation, run_train, setup_logging
 
 __all__ = ["register"]
@@ -19,37 +21,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "checkpoint. SIGTERM/SIGUSR1/SIGINT: finish the update, write a checkpoint, exit with code 75.",
     )
     add_train_flags(
-        p, recipe_help="recipe name or YAML path, 'a+b' to compose (default: quick, or the checkpoint's own config "
-                       "with --resume)",
-        data_help="ImageFolder root (train/ + val/ or validation/), 'digits' or 'fake'",
-        model_help="model name (default: the recipe's)", backbone_checkpoint=False,
-        finetune_help="weights to start from (leanvit, timm or official file); new head if the class count differs",
-        batch_size_help="batch size per process",
-        resume_help="training checkpoint to continue exactly (e.g. OUTPUT/last.ckpt), with its own config; flags "
-                    "and --set change it. Default: continue the run in OUTPUT if there is one and its config matches",
-        no_resume_help="never continue a run: an OUTPUT that holds one is refused",
-        set_help="override any config key, e.g. --set optim.lr=2e-3 --set aug.mixup=0 (repeatable)")
-    p.add_argument("--list-recipes", action="store_true", help="list the known recipes and exit")
+        p, exclude=("backbone_checkpoint",),
+        recipe="recipe name or YAML path, 'a+b' to compose (default: quick, or the checkpoint's own config with "
+               "--resume)",
+        data="ImageFolder root (train/ + val/ or validation/), 'digits' or 'fake'",
+        model="model name (default: the recipe's)",
+        finetune="weights to start from (leanvit, timm or official file); new head if the class count differs",
+        batch_size="batch size per process",
+        resume="training checkpoint to continue exactly (e.g. OUTPUT/last.ckpt), with its own config; flags and --set "
+               "change it. Default: continue the run in OUTPUT if there is one and its config matches",
+        overrides="override any config key, e.g. --set optim.lr=2e-3 --set aug.mixup=0 (repeatable)")
     p.set_defaults(func=_train)
 
     e = subparsers.add_parser("eval", help="evaluate a checkpoint: top-1, top-5, loss, throughput",
                               description="Evaluate a leanvit training checkpoint or an official/timm weights file.")
-    e.add_argument("model", help="model name, e.g. shvit_s1")
-    e.add_argument("--checkpoint", required=True, help="weights file")
-    e.add_argument("--data", required=True, help="ImageFolder root (its val/ or validation/ split), 'digits' or 'fake'")
-    e.add_argument("--split", help="split folder name (default: val, else validation)")
-    e.add_argument("--img-size", type=int, help="input size (default: the checkpoint's or the model's)")
-    e.add_argument("--crop-pct", type=float, help="resize to img_size / crop_pct before the centre crop (0.875)")
-    e.add_argument("--batch-size", type=int, default=128)
-    e.add_argument("--workers", type=int, default=4)
-    e.add_argument("--ema", action="store_true", help="evaluate the EMA weights")
-    e.add_argument("--fuse", action="store_true", help="fold BatchNorms (leanvit.fuse) before evaluating")
-    e.add_argument("--amp", choices=("none", "bf16", "fp16", "auto"), default="none")
-    e.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    e.add_argument("--channels-last", action="store_true")
-    e.add_argument("--num-classes", type=int, help="class count of a foreign checkpoint (default: from its head)")
-    e.add_argument("--out", help="write the results as JSON to this file")
-    e.add_argument("--no-progress", action="store_true")
+    add_dataclass_flags(e, ClassificationEvalOptions)
     e.set_defaults(func=_eval)
 
 
@@ -70,14 +56,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from ..train.evaluate import evaluate
+    from ..train.classification import ClassificationTask
 
     setup_logging()
-    result = evaluate(
-        args.model, args.checkpoint, args.data, split=args.split, img_size=args.img_size, crop_pct=args.crop_pct,
-        batch_size=args.batch_size, workers=args.workers, ema=args.ema, fuse=args.fuse, amp=args.amp,
-        device=args.device, channels_last=args.channels_last, num_classes=args.num_classes, out=args.out,
-        progress=not args.no_progress,
-    )
-    print_evaluation(result)
+    print_evaluation(ClassificationTask.evaluate_checkpoint(dataclass_from_args(ClassificationEvalOptions, args)))
     return 0

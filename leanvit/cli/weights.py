@@ -9,7 +9,7 @@ __all__ = ["register"]
 
 
 def _cmd_weights(args: argparse.Namespace) -> int:
-    from ..weights import list_weights
+    from ..models.weights import list_weights
 
     rows = list_weights(args.name or "*", cache_dir=args.cache_dir)
     if not rows:

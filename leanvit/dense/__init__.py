@@ -1,24 +1,25 @@
 """Dense prediction on leanvit backbones: COCO detection / instance segmentation and semantic segmentation.
 
 Built on torchvision's detectors with the official (mmdet 2.x / mmseg 0.x) configurations; see
-docs/detection.md and the project spec dense.md.
+docs/detection.md and docs/segmentation.md.
 """
-from .backbone import DenseBackbone, create_backbone, dense_model_kwargs
-from .coco import CocoDetection, coco_split
-from .coco_eval import coco_evaluate
-from .detection_task import DetectionTask
-from .detectors import DetectionBackbone, create_detector, label_offset
-from .mmdet import load_mmdet_checkpoint, torchvision_to_mmdet
-from .necks import DenseFPN, fpn_preset
-from .predict import evaluate_checkpoint, load_detector, predict_images
-from .seg_metrics import SegConfusion
-from .segmentation_task import SegmentationTask
-from .segmentors import Segmentor, create_segmentor, segment
+from __future__ import annotations
 
-__all__ = [
-    "DenseBackbone", "create_backbone", "dense_model_kwargs", "DenseFPN", "fpn_preset", "DetectionBackbone",
-    "create_detector", "label_offset", "load_mmdet_checkpoint", "torchvision_to_mmdet",
-    "Segmentor", "create_segmentor", "segment", "SegConfusion", "SegmentationTask",
-    "CocoDetection", "coco_split", "coco_evaluate", "DetectionTask", "load_detector", "evaluate_checkpoint",
-    "predict_images",
-]
+from .._lazy import lazy_exports
+
+# public name -> module that defines it; imported on first use (PEP 562), so that ``leanvit.dense.options``
+# (the torch-free source of the detect / segment flags) imports without torch, and importing the package
+# registers nothing.
+_EXPORTS = {
+    "DenseBackbone": "backbone", "create_backbone": "backbone", "dense_model_kwargs": "backbone",
+    "CocoDetection": "coco", "coco_split": "coco", "coco_evaluate": "coco_eval", "DetectionTask": "detection_task",
+    "DetectionBackbone": "detectors", "create_detector": "detectors", "label_offset": "detectors",
+    "load_mmdet_checkpoint": "mmdet", "torchvision_to_mmdet": "mmdet", "DenseFPN": "necks", "fpn_preset": "necks",
+    "load_detector": "predict", "predict_images": "predict", "SegConfusion": "seg_metrics",
+    "SegmentationTask": "segmentation_task", "Segmentor": "segmentors", "create_segmentor": "segmentors",
+    "segment": "segmentors",
+}
+
+__all__ = list(_EXPORTS)
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -1,6 +1,6 @@
 """Semantic segmentation data: ADE20K, any image / label-PNG folder, the mmseg pipelines, colour maps.
 
-Layouts (dense.md §7):
+Layouts (mmseg's ADEChallengeData2016 and plain image/mask folders):
 
 * ADE20K: ``ROOT/ADEChallengeData2016/images/{training,validation}/*.jpg`` with label PNGs of the same stem
   in ``annotations/{training,validation}/``; 0 = "other" becomes the ignore index and l -> l - 1
@@ -13,7 +13,7 @@ unreadable file, an image / label size mismatch or label values outside the clas
 :class:`~leanvit.train.data.BadImageError` on load, which the training loader skips and counts;
 ``strict=True`` turns both into a ``ValueError`` instead.
 
-Pipelines (mmseg 0.x ADE20K, dense.md §4.4): :class:`SegTrainTransform` = random rescale into
+Pipelines (mmseg 0.x ADE20K, SepViT's ``_base_/datasets/ade20k.py``): :class:`SegTrainTransform` = random rescale into
 (2048 r, 512 r), r ~ U(0.5, 2) -> random 512 crop re-drawn while one class covers >= 75 % -> flip ->
 photometric distortion (torchvision's SSD-style ``RandomPhotometricDistort``; its brightness is a factor
 0.875-1.125 where mmseg adds +-32) -> normalise -> pad with 0 / ignore. :class:`SegEvalTransform` fits the
@@ -24,32 +24,31 @@ from __future__ import annotations
 import colorsys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 from torchvision.utils import draw_segmentation_masks
 
 from .._io import atomic_write, atomic_write_text
 from ..errors import InvalidValueError, MissingFileError
-from ..train.data import BadImageError, load_skipping_bad, resumable_train_loader, sample_seed, sharded_eval_loader
+from ..models._registry import IMAGENET_MEAN, IMAGENET_STD
+from ..train.data import BadImageError, split_dir
 from .mmdet_pipeline import mmcv_rescale_size, resize_8bit_like_cv2
 from .shapes import SHAPE_CLASSES, SPLIT_SEED_OFFSET, render_scene, semantic_map
 
 __all__ = [
     "ADE20K_CLASSES", "SegmentationSource", "open_ade20k", "open_folder", "SegTrainTransform", "SegEvalTransform",
-    "palette", "colorize", "overlay", "IMAGENET_MEAN", "IMAGENET_STD", "SegSamples", "build_seg_loaders",
+    "palette", "colorize", "overlay", "IMAGENET_MEAN", "IMAGENET_STD",
     "write_shapes_segmentation", "SHAPES_SEG_CLASSES",
 ]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 ADE20K_CLASSES = (
     "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass", "cabinet",
@@ -121,9 +120,9 @@ class SegmentationSource(Dataset):
 
 
 def _pairs(images_dir: Path, labels_dir: Path, strict: bool) -> tuple[list[tuple[Path, Path]], dict[str, list[str]]]:
-    images = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    images = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMG_EXTENSIONS)
     if not images:
-        raise MissingFileError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {images_dir}")
+        raise MissingFileError(f"no images ({', '.join(IMG_EXTENSIONS)}) in {images_dir}")
     pairs, missing = [], []
     for p in images:
         label = labels_dir / f"{p.stem}.png"
@@ -137,15 +136,15 @@ def _pairs(images_dir: Path, labels_dir: Path, strict: bool) -> tuple[list[tuple
     return pairs, {"missing label": missing} if missing else {}
 
 
-def _split_dir(parent: Path, split: str) -> Path:
-    names = {"train": ("train", "training"), "training": ("training", "train"), "val": ("val", "validation"),
-             "validation": ("validation", "val")}.get(split, (split,))
-    for n in names:
-        if (parent / n).is_dir():
-            return parent / n
-    found = sorted(p.name for p in parent.iterdir() if p.is_dir()) if parent.is_dir() else []
-    raise MissingFileError(f"no {split!r} split in {parent} (looked for {', '.join(names)}; found: "
-                           f"{', '.join(found) or 'nothing'})")
+# The folder names a split may have (mmseg's ADE20K says training / validation, most folders train / val).
+_SPLIT_NAMES = {"train": ("train", "training"), "training": ("training", "train"), "val": ("val", "validation"),
+                "validation": ("validation", "val")}
+
+
+def _split_folder(parent: Path, split: str) -> Path:
+    """``parent/<split>`` under any of the split's usual names."""
+    return split_dir(parent, _SPLIT_NAMES.get(split, (split,)), f"{split!r} split", "images/<split>/ and "
+                     "annotations/<split>/ folders of the same split names")
 
 
 def open_ade20k(root: str | Path, split: str = "training", strict: bool = False) -> SegmentationSource:
@@ -155,7 +154,7 @@ def open_ade20k(root: str | Path, split: str = "training", strict: bool = False)
     if not (base / "images").is_dir() or not (base / "annotations").is_dir():
         raise MissingFileError(f"{root} is not an ADE20K folder: expected ADEChallengeData2016/images/{{training,"
                                "validation}} and ADEChallengeData2016/annotations/{training,validation}")
-    pairs, skipped = _pairs(_split_dir(base / "images", split), _split_dir(base / "annotations", split), strict)
+    pairs, skipped = _pairs(_split_folder(base / "images", split), _split_folder(base / "annotations", split), strict)
     return SegmentationSource(pairs, list(ADE20K_CLASSES), f"ADE20K {split}", reduce_zero_label=True,
                               strict=strict, skipped=skipped)
 
@@ -176,7 +175,7 @@ def open_folder(root: str | Path, split: str, classes: Sequence[str] | str | Pat
     labels = next((root / d for d in ("annotations", "labels") if (root / d).is_dir()), None)
     if not (root / "images").is_dir() or labels is None:
         raise MissingFileError(f"{root} needs images/<split>/ and annotations/<split>/ (or labels/<split>/) folders")
-    pairs, skipped = _pairs(_split_dir(root / "images", split), _split_dir(labels, split), strict)
+    pairs, skipped = _pairs(_split_folder(root / "images", split), _split_folder(labels, split), strict)
     return SegmentationSource(pairs, list(classes), f"{root} {split}", reduce_zero_label=reduce_zero_label,
                               strict=strict, skipped=skipped)
 
@@ -243,56 +242,6 @@ class SegEvalTransform:
         img = TF.pil_to_tensor(image)
         size = mmcv_rescale_size(img.shape[-2], img.shape[-1], self.scale[1], self.scale[0])
         return _normalize(resize_8bit_like_cv2(img, size), self.mean, self.std), label
-
-
-# --------------------------------------------------------------------------------------------- loading
-class SegSamples(Dataset):
-    """A source with its transform; skips bad pairs (the next index instead). Items: (image, label, skipped).
-
-    With ``(epoch, rank, position, index)`` keys (:class:`~leanvit.train.data.ResumableSampler`) the
-    transform runs under a torch RNG seeded from the key, so a resumed run draws the same augmentations.
-    """
-
-    def __init__(self, source: SegmentationSource, transform, seed: int = 0, max_skips: int = 64) -> None:
-        self.source, self.transform, self.seed, self.max_skips = source, transform, seed, max_skips
-
-    def __len__(self) -> int:
-        return len(self.source)
-
-    def __getitem__(self, key: int | tuple[int, int, int, int]) -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]:
-        seeded = isinstance(key, tuple)
-        (image, label), skipped = load_skipping_bad(self.source, key[3] if seeded else key, self.max_skips,
-                                                    with_reason=True)  # a pair can be bad in several ways
-        if not seeded:
-            return (*self.transform(image, label), tuple(skipped))
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sample_seed(self.seed, *key[:3]))
-            return (*self.transform(image, label), tuple(skipped))
-
-
-def _train_collate(batch: list) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    return (torch.stack([b[0] for b in batch]), torch.stack([b[1] for b in batch]),
-            [p for b in batch for p in b[2]])
-
-
-def _eval_collate(batch: list) -> tuple[list[torch.Tensor], list[torch.Tensor], list[str]]:
-    return [b[0] for b in batch], [b[1] for b in batch], [p for b in batch for p in b[2]]  # sizes differ
-
-
-def build_seg_loaders(train: SegmentationSource | None, val: SegmentationSource, train_transform, eval_transform, *,
-                      batch_size: int, eval_batch_size: int, workers: int, seed: int, rank: int = 0, world: int = 1,
-                      drop_last: bool = True, pin_memory: bool = False) -> tuple[DataLoader | None, DataLoader, Any]:
-    """(train loader, val loader, resumable sampler); the val loader yields lists (full-size images differ)."""
-    # The val loader's own generator (seed): one without draws its base seed from the global RNG at every
-    # iteration, which would shift the RNG streams of a resumed run (dropout, drop path).
-    val_loader = sharded_eval_loader(SegSamples(val, eval_transform), batch_size=eval_batch_size, workers=workers,
-                                     rank=rank, world=world, pin_memory=pin_memory, collate_fn=_eval_collate, seed=seed)
-    if train is None:
-        return None, val_loader, None
-    train_loader, sampler = resumable_train_loader(
-        SegSamples(train, train_transform, seed), batch_size=batch_size, workers=workers, seed=seed, rank=rank,
-        world=world, drop_last=drop_last, pin_memory=pin_memory, collate_fn=_train_collate)
-    return train_loader, val_loader, sampler
 
 
 # --------------------------------------------------------------------------------------------- shapes

@@ -1,13 +1,12 @@
 """Backbone adapter: any leanvit classifier as a multi-level feature extractor for detection and segmentation.
 
-``create_backbone(name)`` builds the variant the way the official dense code does (dense.md §3.1):
-
-- SHViT: unchanged (it runs at any input size);
-- EfficientViT-M: built for 448 px, so every stage has a 7x7 window as in the official detectors (the
-  ImageNet stage-3 bias table is resized 16 -> 49 on load, as the official ``init_weights`` does);
-- SepViT: the official dense network (``dense_form``): zero window tokens, pointwise attention in every block
-  (kept where a map fits one window), a learnable LayerNorm per level on the main path, and the official
-  drop-path rates (T 0.2, S 0.3, B 0.5).
+``create_backbone(name)`` builds the variant the way the official dense code does (ysj9909/SHViT downstream/shvit.py,
+microsoft/Cream EfficientViT/downstream/efficientvit.py, liwei109/SepViT detection/sepvit.py);
+each family's ``dense_settings`` (a :class:`~leanvit.models._dense.DenseSettings` class attribute in its file)
+say what changes. SHViT: nothing (it runs at any input size); EfficientViT-M: built for 448 px, so every stage
+has a 7x7 window as in the official detectors; SepViT: the official dense network (``dense_form``: zero window
+tokens, pointwise attention in every block, a learnable LayerNorm per level on the main path) with the official
+drop-path rates, its classifier's final norm unused.
 
 ``DenseBackbone.train()`` keeps every BatchNorm of the body in eval mode when ``norm_eval`` is set (the
 official "norm_eval": running statistics stay the ImageNet ones, the affine terms still train).
@@ -15,7 +14,6 @@ official "norm_eval": running statistics stay the ImageNet ones, the affine term
 from __future__ import annotations
 
 import os
-import re
 from collections import OrderedDict
 from typing import Any, Mapping
 
@@ -23,26 +21,17 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..checkpoint import CheckpointError, load_checkpoint, read_state_dict
+from ..models.checkpoint import CheckpointError, load_checkpoint, read_state_dict
 from ..errors import InvalidValueError
-from ..models import create_model, get_config
+from ..models import create_model, family_class, get_config
 
-__all__ = ["DenseBackbone", "create_backbone", "dense_model_kwargs", "backbone_state_dict", "DENSE_IMG_SIZE"]
-
-# EfficientViT-M's windows are clamped to the stage side at build time; 448 px gives 28/14/7 -> 7/7/7.
-DENSE_IMG_SIZE = 448
-# Official SepViT dense backbones hard-code these (dense.md §1.5). sepvit_lite has no dense code: leanvit's choice.
-_SEPVIT_DROP_PATH = {"sepvit_lite": 0.1, "sepvit_t": 0.2, "sepvit_s": 0.3, "sepvit_b": 0.5}
+__all__ = ["DenseBackbone", "create_backbone", "dense_model_kwargs", "backbone_state_dict"]
 
 
 def dense_model_kwargs(name: str) -> dict[str, Any]:
-    """The ``create_model`` keyword arguments of the official dense backbone of ``name`` (dense.md §3.1)."""
-    family = get_config(name).family
-    if family == "efficientvit_m":
-        return dict(img_size=DENSE_IMG_SIZE)
-    if family == "sepvit":
-        return dict(window_token="zero", dense_form=True, drop_path_rate=_SEPVIT_DROP_PATH.get(name, 0.1))
-    return {}
+    """The ``create_model`` keyword arguments of the official dense backbone of ``name`` (its family's
+    ``dense_settings``)."""
+    return family_class(get_config(name).family).dense_settings.kwargs_for(name)
 
 
 def backbone_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -113,18 +102,14 @@ class DenseBackbone(nn.Module):
         return OrderedDict((str(i), m.contiguous()) for i, m in enumerate(maps))
 
 
-# Parameters the dense settings add to a classifier (SepViT: per-level norms; pointwise attention in blocks that
-# see one window at 224 but several at 448). ImageNet checkpoints lack them: they start fresh, as in the
-# official dense code (mmdet loads backbone weights non-strictly).
-_DENSE_ONLY = re.compile(r"^feature_norms\.|\.attn\.(pw_qk|token_norm)\.")
-
-
 def _load_backbone_weights(model: nn.Module, checkpoint: str | os.PathLike | Mapping[str, Any]) -> None:
     raw, _ = read_state_dict(checkpoint)
     sd = backbone_state_dict(raw)
-    may_be_fresh = any(_DENSE_ONLY.search(k) for k in model.state_dict())
+    # Parameters the dense settings add start fresh from a classification checkpoint (mmdet loads non-strictly).
+    settings = model.dense_settings
+    may_be_fresh = any(settings.is_fresh(k) for k in model.state_dict())
     report = load_checkpoint(model, sd, strict=not may_be_fresh)
-    wrong = [k for k in report["missing"] if not _DENSE_ONLY.search(k)] + list(report["unexpected"])
+    wrong = [k for k in report["missing"] if not settings.is_fresh(k)] + list(report["unexpected"])
     if wrong:
         raise CheckpointError(
             f"the checkpoint does not fit {model.leanvit_cfg.name}: {', '.join(wrong[:4])} ...; pass a checkpoint "
@@ -152,6 +137,6 @@ def create_backbone(
     model = create_model(name, num_classes=0, **kwargs)
     if checkpoint is not None:
         _load_backbone_weights(model, checkpoint)
-    if get_config(name).family == "sepvit":
-        model.norm = nn.Identity()  # the classifier's final norm feeds no dense output (unused under DDP)
+    for unused in model.dense_settings.unused_modules:  # they would hold parameters without gradients under DDP
+        setattr(model, unused, nn.Identity())
     return DenseBackbone(model, out_indices=out_indices, norm_eval=norm_eval, frozen_stages=frozen_stages)

@@ -1,15 +1,15 @@
 """COCO-format detection data: the standard layout or any COCO json, validated, as torchvision targets.
 
-Layout (dense.md §7): ``ROOT/annotations/instances_{train,val}2017.json`` with ``ROOT/train2017/`` and
+Layout (COCO 2017): ``ROOT/annotations/instances_{train,val}2017.json`` with ``ROOT/train2017/`` and
 ``ROOT/val2017/``; custom data is any COCO json plus its image folder (:func:`coco_split`).
 
 Images come out as float RGB in [0, 1] at their **original** resolution: resizing (1333x800 keeping the
 ratio), normalising and padding to 32 happen in exactly one place, the detector's
-``GeneralizedRCNNTransform`` (dense.md §3.8). The only training augmentation outside the model is the
+``GeneralizedRCNNTransform`` (torchvision's detection input convention). The only training augmentation outside the model is the
 official horizontal flip (p 0.5) of image, boxes and masks, drawn from an RNG seeded by the sample's
 (seed, epoch, rank, position), so a resumed run sees the same flips.
 
-Bad data never crashes an epoch (§3.7 #16): annotations that are crowd, degenerate (w < 1, h < 1, area
+Bad data never crashes an epoch (mmdet 2.x ``CocoDataset`` filters): annotations that are crowd, degenerate (w < 1, h < 1, area
 <= 0) or outside the image (clipped first) are dropped; images whose file is missing, that have no usable
 annotation (training), or whose short side is < 32 px (training) are skipped; an undecodable image is
 skipped when it is loaded (the next one is used) and its path reported. Every case is counted in
@@ -28,14 +28,12 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from ..errors import InvalidValueError, MissingFileError
-from ..train.data import (BadImageError, ResumableSampler, load_skipping_bad, resumable_train_loader, sample_rng,
-                          sharded_eval_loader)
+from ..train.data import BadImageError
 
-__all__ = ["CocoSplit", "coco_split", "CocoDetection", "DetectionSamples", "detection_collate",
-           "build_detection_loaders", "build_eval_loader", "read_coco_json",
+__all__ = ["CocoSplit", "coco_split", "CocoDetection", "RandomHorizontalFlip", "read_coco_json",
            "hflip", "iter_images"]
 
 log = logging.getLogger("leanvit.dense")
@@ -234,48 +232,17 @@ def hflip(image: torch.Tensor, target: dict[str, Any]) -> tuple[torch.Tensor, di
     return image.flip(-1), target
 
 
-class DetectionSamples(Dataset):
-    """A :class:`CocoDetection` with the training flip; skips undecodable images. Items: (image, target, skipped)."""
+class RandomHorizontalFlip:
+    """The training flip of a detection sample with probability ``prob`` (drawn from torch's RNG, which
+    :class:`~leanvit.train.data.SampleDataset` seeds per sample)."""
 
-    def __init__(self, source: CocoDetection, flip_prob: float = 0.0, seed: int = 0, max_skips: int = 64) -> None:
-        self.source = source
-        self.flip_prob = flip_prob
-        self.seed = seed
-        self.max_skips = max_skips
+    def __init__(self, prob: float = 0.5) -> None:
+        self.prob = prob
 
-    def __len__(self) -> int:
-        return len(self.source)
-
-    def __getitem__(self, key: int | tuple[int, int, int, int]) -> tuple[torch.Tensor, dict[str, Any], tuple[str, ...]]:
-        seeded = isinstance(key, tuple)
-        (image, target), skipped = load_skipping_bad(self.source, key[3] if seeded else key, self.max_skips)
-        if self.flip_prob > 0 and seeded:
-            if sample_rng(self.seed, *key[:3]).random() < self.flip_prob:
-                image, target = hflip(image, target)
-        return image, target, tuple(skipped)
-
-
-def detection_collate(batch: list[tuple[torch.Tensor, dict, tuple[str, ...]]]) -> tuple[list, list, list[str]]:
-    """Lists of images and targets (sizes differ), plus the skipped paths."""
-    return [b[0] for b in batch], [b[1] for b in batch], [p for b in batch for p in b[2]]
-
-
-def build_detection_loaders(train_set: CocoDetection, val_set: CocoDetection, *, batch_size: int,
-                            eval_batch_size: int, workers: int, seed: int, rank: int = 0, world: int = 1,
-                            flip_prob: float = 0.5, drop_last: bool = True,
-                            pin_memory: bool = False) -> tuple[DataLoader, DataLoader, ResumableSampler]:
-    """(train loader, val loader, resumable train sampler) over the two splits, sharded over ``world`` processes."""
-    train_loader, sampler = resumable_train_loader(
-        DetectionSamples(train_set, flip_prob, seed), batch_size=batch_size, workers=workers, seed=seed, rank=rank,
-        world=world, drop_last=drop_last, pin_memory=pin_memory, collate_fn=detection_collate)
-    return train_loader, build_eval_loader(val_set, eval_batch_size, workers, rank, world, pin_memory), sampler
-
-
-def build_eval_loader(val_set: CocoDetection, batch_size: int, workers: int, rank: int = 0, world: int = 1,
-                      pin_memory: bool = False) -> DataLoader:
-    """The evaluation loader: rank r takes images r, r + world, ... (no padding, no duplicates)."""
-    return sharded_eval_loader(DetectionSamples(val_set), batch_size=batch_size, workers=workers, rank=rank,
-                               world=world, pin_memory=pin_memory, collate_fn=detection_collate)
+    def __call__(self, image: torch.Tensor, target: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+        if self.prob > 0 and float(torch.rand(())) < self.prob:
+            return hflip(image, target)
+        return image, target
 
 
 def iter_images(paths: list[str]) -> Iterator[tuple[str, torch.Tensor]]:

@@ -1,4 +1,4 @@
-"""COCO box and mask AP with faster-coco-eval (pycocotools as the fallback, same API; dense.md §5.1).
+"""COCO box and mask AP with faster-coco-eval (pycocotools as the fallback, same API).
 
 - :func:`detections_to_coco`: torchvision detector outputs -> COCO result dicts (xywh boxes in original
   image pixels, the original ``category_id``, masks thresholded at 0.5 and RLE-encoded);

@@ -1,23 +1,30 @@
 """What detection and segmentation share as :class:`leanvit.train.task.Task` s: an architecture
 (``cfg.task.arch``) on a leanvit backbone (``cfg.model.name``), ``cfg.task.options`` checked against the
 task's defaults, ImageNet weights for the backbone (``cfg.task.backbone_checkpoint``), the model's
-builder keywords stored in every checkpoint, and a resume only into the same architecture.
+builder keywords stored in every checkpoint, a resume only into the same architecture, and the trained
+model back from its checkpoint (:meth:`DenseTask.load_trained`: the eval, predict and export commands).
 """
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 from typing import Any, Callable, ClassVar
 
 from torch import nn
 
 from ..errors import InvalidValueError
-from ..train.config import ConfigError, TrainConfig
+from ..train.config import ConfigError, TrainConfig, config_from_dict
 from ..train.distributed import DistInfo
-from ..train.task import Task
+from ..train.state import read_checkpoint
+from ..train.task import TASKS, CheckpointEvaluation, Task, task_class
 
 __all__ = ["DenseTask"]
 
 log = logging.getLogger("leanvit.train")
+
+# Checkpoint entries that are training state rather than metadata of the model.
+_TRAINING_STATE = ("model", "ema", "optimizer", "scheduler", "scaler", "rng")
 
 
 class DenseTask(Task):
@@ -34,6 +41,8 @@ class DenseTask(Task):
     build: ClassVar[Callable[..., nn.Module]]
     default_options: ClassVar[dict[str, Any]] = {}
     evaluation_metrics: ClassVar[tuple[str, ...]] = ()
+    # (attribute, name in messages) that must equal the checkpoint's before it is evaluated on the data
+    data_identity: ClassVar[tuple[str, str]] = ("classes", "classes")
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -42,7 +51,7 @@ class DenseTask(Task):
         cls.csv_fields = [*cls.evaluation_metrics, *ema, "skipped_files"]
 
     def __init__(self, cfg: TrainConfig, need_train: bool = True) -> None:
-        super().__init__(cfg)
+        super().__init__(cfg, need_train)
         unknown = sorted(set(cfg.task.options) - set(self.default_options))
         if unknown:
             raise ConfigError(f"unknown task.options {unknown} for {self.name}; valid: "
@@ -50,7 +59,7 @@ class DenseTask(Task):
         self.options = {**self.default_options, **cfg.task.options}
         if cfg.distill.type != "none":
             raise ConfigError(f"distillation is a classification feature; set distill.type=none for {self.name}")
-        self.need_train = need_train
+        self.trained_meta: dict[str, Any] = {}  # the checkpoint's metadata, when evaluating one
 
     @property
     def arch(self) -> str:
@@ -87,3 +96,54 @@ class DenseTask(Task):
         if checkpoint.get("arch") != self.arch:
             raise InvalidValueError(f"cannot resume: {self.cfg.resume} is a {checkpoint.get('arch')} checkpoint, but this "
                                     f"run trains {self.arch}")
+
+    # --- trained models and their evaluation
+    @classmethod
+    def load_trained(cls, checkpoint: str | os.PathLike, ema: bool = False) -> tuple[nn.Module, dict[str, Any]]:
+        """(model in eval mode, the checkpoint's metadata) of a checkpoint this task trained.
+
+        The task's builder rebuilds the model from the checkpoint's ``<model_kind>_kwargs`` (without a backbone
+        ``checkpoint``: the trained weights replace it).
+        """
+        ck = read_checkpoint(checkpoint)
+        task = ck.get("task", "classification")
+        if task != cls.name:
+            hint = f"; {task_class(task).eval_command} evaluates those" if task in TASKS else ""
+            raise InvalidValueError(f"{checkpoint} is not a {cls.name} checkpoint (task: {task}){hint}")
+        kwargs = {k: v for k, v in ck[f"{cls.model_kind}_kwargs"].items() if k != "checkpoint"}
+        model = cls.build(ck["arch"], ck["model_name"], num_classes=ck["num_classes"], **kwargs)
+        weights = ck.get("ema") if ema else ck["model"]
+        if weights is None:
+            raise InvalidValueError(f"{checkpoint} has no EMA weights; drop --ema")
+        model.load_state_dict(weights)
+        return model.eval(), {k: v for k, v in ck.items() if k not in _TRAINING_STATE}
+
+    @classmethod
+    def for_checkpoint(cls, options: CheckpointEvaluation) -> tuple["DenseTask", nn.Module]:
+        """The task of the checkpoint's training config, pointed at ``options.data`` (fp32), and its model."""
+        model, meta = cls.load_trained(options.checkpoint, options.ema)
+        cfg = config_from_dict({k: v for k, v in meta["config"].items() if k != "resume"})
+        cfg.data.path, cfg.data.workers, cfg.train.device = options.data, options.workers, options.device
+        cfg.train.amp = "none"
+        if options.data == "shapes":
+            cfg.output = str(Path(options.checkpoint).resolve().parent)  # the run directory holds its shapes/ data
+        task = cls(cfg, need_train=False)
+        task.trained_meta = meta
+        return task, model
+
+    def check_checkpoint_data(self) -> None:
+        key, what = self.data_identity
+        ours, trained = getattr(self, key), self.trained_meta[key]
+        if ours != trained:
+            raise InvalidValueError(f"{self.cfg.data.path} has other {what} ({len(ours)}) than the checkpoint was "
+                                    f"trained on ({len(trained)})")
+
+    def checkpoint_report(self, scores: dict[str, Any], skipped: list[str], info: DistInfo,
+                          seconds: float) -> dict[str, Any]:
+        """What the dense reports share; a task adds its scores with :meth:`report_scores`."""
+        return dict(checkpoint=str(self.evaluation.checkpoint), arch=self.arch, backbone=self.model_name,
+                    data=self.cfg.data.path, images=self.val_size, **self.report_scores(scores, skipped))
+
+    def report_scores(self, scores: dict[str, Any], skipped: list[str]) -> dict[str, Any]:
+        """The task's part of :meth:`checkpoint_report` (its scores, its skipped files and annotations)."""
+        raise NotImplementedError

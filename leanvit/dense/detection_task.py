@@ -26,8 +26,9 @@ from ..errors import InvalidValueError
 from ..train.config import ConfigError, TrainConfig
 from ..train.distributed import DistInfo, barrier, gather_objects
 from ..train.engine import autocast
-from ..train.task import evaluation_batches, gather_lists, register_task
-from .coco import CocoDetection, CocoSplit, build_detection_loaders, coco_split
+from ..train.data import SampleDataset, list_collate, resumable_train_loader, sharded_eval_loader
+from ..train.task import evaluation_batches, gather_lists
+from .coco import CocoDetection, CocoSplit, RandomHorizontalFlip, coco_split
 from .coco_eval import STAT_NAMES, coco_evaluate, detections_to_coco, format_table
 from .dense_task import DenseTask
 from .detectors import create_detector, label_offset
@@ -72,11 +73,13 @@ class DetectionTask(DenseTask):
     """COCO-format detection and instance segmentation on a leanvit backbone (see the module docstring)."""
 
     name = "detection"
+    eval_command = "leanvit detect eval"
     default_metric = "bbox_AP"
     evaluation_metrics = _METRICS
     model_kind = "detector"
     build = staticmethod(create_detector)
     default_options = DETECTION_OPTIONS
+    data_identity = ("category_ids", "categories")
 
     def __init__(self, cfg: TrainConfig, need_train: bool = True) -> None:
         if cfg.task.arch is None:
@@ -128,9 +131,14 @@ class DetectionTask(DenseTask):
         o = self.options
         return dict(min_size=int(o["min_size"]), max_size=int(o["max_size"]), **super().arch_kwargs())
 
-    def build_loaders(self, info: DistInfo) -> tuple[Iterable, Iterable, Any]:
-        return build_detection_loaders(self.train_set, self.val_set, flip_prob=float(self.options["flip_prob"]),
-                                       **self.loader_settings(info))
+    def train_loader(self, info: DistInfo) -> tuple[Iterable, Any]:
+        samples = SampleDataset(self.train_set, RandomHorizontalFlip(float(self.options["flip_prob"])),
+                                seed=self.cfg.train.seed)
+        return resumable_train_loader(samples, collate_fn=list_collate, **self.train_loader_settings(info))
+
+    def eval_loader(self, info: DistInfo, batch_size: int) -> Iterable:
+        return sharded_eval_loader(SampleDataset(self.val_set), batch_size=batch_size, collate_fn=list_collate,
+                                   **self.loader_settings(info))
 
     # --- per batch
     def to_device(self, inputs: Any, targets: Any, device: torch.device) -> tuple[Any, Any]:
@@ -143,12 +151,15 @@ class DetectionTask(DenseTask):
         losses = model(images, targets)
         return sum(losses.values())
 
-    def evaluate(self, model: nn.Module, loader: Iterable, info: DistInfo, *, ema: bool = False,
-                 dtype: torch.dtype | None = None, channels_last: bool = False,
-                 progress: bool = False) -> tuple[dict[str, float], list[str]]:
-        metrics, skipped = evaluate_detections(model, loader, self.val_set, info, dtype=dtype, progress=progress,
-                                               desc="val ema" if ema else "val")
-        return ({f"ema_{k}": v for k, v in metrics.items()} if ema else metrics), skipped
+    def measure(self, model: nn.Module, loader: Iterable, info: DistInfo, *, dtype: torch.dtype | None = None,
+                channels_last: bool = False, progress: bool = False,
+                desc: str = "val") -> tuple[dict[str, Any], list[str]]:
+        return evaluate_detections(model, loader, self.val_set, info, dtype=dtype, progress=progress, desc=desc)
+
+    # --- evaluating a checkpoint (leanvit detect eval)
+    def report_scores(self, scores: dict[str, Any], skipped: list[str]) -> dict[str, Any]:
+        return dict(skipped_files=len(set(skipped)), skipped_annotations=dict(self.val_set.skipped), metrics=scores,
+                    table=format_table(scores))
 
     # --- bookkeeping
     def checkpoint_meta(self) -> dict[str, Any]:
@@ -158,6 +169,3 @@ class DetectionTask(DenseTask):
         return dict(super().resolved(), arch=self.arch, category_ids=list(self.category_ids),
                     skipped_annotations=dict(self.val_set.skipped) if self.train_set is None
                     else dict(self.train_set.skipped))
-
-
-register_task(DetectionTask.name, DetectionTask)

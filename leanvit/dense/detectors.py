@@ -2,7 +2,7 @@
 
 ``create_detector(arch, backbone)`` returns a stock torchvision detection model (``model(images, targets)``
 -> losses in train mode, ``model(images)`` -> detections in eval mode) whose AP-changing settings equal the
-official configurations (dense.md §3.3-3.7):
+official configurations (docs/detection.md, Settings that change AP):
 
 - the papers' neck (:func:`~leanvit.dense.necks.fpn_preset`): RetinaNet strides 8-128, R-CNN strides 4-64;
 - anchors at the configured strides with float sizes (:class:`FixedStrideAnchorGenerator`; torchvision infers

@@ -1,4 +1,4 @@
-"""Official mmdet 2.x COCO checkpoints <-> leanvit's torchvision detectors (dense.md §6).
+"""Official mmdet 2.x COCO checkpoints <-> leanvit's torchvision detectors (mmdet 2.x parameter names).
 
 The released files (``retinanet_shvit_s4_1x_coco.pth``, ``maskrcnn_shvit_s4_1x_coco.pth``,
 ``retinanet_efficientvit_m4_fpn_1x_coco.pth``, ``mask_rcnn_efficientvit_m4_fpn_1x_coco.pth``) hold
@@ -21,20 +21,13 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from ..checkpoint import CheckpointError, convert_state_dict, read_state_dict
+from ..models.checkpoint import CheckpointError, convert_state_dict, read_state_dict
 from ..errors import InvalidValueError
+from ..models import family_class
 
-__all__ = ["mmdet_to_torchvision", "torchvision_to_mmdet", "load_mmdet_checkpoint", "OFFICIAL_CHECKPOINTS"]
+__all__ = ["mmdet_to_torchvision", "torchvision_to_mmdet", "load_mmdet_checkpoint"]
 
 StateDict = dict[str, torch.Tensor]
-
-# Released file -> (detector, leanvit backbone) it belongs to.
-OFFICIAL_CHECKPOINTS = {
-    "retinanet_shvit_s4_1x_coco.pth": ("retinanet", "shvit_s4"),
-    "maskrcnn_shvit_s4_1x_coco.pth": ("mask_rcnn", "shvit_s4"),
-    "retinanet_efficientvit_m4_fpn_1x_coco.pth": ("retinanet", "efficientvit_m4"),
-    "mask_rcnn_efficientvit_m4_fpn_1x_coco.pth": ("mask_rcnn", "efficientvit_m4"),
-}
 
 _BODY = "backbone.body.model."
 
@@ -116,14 +109,16 @@ def mmdet_to_torchvision(state_dict: Mapping[str, torch.Tensor], family: str) ->
     """mmdet 2.x detector state dict -> (leanvit/torchvision detector state dict, mmdet keys with no mapping).
 
     ``family`` ("shvit" | "efficientvit_m" | "sepvit") converts the backbone from its official layout.
-    The classifier's final norm and head of a SepViT dense backbone feed nothing and are dropped.
+    Classifier modules the family's dense backbone does not use (its ``dense_settings.unused_modules``: SepViT's
+    final norm and head) feed nothing and are dropped.
     """
     out: StateDict = {}
     unmapped: list[str] = []
     body = {k[len("backbone."):]: v for k, v in state_dict.items() if k.startswith("backbone.")}
     if body:
         body = convert_state_dict(body, family)
-        body = {k: v for k, v in body.items() if not (family == "sepvit" and k.startswith(("head.", "norm.")))}
+        settings = family_class(family).dense_settings
+        body = {k: v for k, v in body.items() if not settings.is_unused(k)}
         out.update({_BODY + k: v for k, v in body.items()})
     for k, v in state_dict.items():
         if k.startswith("backbone."):

@@ -1,6 +1,7 @@
 """The detection neck of the papers: mmdet 2.x's FPN plus the transposed-conv levels of ``EfficientViTFPN``.
 
-One module, :class:`DenseFPN`, reproduces both official necks (dense.md §1.2, §3.2):
+One module, :class:`DenseFPN`, reproduces both official necks (mmdet 2.x ``FPN``; ``EfficientViTFPN`` of
+ysj9909/SHViT downstream/efficientvit_fpn.py):
 
 - with ``num_extra_trans_convs=0`` it is mmdet's ``FPN`` (SepViT's configs: start level, extra stride-2
   convs ``on_input`` / ``on_lateral`` / ``on_output`` or max-pooled levels);
@@ -132,7 +133,7 @@ class DenseFPN(nn.Module):
 
 
 def fpn_preset(arch: str, in_channels: Sequence[int], in_strides: Sequence[int], out_channels: int = 256) -> DenseFPN:
-    """The official neck of ``arch`` for a backbone with these levels (dense.md §3.2 table).
+    """The official neck of ``arch`` for a backbone with these levels (the detection configs' ``neck``).
 
     ``arch``: "retinanet" (strides 8-128), "mask_rcnn" / "faster_rcnn" (strides 4-64), "semantic_fpn" (4-32).
     Stride-16/32/64 backbones (SHViT, EfficientViT-M) get EfficientViTFPN's transposed-conv levels; stride-4

@@ -1,4 +1,4 @@
-"""Semantic segmentation heads with mmseg 0.x semantics (dense.md §4): Semantic FPN, UperNet, FCN.
+"""Semantic segmentation heads with mmseg 0.x semantics (``fpn_head.py``, ``uper_head.py``, ``fcn_head.py``): Semantic FPN, UperNet, FCN.
 
 Every head takes a list of NCHW maps, finest first, and returns class logits at the finest map's
 resolution. ``align_corners=False`` everywhere; every ConvModule is conv (no bias) -> BN -> ReLU.
@@ -164,7 +164,7 @@ class FinerLevels(nn.Module):
     """Adds ``num_levels`` finer maps (each x2) in front of a pyramid with 2x2 stride-2 transposed convs.
 
     Gives stride-16/32/64 backbones (SHViT, EfficientViT-M) the stride-8 and stride-4 inputs UperNet
-    expects, as EfficientViTFPN does for detection (dense.md §4.5); no norm or activation, as there.
+    expects, as EfficientViTFPN does for detection (leanvit's choice: no official segmentation code); no norm or activation, as there.
     """
 
     def __init__(self, channels: int, num_levels: int = 2) -> None:

@@ -1,4 +1,4 @@
-"""Dataset-level segmentation metrics from one accumulated confusion matrix (dense.md §4.4, §5.2).
+"""Dataset-level segmentation metrics from one accumulated confusion matrix (mmseg 0.x ``mean_iou``: nanmean over classes).
 
 IoU_c = TP / (TP + FP + FN) summed over the whole set (not averaged per image); mIoU and mAcc are the
 means over classes that occur (nanmean, as mmseg); aAcc is the overall pixel accuracy. Pixels whose

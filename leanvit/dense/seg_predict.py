@@ -1,12 +1,12 @@
-"""Segmentors from leanvit training checkpoints: evaluation and colourised predictions.
+"""Segmentors from leanvit training checkpoints: colourised predictions and exports (the evaluation of a
+checkpoint is :meth:`SegmentationTask.evaluate_checkpoint <leanvit.train.task.Task.evaluate_checkpoint>`).
 
 - :func:`load_segmentor`: rebuild the segmentor a ``leanvit segment train`` checkpoint was trained as;
-- :func:`evaluate_checkpoint`: mIoU / mAcc / aAcc (and per-class IoU) on a dataset's val split;
-- :func:`predict_images`: per image, ``<stem>_mask.png`` (class colours) and ``<stem>_overlay.png``.
+- :func:`predict_images`: per image, ``<stem>_mask.png`` (class colours) and ``<stem>_overlay.png``;
+- :func:`export_checkpoint`: ONNX / OpenVINO, verified.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -15,70 +15,25 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 from PIL import Image
-from torch import nn
 
-from .._io import atomic_write, atomic_write_text
-from ..errors import InvalidValueError, MissingFileError
-from ..train.distributed import cleanup, init_distributed
-from .ade20k import SegEvalTransform, build_seg_loaders, colorize, overlay, palette
-from .seg_export import SegExportResult, export_segmentor
-from .segmentation_task import EVAL_DEFAULTS, SegmentationTask, evaluate_segmentation
+from .._io import atomic_write
+from ..deploy.export import ExportResult, export_segmentor
+from ..errors import MissingFileError
+from .ade20k import SegEvalTransform, colorize, overlay, palette
+from .options import SegmentationPredictOptions
+from .segmentation_task import SegmentationTask, inference_options
 from .segmentors import Segmentor, segment
-from .trained import evaluation_config, load_trained_model
 
-__all__ = ["load_segmentor", "evaluate_checkpoint", "predict_images", "export_checkpoint"]
+__all__ = ["load_segmentor", "predict_images", "export_checkpoint"]
 
 log = logging.getLogger("leanvit.dense")
 
 
 def load_segmentor(checkpoint: str | os.PathLike, ema: bool = False) -> tuple[Segmentor, dict[str, Any]]:
     """(segmentor in eval mode, the checkpoint's metadata) of a ``leanvit segment train`` checkpoint."""
-    model, meta = load_trained_model(checkpoint, SegmentationTask, ema=ema,
-                                     other_commands="leanvit eval / leanvit detect eval for those")
+    model, meta = SegmentationTask.load_trained(checkpoint, ema)
     assert isinstance(model, Segmentor)  # create_segmentor built it
     return model, meta
-
-
-def _inference_options(meta: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(overrides) - set(EVAL_DEFAULTS))
-    if unknown:
-        raise InvalidValueError(f"unknown inference option(s) {unknown}; valid: {', '.join(EVAL_DEFAULTS)}")
-    return {**EVAL_DEFAULTS, **meta.get("inference", {}), **{k: v for k, v in overrides.items() if v is not None}}
-
-
-def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str, *, ema: bool = False, workers: int = 2,
-                        device: str = "auto", out: str | os.PathLike | None = None, progress: bool = True,
-                        **inference: Any) -> dict[str, Any]:
-    """mIoU of ``checkpoint`` on the val split of ``data`` (ADE20K root, folder or ``shapes``); writes ``out``.
-
-    ``inference``: ``mode`` (whole | slide), ``crop``, ``stride``, ``scales``, ``flip``; the checkpoint's by default.
-    """
-    model, meta = load_segmentor(checkpoint, ema)
-    options = _inference_options(meta, inference)
-    cfg = evaluation_config(meta, checkpoint, data, workers=workers, device=device)
-    info = init_distributed(device)
-    try:
-        task = SegmentationTask(cfg, need_train=False)
-        task.open_data(info)
-        if task.classes != meta["classes"]:
-            raise InvalidValueError(f"{data} has other classes ({len(task.classes)}) than the checkpoint was trained on "
-                                    f"({len(meta['classes'])})")
-        _, val_loader, _ = build_seg_loaders(None, task.val_set, None, SegEvalTransform(tuple(task.options["eval_scale"])),
-                                             batch_size=1, eval_batch_size=1, workers=workers, seed=0,
-                                             rank=info.rank, world=info.world_size)
-        model.to(info.device)
-        scores, skipped = evaluate_segmentation(model, val_loader, meta["num_classes"], info, classes=task.classes,
-                                                progress=progress, **options)
-    finally:
-        cleanup(info)
-    result = dict(checkpoint=str(checkpoint), arch=meta["arch"], backbone=meta["model_name"], data=data,
-                  images=len(task.val_set), inference=options, skipped_files=len(set(skipped)),
-                  skipped_while_scanning={k: len(v) for k, v in task.val_set.skipped.items()},
-                  mIoU=100 * scores["mIoU"], mAcc=100 * scores["mAcc"], aAcc=100 * scores["aAcc"],
-                  IoU={k: 100 * v for k, v in scores["IoU"].items()})
-    if out is not None and info.is_main:
-        atomic_write_text(out, json.dumps(result, indent=2))
-    return result
 
 
 def _save_png(path: Path, chw: torch.Tensor) -> None:
@@ -87,31 +42,32 @@ def _save_png(path: Path, chw: torch.Tensor) -> None:
 
 
 @torch.no_grad()
-def predict_images(checkpoint: str | os.PathLike, images: Sequence[str], out_dir: str | os.PathLike, *,
-                   device: str = "cpu", ema: bool = False, alpha: float = 0.5, **inference: Any) -> list[dict[str, Any]]:
-    """Segment ``images``; write ``out_dir/<stem>_mask.png`` and ``<stem>_overlay.png``; return class shares."""
-    missing = [p for p in images if not Path(p).is_file()]
+def predict_images(options: SegmentationPredictOptions) -> list[dict[str, Any]]:
+    """Segment ``options.images``; write ``options.out/<stem>_mask.png`` and ``<stem>_overlay.png``; return the
+    class shares. Inference (mode, crop, ...): the checkpoint's, under the options that are set."""
+    missing = [p for p in options.images if not Path(p).is_file()]
     if missing:
         raise MissingFileError(f"image file(s) not found: {', '.join(missing[:5])}")
-    model, meta = load_segmentor(checkpoint, ema)
-    options = _inference_options(meta, inference)
+    model, meta = load_segmentor(options.checkpoint, options.ema)
+    inference = inference_options(meta, options)
+    device = options.device
     model.to(device)
     colours = palette(meta["num_classes"])
     transform = SegEvalTransform(tuple(meta["config"]["task"]["options"].get("eval_scale", (2048, 512))))
-    out = Path(out_dir)
+    out = Path(options.out)
     out.mkdir(parents=True, exist_ok=True)
     results = []
-    for path in images:
+    for path in options.images:
         with Image.open(path) as im:
             rgb = im.convert("RGB")
         x, _ = transform(rgb)
-        probs = segment(model, x[None].to(device), (rgb.height, rgb.width), **options)
+        probs = segment(model, x[None].to(device), (rgb.height, rgb.width), **inference)
         label = probs.argmax(1)[0].cpu()
         stem = Path(path).stem
         mask_path, overlay_path = out / f"{stem}_mask.png", out / f"{stem}_overlay.png"
         _save_png(mask_path, colorize(label, colours))
         original = torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1)
-        _save_png(overlay_path, overlay(original, label, colours, alpha))
+        _save_png(overlay_path, overlay(original, label, colours, options.alpha))
         counts = torch.bincount(label.reshape(-1), minlength=meta["num_classes"])
         shares = {meta["classes"][i]: round(c / label.numel(), 4) for i, c in enumerate(counts.tolist()) if c}
         results.append(dict(image=str(path), mask=str(mask_path), overlay=str(overlay_path), classes=shares))
@@ -120,11 +76,12 @@ def predict_images(checkpoint: str | os.PathLike, images: Sequence[str], out_dir
 
 
 def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike, format: str | None = None, *,
-                      size: Sequence[int] = (512, 512), fixed_size: bool = False, ema: bool = False) -> SegExportResult:
+                      size: Sequence[int] = (512, 512), fixed_size: bool = False, ema: bool = False) -> ExportResult:
     """Export a ``leanvit segment train`` checkpoint (``format``: onnx | openvino, default from the suffix).
 
     ``size``: the trace size (H, W); ``fixed_size``: only the batch stays free (SepViT backbones need it).
-    Raises :class:`~leanvit.dense.seg_export.SegExportError` when the artifact does not match PyTorch.
+    Raises :class:`~leanvit.deploy.export.ExportVerificationError` (the artifact kept as ``output.failed``)
+    when the artifact does not match PyTorch.
     """
     fmt = format or ("openvino" if str(output).endswith(".xml") else "onnx")
     model, _ = load_segmentor(checkpoint, ema)

@@ -4,7 +4,7 @@
 ``cfg.data.path`` an ADE20K root (``ADEChallengeData2016`` inside or the folder itself), any
 ``images/`` + ``annotations/`` folder with ``classes.txt``, or ``shapes`` (the synthetic scenes as class
 maps, written under ``OUTPUT/shapes``). ``cfg.task.backbone_checkpoint``: ImageNet weights for the backbone.
-``cfg.task.options`` (defaults = the official ADE20K pipeline, dense.md §4.4):
+``cfg.task.options`` (defaults = the official ADE20K pipeline, SepViT's ``_base_/datasets/ade20k.py``):
 
 - ``crop_size`` 512, ``scale`` [2048, 512], ``ratio_range`` [0.5, 2.0], ``cat_max_ratio`` 0.75, ``flip`` 0.5,
   ``photometric`` true: training pipeline; ``eval_scale`` [2048, 512]: test resize;
@@ -30,15 +30,16 @@ from ..errors import InvalidValueError, MissingFileError
 from ..train.config import ConfigError, TrainConfig
 from ..train.distributed import DistInfo, barrier
 from ..train.engine import autocast
-from ..train.task import evaluation_batches, gather_lists, register_task
-from .ade20k import (SegEvalTransform, SegmentationSource, SegTrainTransform, build_seg_loaders, open_ade20k,
-                     open_folder, write_shapes_segmentation)
+from ..train.data import SampleDataset, collate, list_collate, resumable_train_loader, sharded_eval_loader
+from ..train.task import evaluation_batches, gather_lists
+from .ade20k import (SegEvalTransform, SegmentationSource, SegTrainTransform, open_ade20k, open_folder,
+                     write_shapes_segmentation)
 from .dense_task import DenseTask
 from .seg_metrics import SegConfusion
 from .segmentors import ARCHS, create_segmentor, segment
 
 __all__ = ["SegmentationTask", "SEGMENTATION_OPTIONS", "prepare_data_path", "open_segmentation_split",
-           "evaluate_segmentation"]
+           "evaluate_segmentation", "inference_options"]
 
 log = logging.getLogger("leanvit.train")
 
@@ -97,6 +98,7 @@ class SegmentationTask(DenseTask):
     """Semantic segmentation with Semantic FPN / UperNet on a leanvit backbone (see the module docstring)."""
 
     name = "segmentation"
+    eval_command = "leanvit segment eval"
     default_metric = "mIoU"
     evaluation_metrics = _METRICS
     model_kind = "segmentor"
@@ -131,12 +133,19 @@ class SegmentationTask(DenseTask):
             for reason, paths in (source.skipped if source is not None else {}).items():
                 log.warning("%s: skipped %d image(s) (%s), e.g. %s", source.description, len(paths), reason, paths[0])
 
-    def build_loaders(self, info: DistInfo) -> tuple[Iterable, Iterable, Any]:
+    def train_loader(self, info: DistInfo) -> tuple[Iterable, Any]:
         o = self.options
-        train_tf = SegTrainTransform(o["crop_size"], tuple(o["scale"]), tuple(o["ratio_range"]), o["cat_max_ratio"],
-                                     o["flip"], bool(o["photometric"]))
-        return build_seg_loaders(self.train_set, self.val_set, train_tf, SegEvalTransform(tuple(o["eval_scale"])),
-                                 **self.loader_settings(info))
+        transform = SegTrainTransform(o["crop_size"], tuple(o["scale"]), tuple(o["ratio_range"]), o["cat_max_ratio"],
+                                      o["flip"], bool(o["photometric"]))
+        samples = SampleDataset(self.train_set, transform, seed=self.cfg.train.seed, with_reason=True)
+        return resumable_train_loader(samples, collate_fn=collate, **self.train_loader_settings(info))
+
+    def eval_loader(self, info: DistInfo, batch_size: int) -> Iterable:
+        """Lists of full-size images and labels, with the loader's own generator: one without draws its base
+        seed from the global RNG at every iteration, which would shift the RNG streams of a resumed run."""
+        samples = SampleDataset(self.val_set, SegEvalTransform(tuple(self.options["eval_scale"])), with_reason=True)
+        return sharded_eval_loader(samples, batch_size=batch_size, collate_fn=list_collate, seed=self.cfg.train.seed,
+                                   **self.loader_settings(info))
 
     # --- per batch
     def loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -144,19 +153,34 @@ class SegmentationTask(DenseTask):
             images = images.contiguous(memory_format=torch.channels_last)
         return sum(model(images, labels).values())
 
-    def evaluate(self, model: nn.Module, loader: Iterable, info: DistInfo, *, ema: bool = False,
-                 dtype: torch.dtype | None = None, channels_last: bool = False,
-                 progress: bool = False) -> tuple[dict[str, float], list[str]]:
-        scores, skipped = evaluate_segmentation(model, loader, self.num_classes, info, classes=self.classes,
-                                                dtype=dtype, progress=progress, desc="val ema" if ema else "val",
-                                                **self.inference)
-        if info.is_main and not ema:
-            worst = sorted((v, k) for k, v in scores["IoU"].items() if v == v)[:5]
-            log.info("mIoU %.2f, mAcc %.2f, aAcc %.2f on %d pixels; lowest IoU: %s", 100 * scores["mIoU"],
-                     100 * scores["mAcc"], 100 * scores["aAcc"], scores["pixels"],
-                     ", ".join(f"{k} {100 * v:.1f}" for v, k in worst))
-        metrics = {k: 100.0 * scores[k] for k in _METRICS}
-        return ({f"ema_{k}": v for k, v in metrics.items()} if ema else metrics), skipped
+    def measure(self, model: nn.Module, loader: Iterable, info: DistInfo, *, dtype: torch.dtype | None = None,
+                channels_last: bool = False, progress: bool = False,
+                desc: str = "val") -> tuple[dict[str, Any], list[str]]:
+        return evaluate_segmentation(model, loader, self.num_classes, info, classes=self.classes, dtype=dtype,
+                                     progress=progress, desc=desc, **self.inference)
+
+    def epoch_metrics(self, scores: dict[str, Any]) -> dict[str, float]:
+        return {k: 100.0 * scores[k] for k in _METRICS}
+
+    def log_scores(self, scores: dict[str, Any]) -> None:
+        worst = sorted((v, k) for k, v in scores["IoU"].items() if v == v)[:5]
+        log.info("mIoU %.2f, mAcc %.2f, aAcc %.2f on %d pixels; lowest IoU: %s", 100 * scores["mIoU"],
+                 100 * scores["mAcc"], 100 * scores["aAcc"], scores["pixels"],
+                 ", ".join(f"{k} {100 * v:.1f}" for v, k in worst))
+
+    # --- evaluating a checkpoint (leanvit segment eval)
+    @classmethod
+    def for_checkpoint(cls, options: Any) -> tuple["SegmentationTask", nn.Module]:
+        """The dense set-up, with the checkpoint's inference options under ``options``' (mode, crop, ...)."""
+        task, model = super().for_checkpoint(options)
+        task.inference = inference_options(task.trained_meta, options)
+        return task, model
+
+    def report_scores(self, scores: dict[str, Any], skipped: list[str]) -> dict[str, Any]:
+        return dict(inference=self.inference, skipped_files=len(set(skipped)),
+                    skipped_while_scanning={k: len(v) for k, v in self.val_set.skipped.items()},
+                    mIoU=100 * scores["mIoU"], mAcc=100 * scores["mAcc"], aAcc=100 * scores["aAcc"],
+                    IoU={k: 100 * v for k, v in scores["IoU"].items()})
 
     # --- bookkeeping
     def checkpoint_meta(self) -> dict[str, Any]:
@@ -167,4 +191,8 @@ class SegmentationTask(DenseTask):
         return dict(super().resolved(), arch=self.arch, skipped_while_scanning={k: len(v) for k, v in source.skipped.items()})
 
 
-register_task(SegmentationTask.name, SegmentationTask)
+def inference_options(meta: dict[str, Any], options: Any) -> dict[str, Any]:
+    """:func:`segment`'s options for a checkpoint: the defaults, the checkpoint's, then those ``options`` sets
+    (its ``mode``, ``crop``, ``stride``, ``scales``, ``flip`` fields that are not None)."""
+    overrides = {k: getattr(options, k) for k in EVAL_DEFAULTS if getattr(options, k, None) is not None}
+    return {**EVAL_DEFAULTS, **meta.get("inference", {}), **overrides}

@@ -4,7 +4,7 @@
 
 * ``semantic_fpn``: the DenseFPN preset with 4 outputs at strides 4/8/16/32 (SepViT: its 4 levels as in
   mmseg's FPN; SHViT / EfficientViT-M: two transposed-conv levels from the merged stride-16 lateral, the
-  stride-64 output dropped, dense.md §3.2) -> :class:`~leanvit.dense.seg_heads.SemanticFPNHead` (128 channels).
+  stride-64 output dropped) -> :class:`~leanvit.dense.seg_heads.SemanticFPNHead` (128 channels).
 * ``upernet``: :class:`~leanvit.dense.seg_heads.UPerHead` (512 channels, PPM 1/2/3/6) on the backbone
   levels; stride-16/32/64 backbones get two transposed-conv levels first (:class:`FinerLevels`), so every
   head decodes at stride 4. An auxiliary :class:`FCNHead` (loss weight 0.4) reads the stride-16 map:
@@ -42,7 +42,7 @@ class Segmentor(nn.Module):
     """Backbone -> (neck | finer levels) -> decode head, with an optional auxiliary head for training.
 
     ``loss_average``: ``"all"`` divides the cross-entropy by every pixel, ignored ones included (mmseg
-    0.10, the official SepViT runs; dense.md §4.3), ``"valid"`` by the labelled pixels (PyTorch's mean).
+    0.10 ``cross_entropy_loss.py``, the official SepViT runs), ``"valid"`` by the labelled pixels (PyTorch's mean).
     """
 
     def __init__(self, backbone: DenseBackbone, decode_head: nn.Module, num_classes: int, *,

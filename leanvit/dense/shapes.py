@@ -1,4 +1,4 @@
-"""A deterministic synthetic "shapes" dataset with exact boxes, instance masks and class maps (dense.md §8.1).
+"""A deterministic synthetic "shapes" dataset with exact boxes, instance masks and class maps.
 
 Every scene is a pure function of ``(seed, index, size)``: a background (base colour, linear gradient,
 Gaussian noise) with 1-4 non-overlapping objects of three classes (rectangle, ellipse, upward triangle).

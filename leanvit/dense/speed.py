@@ -1,4 +1,4 @@
-"""Detection speed: the papers' backbone-latency protocol and end-to-end detector throughput (dense.md §2.4).
+"""Detection speed: the papers' backbone-latency protocol and end-to-end detector throughput (SHViT paper Table 5 caption).
 
 Backbone latency (SHViT Table 5): a 512x512 batch through the backbone only (no neck, no head), BatchNorms
 fused, after warm-up; per-image ms = batch time / batch size; CPU batch 16, GPU batch 32 under fp16 autocast.
@@ -11,47 +11,37 @@ Used by ``leanvit detect bench`` and ``benchmarks/dense_speed.py``.
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
+import timm
 import torch
+import torchvision
 from torch import nn
+from torch.fx.experimental import optimization as fx_optimization
+from torchvision.models.feature_extraction import create_feature_extractor
 
+from .._text import markdown_table
 from ..bench.timing import interleaved_medians
+from ..deploy.capabilities import torch_threads
 from ..errors import InvalidValueError, UnknownNameError
-from ..models import get_config, is_model
+from ..models import is_model
 from ..zoo import fuse_model
-from .backbone import DENSE_IMG_SIZE, create_backbone
+from .backbone import create_backbone, dense_model_kwargs
 from .detectors import create_detector
+from .options import DEFAULT_BACKBONES
 
 __all__ = [
     "backbone_latency", "detector_throughput", "speed_tables", "DEFAULT_BACKBONES", "DEFAULT_DETECTOR_BACKBONES",
     "resnet50_features",
 ]
 
-DEFAULT_BACKBONES = ("shvit_s1", "shvit_s4", "efficientvit_m0", "efficientvit_m4", "sepvit_lite")
 DEFAULT_DETECTOR_BACKBONES = ("shvit_s4", "efficientvit_m4")
-
-
-@contextmanager
-def _threads(n: int | None) -> Iterator[None]:
-    before = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def resnet50_features() -> nn.Module:
     """torchvision's ResNet-50 (random weights) returning its 4 stage maps (strides 4-32), BatchNorms folded by
     ``torch.fx``'s conv-BN fusion."""
-    import torchvision
-    from torch.fx.experimental.optimization import fuse
-    from torchvision.models.feature_extraction import create_feature_extractor
-
-    fused = fuse(torchvision.models.resnet50().eval())
+    fused = fx_optimization.fuse(torchvision.models.resnet50().eval())
     return create_feature_extractor(fused, {f"layer{i}": str(i - 1) for i in range(1, 5)}).eval()
 
 
@@ -67,17 +57,15 @@ class _StageMaps(nn.Module):
 
 
 def _backbones(names: Sequence[str], with_timm: bool, baseline: str | None) -> dict[str, nn.Module]:
-    import timm
-
     calls: dict[str, nn.Module] = {}
     for name in names:
         if not is_model(name):
             raise UnknownNameError(f"{name!r} is not a leanvit model (leanvit.list_models())")
         calls[name] = _StageMaps(fuse_model(create_backbone(name).model, "torch"))
-        family = get_config(name).family
-        if with_timm and family in ("shvit", "efficientvit_m") and name in timm.list_models():
-            kwargs = {"img_size": DENSE_IMG_SIZE} if family == "efficientvit_m" else {}  # same 7x7 windows
-            ported = fuse_model(timm.create_model(name, pretrained=False, features_only=True, **kwargs))
+        if with_timm and name in timm.list_models():  # timm ports SHViT and EfficientViT-M, not SepViT
+            # timm's port built with leanvit's dense settings (EfficientViT-M: 448 px, the same 7x7 windows)
+            ported = fuse_model(timm.create_model(name, pretrained=False, features_only=True,
+                                                  **dense_model_kwargs(name)))
             calls[f"timm:{name}"] = ported
     if baseline == "resnet50":
         calls["resnet50"] = resnet50_features()
@@ -119,7 +107,7 @@ def backbone_latency(
     """
     device = torch.device(device)
     batch = batch or (32 if device.type == "cuda" else 16)
-    with _threads(threads), torch.inference_mode():
+    with torch_threads(threads), torch.inference_mode():
         models = _backbones(names, with_timm, baseline)
         for m in models.values():
             m.to(device)
@@ -158,7 +146,7 @@ def detector_throughput(
     """End-to-end CPU images/s of ``arch`` on each backbone at ``size`` (H, W): the torchvision model's whole
     eval forward (resize no-op at 800x1333, normalise, pad to 32, backbone, neck, head, post-processing).
     Random weights: with untrained heads few boxes pass the score threshold, so mask pasting is not timed."""
-    with _threads(threads), torch.inference_mode():
+    with torch_threads(threads), torch.inference_mode():
         models = {n: create_detector(arch, n).eval() for n in names}
         images = [torch.rand(3, *size) for _ in range(batch)]
         seconds = _timed({n: (lambda m=m: m(images)) for n, m in models.items()}, torch.device("cpu"), rounds,
@@ -175,14 +163,15 @@ def speed_tables(backbone_rows: list[dict[str, Any]], detector_rows: list[dict[s
         r0 = backbone_rows[0]
         threads = f", {r0['threads']} thread(s)" if r0["threads"] else ""
         lines += [f"Backbone latency, {r0['img_size']}x{r0['img_size']}, batch {r0['batch']}, {r0['device']}{threads}, "
-                  "BN fused", "", "| backbone | ms / image | leanvit / timm |", "|---|---|---|"]
-        for r in backbone_rows:
-            ratio = f"{r['vs_timm']:.2f}" if "vs_timm" in r else ""
-            lines.append(f"| {r['model']} | {r['ms_per_image']:.1f} | {ratio} |")
+                  "BN fused", ""]
+        lines.append(markdown_table(["backbone", "ms / image", "leanvit / timm"], [
+            [r["model"], f"{r['ms_per_image']:.1f}", f"{r['vs_timm']:.2f}" if "vs_timm" in r else ""]
+            for r in backbone_rows]).rstrip("\n"))
     if detector_rows:
         r0 = detector_rows[0]
         lines += ["", f"Detectors end to end, {r0['size'][0]}x{r0['size'][1]}, batch {r0['batch']}, "
-                  f"{r0['threads']} thread(s), random weights", "",
-                  "| detector | backbone | images / s | ms / image |", "|---|---|---|---|"]
-        lines += [f"| {r['arch']} | {r['model']} | {r['images_per_s']:.3f} | {r['ms_per_image']:.0f} |" for r in detector_rows]
+                  f"{r0['threads']} thread(s), random weights", ""]
+        lines.append(markdown_table(["detector", "backbone", "images / s", "ms / image"], [
+            [r["arch"], r["model"], f"{r['images_per_s']:.3f}", f"{r['ms_per_image']:.0f}"]
+            for r in detector_rows]).rstrip("\n"))
     return "\n".join(lines)

@@ -9,7 +9,8 @@
 * :func:`preserved_signal_stack`: the calling thread's alternate signal stack, restored after OpenVINO
   compiles a model (its CPU plugin leaves a freed one behind otherwise: see the function).
 
-Every other deploy module builds on this one, so it imports none of them (only :mod:`.names`).
+Every other deploy module builds on this one, so it imports none of them (only the route table, :mod:`.routes`:
+what each backend needs and supports is read from its :class:`~leanvit.deploy.routes.Route`).
 """
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ from typing import Any, Iterator
 import torch
 
 from ..errors import InvalidValueError, OperationError
-from .names import BACKENDS, INT8_BACKENDS, PRECISIONS
+from .int8_policy import cpu_class_of, int8_speed_check
+from .routes import PRECISIONS, ROUTES, backend_route
 
 __all__ = [
     "MissingBackendError", "UnsupportedPrecisionError", "require", "require_backend", "cpu_has_bf16", "cpu_has_int8_dot",
@@ -51,16 +53,10 @@ def require(module: str, extra: str, purpose: str) -> ModuleType:
 
 
 def require_backend(backend: str) -> None:
-    """Raise ValueError for an unknown ``backend`` and :class:`MissingBackendError` when its packages are missing."""
-    if backend == "onnxruntime":
-        require("onnxruntime", "onnx", "the onnxruntime backend")
-        require("onnx", "onnx", "the onnxruntime backend (ONNX export)")
-    elif backend == "openvino":
-        require("openvino", "openvino", "the openvino backend")
-    elif backend == "executorch":
-        require("executorch", "mobile", "the executorch backend")
-    elif backend not in BACKENDS:
-        raise InvalidValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    """Raise for an unknown ``backend`` and :class:`MissingBackendError` when its packages (its route's
+    ``packages``) are missing."""
+    for module, extra in backend_route(backend).packages:
+        require(module, extra, f"the {backend} backend")
 
 
 def cpu_has_bf16() -> bool:
@@ -93,25 +89,28 @@ def check_precision(
     if precision not in PRECISIONS:
         raise InvalidValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
     require_backend(backend)
+    route = backend_route(backend)
     cuda = device.startswith("cuda")
-    if backend == "openvino" and cuda:
-        raise InvalidValueError("the openvino backend runs on CPU only here; use --device cpu")
+    if cuda and not route.cuda:
+        raise InvalidValueError(f"the {backend} backend runs on CPU only here; use --device cpu")
     problem = ""
     if precision == "int8":
-        if backend not in INT8_BACKENDS or cuda:
-            problem = f"int8 runs as a quantised artifact on CPU, in the {', '.join(INT8_BACKENDS)} backends"
-        elif not cpu_has_int8_dot():
-            problem = ("this CPU has no int8 dot-product instructions (AVX512-VNNI, AVX-VNNI or AMX): int8 would run "
-                       "emulated, slower than fp32")
+        if route.int8 is None or cuda:
+            int8_backends = ", ".join(r.backend for r in ROUTES if r.backend and r.int8)
+            problem = f"int8 runs as a quantised artifact on CPU, in the {int8_backends} backends"
+        else:  # decided by measured int8 / fp32 speed on this CPU class (leanvit.deploy.int8_policy.INT8_SPEED)
+            problem, int8_note = int8_speed_check(route.int8, cpu_class_of(cpu_has_int8_dot()))
+            if not problem:
+                return precision, int8_note
     elif precision == "fp16" and not cuda:
         problem = "fp16 needs a CUDA GPU (AMP); on CPU use bf16 (native on AVX512-BF16/AMX CPUs) or fp32"
-    elif precision == "bf16" and backend == "onnxruntime" and not cuda:
+    elif precision == "bf16" and route.name == "onnxruntime" and not cuda:
         problem = "onnxruntime's CPU provider has no bf16 kernels; use the openvino or a PyTorch backend for bf16"
-    elif precision != "fp32" and backend in ("onnxruntime", "executorch"):
+    elif precision != "fp32" and route.mixed_precision is None:
         problem = f"the {backend} backend runs the fp32 graph (no mixed precision here); use --precision fp32 or int8"
-    elif precision == "bf16" and backend == "openvino" and "BF16" not in _openvino_capabilities():
+    elif precision == "bf16" and route.mixed_precision == "openvino" and "BF16" not in _openvino_capabilities():
         problem = "OpenVINO reports no BF16 support on this CPU (needs AVX512-BF16 or AMX)"
-    elif precision == "bf16" and backend in ("eager", "jit", "compile"):
+    elif precision == "bf16" and route.mixed_precision == "torch":
         if cuda and not torch.cuda.is_bf16_supported():
             problem = "this GPU has no bf16 support; use fp16"
         elif not cuda and not cpu_has_bf16():

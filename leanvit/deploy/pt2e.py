@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from safetensors import safe_open
@@ -23,11 +23,12 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .._io import atomic_write
-from ..checkpoint import QAT_STATE_PREFIX
+from ..models.checkpoint import QAT_STATE_PREFIX
 from ..errors import InvalidValueError
 from ..models import create_model
 from ..zoo import fuse_model
 from .capabilities import quiet_deprecations, require
+from .int8_policy import INT8_CPU_KEY, int8_recipe
 
 __all__ = ["PT2E_FORMAT", "QAT_QUANTIZERS", "QAT_RUNTIMES", "x86_quantizer", "xnnpack_quantizer", "prepare_qat_graph",
            "converted_qat", "export_for_pt2e", "calibrated_pt2e", "converted_pt2e", "quantize_pytorch",
@@ -36,35 +37,55 @@ __all__ = ["PT2E_FORMAT", "QAT_QUANTIZERS", "QAT_RUNTIMES", "x86_quantizer", "xn
 PT2E_FORMAT = "leanvit-int8-pt2e-x86"
 
 
-def _configured(quantizer: Any, config: Any, scheme: str, keep_float: Sequence[str], by_type: str, by_name: str) -> Any:
-    # The PT2E quantizers share the annotation model but name the setters differently.
+def x86_quantizer(scheme: str = "default", keep_float: Sequence[str] = (), qat: bool = False,
+                  reduce_range: bool = False) -> Any:
+    """torchao's X86InductorQuantizer (per-channel symmetric int8 weights, uint8 histogram-calibrated
+    activations). ``scheme="weights"`` annotates only convolutions and linears; the modules named in
+    ``keep_float`` stay in float; ``qat`` gives its fake-quantising configuration for training;
+    ``reduce_range`` calibrates activations to 7 bits (0..127), exact for oneDNN's int8 kernels on CPUs
+    without VNNI (``vpmaddubsw`` saturates the int16 sum of two u8 x s8 products otherwise)."""
+    xq = require("torchao.quantization.pt2e.quantizer.x86_inductor_quantizer", "quantize",
+                 "PyTorch int8 (torchao PT2E)")
+    config = xq.get_default_x86_inductor_quantization_config(is_qat=qat, reduce_range=reduce_range)
+    quantizer = xq.X86InductorQuantizer()
     if scheme == "weights":
+        # this quantizer maps a module type to its aten operator: functional convolutions match too
         for layer in (nn.Conv2d, nn.Linear):
-            getattr(quantizer, by_type)(layer, config)
+            quantizer.set_module_type_qconfig(layer, config)
     else:
         quantizer.set_global(config)
     for name in keep_float:
-        getattr(quantizer, by_name)(name, None)
+        quantizer.set_module_name_qconfig(name, None)
     return quantizer
 
 
-def x86_quantizer(scheme: str = "default", keep_float: Sequence[str] = (), qat: bool = False) -> Any:
-    """torchao's X86InductorQuantizer (per-channel symmetric int8 weights, uint8 histogram-calibrated
-    activations). ``scheme="weights"`` annotates only convolutions and linears; the modules named in
-    ``keep_float`` stay in float; ``qat`` gives its fake-quantising configuration for training."""
-    xq = require("torchao.quantization.pt2e.quantizer.x86_inductor_quantizer", "quantize",
-                 "PyTorch int8 (torchao PT2E)")
-    config = xq.get_default_x86_inductor_quantization_config(is_qat=qat)
-    return _configured(xq.X86InductorQuantizer(), config, scheme, keep_float, "set_module_type_qconfig",
-                       "set_module_name_qconfig")
+# The operators the XNNPACK quantizer's conv / linear patterns start from. leanvit's fused and mobile forms
+# call their convolutions functionally, so selecting by module type (nn.Conv2d) matched only the classifier.
+_XNNPACK_WEIGHT_OPERATORS = (torch.ops.aten.conv2d.default, torch.ops.aten.linear.default)
+
+
+def _outside(modules: Sequence[str]) -> Callable[[torch.fx.Node], bool]:
+    """A node filter: true for nodes outside every module in ``modules`` (dotted names)."""
+    utils = require("torchao.quantization.pt2e.quantizer.utils", "quantize", "int8 keep-float")
+    inside = [utils.get_module_name_filter(name) for name in modules]
+    return lambda node: not any(f(node) for f in inside)
 
 
 def xnnpack_quantizer(scheme: str = "default", keep_float: Sequence[str] = (), qat: bool = False) -> Any:
     """ExecuTorch's XNNPACK quantizer: symmetric per-channel int8 weights, int8 activations; ``scheme`` and
-    ``keep_float`` and ``qat`` as for :func:`x86_quantizer`."""
+    ``keep_float`` and ``qat`` as for :func:`x86_quantizer`. XNNPACK's int8 kernels widen to 16 bits before
+    multiplying: exact on every CPU, so there is no reduced range."""
     xq = require("executorch.backends.xnnpack.quantizer.xnnpack_quantizer", "mobile", "ExecuTorch int8")
     config = xq.get_symmetric_quantization_config(is_per_channel=True, is_qat=qat)
-    return _configured(xq.XNNPACKQuantizer(), config, scheme, keep_float, "set_module_type", "set_module_name")
+    quantizer = xq.XNNPACKQuantizer()
+    if scheme == "weights":
+        for operator in _XNNPACK_WEIGHT_OPERATORS:
+            quantizer.set_operator_type(operator, config)
+    else:
+        quantizer.set_global(config)
+    if keep_float:  # this quantizer refuses set_module_name(name, None): filter those modules' nodes out
+        quantizer.set_filter_function(_outside(keep_float))
+    return quantizer
 
 
 def export_for_pt2e(fused: nn.Module, side: int) -> torch.fx.GraphModule:
@@ -154,16 +175,21 @@ def converted_pt2e(prepared: torch.fx.GraphModule) -> torch.fx.GraphModule:
 
 
 def quantize_pytorch(fused: nn.Module, example: torch.Tensor, calibration: torch.Tensor, path: Path,
-                     scheme: str = "default", keep_float: Sequence[str] = ()) -> str:
-    """Calibrate PT2E observers on ``calibration`` (in ``example``-sized batches) and write the artifact."""
+                     scheme: str = "default", keep_float: Sequence[str] = (), target_cpu: str = "vnni") -> str:
+    """Calibrate PT2E observers on ``calibration`` (in ``example``-sized batches) and write the artifact, with
+    7-bit activations for ``target_cpu="no-vnni"`` (:mod:`leanvit.deploy.int8_policy`)."""
     identity = _identity(fused)
     side = int(example.shape[-1])
-    prepared = calibrated_pt2e(fused, calibration, x86_quantizer(scheme, keep_float), example.shape[0])
+    recipe = int8_recipe("pytorch", target_cpu)
+    quantizer = x86_quantizer(scheme, keep_float, reduce_range=recipe.reduce_range)
+    prepared = calibrated_pt2e(fused, calibration, quantizer, example.shape[0])
     tensors = {f"model.{k}": v.contiguous() for k, v in fused.state_dict().items()}
     tensors.update({f"observer.{k}": v.contiguous() for k, v in _observer_state(prepared).items()})
-    _write_artifact(tensors, dict(identity, img_size=side, scheme=scheme, keep_float=list(keep_float)), path)
+    _write_artifact(tensors, dict(identity, img_size=side, scheme=scheme, keep_float=list(keep_float),
+                                  reduce_range=recipe.reduce_range, **{INT8_CPU_KEY: target_cpu}), path)
     return ("PT2E X86InductorQuantizer int8 (per-channel"
-            f"{', conv/linear only' if scheme == 'weights' else ''}); runs compiled by inductor")
+            f"{', conv/linear only' if scheme == 'weights' else ''}; for {target_cpu} CPUs: {recipe.note}); "
+            "runs compiled by inductor")
 
 
 def _write_artifact(tensors: dict[str, torch.Tensor], metadata: dict[str, Any], path: Path) -> None:
@@ -191,7 +217,7 @@ def load_pytorch_int8(path: str | Path) -> tuple[torch.fx.GraphModule, dict[str,
                          distillation=meta["distillation"]).eval()
     fused = fuse_model(model, target="torch")
     fused.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
-    quantizer = x86_quantizer(meta["scheme"], meta.get("keep_float", ()))
+    quantizer = x86_quantizer(meta["scheme"], meta.get("keep_float", ()), reduce_range=meta.get("reduce_range", False))
     with quiet_deprecations(), torch.no_grad():
         prepared = _pt2e().prepare_pt2e(export_for_pt2e(fused, meta["img_size"]), quantizer)
         stored = {k[9:]: v for k, v in tensors.items() if k.startswith("observer.")}

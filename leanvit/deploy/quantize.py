@@ -27,9 +27,11 @@ from torch import nn
 
 from .._io import atomic_write, atomic_write_bytes
 from ..errors import InvalidValueError
+from . import capabilities
 from .capabilities import preserved_signal_stack, quiet_deprecations, require, torch_threads
+from .int8_policy import INT8_CPU_KEY, int8_recipe, resolve_target_cpu
 from .mobile import as_nchw, lower_to_executorch
-from .names import INT8_RUNTIMES
+from .routes import SCHEMES, int8_route
 from .pt2e import QAT_RUNTIMES, converted_qat, quantize_pytorch, xnnpack_quantizer
 from .runtime import ExecuTorchRuntime, OnnxRuntime, OpenVinoRuntime, Runtime, open_pytorch_int8, run_in_batches
 from .writers import export_onnx, to_openvino
@@ -38,9 +40,6 @@ __all__ = [
     "SCHEMES", "AccuracyReport", "QuantizedArtifact", "mcnemar_exact", "top1_report",
     "quantize_openvino", "quantize_onnxruntime", "quantize_executorch", "quantize_for", "quantize_qat", "predict",
 ]
-
-SCHEMES = ("default", "weights")
-
 
 @dataclass
 class QuantizedArtifact:
@@ -51,6 +50,7 @@ class QuantizedArtifact:
     calibration_images: int
     description: str
     keep_float: tuple[str, ...] = ()  # modules left in float (mixed precision)
+    target_cpu: str = ""  # the CPU class it was quantised for (leanvit.deploy.int8_policy.CPU_CLASSES)
 
     def open(self, threads: int | None = 1, *, batch_size: int = 16, compiled: bool = True) -> Runtime:
         """The artifact in its runtime. The PyTorch graph is compiled by inductor for ``batch_size`` (~1 min;
@@ -147,10 +147,10 @@ def _onnx_module_path(node_name: str) -> str:
 
 
 def quantize_openvino(fused: nn.Module, example: torch.Tensor, calibration: torch.Tensor, path: Path,
-                      scheme: str = "default", keep_float: Sequence[str] = ()) -> str:
+                      scheme: str = "default", keep_float: Sequence[str] = (), target_cpu: str = "vnni") -> str:
     """NNCF post-training quantisation of the OpenVINO model (transformer preset, mixed preset: symmetric
     weights, asymmetric activations), saved as an int8 IR with a dynamic batch. The ops of the modules in
-    ``keep_float`` go to NNCF's ignored scope."""
+    ``keep_float`` go to NNCF's ignored scope; ``target_cpu`` is recorded in the IR's rt_info."""
     nncf = require("nncf", "quantize", "OpenVINO int8 (NNCF)")
     ov = require("openvino", "openvino", "OpenVINO int8")
     _check_calibration(calibration, example)
@@ -163,8 +163,10 @@ def quantize_openvino(fused: nn.Module, example: torch.Tensor, calibration: torc
         quantized = nncf.quantize(ov_model, nncf.Dataset(batches), preset=nncf.QuantizationPreset.MIXED,
                                   model_type=nncf.ModelType.TRANSFORMER, subset_size=len(calibration),
                                   ignored_scope=scope)
+    quantized.set_rt_info(target_cpu, INT8_CPU_KEY)
     ov.save_model(quantized, str(path), compress_to_fp16=False)
-    return f"NNCF {nncf.__version__} post-training int8 (transformer preset) on OpenVINO {ov.__version__}"
+    return (f"NNCF {nncf.__version__} post-training int8 (transformer preset; "
+            f"{int8_recipe('openvino', target_cpu).note}) on OpenVINO {ov.__version__}")
 
 
 class _TensorReader:
@@ -178,12 +180,15 @@ class _TensorReader:
 
 
 def quantize_onnxruntime(fused: nn.Module, example: torch.Tensor, calibration: torch.Tensor, path: Path,
-                         scheme: str = "default", keep_float: Sequence[str] = ()) -> str:
+                         scheme: str = "default", keep_float: Sequence[str] = (), target_cpu: str = "vnni") -> str:
     """ONNX Runtime static quantisation: QDQ format, per-channel symmetric int8 weights, uint8 activations
     (min-max calibration). ``scheme="weights"`` quantises the convolutions only: attention MatMuls, residual
     adds and the classifier Gemm stay fp32. In the digits protocol (docs/deploy.md) that cut the top-1 loss
     from 3.6 to 1.8 points (shvit_s1) and 1.7 to 0.6 (efficientvit_m0); quantising the Gemm too cost 2.3 of
-    them on shvit_s1, and percentile / entropy calibration or symmetric activations did not help."""
+    them on shvit_s1, and percentile / entropy calibration or symmetric activations did not help.
+    ``target_cpu="no-vnni"`` quantises the weights to 7 bits (``reduce_range``), exact for the ``vpmaddubsw``
+    kernels of CPUs without VNNI (:mod:`leanvit.deploy.int8_policy`); the class is recorded in the model's
+    metadata_props."""
     ort = require("onnxruntime", "onnx", "ONNX Runtime int8")
     import onnx
     from onnxruntime import quantization as q
@@ -198,15 +203,22 @@ def quantize_onnxruntime(fused: nn.Module, example: torch.Tensor, calibration: t
         excluded = [n.name for n in onnx.load(str(prepared)).graph.node
                     if in_modules(_onnx_module_path(n.name), keep_float)]
         reader = _TensorReader("input", calibration, 8)
-        atomic_write(path, lambda tmp_path: q.quantize_static(
-            str(prepared), tmp_path, reader, quant_format=q.QuantFormat.QDQ, per_channel=True,
-            activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8, op_types_to_quantize=ops,
-            nodes_to_exclude=excluded, calibrate_method=q.CalibrationMethod.MinMax))
-    return f"onnxruntime {ort.__version__} static QDQ int8 (per-channel weights{', Conv only' if ops else ''})"
+        recipe = int8_recipe("onnxruntime", target_cpu)
+        quantized = Path(tmp) / "int8.onnx"
+        q.quantize_static(str(prepared), str(quantized), reader, quant_format=q.QuantFormat.QDQ, per_channel=True,
+                          reduce_range=recipe.reduce_range, activation_type=q.QuantType.QUInt8,
+                          weight_type=q.QuantType.QInt8, op_types_to_quantize=ops, nodes_to_exclude=excluded,
+                          calibrate_method=q.CalibrationMethod.MinMax)
+        model = onnx.load(str(quantized))
+        onnx.helper.set_model_props(model, dict({p.key: p.value for p in model.metadata_props},
+                                                **{INT8_CPU_KEY: target_cpu}))
+        atomic_write(path, lambda tmp_path: onnx.save(model, tmp_path))
+    return (f"onnxruntime {ort.__version__} static QDQ int8 (per-channel weights{', Conv only' if ops else ''}; "
+            f"for {target_cpu} CPUs: {recipe.note})")
 
 
 def quantize_executorch(fused: nn.Module, example: torch.Tensor, calibration: torch.Tensor, path: Path,
-                        scheme: str = "default", keep_float: Sequence[str] = ()) -> str:
+                        scheme: str = "default", keep_float: Sequence[str] = (), target_cpu: str = "vnni") -> str:
     """PT2E quantisation with :func:`xnnpack_quantizer`, lowered to an XNNPACK ``.pte`` at the example's
     (static) batch. ``scheme="weights"`` leaves the attention ``bmm``s unquantised."""
     pt2e = require("torchao.quantization.pt2e.quantize_pt2e", "mobile", "ExecuTorch int8 (torchao PT2E)")
@@ -225,8 +237,8 @@ def quantize_executorch(fused: nn.Module, example: torch.Tensor, calibration: to
         program = torch.export.export(converted, (example,))
     lowered = lower_to_executorch(program, example)
     atomic_write_bytes(path, lowered.buffer)
-    return f"PT2E XNNPACKQuantizer int8 (per-channel{', conv/linear only' if scheme == 'weights' else ''}), " \
-           f"{lowered.describe()}"
+    return (f"PT2E XNNPACKQuantizer int8 (per-channel{', conv/linear only' if scheme == 'weights' else ''}; "
+            f"{int8_recipe('executorch', target_cpu).note}), {lowered.describe()}")
 
 
 def quantize_qat(runtime: str, model: nn.Module, example: torch.Tensor, scheme: str, state: dict[str, torch.Tensor],
@@ -244,24 +256,23 @@ def quantize_qat(runtime: str, model: nn.Module, example: torch.Tensor, scheme: 
     return QuantizedArtifact(runtime, str(path), "qat", 0, description)
 
 
-_QUANTIZERS = {"openvino": quantize_openvino, "onnxruntime": quantize_onnxruntime, "executorch": quantize_executorch,
-               "pytorch": quantize_pytorch}
-
-
 def quantize_for(runtime: str, fused: nn.Module, example: torch.Tensor, calibration: torch.Tensor, path: Path,
                  *, scheme: str = "default", keep_float: Sequence[str] = (),
-                 threads: int | None = 1) -> QuantizedArtifact:
-    """Quantise an already fused eval model (fused for ``runtime``: ``leanvit.zoo.target_for``) to ``path``;
+                 threads: int | None = 1, target_cpu: str | None = None) -> QuantizedArtifact:
+    """Quantise an already fused eval model (fused for ``runtime``: ``leanvit.deploy.routes.target_for``) to ``path``;
     the modules named in ``keep_float`` (dotted names in ``fused``, e.g. ``stages.1.blocks.0.mixer``) stay
-    in float (:func:`leanvit.deploy.tuning.search_keep_float` finds them)."""
-    if runtime not in _QUANTIZERS:
-        raise InvalidValueError(f"int8 runtimes: {', '.join(_QUANTIZERS)}; got {runtime!r}")
+    in float (:func:`leanvit.deploy.tuning.search_keep_float` finds them). ``target_cpu``: the CPU class
+    the artifact will run on (``"vnni"`` / ``"no-vnni"``; ``None`` or ``"auto"``: this machine's), which picks
+    the quantisation exact for its int8 instructions (:data:`leanvit.deploy.int8_policy.INT8_RECIPES`)."""
+    route = int8_route(runtime)  # its quantiser, named in the route table, lives in this module
     if scheme not in SCHEMES:
         raise InvalidValueError(f"scheme must be one of {', '.join(SCHEMES)}, got {scheme!r}")
-    suffix = INT8_RUNTIMES[runtime]
+    suffix = route.int8_suffix
     if Path(path).suffix != suffix:
         raise InvalidValueError(f"{runtime} int8 output must end in {suffix}, got {Path(path).name!r}")
+    target = resolve_target_cpu(target_cpu, capabilities.cpu_has_int8_dot())
     with torch_threads(threads):
-        description = _QUANTIZERS[runtime](fused, example, calibration.float(), Path(path), scheme, tuple(keep_float))
-    return QuantizedArtifact(runtime, str(path), scheme, len(calibration), description, tuple(keep_float))
+        quantizer = globals()[route.quantizer]
+        description = quantizer(fused, example, calibration.float(), Path(path), scheme, tuple(keep_float), target)
+    return QuantizedArtifact(runtime, str(path), scheme, len(calibration), description, tuple(keep_float), target)
 

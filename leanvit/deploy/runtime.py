@@ -27,8 +27,10 @@ from ..errors import InvalidValueError
 from .capabilities import (
     MissingBackendError, UnsupportedPrecisionError, check_jit_optimize, quiet_deprecations, require, require_backend,
 )
+from .int8_storage import warn_if_other_cpu
 from .mobile import export_executorch
 from .pt2e import load_pytorch_int8
+from .routes import ROUTES, backend_route, suffix_route
 from .writers import compile_openvino, export_onnx, to_openvino
 
 __all__ = ["Runtime", "TorchRuntime", "OnnxRuntime", "OpenVinoRuntime", "ExecuTorchRuntime", "build_runtime",
@@ -285,60 +287,92 @@ def build_runtime(
     channels_last: bool = False,
     jit_optimize: bool = False,
 ) -> Runtime:
-    """A ready runtime for an (already fused) eval ``model`` at the example's shape. Fuse leanvit models
-    for the runtime: ``leanvit.fuse(model, target=leanvit.zoo.target_for(backend))`` (OpenVINO
-    runs EfficientViT-M 9-18% faster in its own deploy form; NOTES.md entry 12). ``jit_optimize``:
-    freeze + ``optimize_for_inference`` the jit trace (CPU; :class:`TorchRuntime`)."""
+    """A ready runtime for an (already fused) eval ``model`` at the example's shape (the backend's route
+    names the step that builds it). Fuse leanvit models for the runtime: ``leanvit.fuse(model,
+    target=leanvit.deploy.routes.target_for(backend))`` (OpenVINO runs EfficientViT-M 9-18% faster in its
+    own deploy form; NOTES.md entry 12). ``jit_optimize``: freeze + ``optimize_for_inference`` the jit trace
+    (CPU; :class:`TorchRuntime`)."""
     require_backend(backend)
     if jit_optimize:
         check_jit_optimize(backend, device)  # also refuses onnxruntime / openvino, which never see a trace
-    if backend in ("eager", "jit", "compile"):
-        return TorchRuntime(model, example, mode=backend, precision=precision, device=device,
-                            bf16_mode=bf16_mode, compile_mode=compile_mode, channels_last=channels_last,
-                            jit_optimize=jit_optimize)
-    if backend == "onnxruntime":
-        if precision != "fp32":
-            raise UnsupportedPrecisionError(f"onnxruntime runs fp32 models here, not {precision}")
-        with tempfile.TemporaryDirectory(prefix="leanvit-ort-") as tmp:
-            path = Path(tmp) / "model.onnx"
-            export_onnx(model.cpu(), example.cpu(), path)
-            return OnnxRuntime(path, threads=threads, device=device)  # the session holds the graph
-    if backend == "executorch":
-        if device.startswith("cuda") or precision != "fp32":
-            raise UnsupportedPrecisionError("the executorch backend runs fp32 XNNPACK programs on CPU here "
-                                            "(int8: leanvit.deploy.quantize)")
-        with tempfile.TemporaryDirectory(prefix="leanvit-et-") as tmp:
-            path = Path(tmp) / "model.pte"
-            export_executorch(model.cpu(), example.cpu(), path)
-            return ExecuTorchRuntime(path, threads=threads)  # the program is read into memory
-    if device.startswith("cuda"):
-        raise InvalidValueError("the openvino backend runs on CPU only here; use --device cpu")
+    route = backend_route(backend)
+    if device.startswith("cuda") and not route.cuda:
+        raise InvalidValueError(f"the {backend} backend runs on CPU only here; use --device cpu")
+    build = globals()[route.builder]
+    return build(model, example, mode=backend, precision=precision, device=device, threads=threads,
+                 bf16_mode=bf16_mode, compile_mode=compile_mode, channels_last=channels_last,
+                 jit_optimize=jit_optimize)
+
+
+def _torch_runtime(model: nn.Module, example: torch.Tensor, *, threads: int | None, **settings: Any) -> Runtime:
+    return TorchRuntime(model, example, **settings)  # PyTorch's threads are process-global (torch_threads)
+
+
+def _onnx_runtime(model: nn.Module, example: torch.Tensor, *, precision: str, device: str, threads: int | None,
+                  **_: Any) -> Runtime:
+    if precision != "fp32":
+        raise UnsupportedPrecisionError(f"onnxruntime runs fp32 models here, not {precision}")
+    with tempfile.TemporaryDirectory(prefix="leanvit-ort-") as tmp:
+        path = Path(tmp) / "model.onnx"
+        export_onnx(model.cpu(), example.cpu(), path)
+        return OnnxRuntime(path, threads=threads, device=device)  # the session holds the graph
+
+
+def _executorch_runtime(model: nn.Module, example: torch.Tensor, *, precision: str, threads: int | None,
+                        **_: Any) -> Runtime:
+    if precision != "fp32":
+        raise UnsupportedPrecisionError("the executorch backend runs fp32 XNNPACK programs on CPU here "
+                                        "(int8: leanvit.deploy.quantize)")
+    with tempfile.TemporaryDirectory(prefix="leanvit-et-") as tmp:
+        path = Path(tmp) / "model.pte"
+        export_executorch(model.cpu(), example.cpu(), path)
+        return ExecuTorchRuntime(path, threads=threads)  # the program is read into memory
+
+
+def _openvino_runtime(model: nn.Module, example: torch.Tensor, *, precision: str, threads: int | None,
+                      **_: Any) -> Runtime:
     return OpenVinoRuntime(model, example=example, threads=threads, precision=precision)
 
 
 def load_artifact(path: str | Path, *, threads: int | None = 1, precision: str | None = None) -> Runtime:
-    """Open an exported file by its suffix: ``.onnx`` (ONNX Runtime), ``.xml`` (OpenVINO IR),
-    ``.pt`` / ``.ts`` (TorchScript), ``.pte`` (ExecuTorch), ``.safetensors`` (a PyTorch int8 artifact, compiled
-    for batch 1: inductor recompiles for other batches). Core ML packages run only on macOS (coremltools)."""
+    """Open an exported file by its suffix (the route whose artifacts end in it names its loader):
+    ``.onnx`` (ONNX Runtime), ``.xml`` (OpenVINO IR), ``.pt`` / ``.ts`` (TorchScript), ``.pte`` (ExecuTorch),
+    ``.safetensors`` (a PyTorch int8 artifact, compiled for batch 1: inductor recompiles for other batches).
+    Core ML packages run only on macOS (coremltools)."""
     path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix == ".onnx":
-        return OnnxRuntime(path, threads=threads)
-    if suffix == ".xml":
-        return OpenVinoRuntime(path, threads=threads, precision=precision)
-    if suffix == ".pte":
-        return ExecuTorchRuntime(path, threads=threads)
-    if suffix in (".pt", ".ts"):
-        with quiet_deprecations():
-            module = torch.jit.load(str(path), map_location="cpu")
-        return _LoadedTorchScript(module)
-    if suffix == ".safetensors":
-        return open_pytorch_int8(path)
-    if suffix == ".mlpackage":
-        raise InvalidValueError(f"{path} is a Core ML package: Core ML runs it on macOS / iOS only "
-                                "(coremltools.models.MLModel(path).predict there)")
-    raise InvalidValueError(f"cannot tell the format of {path}: expected .onnx, .xml (OpenVINO), .pt/.ts (TorchScript), "
-                            ".pte (ExecuTorch) or .safetensors (PyTorch int8)")
+    route = suffix_route(path.suffix)
+    if route is None:
+        known = sorted({s for r in ROUTES if r.loader for s in (*r.suffixes, r.int8_suffix) if s})
+        raise InvalidValueError(f"cannot tell the format of {path}: expected one of {', '.join(known)}")
+    warn_if_other_cpu(path)  # an int8 artifact quantised for another CPU class than this one
+    return globals()[route.loader](path, threads=threads, precision=precision)
+
+
+def _load_onnx(path: Path, *, threads: int | None, **_: Any) -> Runtime:
+    return OnnxRuntime(path, threads=threads)
+
+
+def _load_openvino(path: Path, *, threads: int | None, precision: str | None) -> Runtime:
+    return OpenVinoRuntime(path, threads=threads, precision=precision)
+
+
+def _load_executorch(path: Path, *, threads: int | None, **_: Any) -> Runtime:
+    return ExecuTorchRuntime(path, threads=threads)
+
+
+def _load_pytorch_int8(path: Path, **_: Any) -> Runtime:
+    return open_pytorch_int8(path)
+
+
+def _load_torchscript(path: Path, **_: Any) -> Runtime:
+    with quiet_deprecations():
+        module = torch.jit.load(str(path), map_location="cpu")
+    return _LoadedTorchScript(module)
+
+
+def _refuse_coreml(path: Path, **_: Any) -> Runtime:
+    raise InvalidValueError(f"{path} is a Core ML package: Core ML runs it on macOS / iOS only "
+                            "(coremltools.models.MLModel(path).predict there)")
 
 
 def open_pytorch_int8(path: str | Path, *, batch_size: int = 1, compiled: bool = True) -> TorchRuntime:

@@ -26,8 +26,10 @@ import torch
 from torch import nn
 
 from ..errors import InvalidValueError
+from . import capabilities
+from .int8_policy import int8_recipe, resolve_target_cpu
 from .mobile import as_nchw
-from .names import INT8_RUNTIMES
+from .routes import int8_route
 from .pt2e import calibrated_pt2e, converted_pt2e, x86_quantizer, xnnpack_quantizer
 from .quantize import quantize_for
 from .runtime import run_in_batches
@@ -56,19 +58,22 @@ def quantizable_units(fused: nn.Module) -> list[str]:
 
 
 def trial_int8(runtime: str, fused: nn.Module, calibration: torch.Tensor, scheme: str,
-               keep_float: Sequence[str], workdir: Path, batch_size: int) -> Model:
+               keep_float: Sequence[str], workdir: Path, batch_size: int, target_cpu: str | None = None) -> Model:
     """An int8 model to score during the search: the runtime's own artifact for OpenVINO / ONNX Runtime, the
-    eagerly run PT2E graph (same quantizer, same calibration) for ExecuTorch and PyTorch."""
+    eagerly run PT2E graph (same quantizer, same calibration) for ExecuTorch and PyTorch; ``target_cpu`` as
+    for :func:`~leanvit.deploy.quantize.quantize_for`."""
+    target = resolve_target_cpu(target_cpu, capabilities.cpu_has_int8_dot())
     if runtime == "executorch":
         prepared = calibrated_pt2e(as_nchw(fused), calibration, xnnpack_quantizer(scheme, keep_float), batch_size)
         return converted_pt2e(prepared)
     if runtime == "pytorch":
-        return converted_pt2e(calibrated_pt2e(fused, calibration, x86_quantizer(scheme, keep_float), batch_size))
+        quantizer = x86_quantizer(scheme, keep_float, reduce_range=int8_recipe("pytorch", target).reduce_range)
+        return converted_pt2e(calibrated_pt2e(fused, calibration, quantizer, batch_size))
     side = int(calibration.shape[-1])
-    path = workdir / f"trial{INT8_RUNTIMES[runtime]}"
+    path = workdir / f"trial{int8_route(runtime).int8_suffix}"
     example = torch.zeros(batch_size, 3, side, side)
     return quantize_for(runtime, fused, example, calibration, path, scheme=scheme, keep_float=keep_float,
-                        threads=None).open(None)
+                        threads=None, target_cpu=target).open(None)
 
 
 @dataclass
@@ -150,11 +155,12 @@ def search_keep_float(trial: Callable[[tuple[str, ...]], Model], fp32: Model, im
 
 def tune_runtime(runtime: str, fused: nn.Module, calibration: torch.Tensor, images: torch.Tensor,
                  labels: torch.Tensor, max_drop: float, *, scheme: str = "default", batch_size: int = 16,
-                 units: Sequence[str] | None = None, max_units: int | None = None) -> KeepFloatSearch:
-    """:func:`search_keep_float` for one runtime's int8 (trials per :func:`trial_int8`) over ``units``
-    (default: :func:`quantizable_units`)."""
+                 units: Sequence[str] | None = None, max_units: int | None = None,
+                 target_cpu: str | None = None) -> KeepFloatSearch:
+    """:func:`search_keep_float` for one runtime's int8 (trials per :func:`trial_int8`, for ``target_cpu``) over
+    ``units`` (default: :func:`quantizable_units`)."""
     with tempfile.TemporaryDirectory(prefix="leanvit-tune-") as tmp:
         return search_keep_float(
-            lambda keep: trial_int8(runtime, fused, calibration, scheme, keep, Path(tmp), batch_size),
+            lambda keep: trial_int8(runtime, fused, calibration, scheme, keep, Path(tmp), batch_size, target_cpu),
             fused, images, labels, quantizable_units(fused) if units is None else units, max_drop,
             batch_size=batch_size, max_units=max_units)

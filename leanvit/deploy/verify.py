@@ -4,7 +4,10 @@ Errors are measured as :func:`leanvit.models.signal.logit_agreement` does: the m
 difference relative to the reference logits' *spread* (their std across the inputs, averaged over the
 classes: the part of a logit that depends on the input) and the share of inputs whose top-1 class agrees.
 The spread needs at least two inputs, so a runtime traced for batch 1 is run on several batches of
-:func:`~leanvit.models.signal.signal_images` and the rows are compared together.
+:func:`~leanvit.models.signal.signal_images` and the rows are compared together. Dense outputs (segmentors'
+(N, C, H, W) logit maps) are compared per pixel: each pixel's class logits are a row. A dense artifact with a
+free image size is checked at sizes other than the one it was traced at (``sizes``); one that cannot run
+there, or answers in another shape, fails with :class:`ArtifactRunError`.
 
 Tolerances (export verification):
 
@@ -23,12 +26,13 @@ from pathlib import Path
 
 import torch
 
-from ..errors import InvalidValueError
+from ..errors import InvalidValueError, OperationError
 from ..models.signal import logit_agreement, signal_images
 from .runtime import Runtime, load_artifact, run_in_batches
 
 __all__ = [
-    "FP32_ATOL", "BF16_SPREAD_RTOL", "BF16_MIN_CORRELATION", "INT8_MIN_AGREEMENT", "MIN_VERIFY_ROWS", "LogitCheck", "verification_images", "run_in_batches",
+    "FP32_ATOL", "BF16_SPREAD_RTOL", "BF16_MIN_CORRELATION", "INT8_MIN_AGREEMENT", "MIN_VERIFY_ROWS", "LogitCheck",
+    "ArtifactRunError", "verification_images", "run_in_batches",
     "compare_runtime", "tolerance_for", "within_tolerance", "verify_artifact",
 ]
 
@@ -89,6 +93,10 @@ class LogitCheck:
                           min(self.correlation, other.correlation))
 
 
+class ArtifactRunError(OperationError):
+    """An artifact could not be run at a checked input, or its output has another shape than PyTorch's."""
+
+
 def verification_images(batch_size: int, img_size: int | tuple[int, int], *, min_rows: int = MIN_VERIFY_ROWS,
                         seed: int = 0) -> torch.Tensor:
     """:func:`signal_images` for whole batches of ``batch_size``: the fewest that give ``min_rows`` rows."""
@@ -96,11 +104,23 @@ def verification_images(batch_size: int, img_size: int | tuple[int, int], *, min
     return signal_images(batches * batch_size, img_size, seed=seed)
 
 
+def _rows(logits: torch.Tensor) -> torch.Tensor:
+    # (N, C) logits are rows already; (N, C, H, W) maps give one row per pixel
+    return logits.movedim(1, -1).reshape(-1, logits.shape[1]) if logits.dim() == 4 else logits.reshape(len(logits), -1)
+
+
+def _shape(images: torch.Tensor, batch_size: int) -> str:
+    return "x".join(map(str, (batch_size, *images.shape[1:])))
+
+
 def compare_runtime(reference: torch.Tensor, runtime: Runtime, images: torch.Tensor, batch_size: int) -> LogitCheck:
     """``runtime``'s logits on ``images`` (run in ``batch_size`` chunks) against ``reference`` (the PyTorch
-    model's logits on the same images)."""
+    model's logits on the same images). Raises :class:`ArtifactRunError` when it answers in another shape."""
     output = run_in_batches(runtime, images, batch_size)
-    agreement = logit_agreement(reference.reshape(len(reference), -1), output.reshape(len(output), -1))
+    if output.shape != reference.shape:
+        raise ArtifactRunError(f"the output at input {_shape(images, batch_size)} is {tuple(output.shape[1:])}; "
+                               f"PyTorch gives {tuple(reference.shape[1:])}")
+    agreement = logit_agreement(_rows(reference), _rows(output))
     return LogitCheck(len(images), agreement["max_abs_error"], agreement["relative_error"],
                       agreement["top1_agreement"], agreement["input_correlation"])
 
@@ -124,21 +144,34 @@ def within_tolerance(precision: str, check: LogitCheck) -> bool:
 
 
 def verify_artifact(artifact: str | Path, reference_model: torch.nn.Module, *, precision: str, batches: list[int],
-                    img_size: int, threads: int | None = 1, seed: int = 0,
-                    images: torch.Tensor | None = None) -> tuple[LogitCheck, bool]:
+                    img_size: int | tuple[int, int], threads: int | None = 1, seed: int = 0,
+                    images: torch.Tensor | None = None,
+                    sizes: list[tuple[int, int]] | None = None) -> tuple[LogitCheck, bool]:
     """Load ``artifact`` with its runtime and compare it with ``reference_model`` (fp32) at each batch size
     in ``batches`` on ``images`` (default: :func:`verification_images`); returns the worst check and whether
-    it meets :func:`tolerance_for` ``precision``."""
+    it meets :func:`tolerance_for` ``precision``. ``sizes``: the (H, W) each batch is checked at (a dense
+    model's free image size; one batch each: its pixels are the rows), else ``img_size``. Raises
+    :class:`ArtifactRunError` when the artifact cannot run a checked input."""
     if not batches:
         raise InvalidValueError("verify_artifact needs at least one batch size")
+    if sizes is not None and len(sizes) != len(batches):
+        raise InvalidValueError(f"{len(sizes)} sizes for {len(batches)} batches: give one size per batch")
     runtime = load_artifact(artifact, threads=threads, precision=None if precision == "int8" else precision)
     worst: LogitCheck | None = None
     for i, batch_size in enumerate(batches):
-        if images is None:
+        if sizes is not None:
+            rows = verification_images(batch_size, sizes[i], min_rows=batch_size, seed=seed + i)
+        elif images is None:
             rows = verification_images(batch_size, img_size, seed=seed + i)
         else:  # whole batches only: a runtime traced for one batch runs only it
             rows = images[: max(batch_size, len(images) // batch_size * batch_size)]
         reference = run_in_batches(reference_model, rows, batch_size)
-        check = compare_runtime(reference, runtime, rows, batch_size)
+        try:
+            check = compare_runtime(reference, runtime, rows, batch_size)
+        except ArtifactRunError:
+            raise
+        except Exception as e:  # noqa: BLE001 - e.g. a graph whose shapes were frozen at the trace size
+            raise ArtifactRunError(f"the artifact fails at input {_shape(rows, batch_size)} "
+                                   f"({str(e).strip()[:300]})") from e
         worst = check if worst is None else worst.worst(check)
     return worst, within_tolerance(precision, worst)

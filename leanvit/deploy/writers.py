@@ -4,6 +4,11 @@ ONNX exporter: ``dynamo=False`` (default) is the TorchScript-based exporter at o
 ``dynamo=True`` is ``torch.export``-based (the exporter's default opset) with ``external_data=False``
 for a single file, and with a dynamic batch it traces batch >= 2 (a batch-1 trace would pin the
 batch dimension to 1). ``dynamo=`` is always passed explicitly: its default flipped in torch 2.9.
+``dense``: the model's output is a map at the input size (segmentors: input ``images``, their OpenVINO IR
+converted from the ONNX graph); ``dynamic_size`` (as timm's ``onnx_export``) leaves its height and width free.
+
+:func:`write_artifact` is the one dispatch: the format's :class:`~leanvit.deploy.routes.Route` names its
+writer and the options the writer takes.
 
 :func:`to_openvino` (the in-memory conversion) lives here too: the OpenVINO writer saves what it returns
 and the OpenVINO runtime compiles it, so both import it from below.
@@ -20,12 +25,11 @@ from torch import nn
 from ..errors import InvalidValueError, MissingFileError
 from .capabilities import preserved_signal_stack, quiet_deprecations, require
 from .mobile import export_coreml, export_executorch
-from .names import FORMATS
+from .routes import Route, format_route
 
 __all__ = [
     "LEGACY_OPSET", "export_onnx", "export_openvino", "export_torchscript", "to_openvino", "compile_openvino",
-    "check_output_path",
-    "write_artifact",
+    "check_output_path", "write_artifact", "export_executorch", "export_coreml",
 ]
 
 LEGACY_OPSET = 17
@@ -50,13 +54,23 @@ def export_onnx(
     dynamo: bool = False,
     opset: int | None = None,
     dynamic_batch: bool = False,
+    dense: bool = False,
+    dynamic_size: bool = False,
 ) -> str:
-    """Write a single-file ONNX model; returns a description of the exporter used."""
+    """Write a single-file ONNX model; returns a description of the exporter used. ``dense``: the model's
+    output is a map at the input size (a segmentor; its input is named ``images``); ``dynamic_size``: its
+    height and width stay free in the input and the output."""
     require("onnx", "onnx", "ONNX export")
-    names = dict(input_names=["input"], output_names=["logits"])
+    if dynamic_size and not dense:
+        raise InvalidValueError("dynamic_size needs a dense model (logits at the input size): a classifier's graph "
+                                "holds for the size it was traced at")
+    input_name = "images" if dense else "input"
+    names = dict(input_names=[input_name], output_names=["logits"])
     with quiet_deprecations(), torch.no_grad():
         if dynamo:
             require("onnxscript", "onnx", "the dynamo ONNX exporter")
+            if dynamic_size:
+                raise InvalidValueError("dynamic_size exports through the TorchScript-based exporter: drop dynamo")
             if dynamic_batch and example.shape[0] < 2:
                 raise InvalidValueError("the dynamo exporter specialises a batch-1 trace to batch 1: "
                                         "trace with batch >= 2 for --dynamic-batch")
@@ -64,7 +78,8 @@ def export_onnx(
             torch.onnx.export(model, (example,), str(path), dynamo=True, external_data=False, opset_version=opset,
                               dynamic_shapes=shapes, optimize=True, verbose=False, **names)
             return f"torch.onnx dynamo=True opset {opset or 'default'}"
-        axes = {"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None
+        dims = {0: "batch", 2: "height", 3: "width"} if dynamic_size else {0: "batch"}
+        axes = {input_name: dims, "logits": dims} if dynamic_batch or dynamic_size else None
         torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=opset or LEGACY_OPSET,
                           dynamic_axes=axes, do_constant_folding=True, **names)
         return f"torch.onnx dynamo=False (TorchScript) opset {opset or LEGACY_OPSET}"
@@ -92,16 +107,28 @@ def compile_openvino(model: Any, config: dict[str, Any] | None = None, device: s
 
 
 def export_openvino(
-    model: nn.Module, example: torch.Tensor, path: str | Path, *, dynamic_batch: bool = False, precision: str = "fp32",
+    model: nn.Module, example: torch.Tensor, path: str | Path, *, dynamic_batch: bool = False,
+    dense: bool = False, dynamic_size: bool = False, precision: str = "fp32",
 ) -> str:
-    """Write an OpenVINO IR (``.xml`` + ``.bin``, fp32 weights) whose runtime options carry ``precision``."""
+    """Write an OpenVINO IR (``.xml`` + ``.bin``, fp32 weights) whose runtime options carry ``precision``.
+    ``dense`` (segmentors; ``dynamic_size`` as for :func:`export_onnx`): converted from the ONNX graph of
+    :func:`export_onnx`: one tracing path for both formats, and OpenVINO's own torch frontend returned empty
+    outputs for EfficientViT-M at untraced sizes."""
     ov = require("openvino", "openvino", "OpenVINO export")
-    ov_model = to_openvino(model, example, dynamic_batch=dynamic_batch)
+    if dense:
+        onnx_path = Path(path).with_suffix(".onnx")
+        export_onnx(model, example, onnx_path, dynamic_batch=dynamic_batch, dense=True, dynamic_size=dynamic_size)
+        ov_model = ov.convert_model(str(onnx_path))
+        onnx_path.unlink()
+    elif dynamic_size:
+        raise InvalidValueError("dynamic_size needs a dense model (logits at the input size)")
+    else:
+        ov_model = to_openvino(model, example, dynamic_batch=dynamic_batch)
     # Precision is a compile-time hint in OpenVINO (its CPU default is bf16 on AMX CPUs), so the IR
     # records the one it was verified with; leanvit's loader applies it.
     ov_model.set_rt_info({"fp32": "f32", "bf16": "bf16"}[precision], ["runtime_options", "INFERENCE_PRECISION_HINT"])
     ov.save_model(ov_model, str(path), compress_to_fp16=False)  # fp16 weights would cost ~1e-3 accuracy
-    return f"openvino.convert_model {ov.__version__}"
+    return f"openvino.convert_model {ov.__version__}" + (" (from ONNX)" if dense else "")
 
 
 def export_torchscript(model: nn.Module, example: torch.Tensor, path: str | Path, *, precision: str = "fp32") -> str:
@@ -114,30 +141,24 @@ def export_torchscript(model: nn.Module, example: torch.Tensor, path: str | Path
     return "torch.jit.trace"
 
 
-def check_output_path(fmt: str, output: Path) -> None:
-    """Raise unless ``fmt`` is a known format, ``output`` has its suffix and its directory exists."""
-    if fmt not in FORMATS:
-        raise InvalidValueError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
-    if output.suffix.lower() not in FORMATS[fmt]:
-        raise InvalidValueError(f"{fmt} output must end in {' or '.join(FORMATS[fmt])}, got {output.name!r}")
+def check_output_path(route: Route, output: Path) -> None:
+    """Raise unless ``output`` has one of the ``route``'s suffixes and its directory exists."""
+    if output.suffix.lower() not in route.suffixes:
+        raise InvalidValueError(f"{route.format} output must end in {route.files}, got {output.name!r}")
     if not output.parent.exists():
         raise MissingFileError(f"output directory {output.parent} does not exist")
 
 
-def write_artifact(fmt: str, model: nn.Module, example: torch.Tensor, path: Path, *, dynamo: bool = False,
-                   opset: int | None = None, dynamic_batch: bool = False, precision: str = "fp32") -> str:
-    """Write ``model`` as ``fmt`` to ``path`` with that format's writer; returns the exporter's description.
-    (int8 artifacts are written by :mod:`.quantize`, which calibrates first.)"""
-    if fmt in ("executorch", "coreml"):
-        if dynamic_batch:
-            raise InvalidValueError(f"{fmt} programs have a static shape here: drop --dynamic-batch")
-        if fmt == "executorch":
-            return export_executorch(model, example, path)
-        return export_coreml(model, example, path, precision=precision)
-    if fmt == "onnx":
-        return export_onnx(model, example, path, dynamo=dynamo, opset=opset, dynamic_batch=dynamic_batch)
-    if fmt == "openvino":
-        return export_openvino(model, example, path, dynamic_batch=dynamic_batch, precision=precision)
-    if fmt == "torchscript":
-        return export_torchscript(model, example, path, precision=precision)
-    raise InvalidValueError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
+def write_artifact(fmt: str, model: nn.Module, example: torch.Tensor, path: Path, **options: Any) -> str:
+    """Write ``model`` as ``fmt`` to ``path`` with that format's writer (its route's ``writer``); returns the
+    exporter's description. ``options``: the writer's keywords (``dynamo``, ``opset``, ``dynamic_batch``,
+    ``dense``, ``dynamic_size``, ``precision``); one the route's writer does not take must be left at its default
+    (false / None / the route's default precision). (int8 artifacts are written by :mod:`.quantize`.)"""
+    route = format_route(fmt)
+    defaults = (None, False, route.precisions[0])
+    refused = [k for k, v in options.items() if k not in route.writer_options and v not in defaults]
+    if refused:
+        raise InvalidValueError(f"{', '.join(refused)} do(es) not apply to the {fmt} writer ({route.writer}): "
+                                f"it takes {', '.join(route.writer_options) or 'no options'}")
+    writer = globals()[route.writer]
+    return writer(model, example, path, **{k: v for k, v in options.items() if k in route.writer_options})

@@ -16,6 +16,7 @@ from torch.utils.checkpoint import checkpoint_sequential
 from ..errors import InvalidValueError
 from ..layers import ConvStem, Subsample
 from ..layers.recompute import RecomputeNormActivations
+from ._dense import DenseSettings
 from ._layouts import Adapter, Layout
 
 __all__ = ["LeanViTModel", "Stage", "DistilledLogits"]
@@ -76,14 +77,21 @@ class LeanViTModel(nn.Module):
     head_hidden_size: int
     global_pool: str
     distillation: bool
+    # The family's name (its registry key, what checkpoints and layouts are looked up by): every family class
+    # sets it, so that a model built from its class saves and loads like one built by name.
+    family: str = ""
+    # The registered variant's ModelConfig when built by name (leanvit.create_model); None when built directly.
+    leanvit_cfg: Any = None
     # Conv-dominated families run faster NHWC on CPU (oneDNN, measured 1.2-1.3x): under the "auto"
     # memory-format policy their CPU forward passes make NHWC activations, and leanvit.fuse stores
     # their weights NHWC. See set_channels_last.
     prefers_channels_last: bool = False
     channels_last: bool | str = "auto"
-    # Foreign checkpoint layouts and resolution adapters of the family (leanvit.checkpoint reads them).
+    # Foreign checkpoint layouts and resolution adapters of the family (leanvit.models.checkpoint reads them).
     checkpoint_layouts: tuple[Layout, ...] = ()
     checkpoint_adapters: tuple[Adapter, ...] = ()
+    # What the family's official dense backbone changes (leanvit.dense.create_backbone reads it): nothing here.
+    dense_settings: DenseSettings = DenseSettings()
     # Feature maps are NCHW everywhere; families with a different internal layout convert in _stage_out.
     # Training forward passes rebuild BN(+ReLU) outputs in backward instead of storing them
     # (leanvit.layers.recompute); only the conv-BN families have such outputs.

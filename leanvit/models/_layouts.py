@@ -1,4 +1,4 @@
-"""Checkpoint key layouts as data: what a family declares so that ``leanvit.checkpoint`` can read
+"""Checkpoint key layouts as data: what a family declares so that ``leanvit.models.checkpoint`` can read
 foreign checkpoints without knowing any family.
 
 A family class lists its foreign layouts in ``checkpoint_layouts`` and the functions that fit

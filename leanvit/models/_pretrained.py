@@ -1,7 +1,7 @@
 """Published weight sets of the registered variants (data types).
 
 Data only: a family declares its weight sets next to its variants (``ModelConfig.weights``);
-``leanvit.weights`` downloads, verifies, caches and loads them.
+``leanvit.models.weights`` downloads, verifies and caches them; ``leanvit.create_model`` loads them.
 """
 from __future__ import annotations
 

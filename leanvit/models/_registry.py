@@ -1,25 +1,25 @@
-"""Model registry: each variant is a named, importable builder with a typed config.
+"""Model registry: the registered variants, their typed configs and their family classes.
 
-A family module declares its variants with :func:`register_variant`, which returns the builder
-(``from leanvit.models.shvit import shvit_s1``). leanvit keeps its own registry, so importing it never
-touches timm's (timm already registers ``shvit_s*`` / ``efficientvit_m*``); ``leanvit.timm_bridge``
-is the opt-in bridge.
+A family module declares its variants with :func:`leanvit.models.factory.register_variant`, which records
+them here and returns an importable builder (``from leanvit.models.shvit import shvit_s1``). leanvit keeps
+its own registry, so importing it never touches timm's (timm already registers ``shvit_s*`` /
+``efficientvit_m*``); ``leanvit.timm_bridge`` is the opt-in bridge.
 """
 from __future__ import annotations
 
 import difflib
 import fnmatch
 import math
-from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 from torch import nn
 
 from ..errors import InvalidValueError, UnknownNameError
 from ._pretrained import PretrainedWeights
 
-__all__ = ["ModelConfig", "register_variant", "list_models", "get_config", "is_model", "create_model",
-           "family_class", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = ["ModelConfig", "add_variant", "list_models", "get_config", "is_model", "family_class", "build_variant",
+           "IMAGENET_MEAN", "IMAGENET_STD"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -29,6 +29,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class ModelConfig:
     """Everything a user or tool needs to know about a registered variant.
 
+    ``family`` is filled in from the family class's ``family`` attribute at registration.
     ``arch`` is the family's typed architecture config (e.g. ``SHViTArch``): its fields are the
     constructor arguments that define the variant. ``params``, ``params_fused`` and ``macs`` (at
     ``img_size``, batch 1, fused) are counts recorded for the variant and verified against a fresh count
@@ -36,7 +37,7 @@ class ModelConfig:
     """
 
     name: str
-    family: str
+    family: str = ""
     arch: Any = None
     img_size: int = 224
     crop_pct: float = 0.875
@@ -50,11 +51,9 @@ class ModelConfig:
     params_fused: int | None = None
     macs_m: float | None = None
     macs: int | None = None
-    timm_name: str | None = None
     fixed_input_size: bool = False
     first_conv: str = ""
     classifier: str = "head"
-    extra: dict[str, Any] = field(default_factory=dict)
     # Total stride of the last feature map (pretrained_cfg's pool_size is input_size / output_stride, ceiled).
     output_stride: int = 32
     crop_mode: str = "center"
@@ -125,27 +124,21 @@ _REGISTRY: dict[str, _Entry] = {}
 _FAMILIES: dict[str, type[nn.Module]] = {}
 
 
-def register_variant(cls: type[nn.Module], cfg: ModelConfig) -> Callable[..., nn.Module]:
-    """Register ``cfg.name`` as ``cls(**asdict(cfg.arch), **kwargs)``; returns its named builder.
-
-    The builder is what :func:`create_model` calls: ``shvit_s1(num_classes=10)`` ==
-    ``create_model("shvit_s1", num_classes=10)``.
-    """
+def add_variant(cls: type[nn.Module], cfg: ModelConfig) -> ModelConfig:
+    """Record ``cfg.name`` as built by ``cls``; returns the config with ``family`` taken from the class
+    (``cls.family``, the one place a family's name is declared)."""
+    family = getattr(cls, "family", "")
+    if not family:
+        raise InvalidValueError(f"{cls.__name__} needs a `family` class attribute to register {cfg.name!r}")
+    if cfg.family not in ("", family):
+        raise InvalidValueError(f"{cfg.name!r} says family {cfg.family!r} but {cls.__name__}.family is {family!r}")
     if cfg.name in _REGISTRY:
         raise InvalidValueError(f"model name {cfg.name!r} is registered twice")
-    if _FAMILIES.setdefault(cfg.family, cls) is not cls:
-        raise InvalidValueError(f"family {cfg.family!r} is already implemented by {_FAMILIES[cfg.family].__name__}")
+    if _FAMILIES.setdefault(family, cls) is not cls:
+        raise InvalidValueError(f"family {family!r} is already implemented by {_FAMILIES[family].__name__}")
+    cfg = replace(cfg, family=family)
     _REGISTRY[cfg.name] = _Entry(cls, cfg)
-
-    def build(**kwargs: Any) -> nn.Module:
-        return create_model(cfg.name, **kwargs)
-
-    build.__name__ = build.__qualname__ = cfg.name
-    build.__module__ = cls.__module__
-    top1 = f", {cfg.top1} % ImageNet-1k top-1 in the paper" if cfg.top1 is not None else ""
-    build.__doc__ = (f"{cfg.name}: {cls.__name__}({cfg.arch}) at {cfg.img_size} px{top1}. "
-                     f"Keyword arguments go to {cls.__name__} (num_classes, img_size, distillation, ...).")
-    return build
+    return cfg
 
 
 def list_models(pattern: str = "*", family: str | None = None) -> list[str]:
@@ -181,7 +174,7 @@ def family_class(family: str) -> type[nn.Module]:
     return _FAMILIES[family]
 
 
-def create_model(
+def build_variant(
     name: str,
     *,
     num_classes: int = 1000,
@@ -191,13 +184,13 @@ def create_model(
     pretrained_tag: str | None = None,
     **kwargs: Any,
 ) -> nn.Module:
-    """Build a registered model with random weights (``leanvit.create_model`` adds checkpoint loading).
+    """A registered variant with random weights: the internal step of :func:`leanvit.create_model` (which adds
+    weights, timm names and arguments taken from a checkpoint); the checkpoint loader builds with it too.
 
     ``img_size`` defaults to the variant's native resolution; it only matters for models whose
     parameters depend on it (EfficientViT-M window clamp and biases, SepViT per-window tokens).
     ``channels_last`` is the memory-format policy (see ``LeanViTModel.set_channels_last``).
-    ``pretrained_tag`` picks the weight set whose ``pretrained_cfg`` the model carries (weights are loaded by
-    ``leanvit.create_model(pretrained=...)``).
+    ``pretrained_tag`` picks the weight set whose ``pretrained_cfg`` the model carries.
     """
     if name not in _REGISTRY:
         raise _unknown(name)
@@ -205,8 +198,13 @@ def create_model(
         raise InvalidValueError(f"num_classes must be an int >= 0 (0 removes the head), got {num_classes!r}")
     entry = _REGISTRY[name]
     cfg = entry.cfg
-    model = entry.cls(**asdict(cfg.arch), num_classes=num_classes, img_size=img_size or cfg.img_size,
-                      distillation=distillation, **kwargs)
+    try:
+        model = entry.cls(**asdict(cfg.arch), num_classes=num_classes, img_size=img_size or cfg.img_size,
+                          distillation=distillation, **kwargs)
+    except TypeError as e:
+        if "unexpected keyword argument" not in str(e):
+            raise
+        raise InvalidValueError(f"{name} ({entry.cls.__name__}) does not accept {sorted(kwargs)}: {e}") from e
     model.set_channels_last(channels_last)
     model.leanvit_cfg = cfg
     model.pretrained_cfg = cfg.to_pretrained_cfg(pretrained_tag)

@@ -5,7 +5,6 @@ sandwich block live here; stem, subsample, FFN and heads are the shared ``leanvi
 """
 from __future__ import annotations
 
-import copy
 import itertools
 from dataclasses import dataclass
 from typing import Mapping
@@ -14,24 +13,21 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..errors import InvalidValueError, OperationError
-from ..layers import ConvFFN, ConvNorm, NormLinear, Residual, depthwise_residual, explicit_attention
+from ..errors import InvalidValueError
+from ..layers import ConvFFN, ConvNorm, NormLinear, Residual, WindowedAttention, depthwise_residual
 from ._base import LeanViTModel
+from ._dense import DenseSettings
 from ._layouts import (Layout, StateDict, conv_bn_leanvit_to_official, conv_bn_official_to_leanvit, identity_layout,
                        is_conv_bn_official)
 from ._pretrained import official_and_timm
-from ._registry import ModelConfig, register_variant
-from .fusion import MOBILE_TARGETS
+from ._registry import ModelConfig
+from .factory import register_variant
+from .efficientvit_m_deploy import cascaded_attention_form, local_window_form
 
 __all__ = [
     "EfficientViTM", "EfficientViTMArch", "CascadedGroupAttention", "LocalWindowAttention", "resize_attention_biases",
     "efficientvit_m0", "efficientvit_m1", "efficientvit_m2", "efficientvit_m3", "efficientvit_m4", "efficientvit_m5",
 ]
-
-# fuse(target=...) values for which CascadedGroupAttention.deploy_form returns the split-qkv form,
-# and LocalWindowAttention.deploy_form the sliced-window form.
-SPLIT_QKV_TARGETS = ("openvino",)
-SLICED_WINDOW_TARGETS = ("openvino", *MOBILE_TARGETS)
 
 
 def _bias_index(window: int) -> torch.Tensor:
@@ -154,209 +150,25 @@ class CascadedGroupAttention(nn.Module):
         return self.proj(torch.cat(outs, dim=1))
 
     def deploy_form(self, target: str) -> nn.Module:
-        """Hook of ``leanvit.fuse(target=...)``, called after BN folding: the module to run on ``target``.
-
-        OpenVINO gets :class:`_SplitQKVCascadedAttention` (benchmarks/NOTES.md entries 6 and 12): its CPU
-        plugin runs the q/k/v ``split`` of each head's qkv output (16-channel pieces of a 32-channel-blocked
-        bf16 layout) with a reference kernel, 18 % of efficientvit_m0's bf16 time; without them OV bf16 is
-        17 % (m0) / 11 % (m5) faster. PyTorch keeps this module (one conv per head is faster there: jit fp32
-        channels-last 6 % / 3 % slower with three), and so does ONNX Runtime (+1-3 %, no more than the
-        spread between two sessions of one graph). Unfused modules are returned unchanged.
-        """
-        if target not in (*SPLIT_QKV_TARGETS, *MOBILE_TARGETS):
-            return self
-        if not all(isinstance(c, nn.Conv2d) for c in (*self.qkvs, *self.dws)):
-            return self
-        if not self.cascade:  # the deploy form implements the paper's cascade only
-            return self
-        if self.key_dims != [self.key_dim] * self.num_heads or self.val_dims != [self.val_dim] * self.num_heads:
-            return self  # pruned heads of unequal widths: the split form assumes equal ones
-        return _MobileCascadedAttention(self) if target in MOBILE_TARGETS else _SplitQKVCascadedAttention(self)
+        """Hook of ``leanvit.fuse(target=...)``, called after BN folding: the module to run on ``target``
+        (:func:`~leanvit.models.efficientvit_m_deploy.cascaded_attention_form`)."""
+        return cascaded_attention_form(self, target)
 
 
-def _depthwise_rows(conv: nn.Conv2d, start: int, stop: int, scale: float = 1.0) -> nn.Conv2d:
-    """A new depthwise conv computing channels ``start:stop`` of depthwise ``conv`` (weight and bias times ``scale``)."""
-    if conv.groups != conv.out_channels:
-        raise InvalidValueError(f"expected a depthwise conv, got groups={conv.groups} for {conv.out_channels} channels")
-    rows = stop - start
-    out = nn.Conv2d(rows, rows, conv.kernel_size, conv.stride, conv.padding, conv.dilation, groups=rows,
-                    device=conv.weight.device, dtype=conv.weight.dtype)
-    with torch.no_grad():
-        out.weight.copy_(conv.weight[start:stop] * scale)
-        out.bias.copy_(conv.bias[start:stop] * scale if conv.bias is not None else torch.zeros_like(out.bias))
-    return out
-
-
-def _linear_rows(conv: nn.Conv2d, start: int, stop: int) -> nn.Linear:
-    """A Linear computing output channels ``start:stop`` of a dense 1x1 ``conv`` on (..., C) tokens."""
-    if conv.kernel_size != (1, 1) or conv.groups != 1:
-        raise InvalidValueError(f"only a dense 1x1 conv is a Linear on tokens, not {conv}")
-    out = nn.Linear(conv.in_channels, stop - start, device=conv.weight.device, dtype=conv.weight.dtype)
-    with torch.no_grad():
-        out.weight.copy_(conv.weight[start:stop].flatten(1))
-        out.bias.copy_(conv.bias[start:stop] if conv.bias is not None else torch.zeros_like(out.bias))
-    return out
-
-
-class _SplitQKVCascadedAttention(nn.Module):
-    """Inference-only ("deploy") form of a *fused* :class:`CascadedGroupAttention`, for OpenVINO.
-
-    Same function, different graph:
-
-    * each head's qkv conv + ``split`` becomes three projections (q, k, v) built from the fused conv's
-      output rows: no channel split of the qkv output is left, which OpenVINO's CPU plugin runs with a
-      slow reference kernel (efficientvit_m0 bf16: +23 %, NOTES.md entry 6(b));
-    * ``scale`` is folded into the q depthwise conv (weight and bias times ``scale``), one multiply less;
-    * the (heads, N, N) attention bias is gathered once into a buffer: no index gather at run time;
-    * the cascade runs token-major, (B, N, C), with the projections as Linear layers: that is the
-      layout of OpenVINO's NHWC activations, so the q / k / v reorders to planar and the transposes
-      around each head's attention disappear (OpenVINO bf16 m0 +3.5 %, m5 +1.2 %, NOTES.md entry 15);
-      only q goes back to a (B, C, H, W) map, for its depthwise conv.
-
-    Equal to the source module up to fp32 rounding (folding ``scale`` = 2^-2 for key_dim 16 is itself
-    exact). The window is fixed: set the input size before fusing.
-    """
-
-    def __init__(self, attn: CascadedGroupAttention) -> None:
-        super().__init__()
-        kd, vd = attn.key_dim, attn.val_dim
-        self.num_heads, self.key_dim, self.val_dim, self.window = attn.num_heads, kd, vd, attn.window
-        self.q_linears = nn.ModuleList(_linear_rows(c, 0, kd) for c in attn.qkvs)
-        self.k_linears = nn.ModuleList(_linear_rows(c, kd, 2 * kd) for c in attn.qkvs)
-        self.v_linears = nn.ModuleList(_linear_rows(c, 2 * kd, 2 * kd + vd) for c in attn.qkvs)
-        self.dws = nn.ModuleList(_depthwise_rows(dw, 0, kd, attn.scale) for dw in attn.dws)
-        self.proj = copy.deepcopy(attn.proj)
-        with torch.no_grad():
-            bias = attn.attention_biases[:, attn.attention_bias_idxs].detach().clone()
-        self.register_buffer("attention_bias", bias)
-
-    def set_window(self, window: int) -> None:
-        """The bias table was gathered for one window: refuse to change it."""
-        if window != self.window:
-            raise OperationError("the deploy form of CascadedGroupAttention has a fixed window: "
-                                 "call set_input_size() before leanvit.fuse()")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, _, H, W = x.shape
-        splits = self._tokens(x).chunk(self.num_heads, dim=2)
-        outs = []
-        feat = splits[0]
-        for i, (q_lin, k_lin, v_lin, dw) in enumerate(zip(self.q_linears, self.k_linears, self.v_linears, self.dws)):
-            if i > 0:
-                feat = feat + splits[i]
-            q = self._tokens(dw(self._map(q_lin(feat), H, W)))  # q already carries the scale
-            attn = (q @ k_lin(feat).transpose(1, 2) + self.attention_bias[i]).softmax(dim=-1)
-            # No reshape straight after attn @ v: under a dynamic batch, OpenVINO 2026.4's SDPAReshapeFusion
-            # turns that into an invalid SDPA and the export fails (NOTES.md entry 15).
-            feat = attn @ v_lin(feat)
-            outs.append(feat)
-        return self.proj(self._map(torch.cat(outs, dim=2), H, W))
-
-    @staticmethod
-    def _tokens(x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) -> (B, H*W, C)."""
-        return x.permute(0, 2, 3, 1).flatten(1, 2)
-
-    @staticmethod
-    def _map(tokens: torch.Tensor, H: int, W: int) -> torch.Tensor:
-        """(B, H*W, C) -> (B, C, H, W)."""
-        return tokens.reshape(tokens.shape[0], H, W, tokens.shape[2]).permute(0, 3, 1, 2)
-
-
-class _MobileCascadedAttention(_SplitQKVCascadedAttention):
-    """The split-qkv form for ExecuTorch / Core ML (``leanvit.layers.mobile``): heads are static channel
-    slices (no ``chunk``), each head's bias is its own buffer (no ``select`` / gather at run time) and the
-    attention is :func:`~leanvit.layers.explicit_attention` (``bmm``, no broadcast ``expand``). Measured with
-    ExecuTorch 1.5.1 / XNNPACK: every op of efficientvit_m0 is then delegated."""
-
-    def __init__(self, attn: CascadedGroupAttention) -> None:
-        super().__init__(attn)
-        bias = self.attention_bias
-        del self.attention_bias
-        for i in range(self.num_heads):
-            self.register_buffer(f"head_bias{i}", bias[i].clone())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, _, H, W = x.shape
-        tokens = self._tokens(x)
-        width = tokens.shape[2] // self.num_heads
-        outs = []
-        feat = tokens[:, :, :width]
-        for i, (q_lin, k_lin, v_lin, dw) in enumerate(zip(self.q_linears, self.k_linears, self.v_linears, self.dws)):
-            if i > 0:
-                feat = feat + tokens[:, :, i * width:(i + 1) * width]
-            q = self._tokens(dw(self._map(q_lin(feat), H, W)))  # q already carries the scale
-            feat = explicit_attention(q, k_lin(feat).transpose(1, 2), v_lin(feat), getattr(self, f"head_bias{i}"))
-            outs.append(feat)
-        return self.proj(self._map(torch.cat(outs, dim=2), H, W))
-
-
-class LocalWindowAttention(nn.Module):
+class LocalWindowAttention(WindowedAttention):
     """Cascaded group attention inside non-overlapping windows, zero-padding bottom/right to a
-    window multiple (also when the map is smaller than the window, as timm does)."""
+    window multiple (also when the map is smaller than the window, as timm does): the window logic is
+    :class:`~leanvit.layers.WindowedAttention`'s."""
 
     def __init__(self, dim: int, key_dim: int, num_heads: int, window: int, kernels: tuple[int, ...],
                  **attn_options: object) -> None:
         super().__init__()
         self.attn = CascadedGroupAttention(dim, key_dim, num_heads, window, kernels, **attn_options)  # type: ignore[arg-type]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, C, H, W = x.shape
-        ws = self.attn.window
-        if H == ws and W == ws:
-            return self.attn(x)
-        pad_b, pad_r = (-H) % ws, (-W) % ws
-        if pad_b or pad_r:
-            x = F.pad(x, (0, pad_r, 0, pad_b))
-        nh, nw = (H + pad_b) // ws, (W + pad_r) // ws
-        x = self._merge_windows(self.attn(self._split_windows(x, nh, nw)), nh, nw)
-        if pad_b or pad_r:
-            x = x[:, :, :H, :W].contiguous()
-        return x
-
-    def _split_windows(self, x: torch.Tensor, nh: int, nw: int) -> torch.Tensor:
-        """(B, C, nh*ws, nw*ws) -> (B*nh*nw, C, ws, ws)."""
-        B, C, ws = x.shape[0], x.shape[1], self.attn.window
-        return x.view(B, C, nh, ws, nw, ws).permute(0, 2, 4, 1, 3, 5).reshape(B * nh * nw, C, ws, ws)
-
-    def _merge_windows(self, x: torch.Tensor, nh: int, nw: int) -> torch.Tensor:
-        """Inverse of :meth:`_split_windows`."""
-        C, ws = x.shape[1], self.attn.window
-        B = x.shape[0] // (nh * nw)
-        return x.view(B, nh, nw, C, ws, ws).permute(0, 3, 1, 4, 2, 5).reshape(B, C, nh * ws, nw * ws)
-
     def deploy_form(self, target: str) -> nn.Module:
-        """Hook of ``leanvit.fuse(target=...)``: OpenVINO and the mobile delegates get :class:`_SlicedWindowAttention`."""
-        return _SlicedWindowAttention(self.attn) if target in SLICED_WINDOW_TARGETS else self
-
-
-class _SlicedWindowAttention(LocalWindowAttention):
-    """Deploy form of :class:`LocalWindowAttention` for OpenVINO: up to ``MAX_SLICED_WINDOWS`` windows are
-    cut out by slicing and stacked on the batch axis (and put back by concatenation) instead of the 6-D
-    permute, which OpenVINO's CPU plugin runs as a slow generic Transpose. Same values, windows in
-    another batch order (each is attended on alone). OpenVINO bf16, batch 16: efficientvit_m0 +2 %,
-    m5 +1.3 % (benchmarks/NOTES.md entry 15). More windows (large inputs) keep the permute: untimed."""
-
-    MAX_SLICED_WINDOWS = 4
-
-    def __init__(self, attn: nn.Module) -> None:
-        nn.Module.__init__(self)
-        self.attn = attn
-
-    def _split_windows(self, x: torch.Tensor, nh: int, nw: int) -> torch.Tensor:
-        if nh * nw > self.MAX_SLICED_WINDOWS:
-            return super()._split_windows(x, nh, nw)
-        ws = self.attn.window
-        return torch.cat([x[:, :, i * ws:(i + 1) * ws, j * ws:(j + 1) * ws] for i in range(nh) for j in range(nw)])
-
-    def _merge_windows(self, x: torch.Tensor, nh: int, nw: int) -> torch.Tensor:
-        if nh * nw > self.MAX_SLICED_WINDOWS:
-            return super()._merge_windows(x, nh, nw)
-        windows = x.chunk(nh * nw)  # window-major: window k of every image is the k-th chunk
-        return torch.cat([torch.cat(windows[i * nw:(i + 1) * nw], dim=3) for i in range(nh)], dim=2)
-
-    def deploy_form(self, target: str) -> nn.Module:
-        return self
+        """Hook of ``leanvit.fuse(target=...)``: OpenVINO and the mobile delegates get sliced windows
+        (:func:`~leanvit.models.efficientvit_m_deploy.local_window_form`)."""
+        return local_window_form(self, target)
 
 
 class EfficientViTBlock(nn.Module):
@@ -412,12 +224,17 @@ class EfficientViTM(LeanViTModel):
     and thus the bias-table sizes; the model then runs at any input size by padding to windows.
     """
 
+    family = "efficientvit_m"
     prefers_channels_last = True
     checkpoint_layouts = (
         Layout("official", is_conv_bn_official, conv_bn_official_to_leanvit, _leanvit_to_official),
         identity_layout("timm"),  # timm's EfficientViT-M layout is leanvit's own
     )
     checkpoint_adapters = (adapt_attention_biases,)
+    # The official detectors and segmentors build the backbone for 448 px: the windows are clamped to the stage
+    # sides at build time, and 448 gives 28/14/7 -> 7x7 windows in every stage (the ImageNet stage-3 bias table
+    # is resized 16 -> 49 on load, as the official init_weights does).
+    dense_settings = DenseSettings(model_kwargs=dict(img_size=448))
 
     def __init__(
         self,
@@ -481,8 +298,8 @@ class EfficientViTMArch:
 def _variant(name: str, arch: EfficientViTMArch, top1: float, params: int, params_fused: int,
              macs_m: float, macs: int) -> ModelConfig:
     return ModelConfig(
-        name=name, family="efficientvit_m", arch=arch, img_size=224, top1=top1, paper=_PAPER, params=params,
-        params_fused=params_fused, macs_m=macs_m, macs=macs, timm_name=name, first_conv="patch_embed.conv1.conv",
+        name=name, arch=arch, img_size=224, top1=top1, paper=_PAPER, params=params,
+        params_fused=params_fused, macs_m=macs_m, macs=macs, first_conv="patch_embed.conv1.conv",
         classifier="head.linear", output_stride=64, license="mit", paper_ids="arXiv:2305.07027",
         origin_url="https://github.com/microsoft/Cream/tree/main/EfficientViT",
         weights=(official_and_timm(name, "r224_in1k", f"{_RELEASE}/{name}.pth", "mit", top1),),

@@ -50,8 +50,10 @@ from timm.layers import DropPath, Mlp, trunc_normal_
 from ..errors import InvalidValueError
 from ..layers import explicit_attention
 from ._base import LeanViTModel
+from ._dense import DenseSettings
 from ._layouts import Layout
-from ._registry import ModelConfig, register_variant
+from ._registry import ModelConfig
+from .factory import register_variant
 from .fusion import MOBILE_TARGETS
 
 __all__ = [
@@ -125,6 +127,10 @@ class SeparableAttention(nn.Module):
     Input ``seq`` is (B, N, L, C): N windows of L tokens (token first when ``grid`` is given).
     Returns the projected (B, H, W, C) map (``grid`` given: padded windows folded back and cropped),
     or (B, N, L, C) for a single window without token (``grid`` None).
+
+    ``qk_dims`` are the depthwise attention's Q/K widths per head (``qkv`` rows: all heads' q, all heads' k,
+    then the values): ``head_dim`` each, narrower after ``leanvit.analysis.taylor.prune_channels``, which
+    keeps the scale ``head_dim ** -0.5`` (as EfficientViT-M's ``key_dims`` and SHViT's ``qk_dim``).
     """
 
     def __init__(self, dim: int, num_heads: int, pointwise: bool, inner_residuals: bool = True,
@@ -134,10 +140,10 @@ class SeparableAttention(nn.Module):
             raise InvalidValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
+        self.qk_dims = [self.head_dim] * num_heads
         self.pointwise = pointwise
         self.inner_residuals = inner_residuals
         self.attn_drop = attn_drop
-        self.mobile_form = False  # True in the deploy form for mobile delegates (deploy_form)
         self.qkv = nn.Linear(dim, dim * 3)
         if pointwise:
             self.token_norm = nn.LayerNorm(dim)  # default eps, as the official win_tokens_norm
@@ -150,11 +156,7 @@ class SeparableAttention(nn.Module):
         B, N, L, C = seq.shape
         h, d = self.num_heads, self.head_dim
         drop = self.attn_drop if self.training else 0.0
-        # Depthwise attention: windows are batch entries; q, k, v are (B*N, heads, L, d) views of one qkv
-        # tensor, cut by slicing (unbind and split export as split + squeeze copies that mobile delegates leave out).
-        qkv = self.qkv(seq)
-        q, k, v = (qkv[..., i * C:(i + 1) * C].reshape(B * N, L, h, d).transpose(1, 2) for i in range(3))
-        out = self._attend(q, k, v, drop)
+        out = self._depthwise_attention(self.qkv(seq), drop)
         out = out.transpose(1, 2).reshape(B, N, L, C)
         if self.inner_residuals:
             out = out + seq  # official inner residual #1: adds the normalised input, token included
@@ -168,42 +170,83 @@ class SeparableAttention(nn.Module):
         mixed = self._attend(pq, pk, feat, drop)
         if self.inner_residuals:
             mixed = mixed + feat  # official inner residual #2
-        # (B, heads, nh, nw, ws, ws, d) -> raster (B, nh*ws, nw*ws, C) in one copy, then drop the padding.
-        if self.mobile_form:  # XNNPACK tensors have at most 6 dims: two permutes
-            x = mixed.view(B, h, N, ws * ws, d).permute(0, 2, 3, 1, 4).reshape(B, nh, nw, ws, ws, C)
-            x = x.permute(0, 1, 3, 2, 4, 5).reshape(B, nh * ws, nw * ws, C)
-        else:
-            x = mixed.view(B, h, nh, nw, ws, ws, d).permute(0, 2, 4, 3, 5, 1, 6).reshape(B, nh * ws, nw * ws, C)
+        x = self._fold_windows(mixed, nh, nw, ws)
         if nh * ws != H or nw * ws != W:
             x = x[:, :H, :W]
         return self.proj_drop(self.proj(x))
 
+    def _depthwise_attention(self, qkv: torch.Tensor, drop: float) -> torch.Tensor:
+        """(B, N, L, q + k + v) projections -> (B*N, heads, L, head_dim) attention outputs; windows are batch
+        entries. q, k, v are cut by slicing (unbind and split export as split + squeeze copies that mobile
+        delegates leave out)."""
+        B, N, L, _ = qkv.shape
+        h, d, C = self.num_heads, self.head_dim, self.num_heads * self.head_dim
+        if qkv.shape[-1] == 3 * C:  # every head at its full width: one attention over all heads
+            q, k, v = (qkv[..., i * C:(i + 1) * C].reshape(B * N, L, h, d).transpose(1, 2) for i in range(3))
+            return self._attend(q, k, v, drop)
+        # Heads of their own Q/K widths: one attention per head, each with the unpruned scale.
+        width = sum(self.qk_dims)
+        v = qkv[..., 2 * width:].reshape(B * N, L, h, d).transpose(1, 2)
+        heads, start = [], 0
+        for i, n in enumerate(self.qk_dims):
+            q = qkv[..., start:start + n].reshape(B * N, 1, L, n)
+            k = qkv[..., width + start:width + start + n].reshape(B * N, 1, L, n)
+            heads.append(self._attend(q, k, v[:, i:i + 1], drop, scale=d ** -0.5))
+            start += n
+        return torch.cat(heads, dim=1)
 
-    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, drop: float) -> torch.Tensor:
-        """Scaled dot-product attention over the last two dims of (..., L, d) tensors."""
-        if not self.mobile_form:
-            return F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
-        L, d = q.shape[-2:]
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, drop: float,
+                scale: float | None = None) -> torch.Tensor:
+        """Scaled dot-product attention over the last two dims of (..., L, d) tensors (``scale`` None: d ** -0.5)."""
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=drop, scale=scale)
+
+    def _fold_windows(self, mixed: torch.Tensor, nh: int, nw: int, ws: int) -> torch.Tensor:
+        """(B, heads, windows, ws*ws*d) pointwise outputs -> the raster (B, nh*ws, nw*ws, C) map, in one copy."""
+        B, h, d = mixed.shape[0], self.num_heads, self.head_dim
+        return mixed.view(B, h, nh, nw, ws, ws, d).permute(0, 2, 4, 3, 5, 1, 6).reshape(B, nh * ws, nw * ws, h * d)
+
+    def deploy_form(self, target: str) -> nn.Module:
+        """Hook of ``leanvit.fuse(target=...)``: mobile delegates (ExecuTorch, Core ML) get
+        :class:`_MobileSeparableAttention`."""
+        return _MobileSeparableAttention(self) if target in MOBILE_TARGETS else self
+
+
+class _MobileSeparableAttention(SeparableAttention):
+    """Deploy form of :class:`SeparableAttention` for ExecuTorch / Core ML (``leanvit.layers.mobile``): ``bmm``
+    attention (:func:`~leanvit.layers.explicit_attention`) on contiguous 3-D tensors, no ``_safe_softmax``
+    masks, with the 1/sqrt(head_dim) scale folded into the q rows of ``qkv`` and ``pw_qk``, and the windows
+    folded back with permutes of at most 6 dims (XNNPACK's limit). Same values up to fp32 rounding; inference
+    only."""
+
+    def __init__(self, attn: SeparableAttention) -> None:
+        nn.Module.__init__(self)
+        for name in ("num_heads", "head_dim", "qk_dims", "pointwise", "inner_residuals", "attn_drop"):
+            setattr(self, name, copy.copy(getattr(attn, name)))
+        for name, child in attn.named_children():
+            self.add_module(name, copy.deepcopy(child))
+        scale = self.head_dim ** -0.5
+        with torch.no_grad():
+            for lin, q_rows in ((self.qkv, sum(self.qk_dims)), (getattr(self, "pw_qk", None), self.proj.in_features)):
+                if lin is not None:
+                    lin.weight[:q_rows] *= scale
+                    lin.bias[:q_rows] *= scale
+        self.eval()
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, drop: float,
+                scale: float | None = None) -> torch.Tensor:
+        L, d = q.shape[-2:]  # the scale is folded into the q rows
         out = explicit_attention(q.reshape(-1, L, d), k.reshape(-1, k.shape[-2], d).transpose(1, 2),
                                  v.reshape(-1, v.shape[-2], v.shape[-1]))
         return out.view(*q.shape[:-1], v.shape[-1])
 
+    def _fold_windows(self, mixed: torch.Tensor, nh: int, nw: int, ws: int) -> torch.Tensor:
+        B, h, d = mixed.shape[0], self.num_heads, self.head_dim
+        C = h * d
+        x = mixed.view(B, h, nh * nw, ws * ws, d).permute(0, 2, 3, 1, 4).reshape(B, nh, nw, ws, ws, C)
+        return x.permute(0, 1, 3, 2, 4, 5).reshape(B, nh * ws, nw * ws, C)
+
     def deploy_form(self, target: str) -> nn.Module:
-        """Hook of ``leanvit.fuse(target=...)``. Mobile delegates (ExecuTorch, Core ML) get a copy running
-        ``bmm`` attention (:func:`~leanvit.layers.explicit_attention`) on contiguous 3-D tensors with the
-        1/sqrt(d) scale folded into the q rows of ``qkv`` and ``pw_qk``, and folds the windows back with
-        permutes of at most 6 dims (XNNPACK's limit) (``mobile_form``): no ``_safe_softmax`` masks. Same values up to fp32 rounding; inference only."""
-        if target not in MOBILE_TARGETS or self.mobile_form:
-            return self
-        form = copy.deepcopy(self).eval()
-        dim, scale = self.num_heads * self.head_dim, self.head_dim ** -0.5
-        with torch.no_grad():
-            for lin in (form.qkv, getattr(form, "pw_qk", None)):
-                if lin is not None:
-                    lin.weight[:dim] *= scale
-                    lin.bias[:dim] *= scale
-        form.mobile_form = True
-        return form
+        return self
 
 
 class SepViTBlock(nn.Module):
@@ -314,6 +357,20 @@ class SepViT(LeanViTModel):
     parameter-free LayerNorm. ``dense_form`` (the official dense network) implies ``feature_norms`` and
     pointwise attention in every block.
     """
+
+    family = "sepvit"
+    # The official dense backbones (liwei109/SepViT detection/sepvit.py, segmentation/sepvit.py): zero window
+    # tokens, the dense network, and their hard-coded drop-path rates (T 0.2, S 0.3, B 0.5; sepvit_lite has no
+    # dense code: 0.1 is leanvit's choice). What the dense form adds to a classifier (per-level norms; pointwise
+    # attention in blocks that see one window at 224 but several at 448) starts fresh from an ImageNet
+    # checkpoint; the classifier's final norm and head feed no dense output.
+    dense_settings = DenseSettings(
+        model_kwargs=dict(window_token="zero", dense_form=True, drop_path_rate=0.1),
+        variant_kwargs={"sepvit_t": dict(drop_path_rate=0.2), "sepvit_s": dict(drop_path_rate=0.3),
+                        "sepvit_b": dict(drop_path_rate=0.5)},
+        fresh_parameters=r"^feature_norms\.|\.attn\.(pw_qk|token_norm)\.",
+        unused_modules=("norm", "head"),
+    )
 
     def __init__(
         self,
@@ -628,11 +685,10 @@ class SepViTArch:
 
 def _variant(name: str, arch: SepViTArch, top1: float, params: int, macs_m: float, macs: int) -> ModelConfig:
     return ModelConfig(
-        name=name, family="sepvit", arch=arch, img_size=224, top1=top1, paper=_PAPER, params=params,
+        name=name, arch=arch, img_size=224, top1=top1, paper=_PAPER, params=params,
         params_fused=params, macs_m=macs_m, macs=macs, fixed_input_size=True, first_conv="patch_embed.proj", classifier="head",
         output_stride=32, paper_ids="arXiv:2203.15380", origin_url="https://github.com/liwei109/SepViT",
         weights_note="SepViT's authors published no trained weights (code only); train one with `leanvit train`.",
-        extra=dict(window_token="per_window", window_token_modes=WINDOW_TOKEN_MODES),
     )
 
 

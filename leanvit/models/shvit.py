@@ -20,7 +20,8 @@ from ._base import LeanViTModel
 from ._layouts import (Layout, StateDict, conv_bn_leanvit_to_official, conv_bn_official_to_leanvit, is_conv_bn_official,
                        rename_keys, short_conv_names_from_leanvit, short_conv_names_to_leanvit)
 from ._pretrained import official_and_timm
-from ._registry import ModelConfig, register_variant
+from ._registry import ModelConfig
+from .factory import register_variant
 from .fusion import MOBILE_TARGETS
 
 __all__ = ["SHViT", "SHViTArch", "SingleHeadAttention", "StridedConvStem", "shvit_s1", "shvit_s2", "shvit_s3", "shvit_s4"]
@@ -143,6 +144,7 @@ def _is_timm(sd: Mapping[str, torch.Tensor]) -> bool:
 class SHViT(LeanViTModel):
     """SHViT backbone + BN-Linear head. Runs at any input size (no position or bias tables)."""
 
+    family = "shvit"
     prefers_channels_last = True
     checkpoint_layouts = (
         Layout("official", is_conv_bn_official, conv_bn_official_to_leanvit, conv_bn_leanvit_to_official),
@@ -202,8 +204,8 @@ class SHViTArch:
 def _variant(name: str, arch: SHViTArch, img_size: int, top1: float, params: int, params_fused: int,
              macs_m: float, macs: int) -> ModelConfig:
     return ModelConfig(
-        name=name, family="shvit", arch=arch, img_size=img_size, top1=top1, paper=_PAPER, params=params,
-        params_fused=params_fused, macs_m=macs_m, macs=macs, timm_name=name, first_conv="patch_embed.conv1.conv",
+        name=name, arch=arch, img_size=img_size, top1=top1, paper=_PAPER, params=params,
+        params_fused=params_fused, macs_m=macs_m, macs=macs, first_conv="patch_embed.conv1.conv",
         classifier="head.linear", output_stride=64, license="mit", paper_ids="arXiv:2401.16456",
         origin_url="https://github.com/ysj9909/SHViT",
         weights=(official_and_timm(name, "in1k", f"{_RELEASE}/{name}.pth", "mit", top1, img_size),),

@@ -11,22 +11,26 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from timm.data import Mixup
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
 from torch import nn
 
-from ..checkpoint import load_checkpoint
+from ..models.checkpoint import load_checkpoint, read_state_dict
 from ..errors import InvalidValueError
-from ..models import create_model, get_config, is_model
+from ..models import create_model, get_config
 from .config import TrainConfig
 
-__all__ = ["ModelSpec", "model_spec", "build_student", "freeze_early_stages", "build_teacher", "build_optimizer", "name_rule_param_groups",
+__all__ = ["InputSpec", "input_spec", "build_student", "freeze_early_stages", "build_teacher", "build_optimizer", "name_rule_param_groups",
            "effective_lr", "build_scheduler", "build_mixup", "updates_per_epoch"]
 
 log = logging.getLogger("leanvit.train")
 
 
 @dataclass
-class ModelSpec:
-    """Resolved input geometry and normalisation of the model being trained."""
+class InputSpec:
+    """Resolved input geometry and normalisation of the model being trained (``leanvit.zoo.ModelSpec`` is what a
+    model name means)."""
 
     name: str
     family: str
@@ -36,26 +40,23 @@ class ModelSpec:
     std: tuple[float, ...]
 
 
-def model_spec(cfg: TrainConfig) -> ModelSpec:
+def input_spec(cfg: TrainConfig) -> InputSpec:
     """Image size, crop and mean/std from the config, falling back to the variant's defaults."""
     mc = get_config(cfg.model.name)
-    return ModelSpec(
+    return InputSpec(
         name=mc.name, family=mc.family, img_size=cfg.model.img_size or mc.img_size,
         crop_pct=cfg.data.crop_pct or mc.crop_pct, mean=tuple(mc.mean), std=tuple(mc.std),
     )
 
 
 def build_student(cfg: TrainConfig, num_classes: int, img_size: int) -> nn.Module:
-    """``create_model`` with the config's options; loads ``finetune.checkpoint`` when set."""
+    """``leanvit.create_model`` with the config's options (``model.drop_path`` / ``model.kwargs`` a family does not
+    take are refused by it); loads ``finetune.checkpoint`` when set."""
     kwargs: dict[str, Any] = dict(cfg.model.kwargs)
     if cfg.model.drop_path > 0:
         kwargs["drop_path_rate"] = cfg.model.drop_path
     distill = cfg.distill.type != "none"
-    try:
-        model = create_model(cfg.model.name, num_classes=num_classes, img_size=img_size, distillation=distill, **kwargs)
-    except TypeError as e:
-        raise InvalidValueError(f"{cfg.model.name} does not accept {sorted(kwargs)} ({e}); "
-                                "remove model.drop_path / model.kwargs for this family") from e
+    model = create_model(cfg.model.name, num_classes=num_classes, img_size=img_size, distillation=distill, **kwargs)
     if cfg.finetune.checkpoint:
         # drop_head=True keeps a fitting head and re-initialises one with another class count; a
         # distillation head present on one side only is the one mismatch allowed (strict=False + check).
@@ -90,19 +91,11 @@ def freeze_early_stages(model: nn.Module, n: int) -> list[nn.Module]:
 
 
 def build_teacher(cfg: TrainConfig, num_classes: int, img_size: int) -> nn.Module:
-    """The distillation teacher: a leanvit or timm model with local weights, frozen, in eval mode."""
+    """The distillation teacher: a leanvit or timm model with local weights (its EMA weights when the checkpoint
+    holds them), frozen, in eval mode."""
     d = cfg.distill
-    if is_model(d.teacher):
-        teacher = create_model(d.teacher, num_classes=num_classes, img_size=img_size)
-        load_checkpoint(teacher, d.teacher_checkpoint, prefer_ema=True)
-    else:
-        import timm
-
-        if not timm.is_model(d.teacher):
-            raise InvalidValueError(f"unknown teacher {d.teacher!r}: neither a leanvit nor a timm model name")
-        teacher = timm.create_model(d.teacher, pretrained=False, num_classes=num_classes)
-        # timm's loader reads with weights_only=True and unwraps 'state_dict' / 'model' entries.
-        timm.models.load_checkpoint(teacher, d.teacher_checkpoint, strict=True)
+    weights, _ = read_state_dict(d.teacher_checkpoint, prefer_ema=True)
+    teacher = create_model(d.teacher, num_classes=num_classes, img_size=img_size, checkpoint=weights)
     teacher.requires_grad_(False)
     return teacher.eval()
 
@@ -115,7 +108,7 @@ def effective_lr(cfg: TrainConfig, global_batch: int) -> float:
 
 def name_rule_param_groups(model: nn.Module, weight_decay: float, no_decay_names: list[str]) -> list[dict[str, Any]]:
     """Two groups: parameters whose name contains one of ``no_decay_names`` get no weight decay, all others
-    (norms and biases included) get ``weight_decay`` -- mmcv's paramwise ``custom_keys`` rule (dense.md §3.9)."""
+    (norms and biases included) get ``weight_decay`` -- mmcv 1.x ``DefaultOptimizerConstructor``'s paramwise ``custom_keys`` rule."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
@@ -126,8 +119,6 @@ def name_rule_param_groups(model: nn.Module, weight_decay: float, no_decay_names
 def build_optimizer(cfg: TrainConfig, model: nn.Module, lr: float) -> torch.optim.Optimizer:
     """timm's optimizer factory: no weight decay on 1-D tensors and on ``model.no_weight_decay()``, or, with
     ``optim.no_decay_names``, on the parameters those names match (:func:`name_rule_param_groups`)."""
-    from timm.optim import create_optimizer_v2
-
     o = cfg.optim
     extra: dict[str, Any] = {}
     if o.opt.lower() in ("adamw", "adam", "lamb", "nadamw", "lion", "adan"):
@@ -151,8 +142,6 @@ def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, updates_
     ``sched.warmup_steps`` gives the warm-up in updates and ``sched.warmup_ratio`` its start as a fraction
     of ``lr`` (mmdet's linear warm-up: 500 updates from 0.001 x lr).
     """
-    from timm.scheduler import create_scheduler_v2
-
     s = cfg.sched
     warmup_epochs: float = s.warmup_epochs
     if s.warmup_steps is not None:
@@ -179,8 +168,6 @@ def build_mixup(cfg: TrainConfig, num_classes: int) -> Any:
     if cfg.train.batch_size % 2:
         raise InvalidValueError(f"Mixup/CutMix pair images within a batch: train.batch_size must be even, got "
                                 f"{cfg.train.batch_size} (or set aug.mixup=0 aug.cutmix=0)")
-    from timm.data import Mixup
-
     return Mixup(mixup_alpha=a.mixup, cutmix_alpha=a.cutmix, cutmix_minmax=a.cutmix_minmax, prob=a.mixup_prob,
                  switch_prob=a.switch_prob, mode=a.mixup_mode, label_smoothing=a.smoothing, num_classes=num_classes)
 

@@ -62,7 +62,7 @@ class DataSection:
     train_split: str = "train"
     val_split: str | None = None  # None: "val", else "validation"
     workers: int = 4
-    eval_batch_size: int | None = None  # None: 1.5 x the training batch, as the official repositories
+    eval_batch_size: int | None = None  # None: the task's eval_batch_factor x the training batch (Task.eval_batch_size)
     crop_pct: float | None = None  # eval resize = img_size / crop_pct; None: the model's (0.875)
     interpolation: str = "bicubic"
     repeated_aug: bool = False  # DeiT/timm repeated augmentation sampler

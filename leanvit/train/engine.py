@@ -14,7 +14,9 @@ from typing import Any, Iterable
 
 import torch
 import torch.nn.functional as F
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from torch import nn
+from tqdm import tqdm
 
 from ..errors import InvalidValueError, OperationError
 from .distributed import DistInfo, all_reduce_sum
@@ -28,8 +30,6 @@ class NonFiniteLossError(OperationError):
 
 def build_criterion(mixup_active: bool, smoothing: float) -> nn.Module:
     """The classification loss matching the target format (soft targets under Mixup)."""
-    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-
     if mixup_active:
         return SoftTargetCrossEntropy()
     if smoothing > 0:
@@ -106,8 +106,6 @@ def evaluate_model(
     desc: str = "eval",
 ) -> dict[str, float]:
     """top1 / top5 (percent), mean CE loss, image count and model images/s over ``loader`` (all processes)."""
-    from tqdm import tqdm
-
     was_training = model.training
     model.eval()
     correct1 = correct5 = loss_sum = n = 0.0

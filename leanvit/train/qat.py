@@ -6,7 +6,7 @@ weights and its inputs rounded to int8 while the float weights learn. Everything
 trainer (data, recipe, loss, checkpoints, resume).
 
 The checkpoint holds the float model's tensors under their usual names plus the fake-quant state
-(``activation_post_process_*``), which float loads skip (``leanvit.checkpoint``). ``leanvit quantize
+(``activation_post_process_*``), which float loads skip (``leanvit.models.checkpoint``). ``leanvit quantize
 --checkpoint best.ckpt`` converts the learned int8 graph for the scheme's own runtime (xnnpack:
 ``executorch``) and post-training-quantises the fine-tuned weights for the others.
 """
@@ -17,7 +17,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from ..checkpoint import QAT_STATE_PREFIX
+from ..models.checkpoint import QAT_STATE_PREFIX
 from ..deploy.capabilities import require
 from ..deploy.pt2e import QAT_QUANTIZERS, prepare_qat_graph
 from ..errors import InvalidValueError, OperationError

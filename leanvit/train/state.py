@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import random
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -92,9 +94,6 @@ def prune_epoch_checkpoints(folder: Path, keep: int) -> None:
 
 def link_or_copy(src: Path, dst: Path) -> None:
     """Make ``dst`` a (hard-linked where possible) copy of ``src``, atomically."""
-    import os
-    import shutil
-
 
     def put(tmp: str) -> None:
         os.unlink(tmp)

@@ -13,17 +13,20 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import random
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
+from timm.utils import ModelEmaV3, dispatch_clip_grad, distribute_bn
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
 
 from . import build
 from ..errors import InvalidValueError
-from .classification import ClassificationTask
 from .config import TrainConfig, config_to_dict, save_config
 from .distributed import DistInfo, all_reduce_sum, cleanup, gather_objects, init_distributed, name_collective_failures
 from .engine import NonFiniteLossError, amp_dtype, autocast
@@ -41,8 +44,6 @@ Callback = Callable[[str, "Trainer"], None]
 
 
 def _seed_all(seed: int) -> None:
-    import random
-
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     random.seed(seed)
@@ -54,7 +55,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, callbacks: list[Callback] | None = None, info: DistInfo | None = None,
                  task: Task | None = None) -> None:
         self.cfg = cfg
-        self.task = task or (ClassificationTask(cfg) if cfg.task.name == "classification" else create_task(cfg))
+        self.task = task or create_task(cfg)
         self.callbacks = list(callbacks or [])
         self.info: DistInfo = info or init_distributed(cfg.train.device, cfg.train.dist_timeout_s)
         self.out = Path(cfg.output)
@@ -91,8 +92,6 @@ class Trainer:
         self.dtype = amp_dtype(cfg.train.amp, self.device)
         self.ema = None
         if cfg.ema.enable:
-            from timm.utils import ModelEmaV3
-
             self.ema = ModelEmaV3(model, decay=cfg.ema.decay, use_warmup=cfg.ema.warmup)
 
         self.train_loader, self.val_loader, self.sampler = self.task.build_loaders(self.info)
@@ -111,8 +110,6 @@ class Trainer:
         if cfg.model.compile:
             self.train_model = torch.compile(model, mode=cfg.model.compile_mode)
         if self.info.distributed:
-            from torch.nn.parallel import DistributedDataParallel
-
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_model = DistributedDataParallel(self.train_model, device_ids=ids)
 
@@ -248,8 +245,6 @@ class Trainer:
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         if o.clip_grad:
-            from timm.utils import dispatch_clip_grad
-
             dispatch_clip_grad([p for p in self.model.parameters() if p.grad is not None], o.clip_grad, o.clip_mode)
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
@@ -267,8 +262,6 @@ class Trainer:
 
     def train_epoch(self) -> dict[str, float]:
         """Train the rest of ``self.epoch``; stops early at ``train.max_steps``."""
-        from tqdm import tqdm
-
         cfg = self.cfg
         accum = cfg.train.accum_steps
         self.sampler.set_epoch(self.epoch, self.batches_done * cfg.train.batch_size)
@@ -330,8 +323,6 @@ class Trainer:
     def evaluate(self) -> dict[str, Any]:
         """Validation metrics of the raw weights (and the EMA weights when enabled)."""
         if self.info.distributed and self.cfg.train.dist_bn != "none":
-            from timm.utils import distribute_bn
-
             distribute_bn(self.model, self.info.world_size, reduce=self.cfg.train.dist_bn == "reduce")
         ev = dict(dtype=self.dtype, channels_last=self.cfg.model.channels_last, progress=self.cfg.log.progress)
         out, skipped = self.task.evaluate(self.model, self.val_loader, self.info, **ev)
