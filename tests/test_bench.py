@@ -20,7 +20,7 @@ import leanvit.bench.runner as runner
 from leanvit.bench.options import DEMO_OPTIONS, ROUND_SPREAD_BOUND_PCT, BenchOptions, options_from_args
 from leanvit.bench.report import format_table, plot_speed_accuracy, write_results
 from leanvit.bench.runner import AUTO_ROUTES, benchmark
-from leanvit.bench.timing import TimingStats, round_spread_pct
+from leanvit.bench.timing import TimingStats, round_loads, round_spread_pct
 from leanvit.cli import build_parser, main
 import leanvit.deploy.capabilities as caps
 from leanvit.deploy.capabilities import MissingBackendError, UnsupportedPrecisionError
@@ -416,3 +416,18 @@ def test_int8_refusals(monkeypatch) -> None:
         benchmark([LEANVIT], backend="onnxruntime", precision="int8", **FAST)
     rec, = benchmark([LEANVIT], backend="onnxruntime", precision="int8", allow_fallback=True, **FAST)
     assert rec["precision"] == "fp32" and "VNNI" in rec["note"]
+
+
+def test_load_every_run_saw_is_not_unsteadiness() -> None:
+    # the idle demo (2026-12-07): round 3 ran ~15 % slower for every run alike; interleaving cancels that, so only
+    # a run's own disagreement beyond it marks the run
+    common = [[10.0, 10.1, 11.6], [20.0, 19.9, 23.0], [5.0, 5.05, 5.8], [30.0, 30.0, 34.4]]
+    loads = round_loads(common)
+    assert loads[0] == pytest.approx(1.0, abs=0.01) and loads[2] == pytest.approx(1.15, abs=0.01)
+    own = [10.0, 10.0, 10.0 * 1.15 * 1.2]  # 20 % slower than the others in round 3
+    for medians, unsteady in [(common[0], False), (own, True)]:
+        rounds = [TimingStats.from_times([m / 1e3] * 3, 0) for m in medians]
+        fields = runner._timing_fields(TimingStats.pooled(rounds), 2, rounds, loads)
+        assert fields["unsteady"] is unsteady, fields
+        assert fields["round_loads"] == loads
+    assert round_loads(common[:2]) == [1.0, 1.0, 1.0]  # two runs: nothing common to tell apart

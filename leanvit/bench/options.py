@@ -20,9 +20,9 @@ MODES = ("throughput", "latency", "memory", "train")
 PAPER_WARMUP_S, PAPER_DURATION_S = 10.0, 60.0
 # leanvit's shorter default windows (``warmup`` / ``duration`` left at None).
 DEFAULT_WARMUP_S, DEFAULT_DURATION_S = 2.0, 10.0
-# With --rounds, a run whose per-round medians differ by more than this (max - min over their median, in percent) is
-# marked unsteady: the load on the machine changed during the run, so its rank against its neighbours is not
-# trustworthy. 10 %: the closest papers' neighbours the demo ranks (efficientvit_m1 / m2, 167 / 201 MMACs) are
+# With --rounds, a run whose per-round medians differ by more than this (max - min over their median, in percent),
+# once the load every run of the race saw in each round is divided out (bench.timing.round_loads), is marked
+# unsteady: load hit it and not its neighbours, so its rank against them is not trustworthy. 10 %: the closest papers' neighbours the demo ranks (efficientvit_m1 / m2, 167 / 201 MMACs) are
 # ~20 % apart in MACs.
 ROUND_SPREAD_BOUND_PCT = 10.0
 

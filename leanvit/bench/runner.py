@@ -40,7 +40,7 @@ from .env import environment
 from .memory import PeakMemory, release_freed_memory, rss_mb
 from .options import DEFAULT_DURATION_S, DEFAULT_WARMUP_S, MODES, ROUND_SPREAD_BOUND_PCT, BenchOptions
 from .roofline import cpu_peaks
-from .timing import TimingStats, interleaved_stats, measure, round_spread_pct
+from .timing import TimingStats, interleaved_stats, measure, round_loads, round_spread_pct
 
 __all__ = ["MODES", "AUTO_BACKEND", "AUTO_ROUTES", "BenchOptions", "benchmark", "run_single"]
 
@@ -224,7 +224,7 @@ def _record(spec: ModelSpec, run: BenchOptions, **values: Any) -> dict[str, Any]
         threads=run.threads, img_size=run.img_size, fused=run.fuse, channels_last=run.channels_last,
         jit_optimize=run.jit_optimize,
         throughput=None, latency_ms=None, latency_p90_ms=None, latency_p99_ms=None, spread_pct=None,
-        iterations=None, clock=run.clock, rounds=run.rounds, round_medians_ms=None, round_spread_pct=None,
+        iterations=None, clock=run.clock, rounds=run.rounds, round_medians_ms=None, round_loads=None, round_spread_pct=None,
         unsteady=None, peak_memory_mb=None, setup_memory_mb=None, memory_method=None,
         max_abs_diff=None, rel_err=None, top1_agreement=None, params_m=None, macs_m=None, unfused_norms=None,
         setup_s=None,
@@ -234,18 +234,21 @@ def _record(spec: ModelSpec, run: BenchOptions, **values: Any) -> dict[str, Any]
     return rec
 
 
-def _timing_fields(stats: TimingStats, batch: int, rounds: Sequence[TimingStats] = ()) -> dict[str, Any]:
+def _timing_fields(stats: TimingStats, batch: int, rounds: Sequence[TimingStats] = (),
+                   loads: Sequence[float] | None = None) -> dict[str, Any]:
     """Throughput and latency of one timed window, or of interleaved ``rounds`` (``stats`` pools their calls:
     p50 is then the median of the rounds' medians, p90 / p99 / spread those of every call; ``best_round_throughput``
-    that of the fastest round)."""
+    that of the fastest round). ``loads``: the load every run of the race saw per round (:func:`round_loads`);
+    ``round_spread_pct`` / ``unsteady`` judge what is left of the run's rounds without it."""
     if not rounds:
         median_s, extra = stats.median_s, {}
     else:
         round_medians = [r.median_s for r in rounds]
         median_s = statistics.median(round_medians)
-        spread = round_spread_pct(round_medians)
+        loads = list(loads) if loads is not None else [1.0] * len(round_medians)
+        spread = round_spread_pct([m / load for m, load in zip(round_medians, loads)])
         # load only ever adds time: the fastest round is the least disturbed estimate of the run's own speed
-        extra = dict(round_medians_ms=[1e3 * m for m in round_medians], round_spread_pct=spread,
+        extra = dict(round_medians_ms=[1e3 * m for m in round_medians], round_loads=loads, round_spread_pct=spread,
                      unsteady=spread > ROUND_SPREAD_BOUND_PCT, best_round_throughput=batch / min(round_medians))
     return dict(
         throughput=batch / median_s, latency_ms=1e3 * median_s, latency_p90_ms=1e3 * stats.p90_s,
@@ -396,11 +399,12 @@ def _race(runs: Sequence[tuple[ModelSpec, BenchOptions, str]], rounds: int, bar:
         stats = interleaved_stats({k: p.call for k, p in prepared.items()}, rounds=rounds, duration_s=first.duration,
                                   warmup_s=first.warmup, clock=_CLOCKS[first.clock], min_iters=1,
                                   sync={k: p.runtime.synchronize for k, p in prepared.items()})
+        loads = round_loads([[r.median_s for r in stats[key]] for key in prepared])
         for key, p in prepared.items():
             spec, run, _ = runs[int(key)]
             try:
                 records[int(key)] = p.finish(spec, run, **_timing_fields(TimingStats.pooled(stats[key]),
-                                                                         run.batch_size, stats[key]))
+                                                                         run.batch_size, stats[key], loads))
             except Exception as e:
                 records[int(key)] = _record(spec, run, error=f"{type(e).__name__}: {e}")
             bar.update()

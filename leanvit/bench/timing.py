@@ -8,7 +8,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 from ..errors import InvalidValueError
 
-__all__ = ["TimingStats", "measure", "interleaved_stats", "interleaved_medians", "round_spread_pct"]
+__all__ = ["TimingStats", "measure", "interleaved_stats", "interleaved_medians", "round_loads", "round_spread_pct"]
 
 
 @dataclass(frozen=True)
@@ -129,6 +129,20 @@ def interleaved_medians(
     """:func:`interleaved_stats`' per-round median call times (seconds) of each call."""
     stats = interleaved_stats(calls, rounds=rounds, duration_s=duration_s, warmup_s=warmup_s, clock=clock)
     return {key: [r.median_s for r in per_round] for key, per_round in stats.items()}
+
+
+def round_loads(medians_by_run: Sequence[Sequence[float]]) -> list[float]:
+    """The load every run of one interleaved race saw in each round: per round, the median over runs of the
+    run's round median relative to its own median (1.0 everywhere with fewer than 3 runs, where the common part
+    cannot be told from a run's own). Dividing a run's round medians by it leaves what is the run's own.
+
+    Why: on the idle 2-core EPYC (2026-12-07) the demo's third round ran 10-25 % slower for all 38 runs alike,
+    which marked every run unsteady although no ranking changed; interleaving cancels such load, so only a run's
+    disagreement beyond it can reorder neighbours."""
+    if len(medians_by_run) < 3:
+        return [1.0] * (len(medians_by_run[0]) if medians_by_run else 0)
+    relative = np.asarray([[m / float(np.median(run)) for m in run] for run in medians_by_run], dtype=np.float64)
+    return [float(v) for v in np.median(relative, axis=0)]
 
 
 def round_spread_pct(round_medians: Sequence[float]) -> float:
