@@ -21,9 +21,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 
 from ..errors import InvalidValueError, MissingFileError
 
-__all__ = ["IMAGE_SUFFIXES", "eval_transform", "model_eval_transform", "load_image_folder"]
-
-IMAGE_SUFFIXES = IMG_EXTENSIONS  # torchvision's ImageFolder extensions
+__all__ = ["eval_transform", "model_eval_transform", "load_image_folder"]
 
 
 def eval_transform(img_size: int, mean: Sequence[float], std: Sequence[float], crop_pct: float,
@@ -53,17 +51,17 @@ def load_image_folder(folder: str | Path, transform: Any, *, labelled: bool, lim
         raise MissingFileError(f"{what} folder {root} has no class sub-folders: labelled images go in "
                                "ROOT/<class>/<image> (ImageFolder layout)")
     # ImageFolder's own listing (extensions, class indices), as leanvit train reads class folders
-    samples = make_dataset(str(root), {c: i for i, c in enumerate(classes)}, extensions=IMAGE_SUFFIXES,
+    samples = make_dataset(str(root), {c: i for i, c in enumerate(classes)}, extensions=IMG_EXTENSIONS,
                            allow_empty=True) if classes else []
     per_class: list[list[Path]] = [[] for _ in classes]
     for path, index in samples:
         per_class[index].append(Path(path))
-    flat = sorted(f for f in root.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+    flat = sorted(f for f in root.iterdir() if f.is_file() and f.suffix.lower() in IMG_EXTENSIONS)
     files: list[tuple[Path, int]] = [(f, -1) for f in flat] if not labelled else []
     for rank in range(max((len(p) for p in per_class), default=0)):  # interleave the classes
         files += [(p[rank], i) for i, p in enumerate(per_class) if rank < len(p)]
     if not files:
-        raise MissingFileError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {what} folder {root}")
+        raise MissingFileError(f"no images ({', '.join(IMG_EXTENSIONS)}) in {what} folder {root}")
     files = files[:limit] if limit else files
     tensors, labels, bad = [], [], []
     for path, label in files:
