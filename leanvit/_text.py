@@ -1,9 +1,11 @@
-"""Plain text: one formatter for every table leanvit prints or writes (fixed-width, markdown), one for error reasons."""
+"""Plain text: one formatter for every table leanvit prints or writes (fixed-width, markdown), one for error reasons,
+one for the close names an unknown-name error suggests."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+import difflib
+from typing import Any, Iterable, Sequence
 
-__all__ = ["text_table", "markdown_table", "format_cell", "error_reason"]
+__all__ = ["text_table", "markdown_table", "format_cell", "error_reason", "did_you_mean"]
 
 
 def format_cell(value: Any, fmt: str) -> str:
@@ -40,3 +42,10 @@ def error_reason(error: BaseException, limit: int = 300) -> str:
     """
     lines = str(error).strip().splitlines()
     return lines[0][:limit] if lines else type(error).__name__
+
+
+def did_you_mean(name: str, known: Iterable[str], n: int = 3, cutoff: float = 0.6) -> str:
+    """`` Did you mean a, b?`` with the names of ``known`` closest to ``name`` (difflib), or ``""`` when none is
+    close: the hint every unknown-name error (models, config keys, recipes) ends with."""
+    close = difflib.get_close_matches(name, list(known), n=n, cutoff=cutoff)
+    return f" Did you mean {', '.join(close)}?" if close else ""

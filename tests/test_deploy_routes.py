@@ -29,7 +29,7 @@ from leanvit.models.fusion import TARGETS
 
 # A value away from the default for every ExportOptions field (what a user passing the flag sets).
 CHANGED = dict(checkpoint=Path("w.pth"), img_size=64, batch_size=2, dynamic_batch=True, precision="fp32",
-               calibration=Path("calib"), calibration_images=8, dynamo=True, opset=18, verify=False, threads=2,
+               calibration=Path("calib"), calibration_images=8, target_cpu="no-vnni", dynamo=True, opset=18, verify=False, threads=2,
                seed=1)
 
 

@@ -19,6 +19,7 @@ from leanvit.deploy.mobile import lower_to_executorch
 from leanvit.deploy.runtime import load_artifact
 from leanvit.layers import ChannelLayerNorm, SpatialGroupNorm, explicit_attention, mobile_norm
 from leanvit.models import create_model, signal_images, signal_weights_
+from leanvit.models.sepvit import SepViTBlock
 
 
 def test_norm_rewrites_equal_torch_norms() -> None:
@@ -61,6 +62,36 @@ def test_mobile_form_is_exact(name: str, side: int) -> None:
     torch.testing.assert_close(out, ref, atol=2e-4, rtol=1e-4)
 
 
+def _token_block(mode: str) -> nn.Module:
+    """One SepViT block with pointwise attention over 2x2 windows of 7 and non-zero tokens, in a container
+    (``fuse`` replaces children)."""
+    torch.manual_seed(0)
+    block = SepViTBlock(32, 2, 7, pointwise=True, token_grid=(2, 2), window_token=mode)
+    if block.window_token is not None:
+        nn.init.normal_(block.window_token)
+    return nn.Sequential(block).eval()
+
+
+@pytest.mark.parametrize("mode,side,batch", [("per_window", 14, 1), ("per_window", 14, 2), ("shared", 10, 2),
+                                             ("zero", 14, 1)])
+def test_sepvit_mobile_tokens_need_no_expand(mode: str, side: int, batch: int) -> None:
+    # XNNPACK lowers no expand_copy: sepvit_lite's per-window tokens (a no-op expand at batch 1) kept 6 ops outside
+    # the delegate. The mobile block concatenates tokens of the windows' shape as they are and broadcasts the
+    # others (batch 2, shared / zero tokens; 10 px: padded windows) with an add.
+    model = _token_block(mode)
+    x = torch.randn(batch, side, side, 32)
+    mobile = leanvit.fuse(model, target="executorch")
+
+    def expands(module: nn.Module) -> list[str]:
+        with torch.no_grad():
+            graph = torch.export.export(module, (x,)).graph
+        return [str(node.target) for node in graph.nodes if "expand" in str(node.target)]
+
+    assert expands(model) and not expands(mobile), expands(mobile)
+    with torch.no_grad():
+        torch.testing.assert_close(mobile(x), model(x), atol=2e-5, rtol=1e-5)
+
+
 @pytest.mark.slow
 def test_executorch_export_is_delegated_and_matches(tmp_path) -> None:
     # One model (lowering costs ~25 s): EfficientViT-M0, whose torch form left 157 ops of 5 kinds outside the
@@ -82,6 +113,9 @@ def test_executorch_export_is_delegated_and_matches(tmp_path) -> None:
     # the float program is what the int8 storage check must refuse (tests/test_int8_storage.py reads int8 ones)
     storage = int8_weight_storage(out)
     assert storage.layers > 0 and storage.share == 0, storage.summary()
+    # SepViT's window tokens broadcast over batch and windows (shared tokens, batch 2) lower too: one block, ~5 s
+    tokens = lower_to_executorch(leanvit.fuse(_token_block("shared"), target="executorch"), torch.randn(2, 10, 10, 32))
+    assert tokens.describe() == "every operator delegated to XNNPACK", tokens.describe()
 
 
 @pytest.mark.slow

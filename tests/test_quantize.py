@@ -18,6 +18,7 @@ from leanvit.cli import build_parser, main
 from leanvit.deploy.export import export_model
 from leanvit.deploy.images import load_image_folder
 from leanvit.deploy.int8 import quantize_model
+from leanvit.deploy.int8_storage import artifact_target_cpu
 from leanvit.deploy.routes import CALIBRATION_IMAGES
 from leanvit.deploy.options import ExportOptions
 from leanvit.deploy.quantize import mcnemar_exact, quantize_for, top1_report
@@ -108,9 +109,11 @@ def test_int8_keeps_accuracy_on_real_digits(digits_run, tmp_path) -> None:
 def test_int8_export_and_quantize_cli(digits_run, tmp_path, capsys) -> None:
     out = tmp_path / "m0_int8.onnx"
     result = export_model("efficientvit_m0", "onnx", out, img_size=SIDE, precision="int8",
-                          checkpoint=digits_run["ckpt"], calibration=digits_run["calib"], calibration_images=64)
+                          checkpoint=digits_run["ckpt"], calibration=digits_run["calib"], calibration_images=64,
+                          target_cpu="no-vnni")  # the AVX2 recipe (7-bit weights) also runs exactly on VNNI CPUs
     assert result.verified and result.top1_agreement >= 0.9, result.summary()
-    assert "static QDQ int8" in result.exporter
+    assert "static QDQ int8" in result.exporter and "no-vnni" in result.exporter
+    assert artifact_target_cpu(out) == "no-vnni"  # recorded in the file, as leanvit quantize --target-cpu does
     with pytest.raises(ValueError, match="--calibration"):
         export_model("efficientvit_m0", "onnx", tmp_path / "n.onnx", precision="int8")
     args = ["quantize", "efficientvit_m0", "--checkpoint", str(digits_run["ckpt"]), "--img-size", str(SIDE),

@@ -44,7 +44,8 @@ class _ModelOptions:
     """What every per-model tool takes: where to write, the input side and the weights."""
 
     out: str = option("analysis_out", "output folder (default: analysis_out)")
-    img_size: int | None = option(None, "input side (default: the model's native size)", type=int)
+    img_size: int | None = option(None, "input side (default: the size --checkpoint was trained at, else the model's "
+                                  "native size)", type=int)
     checkpoint: str | None = option(None, "weights to load (leanvit / timm / official layouts)")
 
 
@@ -138,7 +139,8 @@ class BlockComplexityOptions:
 
     models: list[str] = option(SEPVIT_MODELS, "SepViT variants (default: all four)", flag="models", nargs="*")
     out: str = option("analysis_out", "output folder (default: analysis_out)")
-    img_size: int | None = option(None, "input side (default: the model's native size)", type=int)
+    img_size: int | None = option(None, "input side (default: the size --checkpoint was trained at, else the model's "
+                                  "native size)", type=int)
     time_s: float = option(0.0, "seconds per round to time a block vs two Swin blocks", flag="--time", type=float)
     rounds: int = option(3, "timing rounds (default 3)", type=int)
     batch_size: int = option(16, "timed batch (default 16)", flag="--batch", type=int)

@@ -16,6 +16,7 @@ from ..errors import InvalidValueError
 from ..deploy.routes import target_for
 from ..deploy.capabilities import torch_threads
 from ..models import create_model
+from ..models.checkpoint import checkpoint_img_size
 from ..zoo import fuse_model, resolve_model
 from . import design_space, heads, optime, sepvit_complexity, taylor
 from .data import labelled_batches
@@ -25,6 +26,11 @@ __all__ = [
     "run_op_breakdown", "run_head_similarity", "run_head_ablation", "run_taylor", "run_design_space",
     "run_block_complexity",
 ]
+
+
+def _side(name: str, img_size: int | None, checkpoint: str | None) -> int:
+    # as every command: a flag, else the size the checkpoint was trained at, else the model's native size
+    return checkpoint_img_size(img_size, checkpoint, resolve_model(name).img_size)
 
 
 def _slug(name: str) -> str:
@@ -43,12 +49,12 @@ def run_op_breakdown(
     with torch_threads(threads):
         balance = optime.machine_balance() if roofline else None
         for name in models:
-            side = img_size or resolve_model(name).img_size
+            side = _side(name, img_size, checkpoint)
             model = create_model(name, img_size=side, checkpoint=checkpoint).eval()
             fused = fuse_model(model, target_for(backend))
             x = torch.randn(batch_size, 3, side, side)
             meta = run_record("op-breakdown", args, backend=backend, batch_size=batch_size, dtype="float32",
-                              machine_balance=balance, model=name)
+                              machine_balance=balance, model=name, img_size=side)
             slug = f"{_slug(name)}_{backend}"
             if backend == "openvino":
                 rows = optime.openvino_breakdown(fused, x, iters=iters, threads=threads)
@@ -107,7 +113,7 @@ def run_head_similarity(
                 images=images, batch_size=batch_size, seed=seed, img_size=img_size, checkpoint=checkpoint, **chosen)
     rows = []
     for name in models:
-        side = img_size or resolve_model(name).img_size
+        side = _side(name, img_size, checkpoint)
         model = create_model(name, img_size=side, checkpoint=checkpoint, num_classes=num_classes).eval()
         batches = _batches(data, model, side, images, batch_size, seed)
         for r in heads.head_similarity(model, batches, granularity=granularity, drop_cls=drop_cls, **chosen):
@@ -140,7 +146,7 @@ def run_head_ablation(
     """Remove-1 / leave-1 top-1 change per layer (best head of each)."""
     args = dict(model=model_name, data=data, images=images, batch_size=batch_size, seed=seed, img_size=img_size,
                 checkpoint=checkpoint, cascade_mask=cascade_mask)
-    side = img_size or resolve_model(model_name).img_size
+    side = _side(model_name, img_size, checkpoint)
     model = create_model(model_name, img_size=side, checkpoint=checkpoint, num_classes=num_classes).eval()
     rows = heads.head_ablation(model, _batches(data, model, side, images, batch_size, seed), cascade_mask=cascade_mask)
     rows = [dict(model=model_name, **r) for r in rows]
@@ -172,7 +178,7 @@ def run_taylor(
     args = dict(model=model_name, data=data, keep=keep, images=images, batch_size=batch_size, seed=seed, qk=qk,
                 normalize=normalize, img_size=img_size, checkpoint=checkpoint, prune=prune, parts=list(parts),
                 finetune_epochs=finetune_epochs, lr=lr)
-    side = img_size or resolve_model(model_name).img_size
+    side = _side(model_name, img_size, checkpoint)
     model = create_model(model_name, img_size=side, checkpoint=checkpoint, num_classes=num_classes).eval()
     batches = _batches(data, model, side, images, batch_size, seed, split="train")
     sites, importance, n = taylor.taylor_importance(model, batches, qk=qk)

@@ -34,6 +34,7 @@ from ..deploy.runtime import build_runtime
 from ..deploy.verify import compare_runtime, run_in_batches, verification_images
 from ..errors import InvalidValueError, OperationError
 from ..models import count_macs, count_params, create_model
+from ..models.checkpoint import checkpoint_img_size
 from ..models.signal import signal_images, signal_weights_
 from ..zoo import ModelSpec, count_unfused_norms, fuse_model, resolve_model
 from .env import environment
@@ -140,6 +141,9 @@ def benchmark(models: str | Sequence[str], options: BenchOptions | None = None, 
     names = [models] if isinstance(models, str) else list(models)
     if not names:
         raise InvalidValueError("no models given")
+    if o.checkpoint is not None and len(names) != 1:
+        raise InvalidValueError(f"a checkpoint holds one model's weights; got {len(names)} models: bench them one at a "
+                                "time")
     if o.backend is None:  # batch-1 latency on CPU is what an application sees: its fastest exact route
         exact_cpu = o.device == "cpu" and _as_list(o.precision) in ([None], ["fp32"])
         o = o.replace(backend=AUTO_BACKEND if o.mode == "latency" and exact_cpu else "jit")
@@ -166,7 +170,7 @@ def benchmark(models: str | Sequence[str], options: BenchOptions | None = None, 
             check_jit_optimize(bk, o.device)  # refused before anything runs, not recorded as a per-run error
         used, note = check_precision(prec, bk, o.device, o.allow_fallback)
         runs.append((spec, o.replace(
-            backend=bk, precision=used, batch_size=o.batch_size or default_batch, img_size=o.img_size or spec.img_size,
+            backend=bk, precision=used, batch_size=o.batch_size or default_batch, img_size=checkpoint_img_size(o.img_size, o.checkpoint, spec.img_size),
             warmup=DEFAULT_WARMUP_S if o.warmup is None else o.warmup,
             duration=DEFAULT_DURATION_S if o.duration is None else o.duration,
             fuse=o.fuse and o.mode != "train", count_macs=o.count_macs or o.roofline,
@@ -219,7 +223,9 @@ def _route_label(rec: dict[str, Any]) -> str:
 def _record(spec: ModelSpec, run: BenchOptions, **values: Any) -> dict[str, Any]:
     """A result row: identity and settings first, then the measured values (None when not measured)."""
     rec: dict[str, Any] = dict(
-        model=spec.label, source=spec.source, family=spec.family, top1=spec.top1, mode=run.mode,
+        # a checkpoint's weights are not the published ones whose top-1 the zoo lists
+        model=spec.label, source=spec.source, family=spec.family, top1=None if run.checkpoint else spec.top1,
+        checkpoint=run.checkpoint, mode=run.mode,
         backend=run.backend, precision=run.precision, device=run.device, batch_size=run.batch_size,
         threads=run.threads, img_size=run.img_size, fused=run.fuse, channels_last=run.channels_last,
         jit_optimize=run.jit_optimize,
@@ -301,16 +307,23 @@ class _Prepared:
 def _built_model(spec: ModelSpec, run: BenchOptions, cache: dict[tuple, nn.Module] | None) -> nn.Module:
     """``spec``'s random-weight eval model for ``run`` (the same weights for every route of one model: a race reuses
     the last one built through ``cache`` instead of building and perturbing it again for each route)."""
-    key = (spec.ref, run.img_size, run.seed, run.perturb_bn)
+    key = (spec.ref, run.img_size, run.seed, run.perturb_bn, run.checkpoint)
     if cache is not None and key in cache:
         return cache[key]
-    torch.manual_seed(run.seed)
-    model = create_model(spec.ref, img_size=run.img_size).eval()
-    if run.perturb_bn:
-        signal_weights_(model, seed=run.seed, img_size=run.img_size)  # logits that depend on the input
+    model = _new_model(spec, run)
     if cache is not None:
         cache.clear()  # runs come model by model: keep one
         cache[key] = model
+    return model
+
+
+def _new_model(spec: ModelSpec, run: BenchOptions) -> nn.Module:
+    """``spec``'s eval model for ``run``: ``run.checkpoint``'s weights, or seeded random ones (``perturb_bn``: with
+    non-identity BatchNorms, so that the logits depend on the input and the routes' checks mean something)."""
+    torch.manual_seed(run.seed)
+    model = create_model(spec.ref, img_size=run.img_size, checkpoint=run.checkpoint).eval()
+    if run.perturb_bn and run.checkpoint is None:
+        signal_weights_(model, seed=run.seed, img_size=run.img_size)
     return model
 
 
@@ -359,9 +372,7 @@ def run_single(spec: ModelSpec, run: BenchOptions) -> dict[str, Any]:
     base_mb = None if cuda else rss_mb()  # CPU memory is counted from before the model exists
     with _run_context(run):
         if run.mode == "train":
-            model = create_model(spec.ref, img_size=run.img_size).eval()
-            if run.perturb_bn:
-                signal_weights_(model, seed=run.seed, img_size=run.img_size)
+            model = _new_model(spec, run)
             return _run_train(spec, run, model, torch.randn(run.batch_size, 3, run.img_size, run.img_size), base_mb)
         prepared = _prepare(spec, run, base_mb)
         with PeakMemory(run.device, base_mb) as mem:

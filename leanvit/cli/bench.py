@@ -43,7 +43,7 @@ def register(subparsers: Any) -> None:
     d.add_argument("--out", type=Path, default=Path("out/demo"), help="output directory (default: out/demo)")
     d.add_argument("--models", nargs="*", default=None, help=DEMO_HELP)
     d.add_argument("--baselines", nargs="*", default=None, help="timm baselines (default: the papers' comparisons)")
-    add_option_flags(d, exclude=("mode", "count_macs", "isolate"), defaults=DEMO_OPTIONS)
+    add_option_flags(d, exclude=("mode", "count_macs", "isolate", "checkpoint"), defaults=DEMO_OPTIONS)
     d.set_defaults(func=_demo)
 
 

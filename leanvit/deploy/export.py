@@ -132,7 +132,8 @@ def _write_and_verify(fused: nn.Module, route: Route, output: Path, example: tor
     try:
         tmp = tmpdir / f"model{output.suffix}"
         if opts.precision == "int8":
-            exporter = quantize_for(route.int8, fused, example, calibration, tmp, threads=opts.threads).description
+            exporter = quantize_for(route.int8, fused, example, calibration, tmp, threads=opts.threads,
+                                     target_cpu=opts.target_cpu).description
         else:
             settings = dict(dynamo=opts.dynamo, opset=opts.opset, dynamic_batch=opts.dynamic_batch,
                             dense=sizes is not None, dynamic_size=dynamic_size, precision=opts.precision)

@@ -32,6 +32,8 @@ class ExportOptions:
     calibration: Path | None = option(None, "int8: folder of calibration images (class folders or flat; "
                                       "real images of the task, not noise)", type=Path)
     calibration_images: int = option(CALIBRATION_IMAGES, "int8: calibration images used", type=int)
+    target_cpu: str = option("auto", "int8: CPU class the artifact will run on (as leanvit quantize --target-cpu): "
+                             "vnni or no-vnni; auto: this machine's", choices=("auto", *CPU_CLASSES))
     dynamo: bool = option(False, "ONNX: torch.export-based exporter (default: TorchScript-based, opset 17)")
     opset: int | None = option(None, "ONNX opset (default: 17 legacy, exporter default dynamo)", type=int)
     verify: bool = option(True, "skip the check against PyTorch", flag="--no-verify")

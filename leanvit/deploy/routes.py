@@ -32,7 +32,7 @@ SCHEMES = ("default", "weights")
 # ExportOptions fields every export route takes (the model, its size and the verification)
 COMMON_EXPORT_OPTIONS = ("checkpoint", "img_size", "batch_size", "precision", "verify", "threads", "seed")
 # ... and those an int8 export adds (routes whose precisions include int8)
-INT8_EXPORT_OPTIONS = ("calibration", "calibration_images")
+INT8_EXPORT_OPTIONS = ("calibration", "calibration_images", "target_cpu")
 # what a segmentation checkpoint's export takes: fp32, verified at two sizes, a free image size traced at
 # --img-size (leanvit segment export --fixed-size / --size H W for the rest)
 DENSE_EXPORT_OPTIONS = ("img_size",)

@@ -7,7 +7,6 @@ its own registry, so importing it never touches timm's (timm already registers `
 """
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import math
 from dataclasses import asdict, dataclass, replace
@@ -15,6 +14,7 @@ from typing import Any
 
 from torch import nn
 
+from .._text import did_you_mean
 from ..errors import InvalidValueError, UnknownNameError
 from ._pretrained import PretrainedWeights
 
@@ -150,8 +150,7 @@ def list_models(pattern: str = "*", family: str | None = None) -> list[str]:
 
 
 def _unknown(name: str) -> UnknownNameError:
-    close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)
-    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    hint = did_you_mean(name, _REGISTRY, cutoff=0.5)
     return UnknownNameError(f"unknown model {name!r}.{hint} See leanvit.list_models() for all {len(_REGISTRY)} names.")
 
 

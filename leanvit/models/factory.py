@@ -9,7 +9,6 @@ has; write ``timm:shvit_s1`` for timm's port and ``leanvit:shvit_s1`` to be expl
 """
 from __future__ import annotations
 
-import difflib
 import os
 from typing import Any, Callable, Mapping
 
@@ -17,6 +16,7 @@ import timm
 from timm.models import get_pretrained_cfg
 from torch import nn
 
+from .._text import did_you_mean
 from ..errors import InvalidValueError, UnknownNameError
 from ._registry import ModelConfig, add_variant, build_variant, is_model, list_models
 from .checkpoint import checkpoint_shape, load_checkpoint, load_weights, read_state_dict
@@ -49,8 +49,7 @@ def register_variant(cls: type[nn.Module], cfg: ModelConfig) -> Callable[..., nn
 
 def _unknown(name: str) -> UnknownNameError:
     candidates = list(dict.fromkeys(list_models() + timm.list_models()))  # shared names once
-    close = difflib.get_close_matches(name.split(":", 1)[-1], candidates, n=5, cutoff=0.6)
-    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    hint = did_you_mean(name.split(":", 1)[-1], candidates, n=5)
     return UnknownNameError(
         f"unknown model {name!r}. It is not a leanvit model (leanvit.list_models()) nor a timm model "
         f"(timm.list_models()).{hint}"

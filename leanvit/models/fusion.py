@@ -66,8 +66,9 @@ def fuse(model: nn.Module, channels_last: bool | None = None, *, target: str = "
       left for OpenVINO (m0 +5.6 %, m5 +2.5 % more on the AMD machine).
     * "executorch" and "coreml" (``MOBILE_TARGETS``): every family's attention runs ``bmm`` + ``softmax``
       on static slices (``leanvit.layers.mobile``) and GroupNorm(1) / LayerNorm are written with 4-D
-      means, so that ExecuTorch's XNNPACK partitioner delegates the whole graph (ExecuTorch 1.5.1: SHViT
-      and EfficientViT-M keep no op outside the delegate).
+      means, and SepViT's window tokens reach the windows without ``expand``, so that ExecuTorch's XNNPACK
+      partitioner delegates the whole graph (ExecuTorch 1.5.1, 224 px: every SHViT and EfficientViT-M variant
+      and sepvit_lite keep no op outside the delegate).
     * "torch" (default) and "onnx" keep the one-conv form: three small convs are slower in PyTorch jit
       (fp32 channels-last: m0 361 -> 341, m5 86.2 -> 83.9 images/s), and ONNX Runtime gained at most
       1-3 %, no more than two sessions of the same graph differ (NOTES.md entry 12).

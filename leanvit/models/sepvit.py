@@ -286,12 +286,18 @@ class SepViTBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=_BLOCK_EPS)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=drop)
 
-    def _normed_tokens(self, B: int, N: int) -> torch.Tensor:
-        """(B, N, 1, C) window tokens after norm1 (the official code concatenates them before norm1)."""
+    def _normed_tokens(self) -> torch.Tensor:
+        """The window tokens after norm1 (the official code concatenates them before norm1): (1, N, 1, C), one
+        per window, or (1, 1, 1, C) shared by every window."""
         if self.window_token is None:
             # LayerNorm of a zero vector is exactly its bias: no need to normalise zeros.
-            return self.norm1.bias.view(1, 1, 1, -1).expand(B, N, 1, -1)
-        return self.norm1(self.window_token).expand(B, N, -1, -1)
+            return self.norm1.bias.view(1, 1, 1, -1)
+        return self.norm1(self.window_token)
+
+    def _with_tokens(self, win: torch.Tensor) -> torch.Tensor:
+        """(B, N, L, C) normalised windows -> (B, N, 1 + L, C), each window's normalised token first."""
+        B, N, _, C = win.shape
+        return torch.cat([self._normed_tokens().expand(B, N, 1, C), win], dim=2)
 
     def _mixer(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, C = x.shape
@@ -312,12 +318,44 @@ class SepViTBlock(nn.Module):
         if pad_b or pad_r:
             x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))  # zeros before norm1, as the official dense code
         win = self.norm1(x).view(B, nh, ws, nw, ws, C).transpose(2, 3).reshape(B, nh * nw, ws * ws, C)
-        seq = torch.cat([self._normed_tokens(B, nh * nw), win], dim=2)
-        return self.attn(seq, (nh, nw, ws, H, W))
+        return self.attn(self._with_tokens(win), (nh, nw, ws, H, W))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.drop_path(self._mixer(x))
         return x + self.drop_path(self.mlp(self.norm2(x)))
+
+    def deploy_form(self, target: str) -> nn.Module:
+        """Hook of ``leanvit.fuse(target=...)``: mobile delegates (ExecuTorch, Core ML) get
+        :class:`_MobileSepViTBlock` where the block has window tokens."""
+        return _MobileSepViTBlock.of(self) if target in MOBILE_TARGETS and self.pointwise else self
+
+
+class _MobileSepViTBlock(SepViTBlock):
+    """Deploy form of a :class:`SepViTBlock` with pointwise attention for ExecuTorch / Core ML: the window
+    tokens reach every batch entry and window without ``expand``, which exports as ``expand_copy``, an op
+    XNNPACK has no lowering for (ExecuTorch 1.5.1: sepvit_lite at 224 px kept 6 outside the delegate, each a
+    no-op batch-1 expand of a per-window token). Tokens that already have the windows' shape (per-window
+    tokens at batch 1, how mobile models are exported) are concatenated as they are; others (batch > 1,
+    ``shared`` and ``zero`` tokens) are broadcast by adding them to ``0 * win[:, :, :1]`` (a broadcast ``add``,
+    which XNNPACK lowers). Same values: ``t + 0 * x`` is ``t`` for finite ``x``, and a window holding a NaN
+    (norm1 of an infinity is NaN) makes the block's whole output NaN in either form (its token attends to it,
+    and every window attends to the tokens). Inference only."""
+
+    @classmethod
+    def of(cls, block: SepViTBlock) -> "_MobileSepViTBlock":
+        """The same block (a copy) with this class's token handling; it holds no state of its own."""
+        mobile = copy.deepcopy(block)
+        mobile.__class__ = cls
+        return mobile
+
+    def _with_tokens(self, win: torch.Tensor) -> torch.Tensor:
+        tokens = self._normed_tokens()
+        if tokens.shape[:2] != win.shape[:2]:
+            tokens = tokens + win[:, :, :1] * 0.0
+        return torch.cat([tokens, win], dim=2)
+
+    def deploy_form(self, target: str) -> nn.Module:
+        return self
 
 
 class SepViTStage(nn.Module):

@@ -8,7 +8,6 @@ YAML 1.1) is a float here, and an unknown key is an error that lists the valid o
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 import types
 import typing
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from .._io import atomic_write
+from .._text import did_you_mean
 from ..errors import InvalidValueError
 
 if TYPE_CHECKING:  # importlib.resources.abc is Python >= 3.11; annotations only
@@ -305,8 +305,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 
 
 def _unknown_key(key: str, valid: list[str], where: str) -> ConfigError:
-    close = difflib.get_close_matches(key, valid, n=3, cutoff=0.6)
-    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    hint = did_you_mean(key, valid)
     return ConfigError(f"unknown {where} {key!r}.{hint} Valid keys: {', '.join(valid)}")
 
 
@@ -423,8 +422,7 @@ def _find_recipe(name: str, relative_to: Traversable | None) -> Traversable:
         if p.is_file():
             return p
     known = list_recipes()
-    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
-    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    hint = did_you_mean(name, known, cutoff=0.5)
     raise ConfigError(f"unknown recipe {name!r}.{hint} Known recipes: {', '.join(known)} (or pass a .yaml path)")
 
 
