@@ -11,11 +11,14 @@ depend on the input).
    to the logits' spread is within the export's bf16 bound (``leanvit.deploy.verify.BF16_SPREAD_RTOL``);
    the fastest vs OpenVINO at its *default* precision (bf16 on AMX CPUs) running
    timm's fused model. ``--torch-form`` also times OpenVINO bf16 on the ``target="torch"`` graph.
-3. The single-core fp32 and bf16 matmul peaks (best of torch.mm and OpenVINO MatMul), the fraction of
-   them each path reaches (MACs per image x images/s / peak MAC/s), and the roofline ceilings: the
-   largest ratio over timm's jit (fp32 peak) and over timm's OpenVINO (bf16 peak) that any path with
-   the model's MACs could reach. A target above its ceiling needs fewer MACs or cheaper arithmetic
-   (int8), not a better graph (NOTES.md entry 15).
+3. ``--roofline`` only: this CPU's single-thread matmul peaks, measured as ``leanvit bench --roofline`` does
+   (``leanvit.bench.roofline.cpu_peaks``: fp32 always, best of torch.mm and OpenVINO MatMul; int8 where the CPU
+   has int8 dot products; bf16 where it is native; a precision it only emulates is reported by its measured
+   ratio to fp32, never as a roof), the fraction of its precision's peak each path reaches (MACs per image x
+   images/s / peak MAC/s), and the roofline ceilings: the largest ratio over timm's jit (fp32 peak) and over
+   timm's OpenVINO (the fastest native float peak: bf16 where native, else fp32) that any path with the model's
+   MACs could reach. A target above its ceiling needs fewer MACs or cheaper arithmetic (int8), not a better
+   graph (NOTES.md entry 15).
 
 Calls are timed with the process CPU time (1 thread; see NOTES.md entry 2). timm's PyTorch number is
 the papers' protocol (NCHW trace); next to it, leanvit's best is compared with the best of timm's four jit
@@ -25,6 +28,7 @@ The machine is shared and noisy, so the paths of one model are timed in interlea
 (A B C ... A B C ...) and each path reports the median of its per-round medians.
 
     python benchmarks/deploy_speed.py                        # shvit_s1 shvit_s4 efficientvit_m0 efficientvit_m5
+    python benchmarks/deploy_speed.py --roofline             # + this CPU's matmul peaks, fractions and ceilings
     python benchmarks/deploy_speed.py efficientvit_m0 --rounds 3 --seconds 1 --json out.json --markdown out.md
     python benchmarks/deploy_speed.py --rounds 3 --seconds 1.5 --torch-form   # + OpenVINO on the torch-target graph
 """
@@ -42,7 +46,7 @@ from typing import Any, Callable, NamedTuple
 import torch
 
 from leanvit.bench.env import environment
-from leanvit.bench.roofline import matmul_peak, roofline_ceiling
+from leanvit.bench.roofline import RooflinePeaks, cpu_peaks, roofline_ceiling
 from leanvit.bench.timing import interleaved_medians
 from leanvit.deploy.capabilities import check_precision
 from leanvit.deploy.runtime import OpenVinoRuntime, Runtime, build_runtime
@@ -168,6 +172,13 @@ def _ceiling(peak: float, macs: float, reference: dict[str, Any]) -> float:
     return roofline_ceiling(peak, macs, reference["throughput"])
 
 
+def _fastest_peak(peaks: RooflinePeaks) -> tuple[str, float]:
+    """The roof of the fastest exact-or-bf16 path: bf16's peak where bf16 is native here, else fp32's (the
+    paths raced here are float; int8's peak is reported, not a roof for them)."""
+    precision = "bf16" if "bf16" in peaks.native else "fp32"
+    return precision, peaks.native[precision]
+
+
 def race(paths: list[RunPath], rounds: int, seconds: float) -> None:
     """Interleaved rounds; each path keeps its per-round median call time."""
     calls = {str(i): (lambda p=p: p.runtime.run(p.x)) for i, p in enumerate(paths)}
@@ -191,14 +202,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--compile", action="store_true", help="also race torch.compile (≈40 s set-up per precision)")
     ap.add_argument("--torch-form", action="store_true",
                     help="also time OpenVINO bf16 on the fuse(target='torch') graph (reference, not a shipped path)")
+    ap.add_argument("--roofline", action="store_true",
+                    help="also measure this CPU's matmul peaks (fp32; int8 where it has int8 dot products; bf16 where "
+                         "native) and report each path's share of its precision's peak and the roofline ceilings")
     ap.add_argument("--json", help="write all numbers here")
     ap.add_argument("--markdown", help="write the summary table here")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
 
-    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
-    print(f"single-core matmul peak: fp32 {peaks['fp32'] / 1e9:.0f} GMAC/s, bf16 {peaks['bf16'] / 1e9:.0f} GMAC/s "
-          f"({peaks['bf16'] / peaks['fp32']:.1f}x)", flush=True)
+    peaks = cpu_peaks(seconds=1.0) if args.roofline else None
+    if peaks is not None:
+        print(peaks.describe(), flush=True)
     results: list[dict[str, Any]] = []
     for name in args.models:
         t0 = time.perf_counter()
@@ -206,11 +220,12 @@ def main(argv: list[str] | None = None) -> int:
         race(paths, args.rounds, args.seconds)
         rows = []
         for p in paths:
-            frac = macs * p.throughput / peaks["bf16" if p.precision == "bf16" else "fp32"]
+            peak = peaks.native.get(p.precision) if peaks is not None else None
+            frac = macs * p.throughput / peak if peak else None
             rows.append(dict(path=p.label, lib=p.lib, precision=p.precision, throughput=p.throughput,
                              rel_err=p.rel_err, peak_fraction=frac, round_medians_ms=[1e3 * t for t in p.times]))
-            print(f"  {name:16s} {p.label:46s} {p.throughput:8.1f} img/s  err/spread {p.rel_err:.1e}  "
-                  f"{100 * frac:5.1f}% of peak", flush=True)
+            print(f"  {name:16s} {p.label:46s} {p.throughput:8.1f} img/s  err/spread {p.rel_err:.1e}"
+                  + (f"  {100 * frac:5.1f}% of {p.precision} peak" if frac is not None else ""), flush=True)
         lean_fp32 = max((r for r in rows if r["lib"] == "leanvit" and r["precision"] == "fp32"
                          and r["path"].split()[1] in ("eager", "jit")), key=lambda r: r["throughput"])
         timm_jit = next(r for r in rows if r["path"] == "timm jit fp32")  # the papers' protocol
@@ -223,9 +238,9 @@ def main(argv: list[str] | None = None) -> int:
                        pytorch_fp32=dict(leanvit=lean_fp32, timm=timm_jit, timm_best_jit=timm_best_jit,
                                          ratio=lean_fp32["throughput"] / timm_jit["throughput"],
                                          ratio_same_tooling=lean_fp32["throughput"] / timm_best_jit["throughput"],
-                                         ceiling=_ceiling(peaks["fp32"], macs, timm_jit)),
+                                         ceiling=_ceiling(peaks.native["fp32"], macs, timm_jit) if peaks else None),
                        fastest=dict(leanvit=fastest, timm=timm_ov, ratio=fastest["throughput"] / timm_ov["throughput"],
-                                    ceiling=_ceiling(peaks["bf16"], macs, timm_ov)),
+                                    ceiling=_ceiling(_fastest_peak(peaks)[1], macs, timm_ov) if peaks else None),
                        torch_form=next((r for r in rows if r["lib"] == "reference"), None),
                        seconds=time.perf_counter() - t0)
         results.append(summary)
@@ -234,15 +249,21 @@ def main(argv: list[str] | None = None) -> int:
               f"fastest {summary['fastest']['ratio']:.2f}x ({fastest['path']} vs {timm_ov['path']})", flush=True)
 
     env = environment("cpu")
+    roof_head = (f" peak fraction (fastest / OV) | ceiling fp32 / {_fastest_peak(peaks)[0]} |" if peaks else "")
     head = ("| model | MMACs | leanvit best PyTorch fp32 | timm jit fp32 | ratio (target 1.15) | "
             "vs timm best jit (same tooling) | "
-            "leanvit fastest (err/spread) | timm OpenVINO default | ratio (target 1.25) | peak fraction (fastest / OV) | "
-            "ceiling fp32 / bf16 |"
+            "leanvit fastest (err/spread) | timm OpenVINO default | ratio (target 1.25) |" + roof_head
             + (" OV bf16, fuse target=torch (ratio) |" if args.torch_form else "") + "\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if args.torch_form else ""))
+            "|---|---|---|---|---|---|---|---|---|" + ("---|---|" if peaks else "")
+            + ("---|" if args.torch_form else ""))
     lines = [head]
     for s in results:
         a, f = s["pytorch_fp32"], s["fastest"]
+        roof = ""
+        if peaks:
+            fracs = [f"{100 * r['peak_fraction']:.1f}%" if r["peak_fraction"] is not None else "-"
+                     for r in (f["leanvit"], f["timm"])]
+            roof = f" {fracs[0]} / {fracs[1]} | {a['ceiling']:.2f}x / {f['ceiling']:.2f}x |"
         lines.append(
             f"| {s['model']} | {s['macs_m']:.0f} | {a['leanvit']['throughput']:.1f} ({a['leanvit']['path'][8:]}) | "
             f"{a['timm']['throughput']:.1f} | {a['ratio']:.2f}x | "
@@ -250,20 +271,20 @@ def main(argv: list[str] | None = None) -> int:
             f"{a['timm_best_jit']['throughput']:.1f}) | "
             f"{f['leanvit']['throughput']:.1f} "
             f"({f['leanvit']['path'][8:]}, {f['leanvit']['rel_err']:.1e}) | {f['timm']['throughput']:.1f} | "
-            f"{f['ratio']:.2f}x | {100 * f['leanvit']['peak_fraction']:.1f}% / "
-            f"{100 * f['timm']['peak_fraction']:.1f}% | {a['ceiling']:.2f}x / {f['ceiling']:.2f}x |"
+            f"{f['ratio']:.2f}x |" + roof
             + (_torch_form_cell(s["torch_form"], f["timm"]) if args.torch_form else ""))
     md = (f"Images/s (CPU-time clock), batch {args.batch_size}, 1 thread, fused, {args.rounds} interleaved rounds x "
-          f"{args.seconds:g} s; CL = channels-last. "
-          f"{env['device']}; single-core matmul peak fp32 {peaks['fp32'] / 1e9:.0f} / bf16 {peaks['bf16'] / 1e9:.0f} "
-          f"GMAC/s; " + ", ".join(f"{k} {v}" for k, v in env["versions"].items()) + "\n\n" + "\n".join(lines) + "\n")
+          f"{args.seconds:g} s; CL = channels-last. {env['device']}; "
+          + (f"{peaks.describe()}; " if peaks else "")
+          + ", ".join(f"{k} {v}" for k, v in env["versions"].items()) + "\n\n" + "\n".join(lines) + "\n")
     print("\n" + md)
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write(md)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(dict(peaks=peaks, environment=env, results=results), f, indent=2)
+            json.dump(dict(peaks=dict(native=peaks.native, non_native_ratio=peaks.non_native_ratio) if peaks else None,
+                           environment=env, results=results), f, indent=2)
     return 0
 
 

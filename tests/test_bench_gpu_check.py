@@ -2,25 +2,17 @@
 the refusal without CUDA, and the ONNX export step on the CPU. The GPU measurements themselves run on a GPU machine."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+from helpers.scripts import benchmark_script
 
 
 @pytest.fixture(scope="module")
 def gpu_check():
-    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_check"] = module  # dataclasses look their module up while the class is made
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop("gpu_check", None)
+    with benchmark_script("gpu_check") as module:
+        yield module
 
 
 def test_arguments(gpu_check) -> None:
