@@ -77,7 +77,7 @@ def test_openvino_target_splits_qkv_and_matches(m0, shape):
     assert fused.fuse_target == "openvino"
     assert len(attns) == sum(isinstance(m, CascadedGroupAttention) for m in m0.modules()) == 6
     assert not any(isinstance(m, CascadedGroupAttention) for m in fused.modules())
-    for a in attns:  # no qkv conv left to split: every conv yields q, k or v alone (or is the projection)
+    for a in attns:  # no qkv conv left to split on a map: the heads project token-major (Linear), q, k, v sliced
         qkv = 2 * a.key_dim + a.val_dim
         assert not any(isinstance(c, torch.nn.Conv2d) and c.out_channels == qkv for c in a.modules())
     x = signal_images(shape[0], shape[2:], seed=3)

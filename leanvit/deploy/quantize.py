@@ -60,7 +60,7 @@ class QuantizedArtifact:
             with torch_threads(threads):
                 return open_pytorch_int8(self.path, batch_size=batch_size, compiled=compiled)
         if self.runtime == "openvino":
-            return OpenVinoRuntime(self.path, threads=threads, precision=None)
+            return OpenVinoRuntime(self.path, threads=threads, precision=None, batch_size=batch_size)
         if self.runtime == "onnxruntime":
             return OnnxRuntime(self.path, threads=threads)
         return ExecuTorchRuntime(self.path, threads=threads)

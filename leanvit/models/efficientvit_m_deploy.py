@@ -79,9 +79,12 @@ class SplitQKVCascadedAttention(nn.Module):
 
     Same function, different graph:
 
-    * each head's qkv conv + ``split`` becomes three projections (q, k, v) built from the fused conv's
-      output rows: no channel split of the qkv output is left, which OpenVINO's CPU plugin runs with a
-      slow reference kernel (efficientvit_m0 bf16: +23 %, NOTES.md entry 6(b));
+    * each head's qkv conv + channel ``split`` becomes one token-major projection (a Linear with the fused
+      conv's rows) whose q / k / v are slices of the last axis: no channel split of a (B, C, H, W) map is
+      left, which OpenVINO's CPU plugin runs with a slow reference kernel on its blocked layouts
+      (efficientvit_m0 bf16: +23 %, NOTES.md entry 6(b)). One projection rather than three (q, k and v
+      Linears, the form of NOTES.md entry 15): efficientvit_m4 int8 (NNCF) batch 1 +4-12 %, batch 16 +1-2 %,
+      bf16 batch 1 +14 %, batch 16 -1 % (within the spread; NOTES.md entry 17);
     * ``scale`` is folded into the q depthwise conv (weight and bias times ``scale``), one multiply less;
     * the (heads, N, N) attention bias is gathered once into a buffer: no index gather at run time;
     * the cascade runs token-major, (B, N, C), with the projections as Linear layers: that is the
@@ -97,14 +100,16 @@ class SplitQKVCascadedAttention(nn.Module):
         super().__init__()
         kd, vd = attn.key_dim, attn.val_dim
         self.num_heads, self.key_dim, self.val_dim, self.window = attn.num_heads, kd, vd, attn.window
-        self.q_linears = nn.ModuleList(_linear_rows(c, 0, kd) for c in attn.qkvs)
-        self.k_linears = nn.ModuleList(_linear_rows(c, kd, 2 * kd) for c in attn.qkvs)
-        self.v_linears = nn.ModuleList(_linear_rows(c, 2 * kd, 2 * kd + vd) for c in attn.qkvs)
+        self._init_projections(attn)
         self.dws = nn.ModuleList(_scaled_rows(dw, kd, attn.scale) for dw in attn.dws)
         self.proj = copy.deepcopy(attn.proj)
         with torch.no_grad():
             bias = attn.attention_biases[:, attn.attention_bias_idxs].detach().clone()
         self.register_buffer("attention_bias", bias)
+
+    def _init_projections(self, attn: nn.Module) -> None:
+        """Each head's q, k and v rows of ``attn.qkvs`` as one token-major Linear."""
+        self.qkv_linears = nn.ModuleList(_linear_rows(c, 0, 2 * self.key_dim + self.val_dim) for c in attn.qkvs)
 
     def set_window(self, window: int) -> None:
         """The bias table was gathered for one window: refuse to change it."""
@@ -117,14 +122,18 @@ class SplitQKVCascadedAttention(nn.Module):
         splits = self._tokens(x).chunk(self.num_heads, dim=2)
         outs = []
         feat = splits[0]
-        for i, (q_lin, k_lin, v_lin, dw) in enumerate(zip(self.q_linears, self.k_linears, self.v_linears, self.dws)):
+        kd = self.key_dim
+        for i, (qkv_lin, dw) in enumerate(zip(self.qkv_linears, self.dws)):
             if i > 0:
                 feat = feat + splits[i]
-            q = self._tokens(dw(self._map(q_lin(feat), H, W)))  # q already carries the scale
-            attn = (q @ k_lin(feat).transpose(1, 2) + self.attention_bias[i]).softmax(dim=-1)
+            qkv = qkv_lin(feat)
+            # Slices, not split(): the IR keeps no per-head Split (tests/test_export.py counts them).
+            q, k, v = qkv[..., :kd], qkv[..., kd:2 * kd], qkv[..., 2 * kd:]
+            q = self._tokens(dw(self._map(q, H, W)))  # q already carries the scale
+            attn = (q @ k.transpose(1, 2) + self.attention_bias[i]).softmax(dim=-1)
             # No reshape straight after attn @ v: under a dynamic batch, OpenVINO 2026.4's SDPAReshapeFusion
             # turns that into an invalid SDPA and the export fails (NOTES.md entry 15).
-            feat = attn @ v_lin(feat)
+            feat = attn @ v
             outs.append(feat)
         return self.proj(self._map(torch.cat(outs, dim=2), H, W))
 
@@ -143,7 +152,14 @@ class MobileCascadedAttention(SplitQKVCascadedAttention):
     """The split-qkv form for ExecuTorch / Core ML (``leanvit.layers.mobile``): heads are static channel
     slices (no ``chunk``), each head's bias is its own buffer (no ``select`` / gather at run time) and the
     attention is :func:`~leanvit.layers.explicit_attention` (``bmm``, no broadcast ``expand``). Measured with
-    ExecuTorch 1.5.1 / XNNPACK: every op of efficientvit_m0 is then delegated."""
+    ExecuTorch 1.5.1 / XNNPACK: every op of efficientvit_m0 is then delegated. q, k and v keep a Linear each
+    (the form the delegates were measured with; the one-projection OpenVINO form is untimed there)."""
+
+    def _init_projections(self, attn: nn.Module) -> None:
+        kd, vd = self.key_dim, self.val_dim
+        self.q_linears = nn.ModuleList(_linear_rows(c, 0, kd) for c in attn.qkvs)
+        self.k_linears = nn.ModuleList(_linear_rows(c, kd, 2 * kd) for c in attn.qkvs)
+        self.v_linears = nn.ModuleList(_linear_rows(c, 2 * kd, 2 * kd + vd) for c in attn.qkvs)
 
     def __init__(self, attn: nn.Module) -> None:
         super().__init__(attn)
