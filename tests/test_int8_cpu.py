@@ -47,9 +47,12 @@ def probe(request, monkeypatch) -> bool:
 
 def test_recipes_cover_every_runtime_and_class() -> None:
     assert {(r, c) for r in INT8_RUNTIMES for c in ("vnni", "no-vnni")} == set(INT8_RECIPES)
-    # the two runtimes whose x86 kernels sum u8 x s8 pairs in int16 without VNNI take a 7-bit operand there
-    assert [r for r in INT8_RUNTIMES if int8_recipe(r, "no-vnni").reduce_range] == ["onnxruntime", "pytorch"]
-    assert not any(int8_recipe(r, "vnni").reduce_range for r in INT8_RUNTIMES)
+    # the two runtimes whose x86 kernels sum u8 x s8 pairs in int16 without VNNI change their weights there:
+    # 7-bit for PyTorch (oneDNN), uint8 for ONNX Runtime (U8U8 kernels)
+    assert [r for r in INT8_RUNTIMES if int8_recipe(r, "no-vnni").reduce_range] == ["pytorch"]
+    assert [r for r in INT8_RUNTIMES if int8_recipe(r, "no-vnni").unsigned_weights] == ["onnxruntime"]
+    assert not any(int8_recipe(r, "vnni").reduce_range or int8_recipe(r, "vnni").unsigned_weights
+                   for r in INT8_RUNTIMES)
     assert resolve_target_cpu(None, True) == resolve_target_cpu("auto", True) == cpu_class_of(True) == "vnni"
     assert resolve_target_cpu("auto", False) == "no-vnni" and resolve_target_cpu("vnni", False) == "vnni"
     with pytest.raises(ValueError, match="no-vnni"):
@@ -98,11 +101,17 @@ def test_onnxruntime_int8_follows_the_probe(probe, tmp_path) -> None:
     here = cpu_class_of(probe)
     assert artifact.target_cpu == here and here in artifact.description
     assert artifact_target_cpu(artifact.path) == here  # recorded in the file's metadata_props
-    weights = [numpy_helper.to_array(t) for t in onnx.load(artifact.path).graph.initializer
-               if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 4]
-    largest = max(int(np.abs(w.astype(np.int32)).max()) for w in weights)
-    # full-range symmetric int8 weights reach 127; 7-bit ones stay within 64 (2 x 255 x 64 fits int16)
-    assert largest == (127 if probe else 64), largest
+    graph = onnx.load(artifact.path).graph
+    conv_weights = {n.input[1] for n in graph.node if n.op_type == "Conv"}  # DequantizeLinear outputs
+    stored = {t.name: t for t in graph.initializer}
+    types = {stored[n.input[0]].data_type for n in graph.node
+             if n.op_type == "DequantizeLinear" and n.output[0] in conv_weights}
+    # int8 weights (full range: they reach 127) for VNNI; uint8 (U8U8, no int16 saturation) without it
+    assert types == {onnx.TensorProto.INT8 if probe else onnx.TensorProto.UINT8}, types
+    if probe:
+        weights = [numpy_helper.to_array(t) for t in graph.initializer
+                   if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 4]
+        assert max(int(np.abs(w.astype(np.int32)).max()) for w in weights) == 127
     # the artifact opened on the other class of CPU warns, on its own class it does not
     caps_other = not probe
     with warnings.catch_warnings():
@@ -126,8 +135,45 @@ def test_pytorch_int8_follows_the_probe(probe, tmp_path) -> None:
     assert meta["leanvit_int8_cpu"] == cpu_class_of(probe) and meta["reduce_range"] is (not probe)
     graph, _ = load_pytorch_int8(artifact.path)  # rebuilt with the recorded range
     activation_max = {n.args[4] for n in graph.graph.nodes if "quantize_per_tensor" in str(n.target)}
-    assert activation_max == ({255} if probe else {127}), activation_max  # uint8 activations: 8 or 7 bits
+    assert activation_max == {255}, activation_max  # full-range uint8 activations on both classes
+    dequantized = [n for n in graph.graph.nodes if "dequantize_per_channel" in str(n.target)]
+    weight_range = {(n.args[4], n.args[5]) for n in dequantized}
+    assert weight_range == ({(-128, 127)} if probe else {(-64, 63)}), weight_range  # 8- or 7-bit weights
+    largest = max(int(getattr(graph, n.args[0].target).abs().max()) for n in dequantized)
+    assert largest <= (128 if probe else 64), largest  # 2 x 255 x 64 fits vpmaddubsw's int16 sums
     assert torch.isfinite(graph(calib[:2])).all()
+
+
+def _outlier_calibration(side: int = 8) -> torch.Tensor:
+    """63 images in [-1, 1] and one 100x brighter last one: a global min-max range would be 100."""
+    images = torch.rand(64, 3, side, side, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    images[-1] *= 100
+    return images
+
+
+@pytest.mark.parametrize("quantizer", ["x86", "xnnpack"])
+def test_pt2e_activation_ranges_average_the_calibration_images(quantizer) -> None:
+    # one outlier image among 64 moves the averaged range by ~1 % of its extreme, not to it
+    from leanvit.deploy.pt2e import calibrated_pt2e, converted_pt2e, x86_quantizer, xnnpack_quantizer
+
+    if quantizer == "xnnpack":
+        pytest.importorskip("executorch.backends.xnnpack.quantizer.xnnpack_quantizer")
+    make = x86_quantizer if quantizer == "x86" else xnnpack_quantizer
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()).eval()
+    graph = converted_pt2e(calibrated_pt2e(model, _outlier_calibration(), make()))
+    scale = next(float(n.args[1]) for n in graph.graph.nodes if "quantize_per_tensor" in str(n.target))
+    assert scale * 255 < 10, scale  # the input's range: ~2-5 wide, not 200
+
+
+def test_onnxruntime_activation_ranges_average_the_calibration_images(tmp_path) -> None:
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()).eval()
+    calib = _outlier_calibration()
+    artifact = quantize_for("onnxruntime", model, torch.zeros(1, 3, 8, 8), calib, tmp_path / "m.onnx",
+                            target_cpu="vnni")
+    graph = onnx.load(artifact.path).graph
+    stored = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    first = next(n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] == graph.input[0].name)
+    assert float(stored[first.input[1]]) * 255 < 10, stored[first.input[1]]  # ~5 wide, not 200
 
 
 def test_trained_img_size(tmp_path) -> None:

@@ -7,11 +7,13 @@ Two x86 CPU classes compute int8 convolutions / matmuls differently:
   accumulates in int32: exact over the full 8-bit ranges.
 * ``no-vnni`` (AVX2, or AVX-512 without VNNI): oneDNN and ONNX Runtime's MLAS use ``vpmaddubsw``, which adds
   two u8 x s8 products into a *saturating int16*: 2 x 255 x 127 = 64770 overflows it, and the result is
-  clamped. ONNX Runtime's and oneDNN's documented remedy is a 7-bit operand: 7-bit weights (ONNX Runtime
-  ``reduce_range``: 2 x 255 x 64 = 32640) or 7-bit activations (the X86 inductor quantizer's
-  ``reduce_range``: 2 x 127 x 128 = 32512), both within int16, so the AVX2 kernels compute the same integers
-  as the VNNI ones. XNNPACK (ExecuTorch) widens int8 to int16 before multiplying, and OpenVINO's NNCF applies
-  its own overflow fix: one recipe for both classes there.
+  clamped. The remedies keep every sum within int16, so the AVX2 kernels compute the same integers as the
+  VNNI ones: 7-bit weights for PyTorch's oneDNN kernels (2 x 255 x 64 = 32640; 7-bit activations, the X86
+  inductor quantizer's own ``reduce_range``, lost more accuracy: :func:`leanvit.deploy.pt2e.x86_quantizer`);
+  uint8 weights for ONNX Runtime (U8U8: MLAS widens both operands to int16 and sums pairs with ``vpmaddwd``
+  into int32; its documented alternative, 7-bit weights via ``reduce_range``, cost shvit_s1 2.6 top-1 points
+  on the digits against 0.9 for U8U8). XNNPACK (ExecuTorch) widens int8 to int16 before multiplying, and
+  OpenVINO's NNCF applies its own overflow fix: one recipe for both classes there.
 
 :data:`INT8_RECIPES` says what each int8 runtime does for each class; :data:`INT8_SPEED` holds the measured
 int8 / fp32 speed ratios that :func:`int8_speed_check` (``leanvit bench --precision int8``) decides by.
@@ -52,16 +54,18 @@ def resolve_target_cpu(target_cpu: str | None, has_int8_dot: bool) -> str:
 @dataclass(frozen=True)
 class Int8Recipe:
     """How one runtime quantises for one CPU class."""
-    reduce_range: bool  # a 7-bit operand (ONNX Runtime: weights; PyTorch X86 inductor: activations)
+    reduce_range: bool  # 7-bit weights (PyTorch X86 inductor, leanvit.deploy.pt2e.x86_quantizer)
     note: str  # what it means, for reports
+    unsigned_weights: bool = False  # uint8 weights (ONNX Runtime's U8U8 kernels) instead of int8
 
 
 _EXACT_EVERYWHERE = "the same int8 graph for every CPU class"
 INT8_RECIPES: dict[tuple[str, str], Int8Recipe] = {
     ("onnxruntime", "vnni"): Int8Recipe(False, "uint8 activations x int8 weights, full 8-bit ranges (VNNI kernels)"),
-    ("onnxruntime", "no-vnni"): Int8Recipe(True, "7-bit weights (reduce_range): exact in vpmaddubsw's int16 sums"),
+    ("onnxruntime", "no-vnni"): Int8Recipe(False, "uint8 activations x uint8 weights (U8U8): widened to int16 before "
+                                           "multiplying, no vpmaddubsw saturation", unsigned_weights=True),
     ("pytorch", "vnni"): Int8Recipe(False, "uint8 activations x int8 weights, full 8-bit ranges (oneDNN VNNI)"),
-    ("pytorch", "no-vnni"): Int8Recipe(True, "7-bit activations (reduce_range): exact in vpmaddubsw's int16 sums"),
+    ("pytorch", "no-vnni"): Int8Recipe(True, "7-bit weights (reduce_range): exact in vpmaddubsw's int16 sums"),
     ("openvino", "vnni"): Int8Recipe(False, f"NNCF's own overflow handling: {_EXACT_EVERYWHERE}"),
     ("openvino", "no-vnni"): Int8Recipe(False, f"NNCF's own overflow handling: {_EXACT_EVERYWHERE}"),
     ("executorch", "vnni"): Int8Recipe(False, f"XNNPACK widens to int16 before multiplying: {_EXACT_EVERYWHERE}"),

@@ -27,10 +27,10 @@ from torch import nn
 
 from ..errors import InvalidValueError
 from . import capabilities
-from .int8_policy import int8_recipe, resolve_target_cpu
+from .int8_policy import resolve_target_cpu
 from .mobile import as_nchw
 from .routes import int8_route
-from .pt2e import calibrated_pt2e, converted_pt2e, x86_quantizer, xnnpack_quantizer
+from .pt2e import calibrated_pt2e, converted_pt2e, pytorch_int8_quantizer, xnnpack_quantizer
 from .quantize import quantize_for
 from .runtime import run_in_batches
 
@@ -64,11 +64,10 @@ def trial_int8(runtime: str, fused: nn.Module, calibration: torch.Tensor, scheme
     for :func:`~leanvit.deploy.quantize.quantize_for`."""
     target = resolve_target_cpu(target_cpu, capabilities.cpu_has_int8_dot())
     if runtime == "executorch":
-        prepared = calibrated_pt2e(as_nchw(fused), calibration, xnnpack_quantizer(scheme, keep_float), batch_size)
-        return converted_pt2e(prepared)
+        return converted_pt2e(calibrated_pt2e(as_nchw(fused), calibration, xnnpack_quantizer(scheme, keep_float)))
     if runtime == "pytorch":
-        quantizer = x86_quantizer(scheme, keep_float, reduce_range=int8_recipe("pytorch", target).reduce_range)
-        return converted_pt2e(calibrated_pt2e(fused, calibration, quantizer, batch_size))
+        quantizer, _ = pytorch_int8_quantizer(fused, scheme, keep_float, target)
+        return converted_pt2e(calibrated_pt2e(fused, calibration, quantizer))
     side = int(calibration.shape[-1])
     path = workdir / f"trial{int8_route(runtime).int8_suffix}"
     example = torch.zeros(batch_size, 3, side, side)
