@@ -52,7 +52,11 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, options_class: type, ex
             if meta["exclusive"] not in groups:
                 groups[meta["exclusive"]] = parser.add_mutually_exclusive_group()
             target = groups[meta["exclusive"]]
-        target.add_argument(name, default=default, help=(helps or {}).get(f.name, meta["help"]), **kwargs)
+        help_text = (helps or {}).get(f.name, meta["help"])
+        if f.name in defaults and default != _default(f) and kwargs.get("action") not in ("store_true", "store_false"):
+            # the field's help names the class default; a command with its own (leanvit demo) says so
+            help_text += f" [this command's default: {default}]".replace("%", "%%")
+        target.add_argument(name, default=default, help=help_text, **kwargs)
 
 
 def _default(field: dataclasses.Field) -> Any:

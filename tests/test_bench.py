@@ -214,7 +214,7 @@ def _parse(*argv: str):
     return build_parser(argv[0]).parse_args(list(argv))
 
 
-def test_bench_flags_are_the_options_fields() -> None:
+def test_bench_flags_are_the_options_fields(capsys) -> None:
     """Every BenchOptions field is a `leanvit bench` flag, and the flags read back into the same object."""
     assert all(hasattr(_parse("bench", LEANVIT), f.name) for f in dataclasses.fields(BenchOptions))
     args = _parse("bench", LEANVIT, "--batch-size", "4", "--rounds", "3", "--no-fuse", "--clock", "cpu",
@@ -226,6 +226,12 @@ def test_bench_flags_are_the_options_fields() -> None:
     demo = options_from_args(_parse("demo"))
     # (mode, count_macs and isolate are no demo flags: run_demo measures throughput with MACs, in one process)
     assert demo == DEMO_OPTIONS.replace(mode=BenchOptions.mode, isolate=None, count_macs=False)
+    # ... and its help says which defaults are its own (the field's text names the class default)
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "warm-up seconds per run (default 2) [this command's default: 0.3]" in help_text
+    assert "as the papers) --img-size" in help_text  # --threads: the same default as leanvit bench, nothing added
 
 
 def _stats(median_ms: float) -> TimingStats:

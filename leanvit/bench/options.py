@@ -47,8 +47,8 @@ class BenchOptions:
     device: str = option("cpu", "cpu or cuda[:N]")
     batch_size: int | None = option(None, "default: 16 CPU / 256 GPU; 1 for latency", type=int)
     threads: int | None = option(1, "CPU threads for every runtime (default: 1, as the papers)", type=int)
-    img_size: int | None = option(None, "input side (default: the size --checkpoint was trained at, else each model's "
-                                  "native size)", type=int)
+    img_size: int | None = option(None, "input side (default: each model's native size; a checkpoint's: the size it "
+                                  "was trained at)", type=int)
     checkpoint: str | None = option(None, "trained weights to time instead of random ones (one model; leanvit / timm / "
                                     "official layouts)")
     warmup: float | None = option(None, f"warm-up seconds per run (default {DEFAULT_WARMUP_S:g})", type=float)
