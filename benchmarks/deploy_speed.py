@@ -19,6 +19,9 @@ depend on the input).
    timm's OpenVINO (the fastest native float peak: bf16 where native, else fp32) that any path with the model's
    MACs could reach. A target above its ceiling needs fewer MACs or cheaper arithmetic (int8), not a better
    graph (NOTES.md entry 15).
+4. The exact route (issue 25 target 1), a second table: leanvit's fastest fp32 path vs timm's fused model in
+   OpenVINO at fp32 (timed as an extra path where OpenVINO's default is another precision), with ``--roofline``
+   each one's share of the fp32 peak and the fp32 ceiling over timm's OpenVINO.
 
 Calls are timed with the process CPU time (1 thread; see NOTES.md entry 2). timm's PyTorch number is
 the papers' protocol (NCHW trace); next to it, leanvit's best is compared with the best of timm's four jit
@@ -165,6 +168,11 @@ def _paths(name: str, batch: int, with_compile: bool, with_torch_form: bool) -> 
                 ov.prepare(x), batch)
     p.rel_err = _rel_err(timm_ref, ov.to_torch(ov.run(p.x)))
     out.append(p)
+    if ov.effective_precision != "fp32":  # the exact reference: timm's model in OpenVINO at fp32
+        ov = OpenVinoRuntime(timm_fused, example=x, threads=1, precision="fp32")
+        p = RunPath("timm openvino fp32", "timm", "fp32", ov, ov.prepare(x), batch)
+        p.rel_err = _rel_err(timm_ref, ov.to_torch(ov.run(p.x)))
+        out.append(p)
     return out, macs
 
 
@@ -191,6 +199,23 @@ def _torch_form_cell(row: dict[str, Any] | None, timm_ov: dict[str, Any]) -> str
     if row is None:
         return " - |"
     return f" {row['throughput']:.1f} ({row['throughput'] / timm_ov['throughput']:.2f}x) |"
+
+
+def _exact_table(results: list[dict[str, Any]], with_peaks: bool) -> str:
+    """Exact routes only (fp32 everywhere): leanvit's fastest vs timm's model in OpenVINO fp32, with each one's
+    share of this CPU's fp32 matmul peak and the fp32 roofline ceiling over timm's OpenVINO (issue 25 target 1)."""
+    head = ("| model | MMACs | leanvit fastest exact (fp32) | timm OpenVINO fp32 | ratio |"
+            + (" % of fp32 peak (leanvit / timm) | fp32 ceiling over timm OV |" if with_peaks else "") + "\n"
+            + "|---|---|---|---|---|" + ("---|---|" if with_peaks else ""))
+    lines = [head]
+    for s in results:
+        e = s["exact"]
+        lean, timm = e["leanvit"], e["timm"]
+        roof = (f" {100 * lean['peak_fraction']:.1f}% / {100 * timm['peak_fraction']:.1f}% | {e['ceiling']:.2f}x |"
+                if with_peaks else "")
+        lines.append(f"| {s['model']} | {s['macs_m']:.0f} | {lean['throughput']:.1f} ({lean['path'][8:]}) | "
+                     f"{timm['throughput']:.1f} | {e['ratio']:.2f}x |" + roof)
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -234,6 +259,10 @@ def main(argv: list[str] | None = None) -> int:
         fastest = max((r for r in rows if r["lib"] == "leanvit" and r["rel_err"] <= MAX_REL_ERR),
                       key=lambda r: r["throughput"])
         timm_ov = next(r for r in rows if r["path"].startswith("timm openvino"))
+        # Exact route (issue 25 target 1): leanvit's fastest fp32 path vs timm's model in OpenVINO fp32.
+        exact = max((r for r in rows if r["lib"] == "leanvit" and r["precision"] == "fp32"),
+                    key=lambda r: r["throughput"])
+        timm_ov_fp32 = next(r for r in rows if r["path"].startswith("timm openvino") and r["precision"] == "fp32")
         summary = dict(model=name, macs_m=macs / 1e6, rows=rows,
                        pytorch_fp32=dict(leanvit=lean_fp32, timm=timm_jit, timm_best_jit=timm_best_jit,
                                          ratio=lean_fp32["throughput"] / timm_jit["throughput"],
@@ -241,12 +270,16 @@ def main(argv: list[str] | None = None) -> int:
                                          ceiling=_ceiling(peaks.native["fp32"], macs, timm_jit) if peaks else None),
                        fastest=dict(leanvit=fastest, timm=timm_ov, ratio=fastest["throughput"] / timm_ov["throughput"],
                                     ceiling=_ceiling(_fastest_peak(peaks)[1], macs, timm_ov) if peaks else None),
+                       exact=dict(leanvit=exact, timm=timm_ov_fp32,
+                                  ratio=exact["throughput"] / timm_ov_fp32["throughput"],
+                                  ceiling=_ceiling(peaks.native["fp32"], macs, timm_ov_fp32) if peaks else None),
                        torch_form=next((r for r in rows if r["lib"] == "reference"), None),
                        seconds=time.perf_counter() - t0)
         results.append(summary)
         print(f"{name}: PyTorch fp32 {summary['pytorch_fp32']['ratio']:.2f}x ({lean_fp32['path']} vs timm jit; "
               f"{summary['pytorch_fp32']['ratio_same_tooling']:.2f}x vs timm best jit, {timm_best_jit['path']}); "
-              f"fastest {summary['fastest']['ratio']:.2f}x ({fastest['path']} vs {timm_ov['path']})", flush=True)
+              f"fastest {summary['fastest']['ratio']:.2f}x ({fastest['path']} vs {timm_ov['path']}); "
+              f"exact {summary['exact']['ratio']:.2f}x ({exact['path']} vs timm openvino fp32)", flush=True)
 
     env = environment("cpu")
     roof_head = (f" peak fraction (fastest / OV) | ceiling fp32 / {_fastest_peak(peaks)[0]} |" if peaks else "")
@@ -273,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
             f"({f['leanvit']['path'][8:]}, {f['leanvit']['rel_err']:.1e}) | {f['timm']['throughput']:.1f} | "
             f"{f['ratio']:.2f}x |" + roof
             + (_torch_form_cell(s["torch_form"], f["timm"]) if args.torch_form else ""))
+    lines += ["", _exact_table(results, peaks is not None)]
     md = (f"Images/s (CPU-time clock), batch {args.batch_size}, 1 thread, fused, {args.rounds} interleaved rounds x "
           f"{args.seconds:g} s; CL = channels-last. {env['device']}; "
           + (f"{peaks.describe()}; " if peaks else "")

@@ -47,6 +47,22 @@ def test_op_breakdown(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_op_breakdown_openvino_profiles_the_precision_it_names(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """OpenVINO's per-layer counters of the exact route: fp32 kernels only, whatever OpenVINO's own default would
+    be here (bf16 on CPUs with native bf16); the record says so. bf16 is for --backend openvino only."""
+    args = ["analyze", "op-breakdown", "efficientvit_m0", "--backend", "openvino", "--img-size", "64", "--iters", "1"]
+    assert main([*args, "--out", str(tmp_path)]) == 0
+    payload = json.loads((tmp_path / "efficientvit_m0_openvino_layers.json").read_text())
+    kernels = {r["exec_type"] for r in payload["rows"] if r["ms"] > 0}
+    assert any("conv" in k or "gemm" in k for k in kernels)
+    assert not [k for k in kernels if "bf16" in k], kernels
+    assert payload["arguments"]["precision"] == "fp32"
+    bf16_eager = ["analyze", "op-breakdown", "efficientvit_m0", "--precision", "bf16", "--out", str(tmp_path / "b")]
+    assert main(bf16_eager) != 0
+    assert "applies to --backend openvino only" in capsys.readouterr().err and not (tmp_path / "b").exists()
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("definition", ["shvit", "efficientvit"])
 def test_head_similarity(tmp_path: Path, definition: str) -> None:
     args = ["analyze", "head-similarity", "efficientvit_m0", "--definition", definition, *DIGITS]

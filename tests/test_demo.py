@@ -170,3 +170,29 @@ def test_deploy_speed_roofline_is_opt_in(deploy_speed, monkeypatch, capsys, tmp_
     roof = json.loads((tmp_path / "roof.json").read_text())
     assert roof["peaks"]["native"] == {"fp32": 50e9, "int8": 200e9}
     assert roof["results"][0]["fastest"]["ceiling"] == pytest.approx(2.5)
+
+
+def test_deploy_speed_exact_table_is_fp32_only(deploy_speed, monkeypatch, capsys, tmp_path) -> None:
+    """The exact-route table (issue 25 target 1) races leanvit's fastest fp32 path against timm's model in OpenVINO
+    fp32, never a faster bf16 path or timm's bf16 default, with both shares of the fp32 peak and the fp32 ceiling."""
+    from leanvit.bench.roofline import RooflinePeaks
+
+    def fake_paths(name: str, batch: int, with_compile: bool, with_torch_form: bool):
+        specs = [("leanvit jit fp32", "leanvit", "fp32"), ("leanvit openvino fp32", "leanvit", "fp32"),
+                 ("leanvit openvino bf16", "leanvit", "bf16"), ("timm jit fp32", "timm", "fp32"),
+                 ("timm openvino default (bf16)", "timm", "bf16"), ("timm openvino fp32", "timm", "fp32")]
+        return [deploy_speed.RunPath(label, lib, prec, None, None, batch) for label, lib, prec in specs], 100e6
+
+    def fake_race(paths, rounds: int, seconds: float) -> None:
+        for p, ms in zip(paths, (100.0, 50.0, 25.0, 125.0, 40.0, 80.0)):  # 160 320 640 128 400 200 img/s
+            p.times.append(ms / 1e3)
+
+    monkeypatch.setattr(deploy_speed, "cpu_peaks", lambda seconds: RooflinePeaks({"fp32": 50e9, "bf16": 100e9}))
+    monkeypatch.setattr(deploy_speed, "_paths", fake_paths)
+    monkeypatch.setattr(deploy_speed, "race", fake_race)
+    deploy_speed.main(["shvit_s1", "--roofline", "--json", str(tmp_path / "exact.json")])
+    out = capsys.readouterr().out
+    # 320 img/s x 1e8 MACs / 50e9 = 64 %; timm 200 -> 40 %; ceiling 50e9 / (1e8 x 200) = 2.5x
+    assert "| shvit_s1 | 100 | 320.0 (openvino fp32) | 200.0 | 1.60x | 64.0% / 40.0% | 2.50x |" in out
+    exact = json.loads((tmp_path / "exact.json").read_text())["results"][0]["exact"]
+    assert exact["timm"]["path"] == "timm openvino fp32" and exact["ratio"] == pytest.approx(1.6)

@@ -44,6 +44,38 @@ def test_recompute_gives_identical_gradients_and_statistics(name: str, channels_
         assert torch.equal(bufs_a[key], bufs_b[key]), key
 
 
+@pytest.mark.parametrize("name", ["shvit_s1", "efficientvit_m0"])
+@pytest.mark.parametrize("batch_layout", ["nchw", "nhwc"])
+def test_recompute_stores_the_stem_conv_that_changes_layout(
+    name: str, batch_layout: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An NHWC model: its first conv reads an NCHW batch and writes NHWC, which is not cheap, so its output is
+    stored; given an NHWC batch the same conv is cheap and rebuilt. Gradients, statistics and a second backward
+    (retain_graph) are bit-identical to the plain model's either way."""
+    model, plain = _pair(name, True)
+    for m in (model, plain):
+        m.set_channels_last(True)
+    x = torch.randn(3, 3, 224, 224)  # the stem's first conv output over MIN_REBUILT_CONV_VALUES
+    if batch_layout == "nhwc":
+        x = x.contiguous(memory_format=torch.channels_last)
+    rebuilt_convs = []
+    register = recompute.RecomputeNormActivations.register_conv
+    monkeypatch.setattr(recompute.RecomputeNormActivations, "register_conv",
+                        lambda self, y, x, conv, cl: rebuilt_convs.append(conv) or register(self, y, x, conv, cl))
+    out_a = model(x)
+    stem_conv = next(m for m in model.patch_embed.modules() if isinstance(m, torch.nn.Conv2d))
+    assert any(c is stem_conv for c in rebuilt_convs) == (batch_layout == "nhwc")
+    out_b = plain(x)
+    assert torch.equal(out_a, out_b)
+    for loss in (out_a.pow(2).sum(), out_b.pow(2).sum()):
+        loss.backward(retain_graph=True)
+        loss.backward()
+    for (n, a), (_, b) in zip(model.named_parameters(), plain.named_parameters()):
+        assert torch.equal(a.grad, b.grad), n
+    for (n, a), (_, b) in zip(model.named_buffers(), plain.named_buffers()):
+        assert torch.equal(a, b), n
+
+
 def test_recompute_under_bf16_autocast_matches() -> None:
     model, plain = _pair("shvit_s1", False)
     x = torch.randn(2, 3, 96, 96)

@@ -30,7 +30,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ..errors import InvalidValueError
 from ..models.counting import flop_formulas
-from ..deploy.capabilities import quiet_deprecations
+from ..deploy.capabilities import check_precision, quiet_deprecations
+from ..deploy.runtime import OPENVINO_PRECISION_HINTS
 from ..deploy.writers import compile_openvino, to_openvino
 from .taxonomy import COMPUTE, MEMORY_BOUND, base_name, category_of
 
@@ -255,12 +256,18 @@ _OV_CATEGORIES = {
 }
 
 
-def openvino_breakdown(model: nn.Module, x: torch.Tensor, iters: int = 20, threads: int = 1) -> list[dict[str, Any]]:
+def openvino_breakdown(
+    model: nn.Module, x: torch.Tensor, iters: int = 20, threads: int = 1, precision: str = "fp32",
+) -> list[dict[str, Any]]:
     """OpenVINO per-layer counters: rows (node_type, exec_type, category, ms per call) summed over nodes.
 
-    Fused nodes report zero time (exec type 'undef'); on bf16-capable CPUs OpenVINO runs bf16 by default
-    (exec types such as ``brgconv_avx512_bf16``): the precision is whatever ``inference_precision`` gives."""
-    compiled = compile_openvino(to_openvino(model, x), {"PERF_COUNT": "YES", "INFERENCE_NUM_THREADS": threads})
+    ``precision`` is set as OpenVINO's ``INFERENCE_PRECISION_HINT`` (its own default would be bf16 on some CPUs,
+    and the profile would not be of the exact route); bf16 is refused where the CPU does not run it natively.
+    Fused nodes report zero time (exec type 'undef'); exec types name the kernels (``brgconv_avx512``, ...)."""
+    check_precision(precision, "openvino")
+    config = {"PERF_COUNT": "YES", "INFERENCE_NUM_THREADS": threads,
+              "INFERENCE_PRECISION_HINT": OPENVINO_PRECISION_HINTS[precision]}
+    compiled = compile_openvino(to_openvino(model, x), config)
     request = compiled.create_infer_request()
     totals: dict[tuple[str, str], float] = {}
     request.infer([x.numpy()])

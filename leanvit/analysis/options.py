@@ -15,13 +15,14 @@ from typing import Any
 from .._flags import option
 
 __all__ = [
-    "OP_BACKENDS", "TARGETS", "REDUCES", "GRANULARITIES", "DEFINITIONS", "QK_MODES", "NORMALIZATIONS",
-    "PRUNABLE_PARTS", "STUDY_NAMES", "SEPVIT_MODELS", "OpBreakdownOptions", "HeadSimilarityOptions",
+    "OP_BACKENDS", "OP_PRECISIONS", "TARGETS", "REDUCES", "GRANULARITIES", "DEFINITIONS", "QK_MODES",
+    "NORMALIZATIONS", "PRUNABLE_PARTS", "STUDY_NAMES", "SEPVIT_MODELS", "OpBreakdownOptions", "HeadSimilarityOptions",
     "HeadAblationOptions", "TaylorOptions", "DesignSpaceOptions", "BlockComplexityOptions", "TOOL_OPTIONS",
     "run_arguments",
 ]
 
 OP_BACKENDS = ("eager", "jit", "openvino")
+OP_PRECISIONS = ("fp32", "bf16")
 # Head similarity: what is compared, how the pairs reduce, over what it is averaged; the papers' definitions.
 TARGETS = ("attention_map", "head_output")
 REDUCES = ("mean_pairs", "max_max", "mean_of_max")
@@ -71,6 +72,8 @@ class OpBreakdownOptions(_ModelOptions):
     iters: int = option(5, "profiled forwards (default 5)", type=int)
     warmup: int = option(3, "forwards before profiling (default 3)", type=int)
     threads: int = option(1, "torch / OpenVINO threads (default 1)", type=int)
+    precision: str = option("fp32", "fp32 (default, exact) or bf16: OpenVINO's inference precision; eager and jit "
+                            "profile fp32 only", choices=OP_PRECISIONS)
 
 
 @dataclass(frozen=True)

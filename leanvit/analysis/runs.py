@@ -40,11 +40,16 @@ def _slug(name: str) -> str:
 def run_op_breakdown(
     models: Sequence[str], out_dir: str | Path, *, backend: str = "eager", img_size: int | None = None,
     batch_size: int = 1, iters: int = 5, warmup: int = 3, threads: int = 1, checkpoint: str | None = None,
-    roofline: bool = True,
+    roofline: bool = True, precision: str = "fp32",
 ) -> list[Path]:
-    """Per model: ``ops``, ``categories`` and ``stages`` tables; all models: ``op_breakdown_summary`` + PNG."""
+    """Per model: ``ops``, ``categories`` and ``stages`` tables; all models: ``op_breakdown_summary`` + PNG.
+    ``precision``: OpenVINO's inference precision (fp32: the exact route; bf16 where the CPU runs it natively);
+    eager and jit profile fp32 and refuse anything else."""
+    if precision != "fp32" and backend != "openvino":
+        raise InvalidValueError(f"--precision {precision} applies to --backend openvino only; {backend} profiles "
+                                "fp32: drop --precision or use --backend openvino")
     args = dict(models=list(models), backend=backend, img_size=img_size, batch_size=batch_size, iters=iters,
-                warmup=warmup, threads=threads, checkpoint=checkpoint)
+                warmup=warmup, threads=threads, checkpoint=checkpoint, precision=precision)
     paths, summaries, bars = [], [], {}
     with torch_threads(threads):
         balance = optime.machine_balance() if roofline else None
@@ -53,11 +58,12 @@ def run_op_breakdown(
             model = create_model(name, img_size=side, checkpoint=checkpoint).eval()
             fused = fuse_model(model, target_for(backend))
             x = torch.randn(batch_size, 3, side, side)
-            meta = run_record("op-breakdown", args, backend=backend, batch_size=batch_size, dtype="float32",
+            meta = run_record("op-breakdown", args, backend=backend, batch_size=batch_size,
+                              dtype="float32" if precision == "fp32" else "bfloat16",
                               machine_balance=balance, model=name, img_size=side)
             slug = f"{_slug(name)}_{backend}"
             if backend == "openvino":
-                rows = optime.openvino_breakdown(fused, x, iters=iters, threads=threads)
+                rows = optime.openvino_breakdown(fused, x, iters=iters, threads=threads, precision=precision)
                 paths += write_table(out_dir, f"{slug}_layers", rows, meta,
                                      title=f"{name}: OpenVINO per-layer time (PERF_COUNT), batch {batch_size}")
                 cats: dict[str, float] = {}

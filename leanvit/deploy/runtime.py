@@ -34,11 +34,11 @@ from .routes import ROUTES, backend_route, suffix_route
 from .writers import compile_openvino, export_onnx, to_openvino
 
 __all__ = ["Runtime", "TorchRuntime", "OnnxRuntime", "OpenVinoRuntime", "ExecuTorchRuntime", "build_runtime",
-           "load_artifact", "open_pytorch_int8", "run_in_batches"]
+           "load_artifact", "open_pytorch_int8", "run_in_batches", "OPENVINO_PRECISION_HINTS"]
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # OpenVINO's names for INFERENCE_PRECISION_HINT
-_OV_HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
+OPENVINO_PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 
 
 class Runtime:
@@ -221,7 +221,7 @@ class OpenVinoRuntime(Runtime):
             ov_model = core.read_model(str(model))
             if precision is None and ov_model.has_rt_info(["runtime_options", "INFERENCE_PRECISION_HINT"]):
                 hint = str(ov_model.get_rt_info(["runtime_options", "INFERENCE_PRECISION_HINT"]).astype(str))
-                precision = {v: k for k, v in _OV_HINTS.items()}.get(hint, precision)
+                precision = {v: k for k, v in OPENVINO_PRECISION_HINTS.items()}.get(hint, precision)
         else:
             if example is None:
                 raise InvalidValueError("converting a torch module to OpenVINO needs an example input")
@@ -230,7 +230,7 @@ class OpenVinoRuntime(Runtime):
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         if precision is not None:
-            config["INFERENCE_PRECISION_HINT"] = _OV_HINTS[precision]
+            config["INFERENCE_PRECISION_HINT"] = OPENVINO_PRECISION_HINTS[precision]
         self._model, self._config = ov_model, config
         shape = ov_model.input(0).get_partial_shape()
         self.per_batch = shape.rank.is_static and shape[0].is_dynamic and all(d.is_static for d in list(shape)[1:])
@@ -238,7 +238,8 @@ class OpenVinoRuntime(Runtime):
         first = (batch_size or 1) if self.per_batch else None
         self.compiled = self._compile(first)
         hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")  # an ov.Type, e.g. bf16
-        self.effective_precision = {v: k for k, v in _OV_HINTS.items()}.get(hint.get_type_name(), str(hint))
+        names = {v: k for k, v in OPENVINO_PRECISION_HINTS.items()}
+        self.effective_precision = names.get(hint.get_type_name(), str(hint))
         self.precision = self.effective_precision
         self.request = self._requests[first]
         self.threads = threads

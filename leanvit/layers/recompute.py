@@ -8,8 +8,8 @@ saved tensors are rebuilt instead of stored:
   are those of the forward pass (the idea of In-Place Activated BatchNorm, Rota Bulo et al., CVPR
   2018, without its invertibility requirement).
 * **Outputs of cheap convolutions** (at most ``CHEAP_CONV_MACS`` multiply-adds per output value:
-  depthwise convs, the first stem conv on the RGB image): one conv of an input that is kept anyway
-  for the conv's own weight gradient.
+  depthwise convs, the first stem conv on the RGB image when it reads and writes one memory format):
+  one conv of an input that is kept anyway for the conv's own weight gradient.
 
 Every rebuild runs the kernel of the forward pass on the same values, so gradients and BN running
 statistics are bit-identical (tested on CPU, fp32 and bf16 autocast). ``ConvNorm`` registers what it
@@ -204,6 +204,15 @@ def _is_cheap(conv: nn.Conv2d) -> bool:
     return conv.bias is None and conv.in_channels // conv.groups * kh * kw <= CHEAP_CONV_MACS
 
 
+def _same_layout(x: torch.Tensor, y: torch.Tensor) -> bool:
+    """Whether a conv reads ``x`` in the memory format it writes ``y``. The stem's first conv of an NHWC model
+    reads the caller's NCHW image batch: that conv is no longer cheap (measured at batch 64 @ 224, 1 thread,
+    AVX2 and AVX-512 kernels alike: 34-36 ms against 7-8 ms from an NHWC batch), so its output is stored, not
+    rebuilt (+0.4 MB per image for efficientvit_m0; its training step 4-5 % faster on AVX2, NOTES.md entry 18)."""
+    channels_last = torch.channels_last
+    return x.is_contiguous(memory_format=channels_last) == y.is_contiguous(memory_format=channels_last)
+
+
 def conv_norm_recomputable(conv: nn.Conv2d, bn: nn.Module, x: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
     """``bn(conv(x))`` (NHWC output when ``channels_last``). Inside an active :class:`RecomputeNormActivations`, a training-mode plain
     BatchNorm runs through ``torch.native_batch_norm`` (the kernel and running-statistics update of
@@ -218,7 +227,7 @@ def conv_norm_recomputable(conv: nn.Conv2d, bn: nn.Module, x: torch.Tensor, chan
     ):
         return bn(_conv(conv, x, channels_last))
     y = _conv(conv, x, channels_last)
-    if _is_cheap(conv) and y.numel() >= MIN_REBUILT_CONV_VALUES:
+    if _is_cheap(conv) and y.numel() >= MIN_REBUILT_CONV_VALUES and _same_layout(x, y):
         ctx.register_conv(y, x, conv, channels_last)
     bn.num_batches_tracked.add_(1)
     momentum = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
