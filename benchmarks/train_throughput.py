@@ -93,7 +93,7 @@ def run_one(impl: str, model: str, args: argparse.Namespace) -> dict:
     return result
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Parse arguments, measure, print a side-by-side table, optionally write JSON."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=["shvit_s1", "efficientvit_m0"])
@@ -109,7 +109,7 @@ def main() -> None:
     p.add_argument("--no-recompute", action="store_true",
                    help="leanvit: store BN/ReLU outputs instead of rebuilding them in backward (ablation)")
     p.add_argument("--out", help="write the results as JSON")
-    args = p.parse_args()
+    args = p.parse_args(argv)
 
     import timm
 

@@ -25,7 +25,7 @@ from ..deploy.verify import FP32_ATOL
 from ..models import get_config, list_models
 from .options import DEMO_OPTIONS, ROUND_SPREAD_BOUND_PCT, BenchOptions
 from .report import format_table, plot_speed_accuracy_panels, to_markdown, write_results
-from .runner import benchmark
+from .runner import benchmark, fastest_per_model
 
 __all__ = ["DEMO_BASELINES", "DEMO_MAX_MACS_M", "DEMO_OPTIONS", "PAPERS_ROUTE", "demo_models", "family_rankings",
            "fastest_exact", "ranking_speed", "run_demo"]
@@ -46,13 +46,11 @@ def demo_models() -> list[str]:
 
 def fastest_exact(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per model, its fastest fp32 run whose logits match PyTorch's (max abs diff <= the export's fp32 bound)."""
-    out = []
-    for model in dict.fromkeys(r["model"] for r in records):
-        exact = [r for r in records if r["model"] == model and r.get("throughput") and not r.get("error")
-                 and r.get("precision") == "fp32" and (r.get("max_abs_diff") or 0.0) <= FP32_ATOL]
-        if exact:
-            out.append(max(exact, key=ranking_speed))
-    return out
+    def exact(r: dict[str, Any]) -> bool:
+        return (bool(r.get("throughput")) and not r.get("error") and r.get("precision") == "fp32"
+                and (r.get("max_abs_diff") or 0.0) <= FP32_ATOL)
+
+    return [fastest for _, fastest in fastest_per_model(records, exact, ranking_speed) if fastest is not None]
 
 
 def ranking_speed(record: dict[str, Any]) -> float:

@@ -19,7 +19,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -43,7 +43,7 @@ from .options import DEFAULT_DURATION_S, DEFAULT_WARMUP_S, MODES, ROUND_SPREAD_B
 from .roofline import cpu_peaks
 from .timing import TimingStats, interleaved_stats, measure, round_loads, round_spread_pct
 
-__all__ = ["MODES", "AUTO_BACKEND", "AUTO_ROUTES", "BenchOptions", "benchmark", "run_single"]
+__all__ = ["MODES", "AUTO_BACKEND", "AUTO_ROUTES", "BenchOptions", "benchmark", "fastest_per_model", "run_single"]
 
 _CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 # ``backend="auto"``: race these exact fp32 routes (those whose package is installed) and keep the fastest per model.
@@ -201,14 +201,29 @@ def benchmark(models: str | Sequence[str], options: BenchOptions | None = None, 
     return _pick_fastest(records) if auto else records
 
 
-def _pick_fastest(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One record per model from an auto race: the fastest route that ran and passed, with the others' p50 times."""
-    picked: list[dict[str, Any]] = []
+def fastest_per_model(
+    records: Sequence[dict[str, Any]], eligible: Callable[[dict[str, Any]], bool],
+    speed: Callable[[dict[str, Any]], float],
+) -> list[tuple[list[dict[str, Any]], dict[str, Any] | None]]:
+    """Per model, in the order first seen: all its records, and the eligible one with the highest ``speed``
+    (None when none is eligible). The one way routes are picked: ``bench --mode latency`` and the demo."""
+    out = []
     for model in dict.fromkeys(r["model"] for r in records):
         candidates = [r for r in records if r["model"] == model]
-        ok = [r for r in candidates if r.get("latency_ms") and not r.get("error")]
-        best = dict(min(ok, key=lambda r: r["latency_ms"]) if ok else candidates[0])
-        best["route"] = f"{_route_label(best)} (fastest of {len(candidates)})" if ok else None
+        eligible_ones = [r for r in candidates if eligible(r)]
+        out.append((candidates, max(eligible_ones, key=speed) if eligible_ones else None))
+    return out
+
+
+def _pick_fastest(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One record per model from an auto race: the fastest route that ran and passed, with the others' p50 times."""
+    def ran(r: dict[str, Any]) -> bool:
+        return bool(r.get("latency_ms")) and not r.get("error")
+
+    picked: list[dict[str, Any]] = []
+    for candidates, fastest in fastest_per_model(records, ran, lambda r: -r["latency_ms"]):
+        best = dict(fastest or candidates[0])
+        best["route"] = f"{_route_label(best)} (fastest of {len(candidates)})" if fastest else None
         best["route_candidates_ms"] = {_route_label(r): r.get("latency_ms") for r in candidates}
         picked.append(best)
     return picked
