@@ -93,6 +93,8 @@ TIMM_JIT_PATHS = [
     PathSpec("jit", "fp32"), PathSpec("jit", "fp32", channels_last=True), PathSpec("jit", "fp32", jit_optimize=True),
     PathSpec("jit", "fp32", channels_last=True, jit_optimize=True),
 ]
+# with --compile, timm's model gets torch.compile too (the same tooling as leanvit's compile path)
+TIMM_COMPILE_PATHS = [PathSpec("compile", "fp32", channels_last=True)]
 CLOCK = time.process_time  # 1 thread on a shared machine: CPU time is steady, wall time is not (NOTES.md 2)
 
 
@@ -157,7 +159,7 @@ def _paths(name: str, batch: int, with_compile: bool, with_torch_form: bool) -> 
     timm_fused = fuse_model(signal_weights_(create_model(timm_spec.ref, img_size=side).eval(), seed=0))
     with torch.inference_mode():
         timm_ref = timm_fused(x).float()  # timm's own random weights: its paths are checked against its eager
-    for tp in TIMM_JIT_PATHS:
+    for tp in TIMM_JIT_PATHS + (TIMM_COMPILE_PATHS if with_compile else []):
         rt = build_runtime(copy.deepcopy(timm_fused), tp.backend, x, threads=1, channels_last=tp.channels_last,
                            jit_optimize=tp.jit_optimize)
         p = RunPath(tp.label("timm"), "timm", tp.precision, rt, rt.prepare(x), batch)
@@ -224,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
     ap.add_argument("--seconds", type=float, default=2.0, help="timed seconds per path per round")
-    ap.add_argument("--compile", action="store_true", help="also race torch.compile (≈40 s set-up per precision)")
+    ap.add_argument("--compile", action="store_true",
+                    help="also race torch.compile, leanvit's and timm's (≈40 s set-up per model and precision)")
     ap.add_argument("--torch-form", action="store_true",
                     help="also time OpenVINO bf16 on the fuse(target='torch') graph (reference, not a shipped path)")
     ap.add_argument("--roofline", action="store_true",
