@@ -165,16 +165,15 @@ def _paths(name: str, batch: int, with_compile: bool, with_torch_form: bool) -> 
         p = RunPath(tp.label("timm"), "timm", tp.precision, rt, rt.prepare(x), batch)
         p.rel_err = _rel_err(timm_ref, rt.to_torch(rt.run(p.x)))
         out.append(p)
-    ov = OpenVinoRuntime(timm_fused, example=x, threads=1, precision=None)  # OpenVINO's own default
-    p = RunPath(f"timm openvino default ({ov.effective_precision})", "timm", ov.effective_precision, ov,
-                ov.prepare(x), batch)
-    p.rel_err = _rel_err(timm_ref, ov.to_torch(ov.run(p.x)))
-    out.append(p)
-    if ov.effective_precision != "fp32":  # the exact reference: timm's model in OpenVINO at fp32
-        ov = OpenVinoRuntime(timm_fused, example=x, threads=1, precision="fp32")
-        p = RunPath("timm openvino fp32", "timm", "fp32", ov, ov.prepare(x), batch)
+    # OpenVINO's own default precision, then (where that is not fp32) the exact reference at fp32
+    for precision in (None, "fp32"):
+        ov = OpenVinoRuntime(timm_fused, example=x, threads=1, precision=precision)
+        label = f"timm openvino default ({ov.effective_precision})" if precision is None else "timm openvino fp32"
+        p = RunPath(label, "timm", ov.effective_precision, ov, ov.prepare(x), batch)
         p.rel_err = _rel_err(timm_ref, ov.to_torch(ov.run(p.x)))
         out.append(p)
+        if ov.effective_precision == "fp32":
+            break
     return out, macs
 
 

@@ -199,18 +199,17 @@ class RecomputeNormActivations:
         self._recipes.clear()
 
 
-def _is_cheap(conv: nn.Conv2d) -> bool:
+def _cheap_to_rebuild(conv: nn.Conv2d, x: torch.Tensor, y: torch.Tensor) -> bool:
+    """Whether ``y == conv(x)`` is rebuilt in backward rather than stored: at most ``CHEAP_CONV_MACS`` per output
+    value, at least ``MIN_REBUILT_CONV_VALUES`` values, and ``x`` in the memory format of ``y``. The stem's first
+    conv of an NHWC model reads the caller's NCHW image batch, and that conv is not cheap (measured at batch 64 @
+    224, 1 thread, AVX2 and AVX-512 kernels alike: 34-36 ms against 7-8 ms from an NHWC batch), so its output is
+    stored (+0.4 MB per image for efficientvit_m0; its training step 4-5 % faster on AVX2, NOTES.md entry 18)."""
     kh, kw = conv.kernel_size
-    return conv.bias is None and conv.in_channels // conv.groups * kh * kw <= CHEAP_CONV_MACS
-
-
-def _same_layout(x: torch.Tensor, y: torch.Tensor) -> bool:
-    """Whether a conv reads ``x`` in the memory format it writes ``y``. The stem's first conv of an NHWC model
-    reads the caller's NCHW image batch: that conv is no longer cheap (measured at batch 64 @ 224, 1 thread,
-    AVX2 and AVX-512 kernels alike: 34-36 ms against 7-8 ms from an NHWC batch), so its output is stored, not
-    rebuilt (+0.4 MB per image for efficientvit_m0; its training step 4-5 % faster on AVX2, NOTES.md entry 18)."""
     channels_last = torch.channels_last
-    return x.is_contiguous(memory_format=channels_last) == y.is_contiguous(memory_format=channels_last)
+    return (conv.bias is None and conv.in_channels // conv.groups * kh * kw <= CHEAP_CONV_MACS
+            and y.numel() >= MIN_REBUILT_CONV_VALUES
+            and x.is_contiguous(memory_format=channels_last) == y.is_contiguous(memory_format=channels_last))
 
 
 def conv_norm_recomputable(conv: nn.Conv2d, bn: nn.Module, x: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
@@ -227,7 +226,7 @@ def conv_norm_recomputable(conv: nn.Conv2d, bn: nn.Module, x: torch.Tensor, chan
     ):
         return bn(_conv(conv, x, channels_last))
     y = _conv(conv, x, channels_last)
-    if _is_cheap(conv) and y.numel() >= MIN_REBUILT_CONV_VALUES and _same_layout(x, y):
+    if _cheap_to_rebuild(conv, x, y):
         ctx.register_conv(y, x, conv, channels_last)
     bn.num_batches_tracked.add_(1)
     momentum = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
