@@ -21,10 +21,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
+
+from leanvit.bench.env import environment
 
 _CHILD = r"""
 import json, resource, sys, time, torch
@@ -127,25 +128,30 @@ def main(argv: list[str] | None = None) -> None:
         results[model] = {impl: dict(best[impl], peak_rss_mb=peak[impl], peak_live_mb=live[impl]) for impl in runs}
         results[model]["all_runs"] = {k: [round(m["images_per_s"], 2) for m in v] for k, v in runs.items()}
         if "timm" in runs:
+            # best of the rounds is the headline (least disturbed); the median of the per-round ratios shows the spread
+            rounds = [a["images_per_s"] / b["images_per_s"] for a, b in zip(runs["leanvit"], runs["timm"])]
             results[model].update(speedup=best["leanvit"]["images_per_s"] / best["timm"]["images_per_s"],
+                                  speedup_median=sorted(rounds)[len(rounds) // 2],
                                   memory_ratio=live["leanvit"] / live["timm"], rss_ratio=peak["leanvit"] / peak["timm"])
-    machine = dict(cpu=platform.processor() or platform.machine(), cores=os.cpu_count(), threads=args.threads,
+    machine = dict(environment(), cores=os.cpu_count(), threads=args.threads,
                    batch=args.batch, img_size=args.img_size, channels_last=args.channels_last, bf16=args.bf16,
                    grad_checkpointing=args.grad_checkpointing, recompute=not args.no_recompute,
                    time=time.strftime("%Y-%m-%d %H:%M"))
     opts = ", ".join(n for n, on in (("bf16 autocast", args.bf16), ("channels_last", args.channels_last),
                                      ("grad checkpointing", args.grad_checkpointing)) if on) or "fp32"
+    caps = f" ({', '.join(f'{k}={v}' for k, v in machine['isa_caps'].items())})" if machine["isa_caps"] else ""
+    print(f"{machine['device']}{caps}")
     print(f"training step, {opts}, batch {args.batch} @ {args.img_size}, {args.threads} thread(s), "
-          f"best of {args.rounds} round(s) x {args.steps} steps (median)")
-    print(f"{'model':<18}{'leanvit img/s':>14}{'timm img/s':>12}{'speedup':>9}"
+          f"best of {args.rounds} round(s) x {args.steps} steps (median); 'med.': median of the rounds' ratios")
+    print(f"{'model':<18}{'leanvit img/s':>14}{'timm img/s':>12}{'speedup':>9}{'med.':>7}"
           f"{'leanvit live MB':>17}{'timm live MB':>14}{'ratio':>7}{'leanvit RSS MB':>16}{'timm RSS MB':>13}{'ratio':>7}")
     for model, r in results.items():
         lv, tm = r["leanvit"], r.get("timm")
         if tm is None:
-            print(f"{model:<18}{lv['images_per_s']:>14.1f}{'-':>12}{'-':>9}{lv['peak_live_mb']:>17.0f}"
+            print(f"{model:<18}{lv['images_per_s']:>14.1f}{'-':>12}{'-':>9}{'-':>7}{lv['peak_live_mb']:>17.0f}"
                   f"{'-':>14}{'-':>7}{lv['peak_rss_mb']:>16.0f}{'-':>13}{'-':>7}  (timm has no port of it)")
             continue
-        print(f"{model:<18}{lv['images_per_s']:>14.1f}{tm['images_per_s']:>12.1f}{r['speedup']:>8.2f}x"
+        print(f"{model:<18}{lv['images_per_s']:>14.1f}{tm['images_per_s']:>12.1f}{r['speedup']:>8.2f}x{r['speedup_median']:>6.2f}x"
               f"{lv['peak_live_mb']:>17.0f}{tm['peak_live_mb']:>14.0f}{r['memory_ratio']:>6.2f}x"
               f"{lv['peak_rss_mb']:>16.0f}{tm['peak_rss_mb']:>13.0f}{r['rss_ratio']:>6.2f}x")
     if args.out:

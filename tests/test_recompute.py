@@ -5,6 +5,7 @@ import copy
 
 import pytest
 import torch
+import torch.utils._python_dispatch
 
 import leanvit
 from leanvit.layers import recompute
@@ -42,6 +43,38 @@ def test_recompute_gives_identical_gradients_and_statistics(name: str, channels_
         assert torch.equal(grads_a[key], grads_b[key]), key
     for key in bufs_a:
         assert torch.equal(bufs_a[key], bufs_b[key]), key
+
+
+class _NormBackwardLayouts(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records (gradient layout, input layout) of every batch-norm backward whose maps have distinct layouts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[str, str, tuple]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204 - dispatch protocol
+        if func is torch.ops.aten.native_batch_norm_backward.default:
+            grad, x = args[0], args[1]
+            if x.dim() == 4 and x.is_contiguous() != x.is_contiguous(memory_format=torch.channels_last):
+                layout = {True: "nchw", False: "nhwc"}
+                self.seen.append((layout[grad.is_contiguous()], layout[x.is_contiguous()], tuple(x.shape)))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("recompute_on", [True, False])
+def test_batch_norm_backward_gets_its_input_layout(recompute_on: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """EfficientViT-M's head split and attention views send NCHW gradients into NHWC activations; ATen's batch-norm
+    backward on mixed layouts is 5-10x slower, so each norm's gradient is given its input's layout first (fails
+    without ``grad_in_own_layout``: stage 3's norms see NCHW gradients). Values are covered by the equality tests."""
+    model = leanvit.create_model("efficientvit_m0", num_classes=7).train()
+    model.prefers_channels_last = True
+    model.set_recompute_norm_activations(recompute_on)
+    out = model(torch.randn(2, 3, 128, 128))
+    with _NormBackwardLayouts() as mode:
+        out.sum().backward()
+    assert len(mode.seen) > 20
+    mixed = [s for s in mode.seen if s[0] != s[1]]
+    assert not mixed, mixed
 
 
 @pytest.mark.parametrize("name", ["shvit_s1", "efficientvit_m0"])

@@ -9,7 +9,11 @@ from typing import Any
 
 import torch
 
-__all__ = ["cpu_model", "cpu_flags", "has_amx", "gpu_name", "versions", "device_label", "environment"]
+__all__ = ["ISA_CAP_VARIABLES", "cpu_model", "cpu_flags", "has_amx", "gpu_name", "versions", "device_label", "environment"]
+
+# Variables that cap the instruction set PyTorch's kernels use (oneDNN, MKL, ATen): a run under them emulates an
+# older CPU (e.g. AVX2 on an AVX-512 core), and its record must say so.
+ISA_CAP_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "ATEN_CPU_CAPABILITY")
 
 _PACKAGES = ("leanvit", "torch", "torchvision", "timm", "numpy", "onnx", "onnxruntime", "onnxscript", "openvino")
 
@@ -79,6 +83,7 @@ def environment(device: str = "cpu") -> dict[str, Any]:
         "cpu": cpu_model(),
         "gpu": gpu_name(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "isa_caps": {name: os.environ[name] for name in ISA_CAP_VARIABLES if os.environ.get(name)},
         "platform": platform.platform(),
         "versions": versions(),
     }

@@ -16,6 +16,9 @@ statistics are bit-identical (tested on CPU, fp32 and bf16 autocast). ``ConvNorm
 produces while a :class:`RecomputeNormActivations` context is active; the context's saved-tensor
 hooks replace each saved tensor that is registered, or the ReLU of one, by a recipe. ``LeanViTModel``
 enters the context for its own training forward passes.
+
+Independently of the context, :func:`grad_in_own_layout` gives each conv-BN output's incoming gradient the
+output's memory format (batch-norm backward on mixed NCHW / NHWC operands is several times slower).
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ from torch import nn
 from torch.nn import functional as F
 from ..errors import OperationError
 
-__all__ = ["RecomputeNormActivations", "conv_norm_recomputable", "CHEAP_CONV_MACS"]
+__all__ = ["RecomputeNormActivations", "conv_norm_recomputable", "grad_in_own_layout", "CHEAP_CONV_MACS"]
 
 # Multiply-adds per output value up to which a conv output is rebuilt rather than stored: depthwise
 # 3x3 (9), the stem's first conv on RGB (27), EfficientViT-M's per-head qkv convs (16-32). Measured
@@ -212,6 +215,28 @@ def _cheap_to_rebuild(conv: nn.Conv2d, x: torch.Tensor, y: torch.Tensor) -> bool
             and x.is_contiguous(memory_format=channels_last) == y.is_contiguous(memory_format=channels_last))
 
 
+def _layout_of(t: torch.Tensor) -> torch.memory_format | None:
+    """The one dense memory format ``t`` is in, or None (neither, or both: a 1x1 map or a single channel)."""
+    nchw, nhwc = t.is_contiguous(), t.is_contiguous(memory_format=torch.channels_last)
+    return None if nchw == nhwc else torch.contiguous_format if nchw else torch.channels_last
+
+
+def grad_in_own_layout(out: torch.Tensor) -> torch.Tensor:
+    """``out``, whose incoming gradient is given ``out``'s memory format before anything uses it.
+
+    Gradients reach a BatchNorm in the layout of whatever consumed its output: a channel slice's backward (an
+    EfficientViT-M head split) or a view builds an NCHW gradient for an NHWC activation. ATen's batch-norm backward
+    on mixed layouts runs a strided fallback 5-10x slower than either layout alone (batch 64, 1 thread, AVX2 and
+    AVX-512 alike: 0.8-0.9 ms against 0.11 ms at 192 x 4 x 4); one copy of the gradient costs a fraction of that.
+    Values are unchanged; a gradient already in the layout is passed through without a copy. Traced and compiled
+    graphs are left alone (a trace does not record hooks; inductor chooses layouts itself)."""
+    eager = not (torch.jit.is_tracing() or torch.compiler.is_compiling())
+    layout = _layout_of(out) if eager and out.requires_grad and out.dim() == 4 else None
+    if layout is not None:
+        out.register_hook(lambda grad: grad.contiguous(memory_format=layout))
+    return out
+
+
 def conv_norm_recomputable(conv: nn.Conv2d, bn: nn.Module, x: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
     """``bn(conv(x))`` (NHWC output when ``channels_last``). Inside an active :class:`RecomputeNormActivations`, a training-mode plain
     BatchNorm runs through ``torch.native_batch_norm`` (the kernel and running-statistics update of
@@ -224,7 +249,7 @@ def conv_norm_recomputable(conv: nn.Conv2d, bn: nn.Module, x: torch.Tensor, chan
         or not (bn.training and bn.track_running_stats and bn.affine)
         or not torch.is_grad_enabled()
     ):
-        return bn(_conv(conv, x, channels_last))
+        return grad_in_own_layout(bn(_conv(conv, x, channels_last)))
     y = _conv(conv, x, channels_last)
     if _cheap_to_rebuild(conv, x, y):
         ctx.register_conv(y, x, conv, channels_last)
@@ -234,7 +259,7 @@ def conv_norm_recomputable(conv: nn.Conv2d, bn: nn.Module, x: torch.Tensor, chan
         y, bn.weight, bn.bias, bn.running_mean, bn.running_var, True, momentum, bn.eps
     )
     ctx.register_norm(out, y, bn, mean, invstd)
-    return out
+    return grad_in_own_layout(out)
 
 
 @torch.no_grad()
