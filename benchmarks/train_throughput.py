@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -131,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
             # best of the rounds is the headline (least disturbed); the median of the per-round ratios shows the spread
             rounds = [a["images_per_s"] / b["images_per_s"] for a, b in zip(runs["leanvit"], runs["timm"])]
             results[model].update(speedup=best["leanvit"]["images_per_s"] / best["timm"]["images_per_s"],
-                                  speedup_median=sorted(rounds)[len(rounds) // 2],
+                                  speedup_median=statistics.median(rounds),
                                   memory_ratio=live["leanvit"] / live["timm"], rss_ratio=peak["leanvit"] / peak["timm"])
     machine = dict(environment(), cores=os.cpu_count(), threads=args.threads,
                    batch=args.batch, img_size=args.img_size, channels_last=args.channels_last, bf16=args.bf16,

@@ -148,7 +148,9 @@ def test_pytorch_int8_artifact_is_rebuilt_not_unpickled(digits_run, tmp_path) ->
 def test_keep_float_search_on_real_int8(digits_run, tmp_path) -> None:
     fused, calib, images, labels = _digits(digits_run, "onnx", 32, "tune", 80)
     units = ["stages.2.blocks.0.mixer", "head"]
-    result = tune_runtime("onnxruntime", fused, calib, images, labels, max_drop=-1.0, units=units)  # unreachable
+    # A bound no int8 model can meet (it would have to beat fp32 by 100 points). -1.0 was used before, and a
+    # retrained digits model whose int8 copy happened to score 2.5 points above fp32 met it.
+    result = tune_runtime("onnxruntime", fused, calib, images, labels, max_drop=-100.0, units=units)
     assert not result.met and result.images == 80 and result.fp32_top1 > 80
     assert [u for u, _ in result.ranking] == sorted((u for u, _ in result.ranking), key=dict(result.ranking).get,
                                                     reverse=True)
