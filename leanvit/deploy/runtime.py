@@ -39,6 +39,7 @@ __all__ = ["Runtime", "TorchRuntime", "OnnxRuntime", "OpenVinoRuntime", "ExecuTo
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # OpenVINO's names for INFERENCE_PRECISION_HINT
 OPENVINO_PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
+_PRECISION_OF_HINT = {hint: precision for precision, hint in OPENVINO_PRECISION_HINTS.items()}
 
 
 class Runtime:
@@ -221,7 +222,7 @@ class OpenVinoRuntime(Runtime):
             ov_model = core.read_model(str(model))
             if precision is None and ov_model.has_rt_info(["runtime_options", "INFERENCE_PRECISION_HINT"]):
                 hint = str(ov_model.get_rt_info(["runtime_options", "INFERENCE_PRECISION_HINT"]).astype(str))
-                precision = {v: k for k, v in OPENVINO_PRECISION_HINTS.items()}.get(hint, precision)
+                precision = _PRECISION_OF_HINT.get(hint, precision)
         else:
             if example is None:
                 raise InvalidValueError("converting a torch module to OpenVINO needs an example input")
@@ -238,8 +239,7 @@ class OpenVinoRuntime(Runtime):
         first = (batch_size or 1) if self.per_batch else None
         self.compiled = self._compile(first)
         hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")  # an ov.Type, e.g. bf16
-        names = {v: k for k, v in OPENVINO_PRECISION_HINTS.items()}
-        self.effective_precision = names.get(hint.get_type_name(), str(hint))
+        self.effective_precision = _PRECISION_OF_HINT.get(hint.get_type_name(), str(hint))
         self.precision = self.effective_precision
         self.request = self._requests[first]
         self.threads = threads
